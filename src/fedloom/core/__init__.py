@@ -1,0 +1,61 @@
+"""fedloom.core — pure data and maths with no I/O; imports nothing else of fedloom."""
+
+from fedloom.core.errors import (
+    ClientError,
+    ConfigError,
+    DataError,
+    FedloomError,
+    IntegrityError,
+    NonFiniteError,
+    PayloadTooLargeError,
+    RejectedUpdateError,
+    SerializationError,
+    StoreError,
+    ValidationError,
+    WeightsMismatchError,
+)
+from fedloom.core.rng import rng_for, stream_key
+from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
+from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import (
+    Weights,
+    check_compatible,
+    check_finite,
+    check_structure,
+    copy_weights,
+    nbytes,
+    num_parameters,
+    validate_weights,
+    weights_equal,
+)
+
+__all__ = [
+    "ClientError",
+    "ClientUpdate",
+    "ConfigError",
+    "DataError",
+    "FedloomError",
+    "IntegrityError",
+    "ModelHeader",
+    "NonFiniteError",
+    "PayloadTooLargeError",
+    "RejectedUpdateError",
+    "SerializationError",
+    "StoreError",
+    "ValidationError",
+    "Weights",
+    "WeightsMismatchError",
+    "check_compatible",
+    "check_finite",
+    "check_structure",
+    "content_hash",
+    "copy_weights",
+    "from_bytes",
+    "nbytes",
+    "num_parameters",
+    "rng_for",
+    "stream_key",
+    "to_bytes",
+    "validate_weights",
+    "weights_equal",
+]

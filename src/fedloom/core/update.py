@@ -1,0 +1,36 @@
+"""What a client sends back after local training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fedloom.core.errors import ValidationError
+from fedloom.core.weights import Weights
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's result for one round.
+
+    ``weights`` are the full local model (not a delta). ``num_samples`` is the number of
+    training examples behind it, which FedAvg uses as the aggregation weight.
+    """
+
+    client_id: str
+    round: int
+    weights: Weights
+    num_samples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.client_id, str) or not self.client_id:
+            raise ValidationError(f"client_id must be a non-empty string, got {self.client_id!r}")
+        if not isinstance(self.round, int) or self.round < 0:
+            raise ValidationError(f"round must be a non-negative integer, got {self.round!r}")
+        if not isinstance(self.num_samples, int) or isinstance(self.num_samples, bool) or self.num_samples <= 0:
+            raise ValidationError(f"num_samples must be a positive integer, got {self.num_samples!r}")
+        for key, value in self.metrics.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise ValidationError(f"metric {key!r} must be a finite number, got {value!r}")
