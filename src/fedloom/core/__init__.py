@@ -14,6 +14,7 @@ from fedloom.core.errors import (
     ValidationError,
     WeightsMismatchError,
 )
+from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.rng import rng_for, stream_key
 from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
@@ -34,7 +35,10 @@ __all__ = [
     "ClientUpdate",
     "ConfigError",
     "DataError",
+    "EvalConfig",
     "FedloomError",
+    "FitConfig",
+    "FitResult",
     "IntegrityError",
     "ModelHeader",
     "NonFiniteError",

@@ -38,11 +38,16 @@ class ModelHeader:
     extra: Mapping[str, str] | None = None
 
 
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """C-contiguous without promoting 0-d scalars to 1-d (np.ascontiguousarray would)."""
+    return value if value.flags.c_contiguous else np.array(value, order="C")
+
+
 def content_hash(weights: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes in name order: equal models hash equal."""
     digest = hashlib.sha256()
     for name in sorted(weights):
-        value = np.ascontiguousarray(weights[name])
+        value = _c_order(np.asarray(weights[name]))
         meta = json.dumps([name, value.dtype.str, list(value.shape)]).encode()
         digest.update(struct.pack("<Q", len(meta)))
         digest.update(meta)
@@ -72,7 +77,7 @@ def to_bytes(
         if clash:
             raise ValidationError(f"extra header keys {sorted(clash)} are reserved by fedloom")
         metadata.update({str(k): str(v) for k, v in extra.items()})
-    tensors = {name: np.ascontiguousarray(value) for name, value in weights.items()}
+    tensors = {name: _c_order(value) for name, value in weights.items()}
     return bytes(st_save(tensors, metadata=metadata))
 
 

@@ -1,0 +1,26 @@
+"""fedloom.algorithms — aggregation maths and strategy composition; imports only fedloom.core."""
+
+from fedloom.algorithms.mean import WeightedMeanAccumulator, weighted_mean
+from fedloom.algorithms.sampling import ClientSampler
+from fedloom.algorithms.strategy import (
+    Accumulator,
+    Aggregator,
+    ClientSettings,
+    RoundCriteria,
+    Strategy,
+    WeightedMean,
+    fedavg,
+)
+
+__all__ = [
+    "Accumulator",
+    "Aggregator",
+    "ClientSampler",
+    "ClientSettings",
+    "RoundCriteria",
+    "Strategy",
+    "WeightedMean",
+    "WeightedMeanAccumulator",
+    "fedavg",
+    "weighted_mean",
+]

@@ -1,0 +1,138 @@
+"""A Strategy is composed, not inherited: a client sampler + an aggregator + client config.
+
+Later algorithms (server optimisers, robust aggregators, client-side terms) plug into
+these slots instead of sub-classing a base strategy, so each piece stays small and
+testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.algorithms.sampling import ClientSampler
+from fedloom.core.fit import FitConfig
+from fedloom.core.errors import ConfigError
+from fedloom.core.rng import stream_key
+from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import Weights
+
+
+class Accumulator(Protocol):
+    """Folds client updates into an aggregate as they arrive."""
+
+    count: int
+
+    def add(self, update: ClientUpdate) -> None: ...
+
+    def result(self) -> Weights: ...
+
+
+class Aggregator(Protocol):
+    """Makes a fresh accumulator for each round."""
+
+    name: str
+
+    def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
+
+
+@dataclass(frozen=True)
+class WeightedMean:
+    """FedAvg's aggregator: the sample-weighted mean, streamed and mergeable."""
+
+    name: str = "weighted_mean"
+
+    def start(self, reference: Mapping[str, np.ndarray]) -> WeightedMeanAccumulator:
+        return WeightedMeanAccumulator(reference)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Local training settings sent to every selected client (E, B, lr and extras)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def fit_config(self, round: int, client_id: str, seed: int) -> FitConfig:
+        """The FitConfig of one client in one round; its seed is derived from (seed, round, client)."""
+        return FitConfig(
+            round=round,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=stream_key(seed, "fit", round, client_id) % (2**31),
+            extra=dict(self.extra),
+        )
+
+
+@dataclass(frozen=True)
+class RoundCriteria:
+    """When a synchronous round may be aggregated.
+
+    ``threshold`` is the fraction of the selected clients whose updates are needed;
+    ``min_updates`` is an absolute floor. Simulation waits for every selected client;
+    deployment (with deadlines) closes a round once the criteria hold.
+    """
+
+    threshold: float = 1.0
+    min_updates: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.min_updates < 1:
+            raise ConfigError(f"min_updates must be >= 1, got {self.min_updates}")
+
+    def required(self, num_selected: int) -> int:
+        """Number of accepted updates needed to aggregate a round that selected ``num_selected``."""
+        return min(num_selected, max(self.min_updates, int(np.ceil(self.threshold * num_selected - 1e-9))))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Everything that decides what a round does, as named, swappable parts."""
+
+    name: str
+    sampler: ClientSampler
+    aggregator: Aggregator
+    client: ClientSettings
+    criteria: RoundCriteria = RoundCriteria()
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description stored with every run."""
+        return {
+            "name": self.name,
+            "fraction": self.sampler.fraction,
+            "min_clients": self.sampler.min_clients,
+            "aggregator": self.aggregator.name,
+            "epochs": self.client.epochs,
+            "batch_size": self.client.batch_size,
+            "lr": self.client.lr,
+            "extra": dict(self.client.extra),
+            "threshold": self.criteria.threshold,
+            "min_updates": self.criteria.min_updates,
+        }
+
+
+def fedavg(
+    fraction: float = 0.1,
+    min_clients: int = 1,
+    epochs: int = 1,
+    batch_size: int = 32,
+    lr: float = 0.01,
+    criteria: RoundCriteria | None = None,
+) -> Strategy:
+    """FedAvg (McMahan et al., 2017): sample C·K clients, E local epochs of batch B, weighted mean."""
+    return Strategy(
+        name="fedavg",
+        sampler=ClientSampler(fraction=fraction, min_clients=min_clients),
+        aggregator=WeightedMean(),
+        client=ClientSettings(epochs=epochs, batch_size=batch_size, lr=lr),
+        criteria=criteria or RoundCriteria(),
+    )

@@ -1,0 +1,82 @@
+"""``fedloom sim``: run a built-in simulation from flags and/or a TOML config file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fedloom.sim.config import DATASETS, MODELS, PARTITIONS, SimConfig, config_from_mapping, load_config_file
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "sim",
+        help="simulate a federation on one machine",
+        description="Simulate federated training. Flags override values from --config.",
+    )
+    defaults = SimConfig()
+    add = parser.add_argument
+    add("--config", help="TOML file whose keys are the long option names (with _ for -)")
+    add("--dataset", choices=DATASETS, help=f"dataset (default {defaults.dataset})")
+    add("--data-dir", help="folder holding the dataset files (default: $FEDLOOM_DATA or the system location)")
+    add("--model", choices=MODELS, help=f"model (default {defaults.model}); logreg needs no PyTorch")
+    add("--clients", type=int, help=f"number of clients (default {defaults.clients})")
+    add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
+    add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
+    add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
+    add("--fraction", type=float, help=f"fraction C of clients per round (default {defaults.fraction})")
+    add("--min-clients", type=int, help="minimum clients per round (default 1)")
+    add("--rounds", type=int, help=f"rounds (default {defaults.rounds})")
+    add("--epochs", type=int, help="local epochs E (default 1)")
+    add("--batch-size", type=int, help="local batch size B (default 32)")
+    add("--lr", type=float, help=f"client learning rate (default {defaults.lr})")
+    add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
+    add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+    add("--client-eval-fraction", type=float, help="fraction of clients evaluated on local data each round")
+    add("--on-client-error", choices=("fail", "skip"), help="a crashing client fails the run, or is skipped")
+    add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
+    add("--name", help="a name for the run")
+    add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
+    add("--no-store", action="store_true", help="do not record the run")
+    parser.set_defaults(func=run)
+
+
+_NOT_CONFIG = {"config", "home", "no_store", "func", "command"}
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedloom.algorithms.strategy import fedavg
+    from fedloom.sim.driver import simulate
+    from fedloom.sim.tasks import build_task
+
+    base = load_config_file(args.config) if args.config else SimConfig()
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    config = config_from_mapping(flags, base)
+    print(
+        f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
+        f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds"
+    )
+    task = build_task(config)
+    strategy = fedavg(config.fraction, config.min_clients, config.epochs, config.batch_size, config.lr)
+    store: Any = None
+    if not args.no_store:
+        from fedloom.store import SqlStore
+
+        store = SqlStore.open_default(args.home)
+    simulate(
+        task.client_fn,
+        config.clients,
+        strategy,
+        config.rounds,
+        evaluate_fn=task.evaluate_fn,
+        initial_weights=task.initial_weights,
+        client_sizes=task.client_sizes,
+        seed=config.seed,
+        store=store,
+        run_name=config.name or f"{config.dataset}-{config.model}-{config.partition}",
+        config=config.to_dict(),
+        on_client_error="skip" if config.on_client_error == "skip" else "fail",
+        client_eval_fraction=config.client_eval_fraction,
+        keep_local_models=config.keep_local_models,
+    )
+    return 0

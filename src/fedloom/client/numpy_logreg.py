@@ -1,0 +1,82 @@
+"""Multinomial logistic regression in pure NumPy: a Trainer that needs no deep-learning framework.
+
+It is the fast path for tests and for tabular sites, and a reference implementation of
+the Trainer protocol that shows how little a user has to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.weights import Weights, check_compatible, copy_weights
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probs: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probs
+
+
+class NumpyLogisticTrainer:
+    """Softmax regression trained with mini-batch SGD on cross-entropy.
+
+    Weights are ``{"weight": (classes, features), "bias": (classes,)}`` in float32,
+    starting at zero (the usual, deterministic initialisation for a convex model).
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        num_classes: int,
+        *,
+        x_eval: np.ndarray | None = None,
+        y_eval: np.ndarray | None = None,
+        l2: float = 0.0,
+    ) -> None:
+        check_arrays(x, y, "train")
+        self.x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.x_eval = self.x if x_eval is None else np.asarray(x_eval, dtype=np.float32).reshape(len(x_eval), -1)
+        self.y_eval = self.y if y_eval is None else np.asarray(y_eval, dtype=np.int64)
+        self.num_classes = num_classes
+        self.l2 = l2
+        self._weights: Weights = {
+            "weight": np.zeros((num_classes, self.x.shape[1]), dtype=np.float32),
+            "bias": np.zeros(num_classes, dtype=np.float32),
+        }
+
+    def get_weights(self) -> Weights:
+        return copy_weights(self._weights)
+
+    def _load(self, weights: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        check_compatible(weights, self._weights)
+        return np.array(weights["weight"], dtype=np.float64), np.array(weights["bias"], dtype=np.float64)
+
+    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
+        w, b = self._load(weights)
+        rng = np.random.default_rng(config.seed)
+        onehot = np.eye(self.num_classes)[self.y]
+        losses = []
+        for _ in range(config.epochs):
+            for idx in epoch_batches(len(self.x), config.batch_size, rng):
+                xb = self.x[idx].astype(np.float64)
+                probs = _softmax(xb @ w.T + b)
+                losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
+                grad = (probs - onehot[idx]) / len(idx)
+                w -= config.lr * (grad.T @ xb + self.l2 * w)
+                b -= config.lr * grad.sum(axis=0)
+        self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+        return FitResult(self.get_weights(), len(self.x), {"train_loss": float(np.mean(losses))})
+
+    def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
+        w, b = self._load(weights)
+        probs = _softmax(self.x_eval.astype(np.float64) @ w.T + b)
+        loss = -np.log(probs[np.arange(len(self.y_eval)), self.y_eval] + 1e-12).mean()
+        accuracy = (probs.argmax(axis=1) == self.y_eval).mean()
+        return {"loss": float(loss), "accuracy": float(accuracy), "num_samples": float(len(self.y_eval))}

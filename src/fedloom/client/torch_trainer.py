@@ -1,0 +1,121 @@
+"""The PyTorch adapter: a model + loss + optimiser settings + a client's arrays become a Trainer.
+
+The user keeps writing an ordinary ``nn.Module``; the adapter moves weights between the
+module's ``state_dict`` and fedloom's NumPy ``Weights``, and runs E epochs of mini-batch
+training with the round's batch size, learning rate and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.core.errors import ConfigError
+from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.weights import Weights, check_compatible
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OPTIMIZERS = ("sgd", "adam")
+
+
+def state_to_weights(model: nn.Module) -> Weights:
+    """The module's state_dict as NumPy arrays (copied, on CPU)."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
+    """Copy NumPy ``weights`` into the module in place, after checking names, shapes and dtypes."""
+    current = model.state_dict()
+    check_compatible(weights, {k: v.detach().cpu().numpy() for k, v in current.items()})
+    with torch.no_grad():
+        for name, tensor in current.items():
+            tensor.copy_(torch.from_numpy(np.array(weights[name], copy=True)))
+
+
+def _make_optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"optimizer {name!r} is not supported; use one of {OPTIMIZERS}")
+
+
+class TorchTrainer:
+    """A Trainer around a PyTorch module and one client's (x, y) arrays.
+
+    ``model`` may be a module (reused, e.g. one per worker process) or a zero-argument
+    factory. A fresh optimiser is made each round, as in FedAvg, so no optimiser state
+    leaks across rounds. ``device`` is any torch device string ("cpu", "cuda", "cuda:1").
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        x_eval: np.ndarray | None = None,
+        y_eval: np.ndarray | None = None,
+        loss: LossFn | None = None,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        device: str = "cpu",
+    ) -> None:
+        check_arrays(x, y, "train")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {optimizer!r} is not supported; use one of {OPTIMIZERS}")
+        self.device = torch.device(device)
+        self.model = (model if isinstance(model, nn.Module) else model()).to(self.device)
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+        self.x_eval = self.x if x_eval is None else torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32))
+        self.y_eval = self.y if y_eval is None else torch.from_numpy(np.ascontiguousarray(y_eval, dtype=np.int64))
+        self.loss_fn: LossFn = loss or nn.functional.cross_entropy
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+
+    def get_weights(self) -> Weights:
+        return state_to_weights(self.model)
+
+    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
+        load_weights(self.model, weights)
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        opt = _make_optimizer(self.optimizer, self.model.parameters(), config.lr, self.momentum, self.weight_decay)
+        self.model.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        for _ in range(config.epochs):
+            for idx in epoch_batches(len(self.x), config.batch_size, rng):
+                index = torch.from_numpy(idx)
+                xb, yb = self.x[index].to(self.device), self.y[index].to(self.device)
+                opt.zero_grad(set_to_none=True)
+                out = self.model(xb)
+                loss = self.loss_fn(out, yb)
+                loss.backward()
+                opt.step()
+                total_loss += float(loss.detach()) * len(idx)
+                total_correct += int((out.detach().argmax(dim=1) == yb).sum())
+                seen += len(idx)
+        metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen}
+        return FitResult(self.get_weights(), len(self.x), metrics)
+
+    def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
+        load_weights(self.model, weights)
+        self.model.eval()
+        total_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(self.x_eval), config.batch_size):
+                xb = self.x_eval[start : start + config.batch_size].to(self.device)
+                yb = self.y_eval[start : start + config.batch_size].to(self.device)
+                out = self.model(xb)
+                total_loss += float(self.loss_fn(out, yb)) * len(yb)
+                correct += int((out.argmax(dim=1) == yb).sum())
+        n = len(self.y_eval)
+        return {"loss": total_loss / n, "accuracy": correct / n, "num_samples": float(n)}

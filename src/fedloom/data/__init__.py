@@ -1,0 +1,39 @@
+"""fedloom.data — dataset loaders returning plain NumPy arrays (:class:`DatasetSplits`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedloom.core.errors import ConfigError
+from fedloom.data.dataset import ArrayDataset, DatasetSplits
+from fedloom.data.digits import load_digits
+from fedloom.data.fashion_mnist import load_fashion_mnist
+
+#: canonical dataset names accepted by :func:`load_dataset` (and the CLI).
+DATASETS = ("fmnist", "digits")
+_ALIASES = {"fashion-mnist": "fmnist", "fashion_mnist": "fmnist"}
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> DatasetSplits:
+    """Load a dataset by name, so configs and the CLI can pick one with a string.
+
+    ``data_dir`` only matters for file-based datasets (Fashion-MNIST); digits ship
+    inside scikit-learn and ignore it.
+    """
+    canonical = _ALIASES.get(name.lower(), name.lower())
+    if canonical == "fmnist":
+        return load_fashion_mnist(data_dir)
+    if canonical == "digits":
+        return load_digits()
+    aliases = ", ".join(sorted(_ALIASES))
+    raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} (aliases: {aliases})")
+
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "DatasetSplits",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+]

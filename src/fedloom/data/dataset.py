@@ -1,0 +1,78 @@
+"""In-memory datasets as plain NumPy arrays.
+
+Partitioners, trainers and the simulation driver only need ``(x, y)`` arrays and the
+number of classes, so a dataset is nothing more: no framework ``Dataset`` object, which
+keeps the data layer usable from NumPy, PyTorch and worker processes alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedloom.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features ``x`` (float32, ``(n, C, H, W)`` for images) and int64 labels ``y`` of shape ``(n,)``.
+
+    Validated once at construction so every consumer can trust lengths, dtypes and the
+    label range instead of re-checking (a label outside ``[0, num_classes)`` would only
+    surface later as an obscure index error inside a loss function).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        _check_dataset(self.x, self.y, self.num_classes)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        """The samples at ``indices`` (copied), e.g. one client's partition."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ArrayDataset(self.x[idx], self.y[idx], self.num_classes)
+
+    def class_counts(self) -> np.ndarray:
+        """Number of samples per class (length ``num_classes``)."""
+        return np.bincount(self.y, minlength=self.num_classes).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A named dataset's train and test splits."""
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the same in both splits)."""
+        return self.train.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. ``(1, 28, 28)``; what a model factory needs."""
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+
+def _check_dataset(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Raise :class:`DataError` unless ``x``/``y``/``num_classes`` describe a valid dataset."""
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        raise DataError(f"x and y must be numpy arrays, got {type(x).__name__} and {type(y).__name__}")
+    if y.ndim != 1:
+        raise DataError(f"y must be 1-D (one label per sample), got shape {y.shape}")
+    if x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise DataError(f"x and y must have the same length, got x {x.shape} and y {y.shape}")
+    if y.dtype != np.int64:
+        raise DataError(f"y must have dtype int64, got {y.dtype}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise DataError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}")

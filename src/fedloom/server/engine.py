@@ -1,0 +1,263 @@
+"""The round engine: the one state machine that runs FL rounds, in simulation and deployment.
+
+    IDLE --open_round()--> COLLECTING --close_round()--> IDLE ... --> FINISHED
+
+The engine never knows whether clients are simulated or real processes: a simulation
+executor and the HTTP API both end in :meth:`RoundEngine.submit`. Every refused update
+raises :class:`RejectedUpdateError` with a reason code *and* is reported to the
+recorder, so nothing is silently dropped, and a refused update changes no state.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fedloom.algorithms.strategy import Accumulator, Strategy
+from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
+from fedloom.core.fit import FitConfig
+from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import Weights, copy_weights, validate_weights
+
+
+def _frozen(weights: Weights) -> Weights:
+    """A read-only copy: a Trainer that writes into the global model it was handed fails loudly
+    instead of silently corrupting the model every other client receives."""
+    frozen = copy_weights(weights)
+    for array in frozen.values():
+        array.flags.writeable = False
+    return frozen
+
+
+class EngineState(enum.Enum):
+    IDLE = "idle"
+    COLLECTING = "collecting"
+    FINISHED = "finished"
+
+
+class EngineStateError(FedloomError):
+    """An engine method was called in a state that does not allow it (a programming error)."""
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    """What one round asks of its clients: the global model and who should train it."""
+
+    round: int
+    global_weights: Weights
+    selected: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """The result of a closed round."""
+
+    round: int
+    weights: Weights
+    num_updates: int
+    num_samples: int
+    client_metrics: Mapping[str, float]
+    missing: tuple[str, ...]
+    num_rejected: int
+    seconds: float
+
+
+class RoundRecorder(Protocol):
+    """Where the engine reports what happened (a Store adapter, a logger, a test double)."""
+
+    def round_opened(self, round: int, selected: Sequence[str]) -> None: ...
+
+    def update_accepted(self, update: ClientUpdate) -> None: ...
+
+    def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None: ...
+
+    def round_closed(self, outcome: RoundOutcome) -> None: ...
+
+
+@dataclass
+class _OpenRound:
+    task: RoundTask
+    accumulator: Accumulator
+    started: float
+    received: dict[str, int] = field(default_factory=dict)
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    rejected: int = 0
+
+
+class RoundEngine:
+    """Runs rounds for one federation: select, accept/reject, check criteria, aggregate, advance."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_weights: Weights,
+        *,
+        seed: int = 0,
+        max_rounds: int | None = None,
+        start_round: int = 1,
+        recorder: RoundRecorder | None = None,
+    ) -> None:
+        validate_weights(initial_weights)
+        self.strategy = strategy
+        self.seed = seed
+        self.max_rounds = max_rounds
+        self.recorder = recorder
+        self._global = _frozen(initial_weights)
+        self._next_round = start_round
+        self._clients: dict[str, int | None] = {}
+        self._open: _OpenRound | None = None
+        self._finished = max_rounds is not None and start_round > max_rounds
+
+    # -- clients -----------------------------------------------------------------
+    def register_client(self, client_id: str, num_samples: int | None = None) -> None:
+        """Make a client eligible for selection; ``num_samples`` (if known) caps what it may claim."""
+        if not client_id:
+            raise ValidationError("client_id must be a non-empty string")
+        self._clients[client_id] = num_samples
+
+    def register_clients(self, clients: Iterable[tuple[str, int | None]]) -> None:
+        for client_id, num_samples in clients:
+            self.register_client(client_id, num_samples)
+
+    @property
+    def clients(self) -> tuple[str, ...]:
+        return tuple(self._clients)
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def state(self) -> EngineState:
+        if self._finished:
+            return EngineState.FINISHED
+        return EngineState.COLLECTING if self._open else EngineState.IDLE
+
+    @property
+    def global_weights(self) -> Weights:
+        """A copy of the current global model."""
+        return copy_weights(self._global)
+
+    @property
+    def current_round(self) -> int:
+        """The open round, or the next one to open."""
+        return self._open.task.round if self._open else self._next_round
+
+    def _require(self, state: EngineState, action: str) -> None:
+        if self.state is not state:
+            raise EngineStateError(f"cannot {action} while the engine is {self.state.value}")
+
+    # -- the round ---------------------------------------------------------------
+    def open_round(self) -> RoundTask:
+        """Select clients with the strategy's sampler and start collecting their updates."""
+        self._require(EngineState.IDLE, "open a round")
+        round_no = self._next_round
+        selected = tuple(self.strategy.sampler.sample(list(self._clients), round_no, self.seed))
+        task = RoundTask(round=round_no, global_weights=self._global, selected=selected)
+        accumulator = self.strategy.aggregator.start(self._global)
+        self._open = _OpenRound(task=task, accumulator=accumulator, started=time.perf_counter())
+        if self.recorder:
+            self.recorder.round_opened(round_no, selected)
+        return task
+
+    def fit_config(self, client_id: str) -> FitConfig:
+        """The config a selected client trains with in the open round."""
+        self._require(EngineState.COLLECTING, "build a fit config")
+        assert self._open is not None
+        return self.strategy.client.fit_config(self._open.task.round, client_id, self.seed)
+
+    def _reject(self, update_round: int | None, client_id: str | None, code: str, reason: str) -> RejectedUpdateError:
+        if self._open:
+            self._open.rejected += 1
+        if self.recorder:
+            self.recorder.update_rejected(update_round, client_id, code, reason)
+        return RejectedUpdateError(code, reason)
+
+    def _check(self, update: ClientUpdate) -> tuple[str, str] | None:
+        """The (code, reason) for refusing ``update``, or None if it is acceptable."""
+        if self._open is None:
+            return "round_closed", f"no round is open (next round is {self._next_round})"
+        current = self._open.task.round
+        if update.round != current:
+            return "wrong_round", f"update is for round {update.round} but round {current} is open"
+        if update.client_id not in self._clients:
+            return "unknown_client", f"client {update.client_id!r} is not registered"
+        if update.client_id not in self._open.task.selected:
+            return "not_selected", f"client {update.client_id!r} was not selected for round {current}"
+        if update.client_id in self._open.received:
+            return "duplicate", f"client {update.client_id!r} already sent an update for round {current}"
+        cap = self._clients[update.client_id]
+        if cap is not None and update.num_samples > cap:
+            return "bad_num_samples", f"client claims {update.num_samples} samples but holds {cap}"
+        try:
+            validate_weights(update.weights, self._global)
+        except ValidationError as exc:
+            return "invalid_weights", str(exc)
+        return None
+
+    def submit(self, update: ClientUpdate) -> None:
+        """Accept ``update`` into the open round, or raise (and record) why not."""
+        problem = self._check(update)
+        if problem:
+            raise self._reject(update.round, update.client_id, *problem)
+        assert self._open is not None
+        self._open.accumulator.add(update)
+        self._open.received[update.client_id] = update.num_samples
+        for key, value in update.metrics.items():
+            self._open.metric_sums[key] = self._open.metric_sums.get(key, 0.0) + float(value) * update.num_samples
+        if self.recorder:
+            self.recorder.update_accepted(update)
+
+    def reject_client(self, client_id: str, code: str, reason: str) -> None:
+        """Record that a selected client produced no usable update (e.g. its trainer crashed)."""
+        self._require(EngineState.COLLECTING, "reject a client")
+        assert self._open is not None
+        self._reject(self._open.task.round, client_id, code, reason)
+
+    def received(self) -> int:
+        """Accepted updates in the open round."""
+        return len(self._open.received) if self._open else 0
+
+    def all_received(self) -> bool:
+        """True once every selected client has an accepted update."""
+        return self._open is not None and len(self._open.received) == len(self._open.task.selected)
+
+    def criteria_met(self) -> bool:
+        """True once the strategy's criteria allow aggregation."""
+        if self._open is None:
+            return False
+        return len(self._open.received) >= self.strategy.criteria.required(len(self._open.task.selected))
+
+    def close_round(self) -> RoundOutcome:
+        """Aggregate the accepted updates into the new global model and advance."""
+        self._require(EngineState.COLLECTING, "close a round")
+        assert self._open is not None
+        if not self.criteria_met():
+            need = self.strategy.criteria.required(len(self._open.task.selected))
+            raise EngineStateError(f"round {self._open.task.round} has {self.received()} of the {need} updates it needs")
+        outcome = self._aggregate(self._open)
+        self._global = _frozen(outcome.weights)
+        self._open = None
+        self._next_round = outcome.round + 1
+        self._finished = self.max_rounds is not None and self._next_round > self.max_rounds
+        if self.recorder:
+            self.recorder.round_closed(outcome)
+        return outcome
+
+    def _aggregate(self, open_round: _OpenRound) -> RoundOutcome:
+        weights = open_round.accumulator.result()
+        validate_weights(weights, self._global)
+        total = sum(open_round.received.values())
+        metrics = {k: v / total for k, v in open_round.metric_sums.items()}
+        missing = tuple(c for c in open_round.task.selected if c not in open_round.received)
+        return RoundOutcome(
+            round=open_round.task.round,
+            weights=weights,
+            num_updates=len(open_round.received),
+            num_samples=int(total),
+            client_metrics=metrics,
+            missing=missing,
+            num_rejected=open_round.rejected,
+            seconds=time.perf_counter() - open_round.started,
+        )
+

@@ -1,0 +1,1 @@
+"""fedloom.sim — simulate a federation on one machine: partitioners, executors, the driver."""

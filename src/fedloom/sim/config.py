@@ -1,0 +1,102 @@
+"""The configuration of a built-in simulation, from TOML and/or CLI flags, validated up front.
+
+Every field has a default, every check names the field and the fix, and unknown keys
+in a config file are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedloom.core.errors import ConfigError
+
+MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
+DATASETS = ("digits", "fmnist")
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything ``fedloom sim`` needs; the same fields are the keys of a ``--config`` TOML file."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "logreg"
+    clients: int = 10
+    partition: str = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    fraction: float = 1.0
+    min_clients: int = 1
+    rounds: int = 10
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    client_eval_fraction: float = 0.0
+    on_client_error: str = "fail"
+    keep_local_models: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("model", self.model, MODELS)
+        _one_of("partition", self.partition, PARTITIONS)
+        _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
+        for name in ("clients", "rounds", "epochs", "batch_size", "min_clients", "classes_per_client"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction} (e.g. --fraction 0.1)")
+        if not 0 <= self.client_eval_fraction <= 1:
+            raise ConfigError(f"client_eval_fraction must be in [0, 1], got {self.client_eval_fraction}")
+        if self.lr <= 0 or self.alpha <= 0:
+            raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config field {name!r} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in dataclasses.fields(SimConfig)
+}
+
+
+def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None) -> SimConfig:
+    """A SimConfig from ``values`` over ``base``; unknown keys and wrong types are errors."""
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown config fields {unknown}; valid fields are: {', '.join(_FIELD_TYPES)}")
+    checked = {k: _coerce(k, v, _FIELD_TYPES[k]) for k, v in values.items() if v is not None}
+    return dataclasses.replace(base or SimConfig(), **checked)
+
+
+def load_config_file(path: str | Path) -> SimConfig:
+    """Read a TOML file whose keys are SimConfig fields (optionally under a ``[sim]`` table)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist")
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    return config_from_mapping(data.get("sim", data))

@@ -1,0 +1,211 @@
+"""The simulation driver: runs the round engine with an executor, evaluates, records, reports.
+
+The driver owns the loop (open round → execute clients → submit → close → evaluate);
+the algorithm lives in the Strategy and the state machine in the RoundEngine, exactly
+the pieces a deployed aggregator reuses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TextIO
+
+from fedloom.algorithms.strategy import Strategy
+from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
+from fedloom.core.fit import EvalConfig
+from fedloom.core.rng import rng_for
+from fedloom.core.weights import Weights
+from fedloom.server.engine import RoundEngine, RoundOutcome
+from fedloom.server.recording import StoreRecorder
+from fedloom.sim.executor import ClientFailure, ClientFn, Executor, SequentialExecutor
+from fedloom.sim.history import RoundSummary, SimulationResult
+from fedloom.sim.progress import ProgressPrinter, summary_table
+
+EvaluateFn = Callable[[Weights], Mapping[str, float]]
+OnClientError = Literal["fail", "skip"]
+
+
+def _client_id(index: int) -> str:
+    return str(index)
+
+
+def _resolve_store(store: Any) -> Any:
+    if store == "default":
+        from fedloom.store import SqlStore
+
+        return SqlStore.open_default()
+    return store
+
+
+def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | None, on_client_error: str) -> None:
+    if num_clients < 1:
+        raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds} (set --rounds)")
+    if client_sizes is not None and len(client_sizes) != num_clients:
+        raise ConfigError(f"client_sizes has {len(client_sizes)} entries for {num_clients} clients")
+    if on_client_error not in ("fail", "skip"):
+        raise ConfigError(f"on_client_error must be 'fail' or 'skip', got {on_client_error!r}")
+
+
+def _submit_results(engine: RoundEngine, results: Any, on_client_error: OnClientError) -> None:
+    for result in results:
+        if isinstance(result, ClientFailure):
+            engine.reject_client(result.client_id, "client_failed", result.message)
+            if on_client_error == "fail":
+                raise ClientError(
+                    f"client {result.client_id} failed in round {result.round}: {result.message}\n{result.details}"
+                )
+            continue
+        try:
+            engine.submit(result)
+        except RejectedUpdateError:
+            if on_client_error == "fail":
+                raise
+
+
+def _evaluate_clients(
+    client_fn: ClientFn, weights: Weights, num_clients: int, fraction: float, round: int, seed: int
+) -> dict[str, float]:
+    """Evaluate the global model on a seeded sample of clients' local data (sample-weighted mean)."""
+    count = min(num_clients, max(1, round(fraction * num_clients)))
+    chosen = sorted(rng_for(seed, "client-eval", round).choice(num_clients, size=count, replace=False).tolist())
+    totals: dict[str, float] = {}
+    samples = 0.0
+    for index in chosen:
+        metrics = client_fn(index).evaluate(weights, EvalConfig(round=round))
+        n = float(metrics.get("num_samples", 1.0))
+        samples += n
+        for key, value in metrics.items():
+            if key != "num_samples":
+                totals[key] = totals.get(key, 0.0) + float(value) * n
+    return {f"client_{k}": v / samples for k, v in totals.items()}
+
+
+def simulate(
+    client_fn: ClientFn,
+    num_clients: int,
+    strategy: Strategy,
+    rounds: int,
+    *,
+    evaluate_fn: EvaluateFn | None = None,
+    initial_weights: Weights | None = None,
+    client_sizes: Sequence[int] | None = None,
+    seed: int = 0,
+    executor: Executor | None = None,
+    store: Any = "default",
+    run_name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    on_client_error: OnClientError = "fail",
+    client_eval_fraction: float = 0.0,
+    keep_local_models: bool = False,
+    progress: bool | TextIO = True,
+) -> SimulationResult:
+    """Simulate ``rounds`` of federated training over ``num_clients`` clients.
+
+    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle
+    client costs nothing. ``evaluate_fn(weights)`` evaluates the global model centrally
+    after every round. ``store="default"`` records the run in ``$FEDLOOM_HOME`` (or
+    ``./fedloom-runs``); pass a Store to use another, or ``None`` to keep nothing.
+    """
+    _check_args(num_clients, rounds, client_sizes, on_client_error)
+    store = _resolve_store(store)
+    weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
+    run_config = {"strategy": strategy.describe(), "num_clients": num_clients, "rounds": rounds, **(config or {})}
+    run_id = store.create_run(run_name or strategy.name, "simulation", run_config, seed) if store else None
+    recorder = StoreRecorder(store, run_id, keep_local_models=keep_local_models) if store and run_id else None
+    engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=recorder)
+    sizes = client_sizes or [None] * num_clients
+    engine.register_clients((_client_id(i), sizes[i]) for i in range(num_clients))
+    if store and run_id:
+        store.register_clients(run_id, [(_client_id(i), sizes[i]) for i in range(num_clients)])
+    printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
+    loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
+    history: list[RoundSummary] = []
+    started = time.perf_counter()
+    try:
+        for _ in range(rounds):
+            summary = loop.run_round(num_clients, client_eval_fraction)
+            history.append(summary)
+            if store and run_id:
+                eval_metrics = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
+                store.record_metrics(run_id, summary.round, {**eval_metrics, "seconds": summary.seconds})
+            if printer:
+                printer.update(summary, time.perf_counter() - started)
+    except KeyboardInterrupt:
+        if store and run_id:
+            store.finish_run(run_id, "interrupted", {"rounds_completed": len(history)})
+        raise
+    except Exception:
+        if store and run_id:
+            store.finish_run(run_id, "failed", {"rounds_completed": len(history)})
+        raise
+    finally:
+        if printer:
+            printer.close()
+    final = dict(history[-1].metrics) if history else {}
+    if store and run_id:
+        store.finish_run(run_id, "finished", {"rounds_completed": len(history), **final})
+    if printer:
+        printer.stream.write(summary_table(history) + "\n")
+        if run_id:
+            printer.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}\n")
+    return SimulationResult(run_id, history, engine.global_weights, run_config)
+
+
+class _Loop:
+    """One round at a time: open, execute, submit, close, evaluate."""
+
+    def __init__(
+        self,
+        engine: RoundEngine,
+        executor: Executor,
+        client_fn: ClientFn,
+        evaluate_fn: EvaluateFn | None,
+        on_client_error: OnClientError,
+    ) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.client_fn = client_fn
+        self.evaluate_fn = evaluate_fn
+        self.on_client_error = on_client_error
+
+    def run_round(self, num_clients: int, client_eval_fraction: float) -> RoundSummary:
+        started = time.perf_counter()
+        task = self.engine.open_round()
+        configs = {cid: self.engine.fit_config(cid) for cid in task.selected}
+        results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn)
+        _submit_results(self.engine, results, self.on_client_error)
+        if not self.engine.criteria_met():
+            raise ClientError(
+                f"round {task.round}: only {self.engine.received()} of {len(task.selected)} clients "
+                "returned a usable update, below the round's criteria"
+            )
+        outcome = self.engine.close_round()
+        metrics = self._metrics(outcome, num_clients, client_eval_fraction)
+        return RoundSummary(
+            round=outcome.round,
+            num_selected=len(task.selected),
+            num_updates=outcome.num_updates,
+            num_samples=outcome.num_samples,
+            metrics=metrics,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _metrics(self, outcome: RoundOutcome, num_clients: int, client_eval_fraction: float) -> dict[str, float]:
+        metrics = dict(outcome.client_metrics)
+        if self.evaluate_fn is not None:
+            metrics.update({k: float(v) for k, v in self.evaluate_fn(outcome.weights).items()})
+        if client_eval_fraction > 0:
+            metrics.update(
+                _evaluate_clients(
+                    self.client_fn,
+                    outcome.weights,
+                    num_clients,
+                    client_eval_fraction,
+                    outcome.round,
+                    self.engine.seed,
+                )
+            )
+        return metrics

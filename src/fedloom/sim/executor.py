@@ -1,0 +1,66 @@
+"""Executors run the selected clients of a round and yield their results.
+
+The sequential executor is the reference: one process, clients in sorted order, so a
+run is bit-for-bit reproducible. Faster executors must yield the same kinds of results.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedloom.core.errors import ClientError
+from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import Weights
+from fedloom.client.trainer import Trainer
+
+ClientFn = Callable[[int], Trainer]
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client whose trainer raised or returned something unusable; ``details`` has the traceback."""
+
+    client_id: str
+    round: int
+    message: str
+    details: str
+
+
+class Executor(Protocol):
+    """Runs ``fit`` for every selected client of a round."""
+
+    def run_round(
+        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn
+    ) -> Iterator[ClientUpdate | ClientFailure]: ...
+
+
+def fit_one(client_fn: ClientFn, client_id: str, weights: Weights, config: FitConfig) -> ClientUpdate:
+    """Build the client's trainer, train it, and wrap the result as a ClientUpdate."""
+    trainer = client_fn(int(client_id))
+    result = trainer.fit(weights, config)
+    if not isinstance(result, FitResult):
+        raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
+    return ClientUpdate(
+        client_id=client_id,
+        round=config.round,
+        weights=result.weights,
+        num_samples=int(result.num_samples),
+        metrics=dict(result.metrics),
+    )
+
+
+class SequentialExecutor:
+    """Trains the selected clients one after another in this process."""
+
+    def run_round(
+        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        for client_id, config in configs.items():
+            try:
+                yield fit_one(client_fn, client_id, weights, config)
+            except Exception as exc:  # a user trainer may raise anything; reported, never swallowed
+                yield ClientFailure(client_id, round, f"{type(exc).__name__}: {exc}", traceback.format_exc())

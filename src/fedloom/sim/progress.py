@@ -1,0 +1,71 @@
+"""Progress output for long simulations: a live line per round and a final summary table."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from fedloom.sim.history import RoundSummary
+
+_BAR_WIDTH = 30
+
+
+def _fmt(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:5.1f}%" if percent else f"{value:.4f}"
+
+
+def round_line(summary: RoundSummary, total_rounds: int, elapsed: float) -> str:
+    """``round 3/50 | clients 10/10 | train_loss 0.53 | loss 0.47 | acc 83.2% | 12.3s``."""
+    m = summary.metrics
+    parts = [
+        f"round {summary.round}/{total_rounds}",
+        f"clients {summary.num_updates}/{summary.num_selected}",
+        f"train_loss {_fmt(m.get('train_loss'))}",
+        f"loss {_fmt(m.get('loss'))}",
+        f"acc {_fmt(m.get('accuracy'), percent=True)}",
+        f"{elapsed:.1f}s",
+    ]
+    return " | ".join(parts)
+
+
+class ProgressPrinter:
+    """Rewrites one line on a terminal; prints one line per round when output is a file or pipe."""
+
+    def __init__(self, total_rounds: int, stream: TextIO | None = None) -> None:
+        self.total_rounds = total_rounds
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+
+    def update(self, summary: RoundSummary, elapsed: float) -> None:
+        line = round_line(summary, self.total_rounds, elapsed)
+        if self.live:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def summary_table(history: Sequence[RoundSummary], max_rows: int = 60) -> str:
+    """A table of every round (or an even sample of them) with an accuracy bar, for the end of a run."""
+    rows = list(history)
+    if len(rows) > max_rows:
+        step = -(-len(rows) // max_rows)
+        rows = [*rows[:-1:step], rows[-1]]
+    header = f"{'round':>5}  {'clients':>7}  {'train_loss':>10}  {'loss':>8}  {'accuracy':>8}  {'time':>7}  curve"
+    lines = [header, "-" * (len(header) + _BAR_WIDTH)]
+    for s in rows:
+        acc = s.metrics.get("accuracy")
+        bar = "#" * round(_BAR_WIDTH * acc) if acc is not None else ""
+        lines.append(
+            f"{s.round:>5}  {s.num_updates:>7}  {_fmt(s.metrics.get('train_loss')):>10}  "
+            f"{_fmt(s.metrics.get('loss')):>8}  {_fmt(acc, percent=True):>8}  {s.seconds:>6.1f}s  {bar}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Built-in tasks: a SimConfig becomes a dataset, a partition, trainers and a central evaluator.
+
+Trainers are built on demand from a client's index list, so idle clients cost only
+their indices; for PyTorch models one module per process is reused across clients
+(the weights are loaded into it at the start of every fit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+from fedloom.client.trainer import Trainer
+from fedloom.core.fit import EvalConfig
+from fedloom.core.weights import Weights
+from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
+from fedloom.sim.config import SimConfig
+from fedloom.sim.partition import partition
+
+
+@dataclass(frozen=True)
+class SimTask:
+    """Everything the driver needs, derived from a SimConfig."""
+
+    client_fn: Callable[[int], Trainer]
+    evaluate_fn: Callable[[Weights], Mapping[str, float]]
+    initial_weights: Weights
+    client_sizes: list[int]
+    partitions: list[np.ndarray]
+    data: DatasetSplits
+
+
+def _torch_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDataset, ArrayDataset | None], Trainer]:
+    import torch
+
+    from fedloom.client.torch_trainer import TorchTrainer
+    from fedloom.models import build_model
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, tuple(train.x.shape[1:]), train.num_classes)
+
+    def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
+        extra: dict[str, Any] = {}
+        if evaluation is not None:
+            extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
+        return TorchTrainer(model, data.x, data.y, device=config.device, **extra)
+
+    return make
+
+
+def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDataset, ArrayDataset | None], Trainer]:
+    def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
+        extra: dict[str, Any] = {}
+        if evaluation is not None:
+            extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
+        return NumpyLogisticTrainer(data.x, data.y, train.num_classes, **extra)
+
+    return make
+
+
+def build_task(config: SimConfig) -> SimTask:
+    """Load the dataset, partition it, and make the client factory and the central evaluator."""
+    data = load_dataset(config.dataset, config.data_dir)
+    parts = partition(
+        config.partition,
+        data.train.y,
+        config.clients,
+        config.seed,
+        alpha=config.alpha,
+        classes_per_client=config.classes_per_client,
+    )
+    factory = _numpy_factory if config.model == "logreg" else _torch_factory
+    make = factory(config, data.train)
+
+    def client_fn(index: int) -> Trainer:
+        return make(data.train.subset(parts[index]), None)
+
+    evaluator = make(data.train.subset(parts[0]), data.test)
+
+    def evaluate_fn(weights: Weights) -> Mapping[str, float]:
+        metrics = evaluator.evaluate(weights, EvalConfig())
+        return {k: v for k, v in metrics.items() if k != "num_samples"}
+
+    return SimTask(
+        client_fn=client_fn,
+        evaluate_fn=evaluate_fn,
+        initial_weights=evaluator.get_weights(),
+        client_sizes=[len(p) for p in parts],
+        partitions=parts,
+        data=data,
+    )

@@ -1,0 +1,293 @@
+"""The database schema of a fedloom store, and how an existing database is upgraded.
+
+The same tables serve simulation (written once, read by the CLI and dashboard) and
+deployment, where an aggregator killed at any moment must resume from the database
+alone: the open round and its selected clients, the local models already received
+(with their blobs), the latest global model, and the rejections so far.
+
+Versioning: a fresh database is created from the current models and stamped with
+:data:`SCHEMA_VERSION`. An older database is upgraded by applying, in order, each step
+of :data:`MIGRATIONS` above its version; steps only add (tables, columns, indexes) or
+rewrite in place, never drop data. A database newer than this code is refused rather
+than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import PurePath
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from fedloom.core.errors import StoreError
+
+#: the schema version this code writes and reads
+SCHEMA_VERSION = 1
+
+#: upgrade steps keyed by the version they upgrade *to* (2, 3, ...); none yet
+Migration = Callable[[Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime (the only kind the store keeps)."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite keeps no zone, so values are normalised to UTC on the way in and marked
+    UTC on the way out; naive datetimes are refused because their zone is a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise StoreError(f"refusing naive datetime {value!r}: the store keeps timezone-aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_default(value: Any) -> Any:
+    """Convert the few non-JSON types configs commonly hold (NumPy scalars/arrays, paths)."""
+    if isinstance(value, PurePath):
+        return str(value)
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dump_json(value: Any) -> str:
+    """Canonical JSON text (sorted keys) so equal configs are stored identically."""
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value cannot be stored as JSON: {exc}") from None
+
+
+class JsonText(TypeDecorator[Any]):
+    """A JSON document kept as text: portable to any SQL backend and readable with sqlite3."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any | None, dialect: Dialect) -> str | None:
+        return None if value is None else dump_json(value)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> Any | None:
+        return None if value is None else json.loads(value)
+
+
+class NanFloat(TypeDecorator[float]):
+    """A float whose NaN survives the round trip (SQLite stores NaN as NULL)."""
+
+    impl = Float
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
+        return None if value is None or math.isnan(value) else float(value)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> float | None:
+        return math.nan if value is None else float(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every fedloom table."""
+
+
+_RUN_FK = "runs.id"
+
+
+class SchemaVersionRow(Base):
+    """A single row (id 1) holding the schema version of this database."""
+
+    __tablename__ = "schema_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class RunRow(Base):
+    """A simulation or deployment run."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    config: Mapped[Any] = mapped_column(JsonText)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    summary: Mapped[Any | None] = mapped_column(JsonText, nullable=True)
+
+
+class ClientRow(Base):
+    """A client (simulated) or agent (deployed) known to a run."""
+
+    __tablename__ = "clients"
+    __table_args__ = (UniqueConstraint("run_id", "client_id", name="uq_clients_run_client"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    client_id: Mapped[str] = mapped_column(String(200))
+    num_samples: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    extra: Mapped[Any | None] = mapped_column(JsonText, nullable=True)
+
+
+class RoundRow(Base):
+    """One round of a run; an ``open`` row after a crash is the round to resume."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "round", name="uq_rounds_run_round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    selected: Mapped[Any] = mapped_column(JsonText)
+    opened_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    num_updates: Mapped[int] = mapped_column(Integer, default=0)
+    num_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GlobalModelRow(Base):
+    """The one global model produced by a round (round 0 is usually the initial model)."""
+
+    __tablename__ = "global_models"
+    __table_args__ = (UniqueConstraint("run_id", "round", name="uq_global_models_run_round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    num_samples: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class LocalModelRow(Base):
+    """One client's accepted update in one round; the blob may be skipped in simulation."""
+
+    __tablename__ = "local_models"
+    __table_args__ = (UniqueConstraint("run_id", "round", "client_id", name="uq_local_models_run_round_client"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    client_id: Mapped[str] = mapped_column(String(200))
+    num_samples: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[Any] = mapped_column(JsonText)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class MetricRow(Base):
+    """One named value per row, so a series is one indexed query and any name can be added."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_scope_name", "run_id", "scope", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(20))
+    client_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(NanFloat, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RejectionRow(Base):
+    """A refused update or request; failures are data, kept and shown, never dropped."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"), index=True)
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    code: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def current_version(conn: Connection) -> int | None:
+    """The version stamped in the database, or None when it holds no fedloom schema yet."""
+    if not inspect(conn).has_table(SchemaVersionRow.__tablename__):
+        return None
+    version = conn.execute(select(SchemaVersionRow.version).where(SchemaVersionRow.id == 1)).scalar_one_or_none()
+    if version is None:
+        raise StoreError("the schema_version table is empty: this database was not created by fedloom")
+    return int(version)
+
+
+def upgrade(conn: Connection) -> int:
+    """Create or upgrade the schema inside the caller's transaction; returns the final version."""
+    version = current_version(conn)
+    if version is None:
+        _create_fresh(conn)
+        return SCHEMA_VERSION
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"this database has schema version {version}, but this fedloom only knows up to {SCHEMA_VERSION}: "
+            "upgrade fedloom to open it"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _apply(conn, target)
+    return SCHEMA_VERSION
+
+
+def _create_fresh(conn: Connection) -> None:
+    """Create every table at the current version; refuse to adopt unrelated existing tables."""
+    existing = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
+    if existing:
+        raise StoreError(f"the database has fedloom tables {sorted(existing)} but no schema_version row")
+    Base.metadata.create_all(conn)
+    conn.execute(SchemaVersionRow.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+
+
+def _apply(conn: Connection, target: int) -> None:
+    """Run the step that upgrades to ``target`` and stamp the new version."""
+    step = MIGRATIONS.get(target)
+    if step is None:
+        raise StoreError(f"no migration step to schema version {target}; this fedloom build is incomplete")
+    step(conn)
+    conn.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=target))

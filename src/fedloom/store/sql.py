@@ -1,0 +1,613 @@
+"""``SqlStore``: the run record in any SQLAlchemy database, model bytes in a blob store.
+
+Every public method is one short transaction, so a process killed between two calls
+leaves the database exactly as the last completed call left it; that is what lets a
+deployment aggregator resume after SIGKILL. A model's blob is written (atomically)
+*before* the row that references it, so a row never points at a missing blob; the
+worst a crash can leave is an unreferenced blob.
+
+SQLite (the default) runs in WAL mode with foreign keys on; any other SQLAlchemy URL
+(PostgreSQL in production) works with the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event, insert, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from fedloom.core.errors import IntegrityError, StoreError
+from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.weights import Weights, check_structure
+from fedloom.store.blobs import FileBlobStore
+from fedloom.store.records import (
+    METRIC_SCOPES,
+    RUN_KINDS,
+    MetricRecord,
+    ModelRecord,
+    RejectionRecord,
+    RoundRecord,
+    RunRecord,
+)
+from fedloom.store.schema import (
+    ClientRow,
+    GlobalModelRow,
+    LocalModelRow,
+    MetricRow,
+    RejectionRow,
+    RoundRow,
+    RunRow,
+    dump_json,
+    upgrade,
+    utcnow,
+)
+
+#: environment variable naming the default store directory
+HOME_ENV = "FEDLOOM_HOME"
+#: default store directory, relative to the working directory
+DEFAULT_HOME = "fedloom-runs"
+DB_FILENAME = "fedloom.db"
+BLOBS_DIRNAME = "blobs"
+
+_FINAL_RUN_STATUSES = ("finished", "failed", "interrupted")
+_FINAL_ROUND_STATUSES = ("closed", "abandoned")
+_HEX_PREFIX = re.compile(r"[0-9a-f]{1,32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def resolve_home(home: Path | str | None = None) -> Path:
+    """The store directory: ``home``, else ``$FEDLOOM_HOME``, else ``./fedloom-runs``."""
+    if home is not None and str(home):
+        return Path(home)
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def sqlite_url(path: Path | str) -> URL:
+    """A SQLite URL for a file path, built so odd characters in the path need no escaping."""
+    return URL.create("sqlite", database=str(path))
+
+
+class SqlStore:
+    """The persistent record of runs; implements :class:`fedloom.store.Store` and the readers."""
+
+    def __init__(self, url: str | URL, blob_root: Path | str | None = None) -> None:
+        self._engine = _make_engine(url)
+        self._blobs = FileBlobStore(blob_root) if blob_root is not None else None
+        self._migrate()
+
+    @classmethod
+    def open_default(cls, home: Path | str | None = None) -> SqlStore:
+        """Open (creating if needed) ``home/fedloom.db`` with blobs in ``home/blobs/``."""
+        root = resolve_home(home)
+        try:
+            (root / BLOBS_DIRNAME).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"could not create the store directory {root}: {exc}") from exc
+        return cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self._engine.url.render_as_string(hide_password=True)!r}, blobs={self._blobs!r})"
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections; the store object must not be used afterwards."""
+        self._engine.dispose()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _migrate(self) -> None:
+        try:
+            with self._engine.begin() as conn:
+                upgrade(conn)
+        except sa_exc.SQLAlchemyError as exc:
+            raise StoreError(f"could not open the store at {self._engine.url}: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _session(self, action: str, run_id: str | None = None, conflict: str | None = None) -> Iterator[Session]:
+        """One transaction; database errors become ``StoreError`` saying what was being done.
+
+        A constraint violation is explained as an unknown run when ``run_id`` names none,
+        else with ``conflict`` (the duplicate that a unique constraint refused).
+        """
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except sa_exc.IntegrityError as exc:
+            if run_id is not None and not self._run_exists(run_id):
+                raise StoreError(f"could not {action}: no run with id {run_id!r}") from exc
+            raise StoreError(conflict or f"could not {action}: {_reason(exc)}") from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise StoreError(f"could not {action}: {_reason(exc)}") from exc
+
+    def _run_exists(self, run_id: str) -> bool:
+        with self._session("look up a run") as session:
+            return session.get(RunRow, run_id) is not None
+
+    def _put_blob(self, data: bytes) -> str | None:
+        return None if self._blobs is None else self._blobs.put(data)
+
+    # ----------------------------------------------------------------- runs
+
+    def create_run(self, name: str, kind: str, config: Mapping[str, Any], seed: int) -> str:
+        """Start a run (status ``running``) and return its id (32 hex characters)."""
+        _check_choice("kind", kind, RUN_KINDS)
+        row = RunRow(
+            id=uuid.uuid4().hex,
+            name=str(name),
+            kind=kind,
+            status="running",
+            seed=_check_int("seed", seed, minimum=None),
+            config=_plain_json(dict(config)),
+            created_at=utcnow(),
+        )
+        with self._session(f"create run {name!r}") as session:
+            session.add(row)
+        return row.id
+
+    def finish_run(self, run_id: str, status: str, summary: Mapping[str, Any] | None = None) -> None:
+        """Mark a run ``finished``, ``failed`` or ``interrupted`` and keep its summary."""
+        _check_choice("status", status, _FINAL_RUN_STATUSES)
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+        if summary is not None:
+            values["summary"] = _plain_json(dict(summary))
+        with self._session(f"finish run {run_id}") as session:
+            result = session.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+            if result.rowcount == 0:
+                raise StoreError(f"cannot finish run {run_id!r}: no such run")
+
+    # ----------------------------------------------------------------- clients
+
+    def register_client(
+        self, run_id: str, client_id: str, num_samples: int | None = None, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record that a client belongs to the run; registering again changes nothing."""
+        row = _client_row(run_id, client_id, num_samples, extra)
+        with self._session(f"register client {client_id!r} in run {run_id}", run_id=run_id) as session:
+            self._insert_clients(session, run_id, [row])
+
+    def register_clients(self, run_id: str, items: Iterable[tuple[str, int | None]]) -> None:
+        """Register many ``(client_id, num_samples)`` pairs in one statement (executemany)."""
+        rows = {cid: _client_row(run_id, cid, n, None) for cid, n in items}
+        if not rows:
+            return
+        with self._session(f"register {len(rows)} clients in run {run_id}", run_id=run_id) as session:
+            self._insert_clients(session, run_id, list(rows.values()))
+
+    def _insert_clients(self, session: Session, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Insert rows, skipping clients already registered (ON CONFLICT DO NOTHING where supported)."""
+        keys = ["run_id", "client_id"]
+        dialect = self._engine.dialect.name
+        if dialect == "sqlite":
+            session.execute(sqlite_insert(ClientRow).on_conflict_do_nothing(index_elements=keys), rows)
+        elif dialect == "postgresql":
+            session.execute(pg_insert(ClientRow).on_conflict_do_nothing(index_elements=keys), rows)
+        else:
+            known = set(session.scalars(select(ClientRow.client_id).where(ClientRow.run_id == run_id)))
+            fresh = [row for row in rows if row["client_id"] not in known]
+            if fresh:
+                session.execute(insert(ClientRow), fresh)
+
+    # ----------------------------------------------------------------- rounds
+
+    def open_round(self, run_id: str, round: int, selected: Sequence[str]) -> None:
+        """Record that ``round`` started with the ``selected`` clients (once per round)."""
+        row = RoundRow(
+            run_id=run_id,
+            round=_check_int("round", round),
+            status="open",
+            selected=[_check_name("client_id", c) for c in selected],
+            opened_at=utcnow(),
+            num_updates=0,
+            num_samples=0,
+        )
+        conflict = f"round {round} of run {run_id} was already opened"
+        with self._session(f"open round {round} of run {run_id}", run_id=run_id, conflict=conflict) as session:
+            session.add(row)
+
+    def close_round(
+        self, run_id: str, round: int, status: str = "closed", num_updates: int = 0, num_samples: int = 0
+    ) -> None:
+        """Mark an open round ``closed`` (aggregated) or ``abandoned``; closing twice is an error."""
+        _check_choice("status", status, _FINAL_ROUND_STATUSES)
+        values = {
+            "status": status,
+            "closed_at": utcnow(),
+            "num_updates": _check_int("num_updates", num_updates),
+            "num_samples": _check_int("num_samples", num_samples),
+        }
+        where = (RoundRow.run_id == run_id, RoundRow.round == round, RoundRow.status == "open")
+        with self._session(f"close round {round} of run {run_id}") as session:
+            if session.execute(update(RoundRow).where(*where).values(**values)).rowcount == 0:
+                current = session.scalar(select(RoundRow.status).where(*where[:2]))
+                state = "was never opened" if current is None else f"is already {current}"
+                raise StoreError(f"cannot close round {round} of run {run_id}: it {state}")
+
+    # ----------------------------------------------------------------- models
+
+    def save_global_model(self, run_id: str, round: int, weights: Weights, num_samples: int) -> int:
+        """Store the round's single global model (blob first, then row); returns its id."""
+        _check_int("round", round)
+        _check_int("num_samples", num_samples)
+        check_structure(weights)
+        conflict = f"run {run_id} already has a global model for round {round}: exactly one is allowed per round"
+        if self._global_row_id(run_id, round) is not None:
+            raise StoreError(conflict)
+        sha256 = content_hash(weights)
+        key = self._put_blob(to_bytes(weights, round=round, num_samples=num_samples)) if self._blobs else None
+        row = GlobalModelRow(
+            run_id=run_id, round=round, num_samples=num_samples, sha256=sha256, blob_key=key, created_at=utcnow()
+        )
+        action = f"save the global model of run {run_id} round {round}"
+        with self._session(action, run_id=run_id, conflict=conflict) as session:
+            session.add(row)
+            session.flush()
+        return row.id
+
+    def _global_row_id(self, run_id: str, round: int) -> int | None:
+        where = (GlobalModelRow.run_id == run_id, GlobalModelRow.round == round)
+        with self._session("look up a global model") as session:
+            return session.scalar(select(GlobalModelRow.id).where(*where))
+
+    def save_local_model(
+        self,
+        run_id: str,
+        round: int,
+        client_id: str,
+        weights: Weights | None,
+        num_samples: int,
+        metrics: Mapping[str, float],
+        sha256: str | None = None,
+        keep_blob: bool = True,
+    ) -> int:
+        """Store one client's accepted update; pass ``weights=None`` with ``sha256`` to record it blob-less."""
+        _check_int("round", round)
+        _check_int("num_samples", num_samples)
+        sha256 = _local_hash(weights, sha256)
+        key = None
+        if weights is not None and keep_blob and self._blobs is not None:
+            key = self._put_blob(to_bytes(weights, round=round, client_id=client_id, num_samples=num_samples))
+        row = LocalModelRow(
+            run_id=run_id,
+            round=round,
+            client_id=_check_name("client_id", client_id),
+            num_samples=num_samples,
+            sha256=sha256,
+            blob_key=key,
+            metrics={str(k): float(v) for k, v in metrics.items()},
+            created_at=utcnow(),
+        )
+        conflict = f"client {client_id!r} already has a local model in round {round} of run {run_id}"
+        action = f"save the local model of client {client_id!r} in run {run_id} round {round}"
+        with self._session(action, run_id=run_id, conflict=conflict) as session:
+            session.add(row)
+            session.flush()
+        return row.id
+
+    # ----------------------------------------------------------------- metrics and rejections
+
+    def record_metrics(
+        self,
+        run_id: str,
+        round: int,
+        metrics: Mapping[str, float],
+        scope: str = "server",
+        client_id: str | None = None,
+    ) -> None:
+        """Record named values measured in ``round``; client-scope values must name the client."""
+        _check_choice("scope", scope, METRIC_SCOPES)
+        if (scope == "client") != (client_id is not None):
+            raise StoreError("client metrics need a client_id and server metrics must not have one")
+        now = utcnow()
+        base = {"run_id": run_id, "round": _check_int("round", round), "scope": scope, "client_id": client_id}
+        rows = [{**base, "name": _check_name("metric name", k), "value": float(v), "created_at": now} for k, v in metrics.items()]
+        if not rows:
+            return
+        with self._session(f"record metrics of run {run_id} round {round}", run_id=run_id) as session:
+            session.execute(insert(MetricRow), rows)
+
+    def record_rejection(self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str) -> None:
+        """Record an update or request the server refused, with its machine code and reason."""
+        row = RejectionRow(
+            run_id=run_id,
+            round=None if round is None else _check_int("round", round),
+            client_id=client_id,
+            code=_check_name("code", code),
+            reason=str(reason),
+            created_at=utcnow(),
+        )
+        with self._session(f"record a rejection in run {run_id}", run_id=run_id) as session:
+            session.add(row)
+
+    # ----------------------------------------------------------------- readers
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id, or with the only id starting with it (like a git hash)."""
+        ref = str(run_id).strip().lower()
+        if not _HEX_PREFIX.fullmatch(ref):
+            raise StoreError(f"invalid run id {run_id!r}: expected up to 32 hex characters")
+        with self._session(f"look up run {run_id}") as session:
+            rows = session.scalars(select(RunRow).where(RunRow.id.startswith(ref)).order_by(RunRow.id).limit(6)).all()
+            records = [_run_record(r) for r in rows]
+        exact = [r for r in records if r.id == ref]
+        if exact or len(records) == 1:
+            return (exact or records)[0]
+        if not records:
+            raise StoreError(f"no run with id {run_id!r} (see `fedloom runs list`)")
+        shown = ", ".join(r.short_id for r in records[:5])
+        raise StoreError(f"run id {run_id!r} is ambiguous: it starts {shown}{', ...' if len(records) > 5 else ''}")
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        """The ``limit`` most recent runs, newest first."""
+        stmt = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id).limit(limit)
+        with self._session("list runs") as session:
+            return [_run_record(r) for r in session.scalars(stmt)]
+
+    def list_rounds(self, run_id: str) -> list[RoundRecord]:
+        """Every round of the run in round order (empty for an unknown run)."""
+        stmt = select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)
+        with self._session(f"list rounds of run {run_id}") as session:
+            return [_round_record(r) for r in session.scalars(stmt)]
+
+    def list_global_models(self, run_id: str) -> list[ModelRecord]:
+        """Every global model of the run in round order."""
+        stmt = select(GlobalModelRow).where(GlobalModelRow.run_id == run_id).order_by(GlobalModelRow.round)
+        with self._session(f"list global models of run {run_id}") as session:
+            return [_global_record(r) for r in session.scalars(stmt)]
+
+    def latest_global_model(self, run_id: str) -> ModelRecord | None:
+        """The global model of the highest round, where a resumed run starts from."""
+        stmt = select(GlobalModelRow).where(GlobalModelRow.run_id == run_id).order_by(GlobalModelRow.round.desc())
+        with self._session(f"find the latest global model of run {run_id}") as session:
+            row = session.scalars(stmt.limit(1)).first()
+            return None if row is None else _global_record(row)
+
+    def load_global_model(self, run_id: str, round: int) -> Weights:
+        """The weights of a round's global model, verified against the stored content hash."""
+        where = (GlobalModelRow.run_id == run_id, GlobalModelRow.round == round)
+        with self._session(f"load the global model of run {run_id} round {round}") as session:
+            row = session.scalars(select(GlobalModelRow).where(*where)).first()
+            record = None if row is None else _global_record(row)
+        if record is None:
+            raise StoreError(f"run {run_id} has no global model for round {round}")
+        return self._load(record)
+
+    def list_local_models(self, run_id: str, round: int | None = None) -> list[ModelRecord]:
+        """The run's local models (of one round if given), by round then client id."""
+        stmt = select(LocalModelRow).where(LocalModelRow.run_id == run_id)
+        if round is not None:
+            stmt = stmt.where(LocalModelRow.round == round)
+        stmt = stmt.order_by(LocalModelRow.round, LocalModelRow.client_id)
+        with self._session(f"list local models of run {run_id}") as session:
+            return [_local_record(r) for r in session.scalars(stmt)]
+
+    def load_local_model(self, run_id: str, round: int, client_id: str) -> Weights:
+        """A client's stored update, e.g. to rebuild a round's aggregate after a restart."""
+        where = (LocalModelRow.run_id == run_id, LocalModelRow.round == round, LocalModelRow.client_id == client_id)
+        with self._session(f"load the local model of client {client_id!r}") as session:
+            row = session.scalars(select(LocalModelRow).where(*where)).first()
+            record = None if row is None else _local_record(row)
+        if record is None:
+            raise StoreError(f"run {run_id} has no local model of client {client_id!r} in round {round}")
+        return self._load(record)
+
+    def _load(self, record: ModelRecord) -> Weights:
+        """Read, parse and verify a model's blob; a hash mismatch raises ``IntegrityError``."""
+        what = f"model {record.id} (run {record.run_id}, round {record.round})"
+        if record.blob_key is None or self._blobs is None:
+            raise StoreError(f"{what} was recorded without its weights (no blob kept)")
+        weights, header = from_bytes(self._blobs.get(record.blob_key))
+        if header.sha256 != record.sha256:
+            raise IntegrityError(f"{what}: blob holds tensors hashing to {header.sha256}, row says {record.sha256}")
+        return weights
+
+    def metrics(self, run_id: str, scope: str | None = None) -> list[MetricRecord]:
+        """Every metric of the run (of one scope if given), in round then recording order."""
+        stmt = select(MetricRow).where(MetricRow.run_id == run_id)
+        if scope is not None:
+            stmt = stmt.where(MetricRow.scope == _check_choice("scope", scope, METRIC_SCOPES))
+        with self._session(f"read metrics of run {run_id}") as session:
+            return [_metric_record(r) for r in session.scalars(stmt.order_by(MetricRow.round, MetricRow.id))]
+
+    def metric_series(self, run_id: str, name: str, scope: str = "server") -> list[tuple[int, float]]:
+        """``(round, value)`` pairs of one metric, in round order (all clients' for client scope)."""
+        stmt = select(MetricRow.round, MetricRow.value).where(
+            MetricRow.run_id == run_id,
+            MetricRow.scope == _check_choice("scope", scope, METRIC_SCOPES),
+            MetricRow.name == name,
+        )
+        with self._session(f"read metric {name!r} of run {run_id}") as session:
+            return [(int(r), float(v)) for r, v in session.execute(stmt.order_by(MetricRow.round, MetricRow.id))]
+
+    def list_rejections(self, run_id: str) -> list[RejectionRecord]:
+        """Every rejection of the run, oldest first."""
+        stmt = select(RejectionRow).where(RejectionRow.run_id == run_id).order_by(RejectionRow.id)
+        with self._session(f"list rejections of run {run_id}") as session:
+            return [_rejection_record(r) for r in session.scalars(stmt)]
+
+
+# --------------------------------------------------------------------- engine
+
+
+def _make_engine(url: str | URL) -> Engine:
+    """Create the engine, turning a bad URL or a missing driver into a ``StoreError``."""
+    try:
+        engine = create_engine(url)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)") from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """WAL (readers never block the writer), enforced foreign keys, and a busy wait.
+
+    ``synchronous=NORMAL`` in WAL mode keeps every commit across a process crash
+    (SIGKILL) and the file always consistent; only an OS crash may lose the last commits.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL", "busy_timeout=10000"):
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def _reason(exc: sa_exc.SQLAlchemyError) -> str:
+    """The driver's message without SQLAlchemy's multi-line statement dump."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise StoreError(f"{field} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def _check_int(field: str, value: int, minimum: int | None = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise StoreError(f"{field} must be an integer, got {value!r}")
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise StoreError(f"{field} must be >= {minimum}, got {number}")
+    return number
+
+
+def _check_name(field: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"{field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _plain_json(value: Any) -> Any:
+    """Round-trip through JSON so NumPy scalars, paths and tuples become plain JSON values."""
+    return json.loads(dump_json(value))
+
+
+def _local_hash(weights: Weights | None, sha256: str | None) -> str:
+    """The content hash of a local model: computed from ``weights``, checked against ``sha256``."""
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise StoreError(f"sha256 must be 64 lowercase hex characters, got {sha256!r}")
+    if weights is None:
+        if sha256 is None:
+            raise StoreError("a local model needs its weights or at least their sha256")
+        return sha256
+    check_structure(weights)
+    actual = content_hash(weights)
+    if sha256 is not None and sha256 != actual:
+        raise IntegrityError(f"local model sha256 {sha256} does not match its weights, which hash to {actual}")
+    return actual
+
+
+def _client_row(run_id: str, client_id: str, num_samples: int | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "client_id": _check_name("client_id", client_id),
+        "num_samples": None if num_samples is None else _check_int("num_samples", num_samples),
+        "created_at": utcnow(),
+        "extra": None if extra is None else _plain_json(dict(extra)),
+    }
+
+
+# --------------------------------------------------------------------- row -> record
+
+
+def _run_record(row: RunRow) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        status=row.status,
+        seed=row.seed,
+        config=row.config,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        summary=row.summary,
+    )
+
+
+def _round_record(row: RoundRow) -> RoundRecord:
+    return RoundRecord(
+        run_id=row.run_id,
+        round=row.round,
+        status=row.status,
+        selected=tuple(row.selected),
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+        num_updates=row.num_updates,
+        num_samples=row.num_samples,
+    )
+
+
+def _global_record(row: GlobalModelRow) -> ModelRecord:
+    return ModelRecord(
+        id=row.id,
+        run_id=row.run_id,
+        round=row.round,
+        num_samples=row.num_samples,
+        sha256=row.sha256,
+        blob_key=row.blob_key,
+        created_at=row.created_at,
+    )
+
+
+def _local_record(row: LocalModelRow) -> ModelRecord:
+    return ModelRecord(
+        id=row.id,
+        run_id=row.run_id,
+        round=row.round,
+        num_samples=row.num_samples,
+        sha256=row.sha256,
+        blob_key=row.blob_key,
+        created_at=row.created_at,
+        client_id=row.client_id,
+        metrics=dict(row.metrics),
+    )
+
+
+def _metric_record(row: MetricRow) -> MetricRecord:
+    return MetricRecord(
+        run_id=row.run_id,
+        round=row.round,
+        scope=row.scope,
+        name=row.name,
+        value=row.value,
+        created_at=row.created_at,
+        client_id=row.client_id,
+    )
+
+
+def _rejection_record(row: RejectionRow) -> RejectionRecord:
+    return RejectionRecord(
+        id=row.id,
+        run_id=row.run_id,
+        round=row.round,
+        client_id=row.client_id,
+        code=row.code,
+        reason=row.reason,
+        created_at=row.created_at,
+    )

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from fedloom.algorithms import ClientSampler, WeightedMeanAccumulator, weighted_mean
+from fedloom.core import ClientUpdate, ConfigError, ValidationError
+
+REF = {"w": np.zeros(2, np.float32), "n": np.array(0, np.int64)}
+
+
+def update(cid, w, n, steps=0):
+    return ClientUpdate(cid, 1, {"w": np.array(w, np.float32), "n": np.array(steps, np.int64)}, n)
+
+
+def test_weighted_mean_equals_mcmahan_formula():
+    updates = [update("a", [1, 2], 10), update("b", [3, 6], 30), update("c", [-1, 0], 60)]
+    got = weighted_mean(updates, REF)
+    expected = (10 * np.array([1, 2]) + 30 * np.array([3, 6]) + 60 * np.array([-1, 0])) / 100
+    np.testing.assert_allclose(got["w"], expected.astype(np.float32), rtol=0, atol=1e-7)
+    assert got["w"].dtype == np.float32
+    assert got["w"].tolist() == pytest.approx([0.4, 2.0])
+
+
+def test_integer_tensors_are_rounded_means():
+    got = weighted_mean([update("a", [0, 0], 1, steps=3), update("b", [0, 0], 1, steps=4)], REF)
+    assert got["n"].dtype == np.int64 and int(got["n"]) == 4  # rint(3.5) = 4 (banker's rounding to even)
+
+
+def test_merging_partials_equals_adding_everything():
+    rng = np.random.default_rng(1)
+    ups = [update(str(i), rng.normal(size=2), int(rng.integers(1, 100))) for i in range(9)]
+    whole = WeightedMeanAccumulator(REF)
+    for u in ups:
+        whole.add(u)
+    parts = [WeightedMeanAccumulator(REF) for _ in range(3)]
+    for i, u in enumerate(ups):
+        parts[i % 3].add(u)
+    merged = WeightedMeanAccumulator(REF)
+    for p in parts:
+        sums, total, count = p.partial_sums()
+        merged.merge(WeightedMeanAccumulator.from_partial_sums(REF, sums, total, count))
+    assert merged.count == 9 and merged.total_weight == whole.total_weight
+    np.testing.assert_allclose(merged.result()["w"], whole.result()["w"], rtol=1e-6)
+
+
+def test_accumulator_errors():
+    acc = WeightedMeanAccumulator(REF)
+    with pytest.raises(ValidationError, match="no updates"):
+        acc.result()
+    with pytest.raises(ValidationError, match="weight must be > 0"):
+        acc.add_weights({"w": np.zeros(2, np.float32), "n": np.array(0)}, 0)
+    with pytest.raises(ValidationError, match="shape"):
+        acc.add_weights({"w": np.zeros(3, np.float32), "n": np.array(0, np.int64)}, 1)
+    with pytest.raises(ValidationError, match="different models"):
+        acc.merge(WeightedMeanAccumulator({"x": np.zeros(1)}))
+
+
+def test_sampler_counts_and_reproducibility():
+    ids = [str(i) for i in range(100)]
+    s = ClientSampler(fraction=0.1, min_clients=2)
+    first = s.sample(ids, 1, seed=0)
+    assert len(first) == 10 and first == sorted(first)
+    assert s.sample(list(reversed(ids)), 1, seed=0) == first  # input order does not matter
+    assert s.sample(ids, 2, seed=0) != first
+    assert s.sample(ids, 1, seed=1) != first
+    assert ClientSampler(0.01, min_clients=3).num_to_sample(100) == 3
+    assert ClientSampler(1.0).sample(ids[:5], 9, 0) == ids[:5]
+    with pytest.raises(ConfigError, match="min_clients is 3"):
+        ClientSampler(0.5, min_clients=3).num_to_sample(2)
+    with pytest.raises(ConfigError, match="fraction"):
+        ClientSampler(fraction=0)
+
+
+def test_sampler_is_uniform_over_many_rounds():
+    ids = [str(i) for i in range(20)]
+    counts = dict.fromkeys(ids, 0)
+    s = ClientSampler(fraction=0.25)
+    for r in range(2000):
+        for c in s.sample(ids, r, seed=0):
+            counts[c] += 1
+    # each client expected 2000 * 5/20 = 500 times; binomial sd ~ 19
+    assert all(420 < v < 580 for v in counts.values())
