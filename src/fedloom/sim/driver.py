@@ -66,15 +66,15 @@ def _submit_results(engine: RoundEngine, results: Any, on_client_error: OnClient
 
 
 def _evaluate_clients(
-    client_fn: ClientFn, weights: Weights, num_clients: int, fraction: float, round: int, seed: int
+    client_fn: ClientFn, weights: Weights, num_clients: int, fraction: float, round_no: int, seed: int
 ) -> dict[str, float]:
     """Evaluate the global model on a seeded sample of clients' local data (sample-weighted mean)."""
     count = min(num_clients, max(1, round(fraction * num_clients)))
-    chosen = sorted(rng_for(seed, "client-eval", round).choice(num_clients, size=count, replace=False).tolist())
+    chosen = sorted(rng_for(seed, "client-eval", round_no).choice(num_clients, size=count, replace=False).tolist())
     totals: dict[str, float] = {}
     samples = 0.0
     for index in chosen:
-        metrics = client_fn(index).evaluate(weights, EvalConfig(round=round))
+        metrics = client_fn(index).evaluate(weights, EvalConfig(round=round_no))
         n = float(metrics.get("num_samples", 1.0))
         samples += n
         for key, value in metrics.items():
@@ -180,7 +180,8 @@ class _Loop:
         if not self.engine.criteria_met():
             raise ClientError(
                 f"round {task.round}: only {self.engine.received()} of {len(task.selected)} clients "
-                "returned a usable update, below the round's criteria"
+                f"returned a usable update; the strategy needs {self.engine.strategy.criteria.required(len(task.selected))} "
+                "(lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
             )
         outcome = self.engine.close_round()
         metrics = self._metrics(outcome, num_clients, client_eval_fraction)
