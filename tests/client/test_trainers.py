@@ -66,7 +66,9 @@ def test_torch_trainer_cnn_learns_and_is_deterministic(digits):
 def test_torch_trainer_accepts_read_only_weights_and_factory(digits):
     from fedloom.client.torch_trainer import TorchTrainer
 
-    t = TorchTrainer(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), digits.train.x, digits.train.y)
+    t = TorchTrainer(
+        lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), digits.train.x, digits.train.y
+    )
     w = t.get_weights()
     for a in w.values():
         a.flags.writeable = False

@@ -25,7 +25,11 @@ def test_valid_weights_pass():
     [
         ({"a": np.zeros((2, 3), np.float32)}, WeightsMismatchError, r"missing tensors \['b'\]"),
         ({**REF, "c": np.zeros(1, np.float32)}, WeightsMismatchError, r"unexpected tensors \['c'\]"),
-        ({**REF, "a": np.zeros((3, 2), np.float32)}, WeightsMismatchError, r"'a' has shape \(3, 2\), expected \(2, 3\)"),
+        (
+            {**REF, "a": np.zeros((3, 2), np.float32)},
+            WeightsMismatchError,
+            r"'a' has shape \(3, 2\), expected \(2, 3\)",
+        ),
         ({**REF, "b": np.zeros(3, np.float64)}, WeightsMismatchError, "'b' has dtype float64, expected float32"),
         ({**REF, "b": np.array([0, np.nan, np.inf], np.float32)}, NonFiniteError, "'b' contains 1 NaN and 1 Inf"),
         ({**REF, "b": [0.0, 1.0, 2.0]}, ValidationError, "'b' must be a numpy array"),

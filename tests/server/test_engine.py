@@ -79,7 +79,7 @@ def test_rejections_are_raised_recorded_and_change_nothing(make_update, code, re
 
 
 def test_not_selected_duplicate_and_closed_round():
-    engine, rec = make_engine(fraction=0.5)
+    engine, _ = make_engine(fraction=0.5)
     task = engine.open_round()
     outsider = next(c for c in engine.clients if c not in task.selected)
     with pytest.raises(RejectedUpdateError, match="was not selected") as info:

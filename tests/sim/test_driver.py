@@ -18,7 +18,9 @@ def store(tmp_path):
 
 
 def run_digits(store, seed=0, rounds=10, model="logreg", clients=10, partition="iid", **kw):
-    cfg = SimConfig(dataset="digits", model=model, clients=clients, partition=partition, rounds=rounds, seed=seed, lr=0.5)
+    cfg = SimConfig(
+        dataset="digits", model=model, clients=clients, partition=partition, rounds=rounds, seed=seed, lr=0.5
+    )
     task = build_task(cfg)
     strategy = fedloom.fedavg(fraction=kw.pop("fraction", 1.0), epochs=1, batch_size=16, lr=cfg.lr)
     return fedloom.simulate(
@@ -100,7 +102,9 @@ def test_crashing_client_fails_clearly_or_is_skipped(store):
     failed = store.list_runs()[0]
     assert failed.status == "failed"
     with pytest.raises(ClientError, match="only 3 of 4 clients returned a usable update; the strategy needs 4"):
-        fedloom.simulate(client_fn, 4, fedloom.fedavg(fraction=1.0), 2, store=store, progress=False, on_client_error="skip")
+        fedloom.simulate(
+            client_fn, 4, fedloom.fedavg(fraction=1.0), 2, store=store, progress=False, on_client_error="skip"
+        )
     tolerant = fedloom.fedavg(fraction=1.0, criteria=fedloom.RoundCriteria(threshold=0.5))
     result = fedloom.simulate(client_fn, 4, tolerant, 2, store=store, progress=False, on_client_error="skip")
     assert [s.num_updates for s in result.history] == [3, 3]

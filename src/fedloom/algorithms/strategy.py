@@ -15,8 +15,8 @@ import numpy as np
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
-from fedloom.core.fit import FitConfig
 from fedloom.core.errors import ConfigError
+from fedloom.core.fit import FitConfig
 from fedloom.core.rng import stream_key
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
@@ -35,7 +35,8 @@ class Accumulator(Protocol):
 class Aggregator(Protocol):
     """Makes a fresh accumulator for each round."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
 

@@ -98,7 +98,7 @@ class TorchTrainer:
                 opt.zero_grad(set_to_none=True)
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
                 total_correct += int((out.detach().argmax(dim=1) == yb).sum())

@@ -33,7 +33,9 @@ class FitConfig:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs} (set --epochs to a positive integer)")
         if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size} (set --batch-size to a positive integer)")
+            raise ConfigError(
+                f"batch_size must be >= 1, got {self.batch_size} (set --batch-size to a positive integer)"
+            )
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr} (set --lr to a positive number)")
 

@@ -131,7 +131,9 @@ def from_bytes(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Weig
         raise SerializationError(f"model payload holds invalid tensors: {exc}") from None
     actual = content_hash(weights)
     if actual != metadata.get("sha256"):
-        raise IntegrityError(f"model payload hash mismatch: header says {metadata.get('sha256')}, tensors hash to {actual}")
+        raise IntegrityError(
+            f"model payload hash mismatch: header says {metadata.get('sha256')}, tensors hash to {actual}"
+        )
     reserved = {"format", "sha256", "round", "client_id", "num_samples"}
     header = ModelHeader(
         sha256=actual,

@@ -45,7 +45,9 @@ def check_structure(weights: Mapping[str, object]) -> None:
             raise ValidationError(f"tensor {name!r} must be a numpy array, got {type(value).__name__}")
         if value.dtype not in ALLOWED_DTYPES:
             allowed = ", ".join(sorted(str(d) for d in ALLOWED_DTYPES))
-            raise ValidationError(f"tensor {name!r} has dtype {value.dtype}, which is not allowed (use one of: {allowed})")
+            raise ValidationError(
+                f"tensor {name!r} has dtype {value.dtype}, which is not allowed (use one of: {allowed})"
+            )
 
 
 def check_finite(weights: Mapping[str, np.ndarray]) -> None:

@@ -41,7 +41,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test_parts: list[np.ndarray] = []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        test_parts.append(members[: int(round(test_fraction * members.size))])
+        test_parts.append(members[: round(test_fraction * members.size)])
     test_idx = np.sort(np.concatenate(test_parts)).astype(np.int64)
     train_mask = np.ones(labels.shape[0], dtype=bool)
     train_mask[test_idx] = False
@@ -51,7 +51,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 def _sklearn_digits() -> Any:
     """``sklearn.datasets.load_digits()``, or a DataError saying how to install scikit-learn."""
     try:
-        from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415
+        from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as exc:
         raise DataError(
             "the digits dataset needs scikit-learn, which is not installed: run `pip install 'fedloom[datasets]'`"

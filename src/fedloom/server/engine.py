@@ -234,7 +234,9 @@ class RoundEngine:
         assert self._open is not None
         if not self.criteria_met():
             need = self.strategy.criteria.required(len(self._open.task.selected))
-            raise EngineStateError(f"round {self._open.task.round} has {self.received()} of the {need} updates it needs")
+            raise EngineStateError(
+                f"round {self._open.task.round} has {self.received()} of the {need} updates it needs"
+            )
         outcome = self._aggregate(self._open)
         self._global = _frozen(outcome.weights)
         self._open = None
@@ -260,4 +262,3 @@ class RoundEngine:
             num_rejected=open_round.rejected,
             seconds=time.perf_counter() - open_round.started,
         )
-

@@ -41,7 +41,9 @@ class RecordingStore(Protocol):
         self, run_id: str, round: int, metrics: Mapping[str, float], scope: str = "server", client_id: str | None = None
     ) -> None: ...
 
-    def record_rejection(self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str) -> Any: ...
+    def record_rejection(
+        self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str
+    ) -> Any: ...
 
 
 class StoreRecorder:

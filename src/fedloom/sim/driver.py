@@ -20,7 +20,7 @@ from fedloom.server.engine import RoundEngine, RoundOutcome
 from fedloom.server.recording import StoreRecorder
 from fedloom.sim.executor import ClientFailure, ClientFn, Executor, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
-from fedloom.sim.progress import ProgressPrinter, summary_table
+from fedloom.sim.progress import ProgressPrinter
 
 EvaluateFn = Callable[[Weights], Mapping[str, float]]
 OnClientError = Literal["fail", "skip"]
@@ -83,6 +83,30 @@ def _evaluate_clients(
     return {f"client_{k}": v / samples for k, v in totals.items()}
 
 
+class _RunLog:
+    """The store writes of one run; every method is a no-op when no store is given."""
+
+    def __init__(self, store: Any, name: str, config: Mapping[str, Any], seed: int, keep_local_models: bool) -> None:
+        self.store = _resolve_store(store)
+        self.run_id: str | None = self.store.create_run(name, "simulation", config, seed) if self.store else None
+        self.recorder = (
+            StoreRecorder(self.store, self.run_id, keep_local_models=keep_local_models) if self.run_id else None
+        )
+
+    def register_clients(self, clients: Sequence[tuple[str, int | None]]) -> None:
+        if self.run_id:
+            self.store.register_clients(self.run_id, clients)
+
+    def round_done(self, summary: RoundSummary) -> None:
+        if self.run_id:
+            evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
+            self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
+
+    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+        if self.run_id:
+            self.store.finish_run(self.run_id, status, dict(summary))
+
+
 def simulate(
     client_fn: ClientFn,
     num_clients: int,
@@ -110,48 +134,37 @@ def simulate(
     ``./fedloom-runs``); pass a Store to use another, or ``None`` to keep nothing.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
-    store = _resolve_store(store)
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
     run_config = {"strategy": strategy.describe(), "num_clients": num_clients, "rounds": rounds, **(config or {})}
-    run_id = store.create_run(run_name or strategy.name, "simulation", run_config, seed) if store else None
-    recorder = StoreRecorder(store, run_id, keep_local_models=keep_local_models) if store and run_id else None
-    engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=recorder)
-    sizes = client_sizes or [None] * num_clients
-    engine.register_clients((_client_id(i), sizes[i]) for i in range(num_clients))
-    if store and run_id:
-        store.register_clients(run_id, [(_client_id(i), sizes[i]) for i in range(num_clients)])
+    log = _RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
+    engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=log.recorder)
+    sizes: Sequence[int | None] = client_sizes or [None] * num_clients
+    clients = [(_client_id(i), sizes[i]) for i in range(num_clients)]
+    engine.register_clients(clients)
+    log.register_clients(clients)
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
     history: list[RoundSummary] = []
     started = time.perf_counter()
     try:
         for _ in range(rounds):
-            summary = loop.run_round(num_clients, client_eval_fraction)
-            history.append(summary)
-            if store and run_id:
-                eval_metrics = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
-                store.record_metrics(run_id, summary.round, {**eval_metrics, "seconds": summary.seconds})
+            history.append(loop.run_round(num_clients, client_eval_fraction))
+            log.round_done(history[-1])
             if printer:
-                printer.update(summary, time.perf_counter() - started)
+                printer.update(history[-1], time.perf_counter() - started)
     except KeyboardInterrupt:
-        if store and run_id:
-            store.finish_run(run_id, "interrupted", {"rounds_completed": len(history)})
+        log.finish("interrupted", {"rounds_completed": len(history)})
         raise
     except Exception:
-        if store and run_id:
-            store.finish_run(run_id, "failed", {"rounds_completed": len(history)})
+        log.finish("failed", {"rounds_completed": len(history)})
         raise
     finally:
         if printer:
             printer.close()
-    final = dict(history[-1].metrics) if history else {}
-    if store and run_id:
-        store.finish_run(run_id, "finished", {"rounds_completed": len(history), **final})
+    log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
     if printer:
-        printer.stream.write(summary_table(history) + "\n")
-        if run_id:
-            printer.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}\n")
-    return SimulationResult(run_id, history, engine.global_weights, run_config)
+        printer.report(history, log.run_id)
+    return SimulationResult(log.run_id, history, engine.global_weights, run_config)
 
 
 class _Loop:
@@ -178,10 +191,11 @@ class _Loop:
         results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn)
         _submit_results(self.engine, results, self.on_client_error)
         if not self.engine.criteria_met():
+            needed = self.engine.strategy.criteria.required(len(task.selected))
             raise ClientError(
                 f"round {task.round}: only {self.engine.received()} of {len(task.selected)} clients "
-                f"returned a usable update; the strategy needs {self.engine.strategy.criteria.required(len(task.selected))} "
-                "(lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
+                f"returned a usable update; the strategy needs {needed}"
+                " (lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
             )
         outcome = self.engine.close_round()
         metrics = self._metrics(outcome, num_clients, client_eval_fraction)

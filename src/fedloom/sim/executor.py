@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
-from fedloom.client.trainer import Trainer
 
 ClientFn = Callable[[int], Trainer]
 

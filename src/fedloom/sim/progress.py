@@ -47,6 +47,13 @@ class ProgressPrinter:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def report(self, history: Sequence[RoundSummary], run_id: str | None) -> None:
+        """The summary table, and where the run was stored."""
+        self.stream.write(summary_table(history) + "\n")
+        if run_id:
+            self.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.live:
             self.stream.write("\n")

@@ -43,6 +43,17 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class ClientRecord:
+    """A client (simulated) or agent (deployed) registered in a run."""
+
+    run_id: str
+    client_id: str
+    num_samples: int | None
+    created_at: datetime
+    extra: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """One round: who was selected, when it opened and closed, what it aggregated."""
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    insert,
     inspect,
     select,
     update,
@@ -281,7 +282,7 @@ def _create_fresh(conn: Connection) -> None:
     if existing:
         raise StoreError(f"the database has fedloom tables {sorted(existing)} but no schema_version row")
     Base.metadata.create_all(conn)
-    conn.execute(SchemaVersionRow.__table__.insert().values(id=1, version=SCHEMA_VERSION))
+    conn.execute(insert(SchemaVersionRow).values(id=1, version=SCHEMA_VERSION))
 
 
 def _apply(conn: Connection, target: int) -> None:

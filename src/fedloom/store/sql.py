@@ -13,6 +13,7 @@ SQLite (the default) runs in WAL mode with foreign keys on; any other SQLAlchemy
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import uuid
@@ -20,9 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import URL, Engine, create_engine, event, insert, select, update
+from sqlalchemy import URL, Connection, CursorResult, Engine, Update, create_engine, event, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -35,6 +36,7 @@ from fedloom.store.blobs import FileBlobStore
 from fedloom.store.records import (
     METRIC_SCOPES,
     RUN_KINDS,
+    ClientRecord,
     MetricRecord,
     ModelRecord,
     RejectionRecord,
@@ -170,8 +172,7 @@ class SqlStore:
         if summary is not None:
             values["summary"] = _plain_json(dict(summary))
         with self._session(f"finish run {run_id}") as session:
-            result = session.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
-            if result.rowcount == 0:
+            if _rowcount(session, update(RunRow).where(RunRow.id == run_id).values(**values)) == 0:
                 raise StoreError(f"cannot finish run {run_id!r}: no such run")
 
     # ----------------------------------------------------------------- clients
@@ -236,7 +237,7 @@ class SqlStore:
         }
         where = (RoundRow.run_id == run_id, RoundRow.round == round, RoundRow.status == "open")
         with self._session(f"close round {round} of run {run_id}") as session:
-            if session.execute(update(RoundRow).where(*where).values(**values)).rowcount == 0:
+            if _rowcount(session, update(RoundRow).where(*where).values(**values)) == 0:
                 current = session.scalar(select(RoundRow.status).where(*where[:2]))
                 state = "was never opened" if current is None else f"is already {current}"
                 raise StoreError(f"cannot close round {round} of run {run_id}: it {state}")
@@ -252,7 +253,9 @@ class SqlStore:
         if self._global_row_id(run_id, round) is not None:
             raise StoreError(conflict)
         sha256 = content_hash(weights)
-        key = self._put_blob(to_bytes(weights, round=round, num_samples=num_samples)) if self._blobs else None
+        key = (
+            self._put_blob(to_bytes(weights, round=round, num_samples=num_samples)) if self._blobs is not None else None
+        )
         row = GlobalModelRow(
             run_id=run_id, round=round, num_samples=num_samples, sha256=sha256, blob_key=key, created_at=utcnow()
         )
@@ -318,7 +321,10 @@ class SqlStore:
             raise StoreError("client metrics need a client_id and server metrics must not have one")
         now = utcnow()
         base = {"run_id": run_id, "round": _check_int("round", round), "scope": scope, "client_id": client_id}
-        rows = [{**base, "name": _check_name("metric name", k), "value": float(v), "created_at": now} for k, v in metrics.items()]
+        rows = [
+            {**base, "name": _check_name("metric name", k), "value": float(v), "created_at": now}
+            for k, v in metrics.items()
+        ]
         if not rows:
             return
         with self._session(f"record metrics of run {run_id} round {round}", run_id=run_id) as session:
@@ -360,6 +366,12 @@ class SqlStore:
         stmt = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id).limit(limit)
         with self._session("list runs") as session:
             return [_run_record(r) for r in session.scalars(stmt)]
+
+    def list_clients(self, run_id: str) -> list[ClientRecord]:
+        """The run's registered clients in registration order (what a restarted aggregator re-admits)."""
+        stmt = select(ClientRow).where(ClientRow.run_id == run_id).order_by(ClientRow.id)
+        with self._session(f"list clients of run {run_id}") as session:
+            return [_client_record(r) for r in session.scalars(stmt)]
 
     def list_rounds(self, run_id: str) -> list[RoundRecord]:
         """Every round of the run in round order (empty for an unknown run)."""
@@ -452,9 +464,12 @@ def _make_engine(url: str | URL) -> Engine:
     try:
         engine = create_engine(url)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
-        raise StoreError(f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)") from exc
+        raise StoreError(
+            f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)"
+        ) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
@@ -463,13 +478,31 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
     ``synchronous=NORMAL`` in WAL mode keeps every commit across a process crash
     (SIGKILL) and the file always consistent; only an OS crash may lose the last commits.
+    The driver's own transaction handling is switched off (see :func:`_sqlite_on_begin`).
     """
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL", "busy_timeout=10000"):
             cursor.execute(f"PRAGMA {pragma}")
     finally:
         cursor.close()
+
+
+def _rowcount(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE matched, so a missing target is reported instead of ignored."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount)
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    """Start every transaction explicitly.
+
+    Python's sqlite3 only opens a transaction before INSERT/UPDATE/DELETE, so DDL in a
+    migration and the reads before a write would run outside it; an explicit BEGIN makes
+    a schema upgrade all-or-nothing and gives each transaction one consistent snapshot.
+    """
+    connection.exec_driver_sql("BEGIN")
 
 
 def _reason(exc: sa_exc.SQLAlchemyError) -> str:
@@ -489,9 +522,13 @@ def _check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
 
 
 def _check_int(field: str, value: int, minimum: int | None = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+    """Accept ints and NumPy integers (via ``__index__``); refuse bools, floats and strings."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool):
         raise StoreError(f"{field} must be an integer, got {value!r}")
-    number = int(value)
     if minimum is not None and number < minimum:
         raise StoreError(f"{field} must be >= {minimum}, got {number}")
     return number
@@ -523,7 +560,9 @@ def _local_hash(weights: Weights | None, sha256: str | None) -> str:
     return actual
 
 
-def _client_row(run_id: str, client_id: str, num_samples: int | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _client_row(
+    run_id: str, client_id: str, num_samples: int | None, extra: Mapping[str, Any] | None
+) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "client_id": _check_name("client_id", client_id),
@@ -547,6 +586,16 @@ def _run_record(row: RunRow) -> RunRecord:
         created_at=row.created_at,
         finished_at=row.finished_at,
         summary=row.summary,
+    )
+
+
+def _client_record(row: ClientRow) -> ClientRecord:
+    return ClientRecord(
+        run_id=row.run_id,
+        client_id=row.client_id,
+        num_samples=row.num_samples,
+        created_at=row.created_at,
+        extra=row.extra,
     )
 
 

@@ -1,0 +1,106 @@
+"""PyTorch reference models: logistic regression, an MLP and the FedAvg-paper-style CNN.
+
+Kept small and fixed so accuracy numbers are comparable across runs and with the
+literature. ``torch`` is imported inside each function: building a model is the only
+thing here that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fedloom.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: names accepted by :func:`build_model` (and by the CLI's ``--model``).
+TORCH_MODELS = ("logreg-torch", "mlp", "cnn")
+
+Shape = Sequence[int]
+
+
+def logistic_regression(in_shape: Shape = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """Multinomial logistic regression (Flatten + Linear): the convex baseline."""
+    _require_torch()
+    from torch import nn
+
+    _check_shape(in_shape, num_classes)
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_classes))
+
+
+def mlp(in_shape: Shape = (1, 28, 28), num_classes: int = 10, hidden: Sequence[int] = (200, 200)) -> nn.Module:
+    """A ReLU multi-layer perceptron; the default is McMahan et al.'s "2NN" (two layers of 200)."""
+    _require_torch()
+    from torch import nn
+
+    _check_shape(in_shape, num_classes)
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ConfigError(f"hidden must be a sequence of positive layer widths, got {tuple(hidden)!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(in_shape)
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(in_shape: Shape = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """Two 5x5 conv + max-pool blocks (16 and 32 channels), then FC 128 and the classifier.
+
+    Parameters: 215,370 for 1x28x28 inputs and 10 classes. The two 2x2 pools shrink
+    height and width to ``H // 4`` and ``W // 4``, so both must be at least 4
+    (28x28 Fashion-MNIST gives 32*7*7 = 1568 features, 8x8 digits 32*2*2 = 128).
+    """
+    _require_torch()
+    from torch import nn
+
+    _check_shape(in_shape, num_classes)
+    channels, height, width = _image_shape(in_shape)
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * (height // 4) * (width // 4), 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def build_model(name: str, in_shape: Shape, num_classes: int) -> nn.Module:
+    """Build a reference model by name (one of :data:`TORCH_MODELS`), so configs can choose by string."""
+    if name == "logreg-torch":
+        return logistic_regression(in_shape, num_classes)
+    if name == "mlp":
+        return mlp(in_shape, num_classes)
+    if name == "cnn":
+        return cnn(in_shape, num_classes)
+    raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(TORCH_MODELS)}")
+
+
+def _require_torch() -> None:
+    """Raise a ConfigError saying how to install torch when it is missing (before ``from torch import nn``)."""
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError("the PyTorch models need torch, which is not installed: run `pip install 'fedloom[torch]'`")
+
+
+def _check_shape(in_shape: Shape, num_classes: int) -> None:
+    if not in_shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in in_shape):
+        raise ConfigError(f"in_shape must be a non-empty sequence of positive ints, got {tuple(in_shape)!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+
+def _image_shape(in_shape: Shape) -> tuple[int, int, int]:
+    """``(C, H, W)`` with H and W >= 4, as the CNN's two pools require."""
+    if len(in_shape) != 3 or in_shape[1] < 4 or in_shape[2] < 4:
+        raise ConfigError(f"cnn needs in_shape (C, H, W) with H and W >= 4 (e.g. (1, 28, 28)), got {tuple(in_shape)!r}")
+    return int(in_shape[0]), int(in_shape[1]), int(in_shape[2])

@@ -1,0 +1,28 @@
+"""fedloom.store — the persistent record of every run: SQL rows plus content-addressed blobs.
+
+The round engine and the simulation driver write through the :class:`Store` protocol;
+:class:`SqlStore` implements it (and the readers used by the CLI, the dashboard and a
+resuming aggregator) on SQLite or any SQLAlchemy database, with model bytes in a
+:class:`FileBlobStore`.
+"""
+
+from fedloom.store.blobs import BlobStore, FileBlobStore
+from fedloom.store.protocol import Store
+from fedloom.store.records import ClientRecord, MetricRecord, ModelRecord, RejectionRecord, RoundRecord, RunRecord
+from fedloom.store.schema import SCHEMA_VERSION
+from fedloom.store.sql import SqlStore, resolve_home
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BlobStore",
+    "ClientRecord",
+    "FileBlobStore",
+    "MetricRecord",
+    "ModelRecord",
+    "RejectionRecord",
+    "RoundRecord",
+    "RunRecord",
+    "SqlStore",
+    "Store",
+    "resolve_home",
+]

@@ -1,0 +1,98 @@
+import subprocess
+import sys
+
+import pytest
+
+from fedloom.core.errors import ConfigError
+from fedloom.models import TORCH_MODELS, build_model, cnn, logistic_regression, mlp, torch_models
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.torch
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TORCH_MODELS)
+@pytest.mark.parametrize(("shape", "classes"), [((1, 28, 28), 10), ((1, 8, 8), 10), ((3, 12, 16), 4)])
+def test_output_shape(name, shape, classes):
+    model = build_model(name, shape, classes)
+    out = model(torch.zeros(5, *shape))
+    assert out.shape == (5, classes)
+
+
+def test_cnn_parameter_count_matches_hand_computation():
+    conv1 = 16 * 1 * 5 * 5 + 16  # 416
+    conv2 = 32 * 16 * 5 * 5 + 32  # 12832
+    fc1 = 1568 * 128 + 128  # 200832
+    fc2 = 128 * 10 + 10  # 1290
+    assert conv1 + conv2 + fc1 + fc2 == 215370
+    assert count(cnn()) == 215370
+    assert count(cnn((1, 8, 8), 10)) == 416 + 12832 + (32 * 2 * 2 * 128 + 128) + 1290
+
+
+def test_logreg_and_mlp_parameter_counts():
+    assert count(logistic_regression()) == 784 * 10 + 10
+    assert count(mlp()) == (784 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)
+    assert count(mlp((1, 8, 8), 10, hidden=(32,))) == (64 * 32 + 32) + (32 * 10 + 10)
+
+
+def test_state_dict_keys_are_stable():
+    assert list(cnn().state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "7.weight",
+        "7.bias",
+        "9.weight",
+        "9.bias",
+    ]
+    assert list(logistic_regression().state_dict()) == ["1.weight", "1.bias"]
+    assert list(mlp().state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+
+
+def test_cnn_layer_shapes():
+    layers = list(cnn())
+    assert isinstance(layers[0], torch.nn.Conv2d)
+    assert layers[0].kernel_size == (5, 5)
+    assert layers[0].padding == (2, 2)
+    assert isinstance(layers[2], torch.nn.MaxPool2d)
+    assert layers[7].in_features == 1568
+    assert layers[7].out_features == 128
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: build_model("resnet", (1, 28, 28), 10),
+            r"unknown model 'resnet'; valid models: logreg-torch, mlp, cnn",
+        ),
+        (lambda: cnn((1, 2, 2), 10), r"H and W >= 4"),
+        (lambda: cnn((28, 28), 10), r"\(C, H, W\)"),
+        (lambda: logistic_regression((1, 0, 28), 10), r"in_shape"),
+        (lambda: mlp((1, 8, 8), 1), r"num_classes"),
+        (lambda: mlp((1, 8, 8), 10, hidden=(0,)), r"hidden"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
+
+
+def test_missing_torch_says_how_to_install(monkeypatch):
+    real = torch_models.importlib.util.find_spec
+    monkeypatch.setattr(
+        torch_models.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'fedloom\[torch\]'"):
+        cnn()
+
+
+def test_import_without_torch():
+    code = "import sys, fedloom.models, fedloom.data, fedloom.sim.partition; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,174 @@
+"""Schema versioning, SQLite settings, and opening stores by URL or home directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.dialects import sqlite
+
+from fedloom.core.errors import StoreError
+from fedloom.store import SqlStore, resolve_home, schema
+from fedloom.store.sql import sqlite_url
+
+
+def _db(tmp_path: Path) -> Path:
+    return tmp_path / "fedloom.db"
+
+
+def _open(tmp_path: Path) -> SqlStore:
+    return SqlStore(sqlite_url(_db(tmp_path)), blob_root=tmp_path / "blobs")
+
+
+def _version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    _open(tmp_path).close()
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrations_apply_in_order_and_keep_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _open(tmp_path) as store:
+        run_id = store.create_run("old", "simulation", {"a": 1}, seed=3)
+    applied: list[int] = []
+
+    def add_note(conn: Connection) -> None:
+        applied.append(2)
+        conn.execute(text("ALTER TABLE runs ADD COLUMN note TEXT"))
+
+    def fill_note(conn: Connection) -> None:
+        applied.append(3)
+        conn.execute(text("UPDATE runs SET note = 'migrated'"))
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema, "MIGRATIONS", {3: fill_note, 2: add_note})
+    with _open(tmp_path) as store:
+        assert store.get_run(run_id).config == {"a": 1}
+    assert applied == [2, 3]
+    assert _version(_db(tmp_path)) == 3
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert conn.execute("SELECT note FROM runs").fetchall() == [("migrated",)]
+    _open(tmp_path).close()
+    assert applied == [2, 3]  # an up-to-date database is left alone
+
+
+def test_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _open(tmp_path).close()
+
+    def broken(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE runs ADD COLUMN note TEXT"))
+        conn.execute(text("SELECT * FROM no_such_table"))
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", {2: broken})
+    with pytest.raises(StoreError, match="could not open the store"):
+        _open(tmp_path)
+    assert _version(_db(tmp_path)) == 1
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
+    assert "note" not in columns
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    _open(tmp_path).close()
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        _open(tmp_path)
+
+
+def test_foreign_tables_without_version_are_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.execute("CREATE TABLE runs (id TEXT)")
+    with pytest.raises(StoreError, match="no schema_version"):
+        _open(tmp_path)
+
+
+def test_open_default_uses_home_then_env_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDLOOM_HOME", raising=False)
+    assert resolve_home() == Path("fedloom-runs")
+    SqlStore.open_default().close()
+    assert (tmp_path / "fedloom-runs" / "fedloom.db").is_file()
+    assert (tmp_path / "fedloom-runs" / "blobs").is_dir()
+    monkeypatch.setenv("FEDLOOM_HOME", str(tmp_path / "from-env"))
+    SqlStore.open_default().close()
+    assert (tmp_path / "from-env" / "fedloom.db").is_file()
+    SqlStore.open_default(tmp_path / "explicit").close()
+    assert (tmp_path / "explicit" / "fedloom.db").is_file()
+
+
+def test_bad_urls_are_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="database URL"):
+        SqlStore("not a url", blob_root=None)
+    with pytest.raises(StoreError):
+        SqlStore("postgresql+psycopg://nobody@127.0.0.1:1/none", blob_root=None)
+    with pytest.raises(StoreError, match="could not open the store"):
+        SqlStore(sqlite_url(tmp_path / "missing-dir" / "x.db"), blob_root=None)
+
+
+def test_store_without_blob_root_records_hashes_only(tmp_path: Path) -> None:
+    with SqlStore(sqlite_url(_db(tmp_path))) as store:
+        run_id = store.create_run("hash-only", "simulation", {}, seed=0)
+        store.save_global_model(run_id, 0, {"w": np.ones(2, dtype=np.float32)}, num_samples=0)
+        (record,) = store.list_global_models(run_id)
+        assert record.blob_key is None
+        with pytest.raises(StoreError, match="without its weights"):
+            store.load_global_model(run_id, 0)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    column_type = schema.UtcDateTime()
+    with pytest.raises(StoreError, match="naive"):
+        column_type.process_bind_param(datetime(2024, 1, 1), sqlite.dialect())
+
+
+_WRITER = """
+import sys
+import numpy as np
+from fedloom.store import SqlStore
+store = SqlStore.open_default(sys.argv[1])
+run_id = store.create_run("killed", "deployment", {}, seed=0)
+print(run_id, flush=True)
+for rnd in range(1, 100_000):
+    store.open_round(run_id, rnd, ["a"])
+    weights = {"w": np.full(1000, rnd, dtype=np.float32)}
+    store.save_local_model(run_id, rnd, "a", weights, 1, {"loss": 1.0 / rnd})
+    store.save_global_model(run_id, rnd, weights, num_samples=1)
+    store.close_round(run_id, rnd, num_updates=1, num_samples=1)
+    print(rnd, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_sigkill_mid_run_leaves_a_resumable_store(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(home)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().strip()
+    while int(proc.stdout.readline() or 0) < 5:
+        pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    with SqlStore.open_default(home) as store:
+        models = store.list_global_models(run_id)
+        assert len(models) >= 5
+        for model in models:  # every row that made it points at a complete, verified blob
+            assert float(store.load_global_model(run_id, model.round)["w"][0]) == model.round
+        rounds = store.list_rounds(run_id)
+        assert all(r.status == "closed" for r in rounds[:-1])
+        assert rounds[-1].round - len(models) in (0, 1)  # at most the last round is still open
+        assert store.get_run(run_id).status == "running"  # what a restarted aggregator looks for
