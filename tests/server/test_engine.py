@@ -15,8 +15,8 @@ class ListRecorder:
     def round_opened(self, round, selected):
         self.events.append(("opened", round, tuple(selected)))
 
-    def update_accepted(self, update):
-        self.events.append(("accepted", update.round, update.client_id))
+    def update_accepted(self, report, weights):
+        self.events.append(("accepted", report.round, report.client_id))
 
     def update_rejected(self, round, client_id, code, reason):
         self.events.append(("rejected", round, client_id, code, reason))

@@ -32,11 +32,27 @@ class Accumulator(Protocol):
     def result(self) -> Weights: ...
 
 
+class MergeableAccumulator(Accumulator, Protocol):
+    """An accumulator whose partial results can be combined (sum-type aggregates)."""
+
+    def merge(self, other: WeightedMeanAccumulator) -> None: ...
+
+    def partial_sums(self) -> tuple[Weights, float, int]: ...
+
+
 class Aggregator(Protocol):
-    """Makes a fresh accumulator for each round."""
+    """Makes a fresh accumulator for each round.
+
+    ``mergeable`` says whether partial accumulators (e.g. one per simulation worker) may
+    be merged; aggregators that need every update (median, Krum, ...) say False and
+    receive each update individually.
+    """
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def mergeable(self) -> bool: ...
 
     def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
 
@@ -46,6 +62,7 @@ class WeightedMean:
     """FedAvg's aggregator: the sample-weighted mean, streamed and mergeable."""
 
     name: str = "weighted_mean"
+    mergeable: bool = True
 
     def start(self, reference: Mapping[str, np.ndarray]) -> WeightedMeanAccumulator:
         return WeightedMeanAccumulator(reference)

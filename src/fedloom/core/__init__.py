@@ -17,7 +17,7 @@ from fedloom.core.errors import (
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.rng import rng_for, stream_key
 from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
-from fedloom.core.update import ClientUpdate
+from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import (
     Weights,
     check_compatible,
@@ -46,6 +46,7 @@ __all__ = [
     "RejectedUpdateError",
     "SerializationError",
     "StoreError",
+    "UpdateReport",
     "ValidationError",
     "Weights",
     "WeightsMismatchError",

@@ -7,7 +7,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedloom.core.errors import ValidationError
+from fedloom.core.serialization import content_hash
 from fedloom.core.weights import Weights
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """An accepted update without its tensors: what is recorded when the weights were pre-merged.
+
+    Simulation workers fold many clients into one partial sum; each client still leaves a
+    report (who, which round, how many samples, metrics, and the hash of its model).
+    """
+
+    client_id: str
+    round: int
+    num_samples: int
+    metrics: Mapping[str, float]
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -34,3 +50,9 @@ class ClientUpdate:
         for key, value in self.metrics.items():
             if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
                 raise ValidationError(f"metric {key!r} must be a finite number, got {value!r}")
+
+    def report(self) -> UpdateReport:
+        """This update's :class:`UpdateReport` (hashes the weights)."""
+        return UpdateReport(
+            self.client_id, self.round, self.num_samples, dict(self.metrics), content_hash(self.weights)
+        )

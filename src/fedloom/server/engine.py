@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.strategy import Accumulator, Strategy
 from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
-from fedloom.core.update import ClientUpdate
+from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
 
 
@@ -70,7 +71,7 @@ class RoundRecorder(Protocol):
 
     def round_opened(self, round: int, selected: Sequence[str]) -> None: ...
 
-    def update_accepted(self, update: ClientUpdate) -> None: ...
+    def update_accepted(self, report: UpdateReport, weights: Weights | None) -> None: ...
 
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None: ...
 
@@ -173,22 +174,29 @@ class RoundEngine:
             self.recorder.update_rejected(update_round, client_id, code, reason)
         return RejectedUpdateError(code, reason)
 
-    def _check(self, update: ClientUpdate) -> tuple[str, str] | None:
-        """The (code, reason) for refusing ``update``, or None if it is acceptable."""
+    def _check_identity(self, client_id: str, round: int, num_samples: int) -> tuple[str, str] | None:
+        """The (code, reason) for refusing an update from ``client_id`` for ``round``, or None."""
         if self._open is None:
             return "round_closed", f"no round is open (next round is {self._next_round})"
         current = self._open.task.round
-        if update.round != current:
-            return "wrong_round", f"update is for round {update.round} but round {current} is open"
-        if update.client_id not in self._clients:
-            return "unknown_client", f"client {update.client_id!r} is not registered"
-        if update.client_id not in self._open.task.selected:
-            return "not_selected", f"client {update.client_id!r} was not selected for round {current}"
-        if update.client_id in self._open.received:
-            return "duplicate", f"client {update.client_id!r} already sent an update for round {current}"
-        cap = self._clients[update.client_id]
-        if cap is not None and update.num_samples > cap:
-            return "bad_num_samples", f"client claims {update.num_samples} samples but holds {cap}"
+        if round != current:
+            return "wrong_round", f"update is for round {round} but round {current} is open"
+        if client_id not in self._clients:
+            return "unknown_client", f"client {client_id!r} is not registered"
+        if client_id not in self._open.task.selected:
+            return "not_selected", f"client {client_id!r} was not selected for round {current}"
+        if client_id in self._open.received:
+            return "duplicate", f"client {client_id!r} already sent an update for round {current}"
+        cap = self._clients[client_id]
+        if cap is not None and num_samples > cap:
+            return "bad_num_samples", f"client claims {num_samples} samples but holds {cap}"
+        return None
+
+    def _check(self, update: ClientUpdate) -> tuple[str, str] | None:
+        """The (code, reason) for refusing ``update``, or None if it is acceptable."""
+        problem = self._check_identity(update.client_id, update.round, update.num_samples)
+        if problem:
+            return problem
         try:
             validate_weights(update.weights, self._global)
         except ValidationError as exc:
@@ -202,11 +210,41 @@ class RoundEngine:
             raise self._reject(update.round, update.client_id, *problem)
         assert self._open is not None
         self._open.accumulator.add(update)
-        self._open.received[update.client_id] = update.num_samples
-        for key, value in update.metrics.items():
-            self._open.metric_sums[key] = self._open.metric_sums.get(key, 0.0) + float(value) * update.num_samples
+        self._note_accepted(update.report(), update.weights)
+
+    def submit_merged(self, reports: Sequence[UpdateReport], partial: WeightedMeanAccumulator) -> None:
+        """Accept a partial sum that already folds in the updates described by ``reports``.
+
+        Used by simulation workers that pre-merge their clients (O(workers x model) traffic).
+        The workers validated each update's tensors against this round's global model;
+        here every report's identity is checked. Since merged tensors cannot be taken out
+        again, a report that fails these checks is an executor bug and raises
+        :class:`EngineStateError` before anything is merged.
+        """
+        self._require(EngineState.COLLECTING, "accept merged updates")
+        assert self._open is not None
+        merge = getattr(self._open.accumulator, "merge", None)
+        if merge is None:
+            raise EngineStateError(f"aggregator {self.strategy.aggregator.name!r} cannot merge partial results")
+        seen: set[str] = set()
+        for report in reports:
+            problem = self._check_identity(report.client_id, report.round, report.num_samples)
+            if problem or report.client_id in seen:
+                raise EngineStateError(f"merged update of client {report.client_id!r} is invalid: {problem}")
+            seen.add(report.client_id)
+        if partial.count != len(reports) or partial.total_weight != sum(r.num_samples for r in reports):
+            raise EngineStateError("merged partial sum does not match its reports (count or total samples differ)")
+        merge(partial)
+        for report in reports:
+            self._note_accepted(report, None)
+
+    def _note_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
+        assert self._open is not None
+        self._open.received[report.client_id] = report.num_samples
+        for key, value in report.metrics.items():
+            self._open.metric_sums[key] = self._open.metric_sums.get(key, 0.0) + float(value) * report.num_samples
         if self.recorder:
-            self.recorder.update_accepted(update)
+            self.recorder.update_accepted(report, weights)
 
     def reject_client(self, client_id: str, code: str, reason: str) -> None:
         """Record that a selected client produced no usable update (e.g. its trainer crashed)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from fedloom.core.update import ClientUpdate
+from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundOutcome
 
@@ -57,14 +57,15 @@ class StoreRecorder:
     def round_opened(self, round: int, selected: Sequence[str]) -> None:
         self.store.open_round(self.run_id, round, selected)
 
-    def update_accepted(self, update: ClientUpdate) -> None:
+    def update_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
         self.store.save_local_model(
             self.run_id,
-            update.round,
-            update.client_id,
-            update.weights,
-            update.num_samples,
-            dict(update.metrics),
+            report.round,
+            report.client_id,
+            weights if self.keep_local_models else None,
+            report.num_samples,
+            dict(report.metrics),
+            sha256=report.sha256,
             keep_blob=self.keep_local_models,
         )
 

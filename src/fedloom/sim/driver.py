@@ -8,7 +8,7 @@ the pieces a deployed aggregator reuses.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
@@ -18,7 +18,7 @@ from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundEngine, RoundOutcome
 from fedloom.server.recording import StoreRecorder
-from fedloom.sim.executor import ClientFailure, ClientFn, Executor, SequentialExecutor
+from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
 from fedloom.sim.progress import ProgressPrinter
 
@@ -49,10 +49,13 @@ def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | Non
         raise ConfigError(f"on_client_error must be 'fail' or 'skip', got {on_client_error!r}")
 
 
-def _submit_results(engine: RoundEngine, results: Any, on_client_error: OnClientError) -> None:
+def _submit_results(engine: RoundEngine, results: Iterable[ExecutorResult], on_client_error: OnClientError) -> None:
     for result in results:
+        if isinstance(result, MergedUpdates):
+            engine.submit_merged(result.reports, result.partial)
+            continue
         if isinstance(result, ClientFailure):
-            engine.reject_client(result.client_id, "client_failed", result.message)
+            engine.reject_client(result.client_id, result.code, result.message)
             if on_client_error == "fail":
                 raise ClientError(
                     f"client {result.client_id} failed in round {result.round}: {result.message}\n{result.details}"
@@ -101,6 +104,13 @@ class _RunLog:
         if self.run_id:
             evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
+
+    def home_hint(self) -> str:
+        """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""
+        from fedloom.store.sql import resolve_home
+
+        home = getattr(self.store, "home", None)
+        return str(home) if home is not None and home.resolve() != resolve_home().resolve() else ""
 
     def finish(self, status: str, summary: Mapping[str, Any]) -> None:
         if self.run_id:
@@ -159,11 +169,12 @@ def simulate(
         log.finish("failed", {"rounds_completed": len(history)})
         raise
     finally:
+        loop.executor.close()
         if printer:
             printer.close()
     log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
     if printer:
-        printer.report(history, log.run_id)
+        printer.report(history, log.run_id, log.home_hint())
     return SimulationResult(log.run_id, history, engine.global_weights, run_config)
 
 
@@ -188,7 +199,8 @@ class _Loop:
         started = time.perf_counter()
         task = self.engine.open_round()
         configs = {cid: self.engine.fit_config(cid) for cid in task.selected}
-        results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn)
+        merge = self.engine.strategy.aggregator.mergeable
+        results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn, merge)
         _submit_results(self.engine, results, self.on_client_error)
         if not self.engine.criteria_met():
             needed = self.engine.strategy.criteria.required(len(task.selected))

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.update import ClientUpdate
+from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
 
 ClientFn = Callable[[int], Trainer]
@@ -28,14 +29,32 @@ class ClientFailure:
     round: int
     message: str
     details: str
+    code: str = "client_failed"
+
+
+@dataclass(frozen=True)
+class MergedUpdates:
+    """A worker's pre-merged partial sum and one report per client folded into it."""
+
+    reports: list[UpdateReport]
+    partial: WeightedMeanAccumulator
+
+
+ExecutorResult = ClientUpdate | ClientFailure | MergedUpdates
 
 
 class Executor(Protocol):
-    """Runs ``fit`` for every selected client of a round."""
+    """Runs ``fit`` for every selected client of a round.
+
+    With ``merge=True`` (the strategy's aggregator is mergeable) an executor may yield
+    :class:`MergedUpdates` instead of individual updates.
+    """
 
     def run_round(
-        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn
-    ) -> Iterator[ClientUpdate | ClientFailure]: ...
+        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn, merge: bool = False
+    ) -> Iterator[ExecutorResult]: ...
+
+    def close(self) -> None: ...
 
 
 def fit_one(client_fn: ClientFn, client_id: str, weights: Weights, config: FitConfig) -> ClientUpdate:
@@ -57,10 +76,13 @@ class SequentialExecutor:
     """Trains the selected clients one after another in this process."""
 
     def run_round(
-        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn
-    ) -> Iterator[ClientUpdate | ClientFailure]:
+        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn, merge: bool = False
+    ) -> Iterator[ExecutorResult]:
         for client_id, config in configs.items():
             try:
                 yield fit_one(client_fn, client_id, weights, config)
             except Exception as exc:  # a user trainer may raise anything; reported, never swallowed
                 yield ClientFailure(client_id, round, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+    def close(self) -> None:
+        """Nothing to release: everything ran in this process."""

@@ -47,11 +47,12 @@ class ProgressPrinter:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def report(self, history: Sequence[RoundSummary], run_id: str | None) -> None:
+    def report(self, history: Sequence[RoundSummary], run_id: str | None, where: str = "") -> None:
         """The summary table, and where the run was stored."""
         self.stream.write(summary_table(history) + "\n")
         if run_id:
-            self.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}\n")
+            home = f" --home {where}" if where else ""
+            self.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}{home}\n")
         self.stream.flush()
 
     def close(self) -> None:

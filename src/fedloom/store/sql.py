@@ -87,6 +87,8 @@ class SqlStore:
     def __init__(self, url: str | URL, blob_root: Path | str | None = None) -> None:
         self._engine = _make_engine(url)
         self._blobs = FileBlobStore(blob_root) if blob_root is not None else None
+        #: the store directory when opened with :meth:`open_default` (for messages like "--home DIR")
+        self.home: Path | None = None
         self._migrate()
 
     @classmethod
@@ -97,7 +99,9 @@ class SqlStore:
             (root / BLOBS_DIRNAME).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"could not create the store directory {root}: {exc}") from exc
-        return cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
+        store = cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
+        store.home = root
+        return store
 
     def __repr__(self) -> str:
         return f"SqlStore({self._engine.url.render_as_string(hide_password=True)!r}, blobs={self._blobs!r})"

@@ -1,0 +1,359 @@
+"""A process-pool executor: one forked worker per core, pre-merging its clients' updates.
+
+Why it is shaped this way:
+
+- Workers are *forked* from the driver, so they inherit the dataset and ``client_fn``
+  copy-on-write: the data is loaded once and shared, nothing is pickled, and a client
+  that is not training costs only its partition indices.
+- The global model goes to each worker once per round (one safetensors payload), not
+  once per client.
+- For mergeable (sum-type) aggregators every worker folds its clients into one partial
+  weighted sum and sends it at the end of the round: traffic is O(workers x model),
+  not O(clients x model). Other aggregators receive every update.
+- Clients are handed out one at a time to whichever worker is free, so uneven client
+  sizes do not leave a core idle.
+- A worker that dies (segfault, OOM kill) is noticed at once through its socket; it is
+  replaced, the clients it had merged are re-run, and the client it was training is
+  retried up to ``max_retries`` times, then reported as a failure with what is known.
+  A Python exception in a Trainer is reported with its traceback and the worker goes on.
+
+Requires the ``fork`` start method (Linux; macOS works but is not the supported path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.fit import FitConfig
+from fedloom.core.serialization import from_bytes, to_bytes
+from fedloom.core.update import ClientUpdate, UpdateReport
+from fedloom.core.weights import Weights, validate_weights
+from fedloom.sim.executor import ClientFailure, ClientFn, MergedUpdates, fit_one
+from fedloom.sim.wire import WorkerGone, recv_frame, send_frame
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _limit_threads(threads: int) -> None:
+    """Stop each worker from spawning a thread per core (N workers x N threads oversubscribes)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # numpy's BLAS keeps its default; only matters for BLAS-heavy trainers
+        pass
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+@dataclass
+class _WorkerState:
+    weights: Weights | None = None
+    accumulator: WeightedMeanAccumulator | None = None
+
+
+def _fit_message(state: _WorkerState, client_fn: ClientFn, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    client_id = header["client_id"]
+    assert state.weights is not None
+    try:
+        update = fit_one(client_fn, client_id, state.weights, FitConfig(**header["config"]))
+        validate_weights(update.weights, state.weights)
+    except ValidationError as exc:
+        return {"type": "failure", "client_id": client_id, "code": "invalid_weights", "message": str(exc)}, b""
+    except Exception as exc:  # the user's Trainer may raise anything: report it with its traceback
+        message = f"{type(exc).__name__}: {exc}"
+        return {"type": "failure", "client_id": client_id, "message": message, "details": traceback.format_exc()}, b""
+    report = asdict(update.report())
+    if state.accumulator is not None:
+        state.accumulator.add(update)
+        return {"type": "fitted", "report": report}, b""
+    return {"type": "update", "report": report}, to_bytes(update.weights)
+
+
+def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None:
+    _limit_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    state = _WorkerState()
+    while True:
+        try:
+            header, payload = recv_frame(sock)
+        except WorkerGone:
+            return  # the driver is gone: nothing left to do
+        kind = header["type"]
+        if kind == "stop":
+            return
+        if kind == "round":
+            state.weights, _ = from_bytes(payload)
+            state.accumulator = WeightedMeanAccumulator(state.weights) if header["merge"] else None
+        elif kind == "fit":
+            send_frame(sock, *_fit_message(state, client_fn, header))
+        elif kind == "flush":
+            assert state.accumulator is not None
+            sums, total, count = state.accumulator.partial_sums()
+            send_frame(sock, {"type": "partial", "total": total, "count": count}, to_bytes(sums) if count else b"")
+            assert state.weights is not None
+            state.accumulator = WeightedMeanAccumulator(state.weights)
+
+
+def _worker_main(sock: socket.socket, inherited: list[socket.socket], client_fn: ClientFn, threads: int) -> None:
+    for other in inherited:  # close every other worker's fds, or a dead peer would never read as EOF
+        other.close()
+    try:
+        _worker_loop(sock, client_fn, threads)
+    finally:
+        sock.close()
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+@dataclass
+class _Worker:
+    process: Any
+    sock: socket.socket
+    busy_with: str | None = None
+    busy_since: float = 0.0
+    merged: list[UpdateReport] = field(default_factory=list)
+
+
+def _death_message(worker: _Worker) -> str:
+    worker.process.join(timeout=2)
+    code = worker.process.exitcode
+    if code is None:
+        how = "stopped answering"
+    elif code < 0:
+        how = f"was killed by signal {signal.Signals(-code).name}"
+    else:
+        how = f"exited with code {code}"
+    return f"worker process {worker.process.pid} {how} while training client {worker.busy_with}"
+
+
+class ParallelExecutor:
+    """Runs clients in ``workers`` forked processes; see the module docstring."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        threads_per_worker: int = 1,
+        max_retries: int = 0,
+        client_timeout: float | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+        if client_timeout is not None and client_timeout <= 0:
+            raise ConfigError(f"client_timeout must be > 0 seconds, got {client_timeout}")
+        self.num_workers = workers or default_workers()
+        self.threads_per_worker = threads_per_worker
+        self.max_retries = max_retries
+        self.client_timeout = client_timeout
+        self._workers: list[_Worker] = []
+        self._client_fn: ClientFn | None = None
+        self._context = multiprocessing.get_context("fork")
+
+    # -- lifecycle ----------------------------------------------------------------
+    def _spawn(self) -> _Worker:
+        assert self._client_fn is not None
+        parent, child = socket.socketpair()
+        inherited = [w.sock for w in self._workers] + [parent]
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child, inherited, self._client_fn, self.threads_per_worker),
+            daemon=True,
+            name="fedloom-worker",
+        )
+        process.start()
+        child.close()
+        return _Worker(process=process, sock=parent)
+
+    def _ensure_workers(self, client_fn: ClientFn) -> None:
+        if self._client_fn is not client_fn:
+            self.close()
+            self._client_fn = client_fn
+        while len(self._workers) < self.num_workers:
+            self._workers.append(self._spawn())
+
+    def close(self) -> None:
+        """Stop every worker (politely, then by force); safe to call twice."""
+        for worker in self._workers:
+            with contextlib.suppress(WorkerGone, OSError):  # already gone is as good as stopped
+                send_frame(worker.sock, {"type": "stop"})
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            worker.sock.close()
+        self._workers = []
+
+    def __enter__(self) -> ParallelExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- a round ------------------------------------------------------------------
+    def run_round(
+        self,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        client_fn: ClientFn,
+        merge: bool = False,
+    ) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
+        self._ensure_workers(client_fn)
+        run = _RoundRun(self, round, weights, configs, merge)
+        yield from run.execute()
+
+
+class _RoundRun:
+    """The scheduling state of one round: queue, in-flight clients, retries, partial sums."""
+
+    def __init__(
+        self, owner: ParallelExecutor, round: int, weights: Weights, configs: Mapping[str, FitConfig], merge: bool
+    ) -> None:
+        self.owner = owner
+        self.round = round
+        self.weights = weights
+        self.configs = configs
+        self.merge = merge
+        self.round_frame = ({"type": "round", "round": round, "merge": merge}, to_bytes(weights, round=round))
+        self.queue: deque[str] = deque(configs)
+        self.attempts: dict[str, int] = {}
+        self.selector = selectors.DefaultSelector()
+
+    def execute(self) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
+        try:
+            for worker in list(self.owner._workers):
+                self._start_worker(worker)
+            while True:
+                while self.queue or any(w.busy_with for w in self.owner._workers):
+                    yield from self._step()
+                if not self.merge:
+                    break
+                yield from self._flush()
+                if not self.queue:  # a worker that died while flushing re-queued its clients
+                    break
+        finally:
+            self.selector.close()
+
+    def _start_worker(self, worker: _Worker) -> None:
+        worker.merged = []
+        worker.busy_with = None
+        self.selector.register(worker.sock, selectors.EVENT_READ, worker)
+        try:
+            send_frame(worker.sock, *self.round_frame)
+            self._assign(worker)
+        except WorkerGone:
+            pass  # noticed as EOF by the selector
+
+    def _assign(self, worker: _Worker) -> None:
+        if not self.queue:
+            worker.busy_with = None
+            return
+        client_id = self.queue.popleft()
+        worker.busy_with, worker.busy_since = client_id, time.monotonic()
+        config = asdict(self.configs[client_id])
+        config["extra"] = dict(config["extra"])
+        send_frame(worker.sock, {"type": "fit", "client_id": client_id, "config": config})
+
+    def _step(self) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
+        for key, _ in self.selector.select(timeout=1.0):
+            worker: _Worker = key.data
+            try:
+                header, payload = recv_frame(worker.sock)
+            except WorkerGone:
+                yield from self._replace(worker, _death_message(worker))
+                continue
+            yield from self._handle(worker, header, payload)
+        yield from self._check_timeouts()
+
+    def _handle(
+        self, worker: _Worker, header: dict[str, Any], payload: bytes
+    ) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
+        kind = header["type"]
+        if kind == "fitted":
+            worker.merged.append(UpdateReport(**header["report"]))
+        elif kind == "update":
+            report = UpdateReport(**header["report"])
+            tensors, _ = from_bytes(payload)
+            yield ClientUpdate(report.client_id, report.round, tensors, report.num_samples, report.metrics)
+        elif kind == "failure":
+            details = header.get("details", "")
+            code = header.get("code", "client_failed")
+            yield ClientFailure(header["client_id"], self.round, header["message"], details, code)
+        try:
+            self._assign(worker)
+        except WorkerGone:
+            yield from self._replace(worker, _death_message(worker))
+
+    def _check_timeouts(self) -> Iterator[ClientFailure]:
+        limit = self.owner.client_timeout
+        if limit is None:
+            return
+        now = time.monotonic()
+        for worker in list(self.owner._workers):
+            if worker.busy_with and now - worker.busy_since > limit:
+                worker.process.kill()
+                message = f"client {worker.busy_with} exceeded client_timeout={limit}s; its worker was killed"
+                yield from self._replace(worker, message)
+
+    def _replace(self, dead: _Worker, message: str) -> Iterator[ClientFailure]:
+        """Swap a dead worker for a fresh one; re-queue what it lost; retry or fail its client."""
+        self.selector.unregister(dead.sock)
+        dead.sock.close()
+        if dead.process.is_alive():
+            dead.process.kill()
+        dead.process.join(timeout=5)
+        self.queue.extendleft(r.client_id for r in reversed(dead.merged))  # merged work was lost with it
+        culprit = dead.busy_with
+        workers = self.owner._workers
+        index = workers.index(dead)
+        workers[index] = self.owner._spawn()
+        if culprit is not None:
+            self.attempts[culprit] = self.attempts.get(culprit, 0) + 1
+            if self.attempts[culprit] <= self.owner.max_retries:
+                self.queue.appendleft(culprit)
+            else:
+                details = "no Python traceback exists: the process died outside the interpreter's control"
+                yield ClientFailure(culprit, self.round, message, details)
+        self._start_worker(workers[index])
+
+    def _flush(self) -> Iterator[ClientFailure | MergedUpdates]:
+        """Collect each worker's partial sum; a worker that dies here has its clients re-queued."""
+        for worker in list(self.owner._workers):
+            if not worker.merged:
+                continue
+            try:
+                send_frame(worker.sock, {"type": "flush"})
+                header, payload = recv_frame(worker.sock)
+            except WorkerGone:
+                yield from self._replace(worker, _death_message(worker))
+                continue
+            sums, _ = from_bytes(payload)
+            partial = WeightedMeanAccumulator.from_partial_sums(self.weights, sums, header["total"], header["count"])
+            yield MergedUpdates(worker.merged, partial)
+            worker.merged = []
