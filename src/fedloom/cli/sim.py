@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedloom.sim.config import DATASETS, MODELS, PARTITIONS, SimConfig, config_from_mapping, load_config_file
+from fedloom.sim.config import (
+    DATASETS,
+    EXECUTORS,
+    MODELS,
+    PARTITIONS,
+    SimConfig,
+    config_from_mapping,
+    load_config_file,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +40,9 @@ def register(subparsers: Any) -> None:
     add("--lr", type=float, help=f"client learning rate (default {defaults.lr})")
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
+    add("--executor", choices=EXECUTORS, help="sequential (reproducible reference) or parallel (one process per core)")
+    add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")
+    add("--max-retries", type=int, help="re-runs of a client whose worker process died (default 0)")
     add("--client-eval-fraction", type=float, help="fraction of clients evaluated on local data each round")
     add("--on-client-error", choices=("fail", "skip"), help="a crashing client fails the run, or is skipped")
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
@@ -47,7 +58,7 @@ _NOT_CONFIG = {"config", "home", "no_store", "func", "command"}
 def run(args: argparse.Namespace) -> int:
     from fedloom.algorithms.strategy import fedavg
     from fedloom.sim.driver import simulate
-    from fedloom.sim.tasks import build_task
+    from fedloom.sim.tasks import build_task, make_executor
 
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
@@ -78,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
         on_client_error="skip" if config.on_client_error == "skip" else "fail",
         client_eval_fraction=config.client_eval_fraction,
         keep_local_models=config.keep_local_models,
+        executor=make_executor(config),
     )
     return 0

@@ -18,6 +18,7 @@ from fedloom.core.errors import ConfigError
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
 DATASETS = ("digits", "fmnist")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+EXECUTORS = ("sequential", "parallel")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class SimConfig:
     lr: float = 0.05
     seed: int = 0
     device: str = "cpu"
+    executor: str = "sequential"
+    workers: int = 0
+    max_retries: int = 0
     client_eval_fraction: float = 0.0
     on_client_error: str = "fail"
     keep_local_models: bool = False
@@ -49,6 +53,9 @@ class SimConfig:
         _one_of("model", self.model, MODELS)
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
+        _one_of("executor", self.executor, EXECUTORS)
+        if self.workers < 0 or self.max_retries < 0:
+            raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")
         for name in ("clients", "rounds", "epochs", "batch_size", "min_clients", "classes_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

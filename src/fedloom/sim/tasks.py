@@ -19,6 +19,7 @@ from fedloom.core.fit import EvalConfig
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.config import SimConfig
+from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.partition import partition
 
 
@@ -93,3 +94,12 @@ def build_task(config: SimConfig) -> SimTask:
         partitions=parts,
         data=data,
     )
+
+
+def make_executor(config: SimConfig) -> Executor:
+    """The executor a SimConfig asks for."""
+    if config.executor == "parallel":
+        from fedloom.sim.parallel import ParallelExecutor
+
+        return ParallelExecutor(config.workers or None, max_retries=config.max_retries)
+    return SequentialExecutor()
