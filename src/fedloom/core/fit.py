@@ -45,7 +45,7 @@ class EvalConfig:
     """Instructions for evaluation; ``batch_size`` only bounds memory, not the result."""
 
     round: int = 0
-    batch_size: int = 1024
+    batch_size: int = 256
 
 
 @dataclass(frozen=True)

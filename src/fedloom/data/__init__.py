@@ -14,15 +14,16 @@ DATASETS = ("fmnist", "digits")
 _ALIASES = {"fashion-mnist": "fmnist", "fashion_mnist": "fmnist"}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> DatasetSplits:
+def load_dataset(name: str, data_dir: str | Path | None = None, *, compact: bool = False) -> DatasetSplits:
     """Load a dataset by name, so configs and the CLI can pick one with a string.
 
     ``data_dir`` only matters for file-based datasets (Fashion-MNIST); digits ship
-    inside scikit-learn and ignore it.
+    inside scikit-learn and ignore it. ``compact`` keeps image pixels as uint8 where the
+    dataset supports it (see :class:`ArrayDataset.standardise`).
     """
     canonical = _ALIASES.get(name.lower(), name.lower())
     if canonical == "fmnist":
-        return load_fashion_mnist(data_dir)
+        return load_fashion_mnist(data_dir, compact=compact)
     if canonical == "digits":
         return load_digits()
     aliases = ", ".join(sorted(_ALIASES))

@@ -26,9 +26,15 @@ class ArrayDataset:
     x: np.ndarray
     y: np.ndarray
     num_classes: int
+    #: ``(mean, std)`` when ``x`` holds raw uint8 pixels: :meth:`subset` and :meth:`materialised`
+    #: then return ``(x / 255 - mean) / std`` as float32. Keeping pixels compact is 4x less memory
+    #: for a dataset that a simulation loads once and shares with every worker.
+    standardise: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _check_dataset(self.x, self.y, self.num_classes)
+        if self.standardise is not None and self.x.dtype != np.uint8:
+            raise DataError(f"standardise needs uint8 pixels in x, got dtype {self.x.dtype}")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -36,7 +42,14 @@ class ArrayDataset:
     def subset(self, indices: np.ndarray) -> ArrayDataset:
         """The samples at ``indices`` (copied), e.g. one client's partition."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ArrayDataset(self.x[idx], self.y[idx], self.num_classes)
+        x = self.x[idx]
+        if self.standardise is not None:
+            x = standardise_pixels(x, *self.standardise)
+        return ArrayDataset(x, self.y[idx], self.num_classes)
+
+    def materialised(self) -> ArrayDataset:
+        """The whole dataset with float features (a copy if it is stored as compact pixels)."""
+        return self if self.standardise is None else self.subset(np.arange(len(self)))
 
     def class_counts(self) -> np.ndarray:
         """Number of samples per class (length ``num_classes``)."""
@@ -60,6 +73,15 @@ class DatasetSplits:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. ``(1, 28, 28)``; what a model factory needs."""
         return tuple(int(d) for d in self.train.x.shape[1:])
+
+
+def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 pixels -> float32 ``(pixels / 255 - mean) / std`` (a new array)."""
+    x = pixels.astype(np.float32)
+    x *= np.float32(1.0 / 255.0)
+    x -= np.float32(mean)
+    x /= np.float32(std)
+    return x
 
 
 def _check_dataset(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:

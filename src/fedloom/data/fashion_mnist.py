@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedloom.core.errors import DataError
-from fedloom.data.dataset import ArrayDataset, DatasetSplits
+from fedloom.data.dataset import ArrayDataset, DatasetSplits, standardise_pixels
 
 ENV_VAR = "FEDLOOM_DATA"
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -37,20 +37,29 @@ LABELS_MAGIC = 2049
 SOURCE_URL = "https://github.com/zalandoresearch/fashion-mnist (data/fashion)"
 
 
-def load_fashion_mnist(data_dir: str | Path | None = None) -> DatasetSplits:
+def load_fashion_mnist(data_dir: str | Path | None = None, *, compact: bool = False) -> DatasetSplits:
     """Load Fashion-MNIST: x float32 ``(n, 1, 28, 28)`` standardised, y int64 in [0, 10).
 
     The gz files are parsed once per process (about a second); every call returns fresh
     float arrays, so a caller that edits its copy in place cannot corrupt another's.
+    ``compact=True`` keeps the shared, read-only uint8 pixels instead (55 MiB rather
+    than 220 MiB) and standardises each subset when it is taken: what simulations use.
     """
     directory = resolve_data_dir(data_dir)
     _check_files_present(directory)
     raw = _parse_cached(directory.resolve())
     return DatasetSplits(
         name="fmnist",
-        train=ArrayDataset(_standardise(raw[0]), raw[1].astype(np.int64), NUM_CLASSES),
-        test=ArrayDataset(_standardise(raw[2]), raw[3].astype(np.int64), NUM_CLASSES),
+        train=_split(raw[0], raw[1], compact),
+        test=_split(raw[2], raw[3], compact),
     )
+
+
+def _split(images: np.ndarray, labels: np.ndarray, compact: bool) -> ArrayDataset:
+    y = labels.astype(np.int64)
+    if compact:
+        return ArrayDataset(images[:, None, :, :], y, NUM_CLASSES, standardise=(MEAN, STD))
+    return ArrayDataset(standardise_pixels(images[:, None, :, :], MEAN, STD), y, NUM_CLASSES)
 
 
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -156,12 +165,3 @@ def _read_labels(path: Path) -> np.ndarray:
 def _check_pair(images_path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_path}: {images.shape[0]} images but {labels.shape[0]} labels")
-
-
-def _standardise(images: np.ndarray) -> np.ndarray:
-    """uint8 ``(n, 28, 28)`` -> float32 ``(n, 1, 28, 28)`` scaled to [0, 1] then standardised."""
-    x = images.astype(np.float32)[:, None, :, :]
-    x *= np.float32(1.0 / 255.0)
-    x -= np.float32(MEAN)
-    x /= np.float32(STD)
-    return x

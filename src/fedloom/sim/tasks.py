@@ -65,7 +65,7 @@ def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDat
 
 def build_task(config: SimConfig) -> SimTask:
     """Load the dataset, partition it, and make the client factory and the central evaluator."""
-    data = load_dataset(config.dataset, config.data_dir)
+    data = load_dataset(config.dataset, config.data_dir, compact=True)
     parts = partition(
         config.partition,
         data.train.y,
@@ -80,7 +80,7 @@ def build_task(config: SimConfig) -> SimTask:
     def client_fn(index: int) -> Trainer:
         return make(data.train.subset(parts[index]), None)
 
-    evaluator = make(data.train.subset(parts[0]), data.test)
+    evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
     def evaluate_fn(weights: Weights) -> Mapping[str, float]:
         metrics = evaluator.evaluate(weights, EvalConfig())

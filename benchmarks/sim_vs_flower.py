@@ -1,0 +1,155 @@
+"""fedloom vs Flower vs a bare PyTorch loop, the same FedAvg work measured back to back in one run.
+
+Workloads (Fashion-MNIST, Dirichlet(0.5) seed 0, E=1, B=32, SGD lr 0.05, central
+evaluation on the 10k test set every round):
+  cnn-100      100 clients, 10 per round, 30 rounds, the reference CNN
+  logreg-1000  1,000 clients, 100 per round, 10 rounds, logistic regression 784->10
+
+Contenders, each a fresh process (start-up included), memory = peak of its whole tree:
+  bare     hand-written loop, one process, one thread (the compute floor)
+  fedloom  parallel executor, one worker per core, default SQLite store
+  flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
+
+    python benchmarks/sim_vs_flower.py --setup-flower     # once: flwr[simulation] in .bench-venvs/flower
+    python benchmarks/sim_vs_flower.py                     # both workloads, all contenders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.simbench import plain
+from benchmarks.simbench.procmon import run_measured
+from fedloom.data.fashion_mnist import resolve_data_dir
+from fedloom.sim.partition import partition
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
+CONTENDERS = ("bare", "fedloom", "flower")
+
+
+def setup_flower() -> None:
+    """Install flwr[simulation] in its own virtualenv (never a dependency of fedloom)."""
+    subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)
+    pip = [str(FLOWER_VENV / "bin" / "pip"), "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "torch==2.13.0", "flwr[simulation]"], check=True)
+
+
+def write_partitions(workload: str, data_dir: str, folder: Path) -> Path:
+    """The exact partition fedloom's built-in task makes, for the bare loop and Flower to read."""
+    _, y, _, _ = plain.load_fmnist(data_dir)
+    clients = int(plain.WORKLOADS[workload]["clients"])
+    parts = partition("dirichlet", y, clients, plain.SEED, alpha=plain.ALPHA)
+    path = folder / f"{workload}.npz"
+    np.savez(path, **{f"c{i}": p for i, p in enumerate(parts)})
+    return path
+
+
+def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: int | None) -> list[str]:
+    extra = ["--rounds", str(rounds)] if rounds else []
+    common = ["--workload", workload, "--data-dir", data_dir, *extra]
+    if contender == "bare":
+        return [sys.executable, "-m", "benchmarks.simbench.run_bare", *common, "--partitions", str(parts)]
+    if contender == "fedloom":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common]
+    python = str(FLOWER_VENV / "bin" / "python")
+    return [python, "-m", "benchmarks.simbench.run_flower", *common, "--partitions", str(parts)]
+
+
+def run_contender(name: str, cmd: list[str], log: Path) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "FLWR_TELEMETRY_ENABLED": "0"}
+    print(f"  {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    code, wall, peak = run_measured(cmd, env, log)
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("RESULT ")]
+    if code != 0 or not lines:
+        raise SystemExit(f"{name} failed (exit {code}); see {log}:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    accuracy = json.loads(lines[-1][7:])["accuracy"]
+    print(f"    {wall:.1f} s, peak RSS {peak.rss_mib:.0f} MiB, PSS {peak.pss_mib:.0f} MiB, acc {accuracy[-1]:.4f}")
+    return {
+        "wall_seconds": wall,
+        "peak_rss_mib": peak.rss_mib,
+        "peak_pss_mib": peak.pss_mib,
+        "max_processes": peak.processes,
+        "final_accuracy": accuracy[-1],
+        "accuracy_by_round": accuracy,
+    }
+
+
+def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[str, float]:
+    def num(contender: str, key: str) -> float:
+        return float(res[contender][key])  # type: ignore[arg-type]
+
+    out: dict[str, float] = {}
+    floor = num("bare", "wall_seconds") / cores
+    out["parallel_floor_seconds"] = floor
+    out["fedloom_over_floor"] = num("fedloom", "wall_seconds") / floor
+    overhead = (num("fedloom", "wall_seconds") * cores - num("bare", "wall_seconds")) / updates
+    out["fedloom_overhead_ms_per_update"] = 1000 * overhead
+    out["fedloom_minus_bare_accuracy_points"] = 100 * (num("fedloom", "final_accuracy") - num("bare", "final_accuracy"))
+    if "flower" in res:
+        out["fedloom_over_flower_time"] = num("fedloom", "wall_seconds") / num("flower", "wall_seconds")
+        out["flower_over_fedloom_time"] = num("flower", "wall_seconds") / num("fedloom", "wall_seconds")
+        out["fedloom_over_flower_rss"] = num("fedloom", "peak_rss_mib") / num("flower", "peak_rss_mib")
+        out["fedloom_over_flower_pss"] = num("fedloom", "peak_pss_mib") / num("flower", "peak_pss_mib")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setup-flower", action="store_true", help="create the Flower virtualenv and exit")
+    p.add_argument("--workloads", default=",".join(plain.WORKLOADS))
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--rounds", type=int, help="override the rounds (quick checks only)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sim_vs_flower.json"))
+    args = p.parse_args()
+    if args.setup_flower:
+        setup_flower()
+        return
+    contenders = args.contenders.split(",")
+    if "flower" in contenders and not (FLOWER_VENV / "bin" / "python").exists():
+        raise SystemExit("Flower is not installed: run `python benchmarks/sim_vs_flower.py --setup-flower` first")
+    cmdline = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    print(f"command: {cmdline}")
+    data_dir = str(resolve_data_dir(args.data_dir))
+    cores = len(os.sched_getaffinity(0))
+    report: dict[str, object] = {
+        "benchmark": "sim_vs_flower",
+        "command": cmdline,
+        "machine": {"cores": cores, "python": platform.python_version(), "cpu": platform.processor()},
+        "workloads": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in args.workloads.split(","):
+            print(f"\n== {workload} ==", flush=True)
+            parts = write_partitions(workload, data_dir, Path(tmp))
+            res = {
+                c: run_contender(
+                    c, command(c, workload, data_dir, parts, args.rounds), Path(tmp) / f"{workload}-{c}.log"
+                )
+                for c in contenders
+            }
+            w = plain.WORKLOADS[workload]
+            updates = int(w["per_round"]) * (args.rounds or int(w["rounds"]))
+            entry = {"spec": w, "results": res, "ratios": ratios(res, cores, updates) if "bare" in res else {}}
+            report["workloads"][workload] = entry  # type: ignore[index]
+            print(json.dumps(entry["ratios"], indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
