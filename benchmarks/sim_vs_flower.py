@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.simbench import plain
 from benchmarks.simbench.procmon import run_measured
+from fedloom import fedavg
 from fedloom.data.fashion_mnist import resolve_data_dir
 from fedloom.sim.partition import partition
 
@@ -46,13 +47,24 @@ def setup_flower() -> None:
     subprocess.run([*pip, "torch==2.13.0", "flwr[simulation]"], check=True)
 
 
-def write_partitions(workload: str, data_dir: str, folder: Path) -> Path:
-    """The exact partition fedloom's built-in task makes, for the bare loop and Flower to read."""
+def write_partitions(workload: str, data_dir: str, folder: Path, rounds: int) -> Path:
+    """The exact partition fedloom's built-in task makes, plus fedloom's per-round client
+    selection and per-client seeds, so the bare loop trains exactly the same clients with
+    the same shuffles: their accuracy difference then measures the framework, not luck.
+    (Flower samples with its own generator; that cannot be aligned.)"""
     _, y, _, _ = plain.load_fmnist(data_dir)
-    clients = int(plain.WORKLOADS[workload]["clients"])
+    w = plain.WORKLOADS[workload]
+    clients, per_round = int(w["clients"]), int(w["per_round"])
     parts = partition("dirichlet", y, clients, plain.SEED, alpha=plain.ALPHA)
+    arrays = {f"c{i}": p for i, p in enumerate(parts)}
+    strategy = fedavg(per_round / clients, per_round, plain.EPOCHS, plain.BATCH, float(w["lr"]))
+    ids = [str(i) for i in range(clients)]
+    for r in range(1, rounds + 1):
+        chosen = strategy.sampler.sample(ids, r, plain.SEED)
+        arrays[f"sel{r}"] = np.array([int(c) for c in chosen], np.int64)
+        arrays[f"seed{r}"] = np.array([strategy.client.fit_config(r, c, plain.SEED).seed for c in chosen], np.int64)
     path = folder / f"{workload}.npz"
-    np.savez(path, **{f"c{i}": p for i, p in enumerate(parts)})
+    np.savez(path, **arrays)
     return path
 
 
@@ -133,14 +145,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workloads.split(","):
             print(f"\n== {workload} ==", flush=True)
-            parts = write_partitions(workload, data_dir, Path(tmp))
+            w = plain.WORKLOADS[workload]
+            parts = write_partitions(workload, data_dir, Path(tmp), args.rounds or int(w["rounds"]))
             res = {
                 c: run_contender(
                     c, command(c, workload, data_dir, parts, args.rounds), Path(tmp) / f"{workload}-{c}.log"
                 )
                 for c in contenders
             }
-            w = plain.WORKLOADS[workload]
             updates = int(w["per_round"]) * (args.rounds or int(w["rounds"]))
             entry = {"spec": w, "results": res, "ratios": ratios(res, cores, updates) if "bare" in res else {}}
             report["workloads"][workload] = entry  # type: ignore[index]

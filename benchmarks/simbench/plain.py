@@ -102,4 +102,11 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
 
 def load_partitions(path: str) -> list[np.ndarray]:
     with np.load(path, allow_pickle=False) as f:
-        return [f[f"c{i}"] for i in range(len(f.files))]
+        count = sum(1 for name in f.files if name.startswith("c"))
+        return [f[f"c{i}"] for i in range(count)]
+
+
+def load_schedule(path: str, round_no: int) -> tuple[np.ndarray, np.ndarray]:
+    """fedloom's (selected clients, per-client seeds) for a 1-based round."""
+    with np.load(path, allow_pickle=False) as f:
+        return f[f"sel{round_no}"], f[f"seed{round_no}"]

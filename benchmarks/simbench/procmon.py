@@ -9,6 +9,7 @@ memory the tree really occupies. Both are reported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -92,7 +93,5 @@ def _reap_session(sid: int) -> None:
     """Kill anything the run left behind in its session (Ray daemons, stray workers)."""
     for pid in tree_pids(sid):
         if pid != sid:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 os.kill(pid, 9)
-            except OSError:
-                pass

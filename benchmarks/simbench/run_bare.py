@@ -27,15 +27,14 @@ def main() -> None:
     torch.manual_seed(plain.SEED)
     model = plain.build_model(str(w["model"]))
     global_w = plain.get_weights(model)
-    rng = np.random.default_rng(plain.SEED)
     accuracy = []
     for r in range(rounds):
-        chosen = rng.choice(len(parts), int(w["per_round"]), replace=False)
+        chosen, seeds = plain.load_schedule(args.partitions, r + 1)
         sums = [np.zeros_like(a, dtype=np.float64) for a in global_w]
         total = 0
-        for c in chosen:
+        for c, seed in zip(chosen, seeds, strict=True):
             plain.set_weights(model, global_w)
-            plain.train(model, x[parts[c]], y[parts[c]], float(w["lr"]), seed=r * 100003 + int(c))
+            plain.train(model, x[parts[c]], y[parts[c]], float(w["lr"]), seed=int(seed))
             n = len(parts[c])
             for s, a in zip(sums, plain.get_weights(model), strict=True):
                 s += n * a

@@ -78,7 +78,7 @@ def server_fn(context: Context) -> ServerAppComponents:
 
 
 def main() -> None:
-    global ARGS
+    global ARGS  # noqa: PLW0603 -- Flower builds clients and server from module-level functions
     p = argparse.ArgumentParser()
     p.add_argument("--workload", required=True)
     p.add_argument("--data-dir", required=True)
