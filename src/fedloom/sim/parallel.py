@@ -23,6 +23,7 @@ Requires the ``fork`` start method (Linux; macOS works but is not the supported 
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import selectors
@@ -95,25 +96,24 @@ def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None
     _limit_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     state = _WorkerState()
-    while True:
-        try:
+    with contextlib.suppress(WorkerGone):  # the driver is gone (exited or killed): nothing left to do
+        while True:
             header, payload = recv_frame(sock)
-        except WorkerGone:
-            return  # the driver is gone: nothing left to do
-        kind = header["type"]
-        if kind == "stop":
-            return
-        if kind == "round":
-            state.weights, _ = from_bytes(payload)
-            state.accumulator = WeightedMeanAccumulator(state.weights) if header["merge"] else None
-        elif kind == "fit":
-            send_frame(sock, *_fit_message(state, client_fn, header))
-        elif kind == "flush":
-            assert state.accumulator is not None
-            sums, total, count = state.accumulator.partial_sums()
-            send_frame(sock, {"type": "partial", "total": total, "count": count}, to_bytes(sums) if count else b"")
-            assert state.weights is not None
-            state.accumulator = WeightedMeanAccumulator(state.weights)
+            kind = header["type"]
+            if kind == "stop":
+                return
+            if kind == "round":
+                state.weights, _ = from_bytes(payload)
+                state.accumulator = WeightedMeanAccumulator(state.weights) if header["merge"] else None
+            elif kind == "fit":
+                send_frame(sock, *_fit_message(state, client_fn, header))
+            elif kind == "flush":
+                assert state.accumulator is not None
+                sums, total, count = state.accumulator.partial_sums()
+                partial = to_bytes(sums) if count else b""
+                send_frame(sock, {"type": "partial", "total": total, "count": count}, partial)
+                assert state.weights is not None
+                state.accumulator = WeightedMeanAccumulator(state.weights)
 
 
 def _worker_main(sock: socket.socket, inherited: list[socket.socket], client_fn: ClientFn, threads: int) -> None:
@@ -172,6 +172,7 @@ class ParallelExecutor:
         self.client_timeout = client_timeout
         self._workers: list[_Worker] = []
         self._client_fn: ClientFn | None = None
+        self._round_open = False  # True while a round runs, and after one abandoned half-way
         self._context = multiprocessing.get_context("fork")
 
     # -- lifecycle ----------------------------------------------------------------
@@ -185,7 +186,11 @@ class ParallelExecutor:
             daemon=True,
             name="fedloom-worker",
         )
-        process.start()
+        gc.freeze()  # objects inherited by the child stay out of its GC scans, so their pages stay shared
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
         child.close()
         return _Worker(process=process, sock=parent)
 
@@ -201,13 +206,15 @@ class ParallelExecutor:
         for worker in self._workers:
             with contextlib.suppress(WorkerGone, OSError):  # already gone is as good as stopped
                 send_frame(worker.sock, {"type": "stop"})
+            worker.sock.close()  # a worker blocked sending a result nobody will read gets EPIPE and exits
+        deadline = time.monotonic() + 5  # one grace period for the whole pool, not one per worker
         for worker in self._workers:
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(timeout=5)
-            worker.sock.close()
         self._workers = []
+        self._round_open = False
 
     def __enter__(self) -> ParallelExecutor:
         return self
@@ -224,9 +231,13 @@ class ParallelExecutor:
         client_fn: ClientFn,
         merge: bool = False,
     ) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
+        if self._round_open:  # the last round was abandoned: its results still in flight would garble this one
+            self.close()
         self._ensure_workers(client_fn)
         run = _RoundRun(self, round, weights, configs, merge)
+        self._round_open = True
         yield from run.execute()
+        self._round_open = False
 
 
 class _RoundRun:
@@ -250,15 +261,19 @@ class _RoundRun:
             for worker in list(self.owner._workers):
                 self._start_worker(worker)
             while True:
-                while self.queue or any(w.busy_with for w in self.owner._workers):
+                while self._pending():
                     yield from self._step()
                 if not self.merge:
                     break
                 yield from self._flush()
-                if not self.queue:  # a worker that died while flushing re-queued its clients
+                if not self._pending():  # a worker that died while flushing re-queued its clients
                     break
         finally:
             self.selector.close()
+
+    def _pending(self) -> bool:
+        """Clients still queued or in training (a replaced worker may already hold a re-queued one)."""
+        return bool(self.queue) or any(w.busy_with for w in self.owner._workers)
 
     def _start_worker(self, worker: _Worker) -> None:
         worker.merged = []
