@@ -132,3 +132,14 @@ def test_no_store_keeps_nothing(tmp_path, monkeypatch):
     assert result.run_id is None
     assert not (tmp_path / "fedloom-runs").exists()
     assert np.isfinite(result.final_metrics["loss"])
+
+
+def test_overlapped_evaluation_gives_the_same_history(store):
+    from fedloom.sim.executor import SequentialExecutor
+
+    inline = run_digits(store, rounds=4, fraction=0.5)
+    overlapped = run_digits(store, rounds=4, fraction=0.5, executor=SequentialExecutor(), overlap_evaluation=True)
+    assert weights_equal(inline.final_weights, overlapped.final_weights)
+    assert [s.round for s in overlapped.history] == [1, 2, 3, 4]
+    assert [s.metrics["accuracy"] for s in overlapped.history] == [s.metrics["accuracy"] for s in inline.history]
+    assert store.metric_series(overlapped.run_id, "accuracy") == store.metric_series(inline.run_id, "accuracy")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
@@ -16,7 +18,7 @@ from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
 from fedloom.core.fit import EvalConfig
 from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
-from fedloom.server.engine import RoundEngine, RoundOutcome
+from fedloom.server.engine import RoundEngine, RoundOutcome, RoundTask
 from fedloom.server.recording import StoreRecorder
 from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
@@ -135,6 +137,7 @@ def simulate(
     client_eval_fraction: float = 0.0,
     keep_local_models: bool = False,
     progress: bool | TextIO = True,
+    overlap_evaluation: bool | None = None,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -142,6 +145,9 @@ def simulate(
     client costs nothing. ``evaluate_fn(weights)`` evaluates the global model centrally
     after every round. ``store="default"`` records the run in ``$FEDLOOM_HOME`` (or
     ``./fedloom-runs``); pass a Store to use another, or ``None`` to keep nothing.
+    ``overlap_evaluation`` evaluates round r in a driver thread while round r+1 trains
+    (evaluation never changes training, so results are the same); by default on when
+    clients train in other processes, i.e. for any executor but the sequential one.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
@@ -154,14 +160,20 @@ def simulate(
     log.register_clients(clients)
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
+    if overlap_evaluation is None:
+        overlap_evaluation = not isinstance(loop.executor, SequentialExecutor)
     history: list[RoundSummary] = []
     started = time.perf_counter()
+
+    def emit(summary: RoundSummary) -> None:
+        history.append(summary)
+        log.round_done(summary)
+        if printer:
+            printer.update(summary, time.perf_counter() - started)
+
+    evaluator = ThreadPoolExecutor(1, thread_name_prefix="fedloom-eval") if overlap_evaluation else None
     try:
-        for _ in range(rounds):
-            history.append(loop.run_round(num_clients, client_eval_fraction))
-            log.round_done(history[-1])
-            if printer:
-                printer.update(history[-1], time.perf_counter() - started)
+        _run_rounds(loop, rounds, evaluator, emit, num_clients, client_eval_fraction)
     except KeyboardInterrupt:
         log.finish("interrupted", {"rounds_completed": len(history)})
         raise
@@ -169,6 +181,8 @@ def simulate(
         log.finish("failed", {"rounds_completed": len(history)})
         raise
     finally:
+        if evaluator:
+            evaluator.shutdown(wait=True, cancel_futures=True)
         loop.executor.close()
         if printer:
             printer.close()
@@ -176,6 +190,35 @@ def simulate(
     if printer:
         printer.report(history, log.run_id, log.home_hint())
     return SimulationResult(log.run_id, history, engine.global_weights, run_config)
+
+
+def _run_rounds(
+    loop: _Loop,
+    rounds: int,
+    evaluator: ThreadPoolExecutor | None,
+    emit: Callable[[RoundSummary], None],
+    num_clients: int,
+    client_eval_fraction: float,
+) -> None:
+    """Train every round; evaluate each inline, or in ``evaluator`` while the next one trains."""
+    pending: Future[RoundSummary] | None = None
+    for _ in range(rounds):
+        trained = loop.train_round()
+        if pending is not None:
+            emit(pending.result())
+        if evaluator is None:
+            emit(loop.summarize(trained, num_clients, client_eval_fraction))
+        else:
+            pending = evaluator.submit(loop.summarize, trained, num_clients, client_eval_fraction)
+    if pending is not None:
+        emit(pending.result())
+
+
+@dataclass(frozen=True)
+class _Trained:
+    task: RoundTask
+    outcome: RoundOutcome
+    started: float
 
 
 class _Loop:
@@ -195,7 +238,8 @@ class _Loop:
         self.evaluate_fn = evaluate_fn
         self.on_client_error = on_client_error
 
-    def run_round(self, num_clients: int, client_eval_fraction: float) -> RoundSummary:
+    def train_round(self) -> _Trained:
+        """Open a round, run its clients, submit their results and aggregate."""
         started = time.perf_counter()
         task = self.engine.open_round()
         configs = {cid: self.engine.fit_config(cid) for cid in task.selected}
@@ -209,15 +253,18 @@ class _Loop:
                 f"returned a usable update; the strategy needs {needed}"
                 " (lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
             )
-        outcome = self.engine.close_round()
-        metrics = self._metrics(outcome, num_clients, client_eval_fraction)
+        return _Trained(task, self.engine.close_round(), started)
+
+    def summarize(self, trained: _Trained, num_clients: int, client_eval_fraction: float) -> RoundSummary:
+        """Evaluate a trained round's global model; safe in another thread (it reads only the outcome)."""
+        outcome = trained.outcome
         return RoundSummary(
             round=outcome.round,
-            num_selected=len(task.selected),
+            num_selected=len(trained.task.selected),
             num_updates=outcome.num_updates,
             num_samples=outcome.num_samples,
-            metrics=metrics,
-            seconds=time.perf_counter() - started,
+            metrics=self._metrics(outcome, num_clients, client_eval_fraction),
+            seconds=time.perf_counter() - trained.started,
         )
 
     def _metrics(self, outcome: RoundOutcome, num_clients: int, client_eval_fraction: float) -> dict[str, float]:
