@@ -10,8 +10,9 @@ Contenders, each a fresh process (start-up included), memory = peak of its whole
   fedloom  parallel executor, one worker per core, default SQLite store
   flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
 
-    python benchmarks/sim_vs_flower.py --setup-flower     # once: flwr[simulation] in .bench-venvs/flower
-    python benchmarks/sim_vs_flower.py                     # both workloads, all contenders
+    python -m benchmarks.sim_vs_flower --setup-flower      # once: flwr[simulation] in .bench-venvs/flower
+    python -m benchmarks.sim_vs_flower                     # both workloads, all contenders
+(run from the repository root, with fedloom installed, e.g. `.venv/bin/python -m ...`)
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ def main() -> None:
         return
     contenders = args.contenders.split(",")
     if "flower" in contenders and not (FLOWER_VENV / "bin" / "python").exists():
-        raise SystemExit("Flower is not installed: run `python benchmarks/sim_vs_flower.py --setup-flower` first")
-    cmdline = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+        raise SystemExit("Flower is not installed: run `python -m benchmarks.sim_vs_flower --setup-flower` first")
+    cmdline = "python -m benchmarks.sim_vs_flower " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"command: {cmdline}")
     data_dir = str(resolve_data_dir(args.data_dir))
     cores = len(os.sched_getaffinity(0))
