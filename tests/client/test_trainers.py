@@ -82,7 +82,9 @@ def test_plain_sgd_matches_torch_sgd_exactly(digits):
 
     def model():
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
 
     fast = TorchTrainer(model, digits.train.x, digits.train.y)
     reference = TorchTrainer(model, digits.train.x, digits.train.y, momentum=0.0, weight_decay=1e-30)

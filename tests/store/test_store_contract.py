@@ -1,30 +1,32 @@
 """The contract every store backend must honour, run against each backend in BACKENDS.
 
-Only SQLite runs today. To add PostgreSQL, append "postgres" to BACKENDS: its factory
-skips unless ``FEDLOOM_TEST_POSTGRES_URL`` names a reachable server and psycopg is
-installed, so the suite stays green on machines without one.
+SQLite always runs. PostgreSQL runs against the session's throwaway server (see
+``conftest.py``: a local ``initdb``/``pg_ctl`` server, or ``FEDLOOM_TEST_POSTGRES_URL``)
+and skips with the reason when none can be had, so the suite stays green without one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Connection, create_engine, event, inspect, select, text, update
 
 from fedloom.core.errors import IntegrityError, StoreError, ValidationError
 from fedloom.core.serialization import content_hash
 from fedloom.core.weights import Weights
-from fedloom.store import FileBlobStore, SqlStore, Store
-from fedloom.store.schema import Base, SchemaVersionRow
+from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, Store, TokenRecord, schema
+from fedloom.store.schema import AgentRow, Base, SchemaVersionRow
 from fedloom.store.sql import sqlite_url
 
 
@@ -40,33 +42,49 @@ class Backend:
         return SqlStore(self.url, blob_root=self.blob_root)
 
 
-def _sqlite_backend(tmp_path: Path) -> Backend:
+def _sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     url = sqlite_url(tmp_path / "fedloom.db").render_as_string(hide_password=False)
     return Backend("sqlite", url, tmp_path / "blobs")
 
 
-def _postgres_backend(tmp_path: Path) -> Backend:
-    url = os.environ.get("FEDLOOM_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set FEDLOOM_TEST_POSTGRES_URL to run the store contract against PostgreSQL")
-    pytest.importorskip("psycopg")
-    engine = create_engine(url)
-    try:
-        Base.metadata.drop_all(engine)  # every test starts from an empty database
-    except Exception as exc:  # any connection failure means "no server here"
-        pytest.skip(f"PostgreSQL at FEDLOOM_TEST_POSTGRES_URL is not reachable: {exc}")
-    finally:
-        engine.dispose()
+def _postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url: str = request.getfixturevalue("postgres_url")  # started once, on first use
+    _empty_database(url)  # every test starts from an empty database
     return Backend("postgres", url, tmp_path / "blobs")
 
 
-FACTORIES: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite_backend, "postgres": _postgres_backend}
-BACKENDS = ["sqlite"]
+def _empty_database(url: str) -> None:
+    """Empty the current schema's tables (fast), or drop every table when they are not exactly it."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '10s'"))  # a leaked transaction fails the test, not hangs
+            names = inspect(conn).get_table_names()
+            quoted = ", ".join(map(conn.dialect.identifier_preparer.quote, names))
+            current = set(names) == set(Base.metadata.tables) and _stamped_version(conn) == SCHEMA_VERSION
+            if current:
+                data = [n for n in names if n != SchemaVersionRow.__tablename__]
+                conn.execute(text(f"TRUNCATE {', '.join(data)} RESTART IDENTITY CASCADE"))
+            elif names:
+                conn.execute(text(f"DROP TABLE {quoted} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+def _stamped_version(conn: Connection) -> int | None:
+    return conn.execute(select(SchemaVersionRow.version)).scalar_one_or_none()
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": _sqlite_backend,
+    "postgres": _postgres_backend,
+}
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return FACTORIES[request.param](tmp_path)
+    return FACTORIES[request.param](request, tmp_path)
 
 
 @pytest.fixture
@@ -374,7 +392,7 @@ def test_reopened_store_sees_everything(backend: Backend) -> None:
         assert [r.code for r in second.list_rejections(run_id)] == ["invalid_weights"]
 
 
-def test_schema_version_is_one_and_reopening_keeps_data(backend: Backend) -> None:
+def test_schema_version_is_current_and_reopening_keeps_data(backend: Backend) -> None:
     with backend.open() as first:
         run_id = first.create_run("versioned", "simulation", {}, seed=0)
     with backend.open() as second:
@@ -385,4 +403,485 @@ def test_schema_version_is_one_and_reopening_keeps_data(backend: Backend) -> Non
             rows = conn.execute(select(SchemaVersionRow.id, SchemaVersionRow.version)).all()
     finally:
         engine.dispose()
-    assert [tuple(row) for row in rows] == [(1, 1)]
+    assert [tuple(row) for row in rows] == [(1, SCHEMA_VERSION)]
+
+
+# --------------------------------------------------------------------- deployment runs
+
+
+def test_find_run_returns_the_newest_of_that_name_and_kind(store: SqlStore) -> None:
+    assert store.find_run("hospital") is None
+    older = store.create_run("hospital", "deployment", {}, seed=0)
+    store.create_run("hospital", "simulation", {}, seed=0)
+    store.create_run("other", "deployment", {}, seed=0)
+    found = store.find_run("hospital")
+    assert found is not None
+    assert found.id == older
+    newer = store.create_run("hospital", "deployment", {"v": 2}, seed=1)
+    found = store.find_run("hospital")
+    assert found is not None
+    assert (found.id, found.config) == (newer, {"v": 2})
+    simulated = store.find_run("hospital", kind="simulation")
+    assert simulated is not None
+    assert simulated.kind == "simulation"
+    with pytest.raises(StoreError, match="kind"):
+        store.find_run("hospital", kind="batch")
+
+
+def test_reopen_run_sets_it_running_again(store: SqlStore) -> None:
+    run_id = store.create_run("resumable", "deployment", {}, seed=0)
+    store.finish_run(run_id, "interrupted", {"round": 3})
+    store.reopen_run(run_id)
+    run = store.get_run(run_id)
+    assert (run.status, run.finished_at, run.summary) == ("running", None, {"round": 3})
+    store.reopen_run(run_id)  # reopening a running run changes nothing
+    assert store.get_run(run_id).status == "running"
+    with pytest.raises(StoreError, match="no such run"):
+        store.reopen_run("0" * 32)
+
+
+def test_load_local_models_returns_records_with_weights(store: SqlStore, run_id: str) -> None:
+    store.save_local_model(run_id, 1, "site-b", _model(2), 20, {"loss": 0.5})
+    store.save_local_model(run_id, 1, "site-a", _model(1), 10, {"loss": 0.7, "accuracy": 0.8})
+    store.save_local_model(run_id, 2, "site-a", _model(3), 10, {})
+    loaded = store.load_local_models(run_id, 1)
+    assert [(r.client_id, r.num_samples, dict(r.metrics)) for r, _ in loaded] == [
+        ("site-a", 10, {"loss": 0.7, "accuracy": 0.8}),
+        ("site-b", 20, {"loss": 0.5}),
+    ]
+    assert _bitwise_equal(loaded[0][1], _model(1))
+    assert _bitwise_equal(loaded[1][1], _model(2))
+    assert store.load_local_models(run_id, 5) == []
+    store.save_local_model(run_id, 3, "site-a", _model(4), 10, {}, keep_blob=False)
+    with pytest.raises(StoreError, match="without its weights"):
+        store.load_local_models(run_id, 3)
+
+
+# --------------------------------------------------------------------- join tokens
+
+
+def _table_text(backend: Backend, table: str) -> str:
+    """Every value of every row of a table, as one string (to prove a secret is not in it)."""
+    engine = create_engine(backend.url)
+    try:
+        with engine.connect() as conn:
+            return repr(conn.execute(text(f"SELECT * FROM {table}")).all())
+    finally:
+        engine.dispose()
+
+
+def test_create_token_returns_a_secret_stored_only_as_its_hash(store: SqlStore, backend: Backend) -> None:
+    token = store.create_token("site-a")
+    assert token.startswith("flj_")
+    assert len(token) == 4 + 43
+    (record,) = store.list_tokens()
+    assert isinstance(record, TokenRecord)
+    assert (record.name, record.role, record.revoked_at, record.active) == ("site-a", "agent", None, True)
+    assert record.created_at.tzinfo == UTC
+    assert not any(token in repr(v) or token[4:] in repr(v) for v in vars(record).values())
+    stored = _table_text(backend, "tokens")
+    assert token[4:] not in stored
+    assert hashlib.sha256(token.encode()).hexdigest() in stored
+    assert store.create_token("ops", role="admin") != token
+    assert [(t.name, t.role) for t in store.list_tokens()] == [("site-a", "agent"), ("ops", "admin")]
+
+
+@pytest.mark.parametrize("name", ["", "a" * 65, "site a", "site/a", "sité", "a\n", None])
+def test_token_names_are_validated(store: SqlStore, name: str) -> None:
+    with pytest.raises(StoreError, match="token name"):
+        store.create_token(name)
+
+
+def test_token_name_edge_cases_and_roles(store: SqlStore) -> None:
+    store.create_token("a" * 64)
+    store.create_token("Site-A.2_b")
+    with pytest.raises(StoreError, match="role"):
+        store.create_token("x", role="root")
+    assert store.list_tokens()[1].name == "Site-A.2_b"
+
+
+def test_one_active_token_per_name_until_revoked(store: SqlStore) -> None:
+    first = store.create_token("site-a")
+    with pytest.raises(StoreError, match="revoke it first"):
+        store.create_token("site-a")
+    store.revoke_token("site-a")
+    second = store.create_token("site-a")
+    old, new = store.list_tokens()
+    assert (old.name, old.active, new.name, new.active) == ("site-a", False, "site-a", True)
+    assert old.revoked_at is not None
+    assert old.revoked_at >= old.created_at
+    assert store.verify_join_token(first) is None
+    verified = store.verify_join_token(second)
+    assert verified is not None
+    assert verified.id == new.id
+
+
+def test_revoke_errors(store: SqlStore) -> None:
+    with pytest.raises(StoreError, match="no token named 'ghost'"):
+        store.revoke_token("ghost")
+    store.create_token("site-a")
+    store.revoke_token("site-a")
+    with pytest.raises(StoreError, match="already revoked"):
+        store.revoke_token("site-a")
+
+
+def test_verify_join_token(store: SqlStore) -> None:
+    token = store.create_token("site-a", role="admin")
+    record = store.verify_join_token(token)
+    assert record is not None
+    assert (record.name, record.role, record.active) == ("site-a", "admin", True)
+    for bad in ["flj_" + "A" * 43, token[:-1], token + "x", token.upper(), "", "fla_" + token[4:], "x" * 10_000]:
+        assert store.verify_join_token(bad) is None
+    assert store.verify_join_token(None) is None  # type: ignore[arg-type]
+    assert store.verify_join_token("flj_\udcff") is None
+    store.revoke_token("site-a")
+    assert store.verify_join_token(token) is None
+
+
+# --------------------------------------------------------------------- agents
+
+
+@pytest.fixture
+def token(store: SqlStore) -> TokenRecord:
+    record = store.verify_join_token(store.create_token("site-a"))
+    assert record is not None
+    return record
+
+
+def test_register_and_authenticate_an_agent(store: SqlStore, run_id: str, token: TokenRecord) -> None:
+    agent, credential = store.register_agent(run_id, "hospital-1", token)
+    assert isinstance(agent, AgentRecord)
+    assert agent.id.startswith("ag_")
+    assert len(agent.id) == 3 + 32
+    assert (agent.run_id, agent.name, agent.role, agent.token_id) == (run_id, "hospital-1", "agent", token.id)
+    assert agent.created_at.tzinfo == UTC
+    assert agent.last_seen_at is not None
+    assert credential.startswith("fla_")
+    assert len(credential) == 4 + 43
+    assert store.authenticate(credential) == agent
+    assert store.get_agent(agent.id) == agent
+    assert store.list_agents(run_id) == [agent]
+
+
+def test_credentials_are_stored_only_as_hashes(
+    store: SqlStore, backend: Backend, run_id: str, token: TokenRecord
+) -> None:
+    _, credential = store.register_agent(run_id, "hospital-1", token)
+    stored = _table_text(backend, "agents")
+    assert credential[4:] not in stored
+    assert hashlib.sha256(credential.encode()).hexdigest() in stored
+
+
+def test_an_admin_token_makes_admin_agents(store: SqlStore, run_id: str) -> None:
+    admin = store.verify_join_token(store.create_token("ops", role="admin"))
+    assert admin is not None
+    agent, _ = store.register_agent(run_id, "ops-agent", admin)
+    assert agent.role == "admin"
+
+
+def test_registering_again_keeps_the_id_and_replaces_the_credential(
+    store: SqlStore, run_id: str, token: TokenRecord
+) -> None:
+    first, old_credential = store.register_agent(run_id, "hospital-1", token)
+    second, new_credential = store.register_agent(run_id, "hospital-1", token)
+    assert second.id == first.id
+    assert second.created_at == first.created_at
+    assert new_credential != old_credential
+    assert store.authenticate(old_credential) is None
+    authenticated = store.authenticate(new_credential)
+    assert authenticated is not None
+    assert authenticated.id == first.id
+    assert [a.id for a in store.list_agents(run_id)] == [first.id]
+
+
+def test_revoking_the_token_locks_its_agents_out(store: SqlStore, run_id: str, token: TokenRecord) -> None:
+    agent, credential = store.register_agent(run_id, "hospital-1", token)
+    other = store.verify_join_token(store.create_token("site-b"))
+    assert other is not None
+    _, other_credential = store.register_agent(run_id, "hospital-2", other)
+    store.revoke_token("site-a")
+    assert store.authenticate(credential) is None
+    assert store.authenticate(other_credential) is not None  # other tokens' agents are unaffected
+    with pytest.raises(StoreError, match="revoked"):
+        store.register_agent(run_id, "hospital-1", token)  # a token record verified before the revoke
+    assert store.authenticate(credential) is None  # the refused registration changed nothing
+    fresh = store.verify_join_token(store.create_token("site-a"))
+    assert fresh is not None
+    again, new_credential = store.register_agent(run_id, "hospital-1", fresh)
+    assert (again.id, again.token_id) == (agent.id, fresh.id)
+    assert store.authenticate(new_credential) is not None
+
+
+def test_agents_belong_to_one_run(store: SqlStore, token: TokenRecord) -> None:
+    first_run = store.create_run("deploy", "deployment", {}, seed=0)
+    second_run = store.create_run("deploy", "deployment", {}, seed=0)
+    a1, c1 = store.register_agent(first_run, "hospital-1", token)
+    a2, c2 = store.register_agent(second_run, "hospital-1", token)
+    b1, _ = store.register_agent(first_run, "hospital-2", token)
+    assert a1.id != a2.id
+    assert [a.id for a in store.list_agents(first_run)] == [a1.id, b1.id]
+    assert [a.id for a in store.list_agents(second_run)] == [a2.id]
+    assert store.list_agents("f" * 32) == []
+    auth1, auth2 = store.authenticate(c1), store.authenticate(c2)
+    assert auth1 is not None
+    assert auth2 is not None
+    assert (auth1.run_id, auth2.run_id) == (first_run, second_run)
+
+
+def test_agent_errors(store: SqlStore, run_id: str, token: TokenRecord) -> None:
+    with pytest.raises(StoreError, match="no run with id"):
+        store.register_agent("0" * 32, "hospital-1", token)
+    with pytest.raises(StoreError, match="agent name"):
+        store.register_agent(run_id, "no spaces", token)
+    with pytest.raises(StoreError, match="no agent with id 'ag_missing'"):
+        store.get_agent("ag_missing")
+    assert store.list_agents(run_id) == []
+
+
+def test_authenticate_refuses_anything_else(store: SqlStore, run_id: str, token: TokenRecord) -> None:
+    _, credential = store.register_agent(run_id, "hospital-1", token)
+    join_token = store.create_token("site-c")
+    for bad in ["", "fla_", "fla_" + "A" * 43, credential[:-1], credential + "=", join_token, "x" * 100_000]:
+        assert store.authenticate(bad) is None
+    assert store.authenticate(None) is None  # type: ignore[arg-type]
+    assert store.authenticate("fla_\u00e9") is None
+
+
+def _count_agent_updates(store: SqlStore) -> list[str]:
+    """Record every UPDATE of the agents table the store's engine sends."""
+    statements: list[str] = []
+
+    def before(conn: Connection, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE AGENTS"):
+            statements.append(statement)
+
+    event.listen(store._engine, "before_cursor_execute", before)
+    return statements
+
+
+def test_authenticate_refreshes_last_seen_at_most_once_per_interval(
+    store: SqlStore, run_id: str, token: TokenRecord
+) -> None:
+    agent, credential = store.register_agent(run_id, "hospital-1", token)
+    updates = _count_agent_updates(store)
+    for _ in range(20):
+        seen = store.authenticate(credential)
+        assert seen is not None
+        assert seen.last_seen_at == agent.last_seen_at  # registered just now: nothing to write
+    assert updates == []
+    assert agent.last_seen_at is not None
+    long_ago = agent.last_seen_at - timedelta(seconds=store.last_seen_interval + 1)
+    _set_last_seen(store, agent.id, long_ago)
+    updates.clear()
+    refreshed = store.authenticate(credential)
+    assert refreshed is not None
+    assert refreshed.last_seen_at is not None
+    assert refreshed.last_seen_at > agent.last_seen_at
+    assert store.get_agent(agent.id).last_seen_at == refreshed.last_seen_at
+    for _ in range(5):
+        store.authenticate(credential)
+    assert len(updates) == 1
+
+
+def _set_last_seen(store: SqlStore, agent_id: str, when: datetime) -> None:
+    with store._engine.begin() as conn:
+        conn.execute(update(AgentRow).where(AgentRow.id == agent_id).values(last_seen_at=when))
+
+
+def test_concurrent_registration_and_authentication(store: SqlStore, run_id: str, token: TokenRecord) -> None:
+    """Threads as a web server runs them: same-name races, fresh names and last-seen writes."""
+    store.last_seen_interval = 0.0  # every authenticate writes: the worst case for SQLite locking
+    errors: list[BaseException] = []
+    credentials: dict[str, list[str]] = {}
+    barrier = threading.Barrier(8)
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            name = "shared" if index % 2 else f"agent-{index}"
+            for _ in range(5):
+                agent, credential = store.register_agent(run_id, name, token)
+                credentials.setdefault(agent.id, []).append(credential)
+                store.authenticate(credential)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    agents = store.list_agents(run_id)
+    assert sorted(a.name for a in agents) == ["agent-0", "agent-2", "agent-4", "agent-6", "shared"]
+    shared = next(a for a in agents if a.name == "shared")
+    working = [c for c in credentials[shared.id] if store.authenticate(c) is not None]
+    assert len(working) == 1  # of 20 registrations of "shared", only the last credential works
+
+
+# --------------------------------------------------------------------- migration v1 -> v2
+
+_V1_TABLES = {"runs", "clients", "rounds", "global_models", "local_models", "metrics", "rejections", "schema_version"}
+
+
+def _schema_snapshot(url: str) -> dict[str, Any]:
+    """Tables, columns, keys and indexes as the database reports them (names and types included)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            return {
+                name: {
+                    "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in found.get_columns(name)],
+                    "pk": found.get_pk_constraint(name)["constrained_columns"],
+                    "fks": sorted(
+                        (fk["constrained_columns"], fk["referred_table"], fk["options"])
+                        for fk in found.get_foreign_keys(name)
+                    ),
+                    "unique": sorted((str(u["name"]), u["column_names"]) for u in found.get_unique_constraints(name)),
+                    "indexes": sorted(
+                        (str(i["name"]), i["column_names"], i["unique"], _options(i.get("dialect_options", {})))
+                        for i in found.get_indexes(name)
+                    ),
+                }
+                for name in sorted(found.get_table_names())
+            }
+    finally:
+        engine.dispose()
+
+
+def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An index's dialect options (e.g. a partial index's WHERE) as comparable text."""
+    return sorted((key, str(value)) for key, value in options.items())
+
+
+def _make_v1(backend: Backend) -> None:
+    """Turn the backend's database into what schema version 1 left: version 2 only added two tables."""
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE agents"))
+            conn.execute(text("DROP TABLE tokens"))
+            conn.execute(update(SchemaVersionRow).values(version=1))
+    finally:
+        engine.dispose()
+
+
+def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> None:
+    with backend.open() as old:
+        run_id = old.create_run("before-upgrade", "deployment", {"lr": 0.1}, seed=5)
+        old.register_clients(run_id, [("a", 10), ("b", 20)])
+        old.open_round(run_id, 1, ["a", "b"])
+        old.save_global_model(run_id, 0, _model(), num_samples=0)
+        old.save_local_model(run_id, 1, "a", _model(1), 10, {"loss": 0.3})
+        old.record_metrics(run_id, 1, {"accuracy": 0.5})
+        old.record_rejection(run_id, 1, "b", "duplicate", "second update")
+    fresh = _schema_snapshot(backend.url)
+    _make_v1(backend)
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES
+    with backend.open() as upgraded:
+        run = upgraded.get_run(run_id)
+        assert (run.name, run.config, run.status) == ("before-upgrade", {"lr": 0.1}, "running")
+        assert [(c.client_id, c.num_samples) for c in upgraded.list_clients(run_id)] == [("a", 10), ("b", 20)]
+        assert [r.status for r in upgraded.list_rounds(run_id)] == ["open"]
+        assert _bitwise_equal(upgraded.load_global_model(run_id, 0), _model())
+        ((record, weights),) = upgraded.load_local_models(run_id, 1)
+        assert (record.client_id, dict(record.metrics)) == ("a", {"loss": 0.3})
+        assert _bitwise_equal(weights, _model(1))
+        assert upgraded.metric_series(run_id, "accuracy") == [(1, 0.5)]
+        assert [r.code for r in upgraded.list_rejections(run_id)] == ["duplicate"]
+        token = upgraded.verify_join_token(upgraded.create_token("site-a"))
+        assert token is not None
+        _, credential = upgraded.register_agent(run_id, "site-a", token)
+        assert upgraded.authenticate(credential) is not None
+    with backend.open() as reopened:  # the upgrade ran once; reopening changes nothing
+        assert [a.name for a in reopened.list_agents(run_id)] == ["site-a"]
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at version 2
+    engine = create_engine(backend.url)
+    try:
+        with engine.connect() as conn:
+            assert _stamped_version(conn) == SCHEMA_VERSION == 2
+    finally:
+        engine.dispose()
+
+
+def test_v2_migration_is_all_or_nothing(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend.open().close()
+    _make_v1(backend)
+    to_v2 = schema.MIGRATIONS[2]
+
+    def half_done(conn: Connection) -> None:
+        to_v2(conn)
+        raise RuntimeError("crash after the new tables")
+
+    monkeypatch.setitem(schema.MIGRATIONS, 2, half_done)
+    with pytest.raises(RuntimeError, match="crash"):
+        backend.open()
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES
+    monkeypatch.undo()
+    backend.open().close()
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents"}
+
+
+# --------------------------------------------------------------------- backend differences made equal
+
+
+def test_times_are_exact_utc_whatever_the_server_zone(store: SqlStore) -> None:
+    """The test PostgreSQL runs at UTC+05:45: a zone mix-up would shift these by hours."""
+    before = datetime.now(UTC)
+    run_id = store.create_run("clock", "deployment", {}, seed=0)
+    token = store.create_token("clock")
+    after = datetime.now(UTC)
+    created = store.get_run(run_id).created_at
+    assert before <= created <= after
+    (record,) = store.list_tokens()
+    assert before <= record.created_at <= after
+    assert store.verify_join_token(token) == record
+
+
+def test_non_finite_values_survive_in_json_columns(store: SqlStore) -> None:
+    run_id = store.create_run("json", "simulation", {"nan": math.nan, "inf": -math.inf, "nested": [1.5]}, seed=0)
+    config = store.get_run(run_id).config
+    assert math.isnan(config["nan"])
+    assert (config["inf"], config["nested"]) == (-math.inf, [1.5])
+    store.save_local_model(run_id, 1, "a", None, 1, {"loss": math.nan, "norm": math.inf}, sha256=content_hash(_model()))
+    (local,) = store.list_local_models(run_id)
+    assert math.isnan(local.metrics["loss"])
+    assert local.metrics["norm"] == math.inf
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda s, r: s.register_client(r, "c" * 201), "at most 200 characters"),
+        (lambda s, r: s.register_client(r, "a\x00b"), "NUL"),
+        (lambda s, r: s.create_run("n" * 201, "simulation", {}, seed=0), "at most 200 characters"),
+        (lambda s, r: s.record_metrics(r, 1, {"m" * 201: 1.0}), "at most 200 characters"),
+        (lambda s, r: s.record_rejection(r, 1, None, "c" * 101, "why"), "at most 100 characters"),
+        (lambda s, r: s.open_round(r, 2**31, ["a"]), "<= 2147483647"),
+        (lambda s, r: s.create_run("big", "simulation", {}, seed=2**63), "<= 9223372036854775807"),
+        (lambda s, r: s.create_run("big", "simulation", {}, seed=-(2**63) - 1), ">= -9223372036854775808"),
+    ],
+)
+def test_column_limits_are_the_same_error_on_every_backend(
+    store: SqlStore, run_id: str, write: Callable[[SqlStore, str], None], message: str
+) -> None:
+    """PostgreSQL enforces lengths, ranges and no-NUL; SQLite does not: the store checks first."""
+    with pytest.raises(StoreError, match=message):
+        write(store, run_id)
+
+
+def test_limits_themselves_are_accepted(store: SqlStore, run_id: str) -> None:
+    store.register_client(run_id, "c" * 200)
+    store.create_run("n" * 200, "simulation", {}, seed=2**63 - 1)
+    store.create_run("min", "simulation", {}, seed=-(2**63))
+    store.open_round(run_id, 2**31 - 1, ["c" * 200])
+    assert store.list_rounds(run_id)[0].round == 2**31 - 1
+
+
+def test_rejections_keep_untrusted_text(store: SqlStore, run_id: str) -> None:
+    """A refused request's own client id and reason are recorded even when they are garbage."""
+    store.record_rejection(run_id, 1, "x" * 500 + "\x00", "forbidden", "tensor 'a\x00b' is not allowed")
+    (rejection,) = store.list_rejections(run_id)
+    assert rejection.client_id == "x" * 197 + "..."
+    assert rejection.reason == "tensor 'a\\x00b' is not allowed"

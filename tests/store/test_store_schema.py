@@ -52,12 +52,13 @@ def test_migrations_apply_in_order_and_keep_data(tmp_path: Path, monkeypatch: py
         applied.append(3)
         conn.execute(text("UPDATE runs SET note = 'migrated'"))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(schema, "MIGRATIONS", {3: fill_note, 2: add_note})
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", {current + 2: fill_note, current + 1: add_note})
     with _open(tmp_path) as store:
         assert store.get_run(run_id).config == {"a": 1}
     assert applied == [2, 3]
-    assert _version(_db(tmp_path)) == 3
+    assert _version(_db(tmp_path)) == current + 2
     with sqlite3.connect(_db(tmp_path)) as conn:
         assert conn.execute("SELECT note FROM runs").fetchall() == [("migrated",)]
     _open(tmp_path).close()
@@ -71,14 +72,60 @@ def test_failed_migration_changes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
         conn.execute(text("ALTER TABLE runs ADD COLUMN note TEXT"))
         conn.execute(text("SELECT * FROM no_such_table"))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(schema, "MIGRATIONS", {2: broken})
+    current = schema.SCHEMA_VERSION
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", {current + 1: broken})
     with pytest.raises(StoreError, match="could not open the store"):
         _open(tmp_path)
-    assert _version(_db(tmp_path)) == 1
+    assert _version(_db(tmp_path)) == current
     with sqlite3.connect(_db(tmp_path)) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
     assert "note" not in columns
+
+
+#: a database written by fedloom 0.1 at schema version 1 (``sqlite3 .dump`` of it), with one
+#: deployment run, two clients, an open round, a global and a local model (hash only), a
+#: metric and a rejection: the upgrade must keep every row
+V1_DUMP = Path(__file__).with_name("schema_v1_sqlite.sql")
+V1_RUN_ID = "4b046cd4c972441199e8b9de1ad2fc1d"
+
+
+def _sqlite_schema(path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+        return [tuple(row) for row in rows]
+
+
+def test_a_real_v1_database_upgrades_to_v2_in_place(tmp_path: Path) -> None:
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.executescript(V1_DUMP.read_text())
+    assert _version(_db(tmp_path)) == 1
+    with _open(tmp_path) as store:
+        run = store.get_run(V1_RUN_ID)
+        assert (run.name, run.kind, run.status, run.seed) == ("hospital-pilot", "deployment", "running", 7)
+        assert run.config == {"rounds": {"max_rounds": 3}}
+        assert run.created_at.tzinfo is not None
+        clients = [(c.client_id, c.num_samples) for c in store.list_clients(V1_RUN_ID)]
+        assert clients == [("site-a", 100), ("site-b", 50)]
+        (open_round,) = store.list_rounds(V1_RUN_ID)
+        assert (open_round.round, open_round.status, open_round.selected) == (1, "open", ("site-a", "site-b"))
+        (local,) = store.list_local_models(V1_RUN_ID, round=1)
+        assert (local.client_id, local.num_samples, dict(local.metrics)) == ("site-a", 100, {"loss": 0.25})
+        assert len(store.list_global_models(V1_RUN_ID)) == 1
+        assert store.metric_series(V1_RUN_ID, "accuracy") == [(1, 0.5)]
+        assert [r.code for r in store.list_rejections(V1_RUN_ID)] == ["invalid_weights"]
+        found = store.find_run("hospital-pilot")
+        assert found is not None
+        assert found.id == V1_RUN_ID
+        token = store.verify_join_token(store.create_token("site-a"))
+        assert token is not None
+        agent, credential = store.register_agent(V1_RUN_ID, "site-a", token)
+        assert store.authenticate(credential) == agent
+    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 2
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _open(fresh).close()
+    assert _sqlite_schema(_db(tmp_path)) == _sqlite_schema(_db(fresh))  # migrated DDL == created DDL
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:

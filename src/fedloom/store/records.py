@@ -20,6 +20,8 @@ RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 ROUND_STATUSES = ("open", "closed", "abandoned")
 #: values of ``MetricRecord.scope``
 METRIC_SCOPES = ("server", "client")
+#: values of ``TokenRecord.role`` and ``AgentRecord.role``; ``admin`` may upload the initial model
+ROLES = ("agent", "admin")
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,32 @@ class RejectionRecord:
     code: str
     reason: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A join token, without its secret: the store keeps only the token's SHA-256."""
+
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        """True until the token is revoked."""
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """A deployed agent registered in one run, without its credential (kept hashed)."""
+
+    id: str
+    run_id: str
+    name: str
+    role: str
+    token_id: int
+    created_at: datetime
+    last_seen_at: datetime | None = None

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     Connection,
     DateTime,
     Dialect,
@@ -30,12 +31,15 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -43,12 +47,10 @@ from sqlalchemy.types import TypeDecorator
 
 from fedloom.core.errors import StoreError
 
-#: the schema version this code writes and reads
-SCHEMA_VERSION = 1
+#: the schema version this code writes and reads (2 added ``tokens`` and ``agents``)
+SCHEMA_VERSION = 2
 
-#: upgrade steps keyed by the version they upgrade *to* (2, 3, ...); none yet
 Migration = Callable[[Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
 
 
 def utcnow() -> datetime:
@@ -248,6 +250,102 @@ class RejectionRow(Base):
     code: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class TokenRow(Base):
+    """A join token: global to the database, stored as the SHA-256 of its text only.
+
+    Names are unique among *active* tokens (a partial unique index), so a revoked
+    token's name can be issued again while the revoked row stays as history.
+    """
+
+    __tablename__ = "tokens"
+    __table_args__ = (
+        Index(
+            "uq_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class AgentRow(Base):
+    """A deployed agent of one run, holding the SHA-256 of its current credential."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_agents_run_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+    credential_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+# --------------------------------------------------------------------- migrations
+#
+# Each step owns frozen copies of the tables it creates, so a later change to the
+# models above cannot change what an old step does; a test checks that a migrated
+# database ends up identical to a freshly created one.
+
+
+def _v2_tables() -> tuple[Table, Table]:
+    """``tokens`` and ``agents`` exactly as schema version 2 defines them."""
+    metadata = MetaData()
+    Table("runs", metadata, Column("id", String(32), primary_key=True))  # only to resolve the foreign key
+    tokens = Table(
+        "tokens",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(64), nullable=False),
+        Column("sha256", String(64), nullable=False, unique=True),
+        Column("role", String(20), nullable=False),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("revoked_at", UtcDateTime, nullable=True),
+        Index(
+            "uq_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+    agents = Table(
+        "agents",
+        metadata,
+        Column("id", String(40), primary_key=True),
+        Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+        Column("name", String(64), nullable=False),
+        Column("token_id", Integer, ForeignKey("tokens.id"), nullable=False, index=True),
+        Column("role", String(20), nullable=False),
+        Column("credential_sha256", String(64), nullable=False, unique=True),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("last_seen_at", UtcDateTime, nullable=True),
+        UniqueConstraint("run_id", "name", name="uq_agents_run_name"),
+    )
+    return tokens, agents
+
+
+def _to_v2(conn: Connection) -> None:
+    """Version 2: join tokens and per-run agents for deployments (new tables only)."""
+    for table in _v2_tables():
+        table.create(conn)
+
+
+#: upgrade steps keyed by the version they upgrade *to*
+MIGRATIONS: dict[int, Migration] = {2: _to_v2}
 
 
 def current_version(conn: Connection) -> int | None:

@@ -7,23 +7,46 @@ deployment aggregator resume after SIGKILL. A model's blob is written (atomicall
 worst a crash can leave is an unreferenced blob.
 
 SQLite (the default) runs in WAL mode with foreign keys on; any other SQLAlchemy URL
-(PostgreSQL in production) works with the same code.
+(PostgreSQL in production) works with the same code. Every method is tested against
+both by the shared contract test (``tests/store/test_store_contract.py``).
+
+Deployment secrets (join tokens, agent credentials) are random 256-bit strings handed
+out once; the store keeps only their SHA-256 (a fast hash suffices: they are not
+guessable passwords) and compares digests with :func:`hmac.compare_digest`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import json
 import operator
 import os
 import re
+import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-from sqlalchemy import URL, Connection, CursorResult, Engine, Update, create_engine, event, insert, select, update
+from sqlalchemy import (
+    URL,
+    Connection,
+    CursorResult,
+    Engine,
+    Update,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -35,15 +58,19 @@ from fedloom.core.weights import Weights, check_structure
 from fedloom.store.blobs import FileBlobStore
 from fedloom.store.records import (
     METRIC_SCOPES,
+    ROLES,
     RUN_KINDS,
+    AgentRecord,
     ClientRecord,
     MetricRecord,
     ModelRecord,
     RejectionRecord,
     RoundRecord,
     RunRecord,
+    TokenRecord,
 )
 from fedloom.store.schema import (
+    AgentRow,
     ClientRow,
     GlobalModelRow,
     LocalModelRow,
@@ -51,6 +78,7 @@ from fedloom.store.schema import (
     RejectionRow,
     RoundRow,
     RunRow,
+    TokenRow,
     dump_json,
     upgrade,
     utcnow,
@@ -66,7 +94,22 @@ BLOBS_DIRNAME = "blobs"
 _FINAL_RUN_STATUSES = ("finished", "failed", "interrupted")
 _FINAL_ROUND_STATUSES = ("closed", "abandoned")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{1,32}")
+#: limits of the columns: names are VARCHAR(200), codes VARCHAR(100), rounds 32-bit, counts 64-bit
+_MAX_NAME_LENGTH = 200
+_MAX_CODE_LENGTH = 100
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: prefix of a join token (``fedloom token create``) and of an agent credential
+JOIN_TOKEN_PREFIX = "flj_"  # noqa: S105 (a public prefix, not a secret)
+CREDENTIAL_PREFIX = "fla_"
+#: prefix of an agent id
+AGENT_ID_PREFIX = "ag_"
+#: token and agent names: what is safe in a URL, a file name and a log line
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: strings longer than this cannot be one of our secrets; refused before hashing
+_MAX_SECRET_LENGTH = 128
 
 
 def resolve_home(home: Path | str | None = None) -> Path:
@@ -84,12 +127,20 @@ def sqlite_url(path: Path | str) -> URL:
 class SqlStore:
     """The persistent record of runs; implements :class:`fedloom.store.Store` and the readers."""
 
+    #: seconds between two writes of an agent's ``last_seen_at``: :meth:`authenticate`
+    #: runs on every request, and a write per request would serialise them on SQLite
+    last_seen_interval: float = 10.0
+
     def __init__(self, url: str | URL, blob_root: Path | str | None = None) -> None:
         self._engine = _make_engine(url)
         self._blobs = FileBlobStore(blob_root) if blob_root is not None else None
         #: the store directory when opened with :meth:`open_default` (for messages like "--home DIR")
         self.home: Path | None = None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._engine.dispose()  # a store that failed to open must not leak its connections
+            raise
 
     @classmethod
     def open_default(cls, home: Path | str | None = None) -> SqlStore:
@@ -158,7 +209,7 @@ class SqlStore:
         _check_choice("kind", kind, RUN_KINDS)
         row = RunRow(
             id=uuid.uuid4().hex,
-            name=str(name),
+            name=_check_text("run name", str(name)),
             kind=kind,
             status="running",
             seed=_check_int("seed", seed, minimum=None),
@@ -178,6 +229,26 @@ class SqlStore:
         with self._session(f"finish run {run_id}") as session:
             if _rowcount(session, update(RunRow).where(RunRow.id == run_id).values(**values)) == 0:
                 raise StoreError(f"cannot finish run {run_id!r}: no such run")
+
+    def find_run(self, name: str, kind: str = "deployment") -> RunRecord | None:
+        """The newest run with this name and kind, or None: the run a restarted aggregator resumes."""
+        _check_choice("kind", kind, RUN_KINDS)
+        stmt = (
+            select(RunRow)
+            .where(RunRow.name == name, RunRow.kind == kind)
+            .order_by(RunRow.created_at.desc(), RunRow.id.desc())
+            .limit(1)
+        )
+        with self._session(f"find run {name!r}") as session:
+            row = session.scalars(stmt).first()
+            return None if row is None else _run_record(row)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Set a run back to ``running`` and clear ``finished_at`` (its last summary is kept)."""
+        values = {"status": "running", "finished_at": None}
+        with self._session(f"reopen run {run_id}") as session:
+            if _rowcount(session, update(RunRow).where(RunRow.id == run_id).values(**values)) == 0:
+                raise StoreError(f"cannot reopen run {run_id!r}: no such run")
 
     # ----------------------------------------------------------------- clients
 
@@ -217,7 +288,7 @@ class SqlStore:
         """Record that ``round`` started with the ``selected`` clients (once per round)."""
         row = RoundRow(
             run_id=run_id,
-            round=_check_int("round", round),
+            round=_check_int("round", round, maximum=_INT32_MAX),
             status="open",
             selected=[_check_name("client_id", c) for c in selected],
             opened_at=utcnow(),
@@ -236,7 +307,7 @@ class SqlStore:
         values = {
             "status": status,
             "closed_at": utcnow(),
-            "num_updates": _check_int("num_updates", num_updates),
+            "num_updates": _check_int("num_updates", num_updates, maximum=_INT32_MAX),
             "num_samples": _check_int("num_samples", num_samples),
         }
         where = (RoundRow.run_id == run_id, RoundRow.round == round, RoundRow.status == "open")
@@ -250,7 +321,7 @@ class SqlStore:
 
     def save_global_model(self, run_id: str, round: int, weights: Weights, num_samples: int) -> int:
         """Store the round's single global model (blob first, then row); returns its id."""
-        _check_int("round", round)
+        _check_int("round", round, maximum=_INT32_MAX)
         _check_int("num_samples", num_samples)
         check_structure(weights)
         conflict = f"run {run_id} already has a global model for round {round}: exactly one is allowed per round"
@@ -286,7 +357,7 @@ class SqlStore:
         keep_blob: bool = True,
     ) -> int:
         """Store one client's accepted update; pass ``weights=None`` with ``sha256`` to record it blob-less."""
-        _check_int("round", round)
+        _check_int("round", round, maximum=_INT32_MAX)
         _check_int("num_samples", num_samples)
         sha256 = _local_hash(weights, sha256)
         key = None
@@ -324,7 +395,9 @@ class SqlStore:
         if (scope == "client") != (client_id is not None):
             raise StoreError("client metrics need a client_id and server metrics must not have one")
         now = utcnow()
-        base = {"run_id": run_id, "round": _check_int("round", round), "scope": scope, "client_id": client_id}
+        round = _check_int("round", round, maximum=_INT32_MAX)
+        client_id = None if client_id is None else _check_name("client_id", client_id)
+        base = {"run_id": run_id, "round": round, "scope": scope, "client_id": client_id}
         rows = [
             {**base, "name": _check_name("metric name", k), "value": float(v), "created_at": now}
             for k, v in metrics.items()
@@ -335,17 +408,155 @@ class SqlStore:
             session.execute(insert(MetricRow), rows)
 
     def record_rejection(self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str) -> None:
-        """Record an update or request the server refused, with its machine code and reason."""
+        """Record an update or request the server refused, with its machine code and reason.
+
+        ``client_id`` and ``reason`` may come from the refused request itself, so they are
+        kept rather than validated: NUL characters are escaped and an over-long client id
+        is cut to its column's 200 characters (ending in ``...``).
+        """
         row = RejectionRow(
             run_id=run_id,
-            round=None if round is None else _check_int("round", round),
-            client_id=client_id,
-            code=_check_name("code", code),
-            reason=str(reason),
+            round=None if round is None else _check_int("round", round, maximum=_INT32_MAX),
+            client_id=None if client_id is None else _printable(str(client_id), _MAX_NAME_LENGTH),
+            code=_check_name("code", code, _MAX_CODE_LENGTH),
+            reason=_printable(str(reason)),
             created_at=utcnow(),
         )
         with self._session(f"record a rejection in run {run_id}", run_id=run_id) as session:
             session.add(row)
+
+    # ----------------------------------------------------------------- join tokens
+
+    def create_token(self, name: str, role: str = "agent") -> str:
+        """Issue a join token and return its text (``flj_…``), which is never stored and never shown again.
+
+        At most one token of a name is active at a time; a revoked token's name can be reused.
+        """
+        _check_slug("token name", name)
+        _check_choice("role", role, ROLES)
+        token = JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = TokenRow(name=name, sha256=_digest(token), role=role, created_at=utcnow())
+        conflict = f"a token named {name!r} is already active: revoke it first (`fedloom token revoke --name {name}`)"
+        # the partial unique index on active names refuses a twin, concurrent or not; no read
+        # first, so SQLite takes its write lock at once (waits, instead of a stale-snapshot error)
+        with self._session(f"create token {name!r}", conflict=conflict) as session:
+            session.add(row)
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke the active token of this name; agents that registered with it can no longer authenticate."""
+        active = (TokenRow.name == name, TokenRow.revoked_at.is_(None))
+        with self._session(f"revoke token {name!r}") as session:
+            if _rowcount(session, update(TokenRow).where(*active).values(revoked_at=utcnow())) == 0:
+                known = session.scalar(select(func.count()).select_from(TokenRow).where(TokenRow.name == name))
+                if known:
+                    raise StoreError(f"token {name!r} is already revoked")
+                raise StoreError(f"no token named {name!r} (see `fedloom token list`)")
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token ever issued, revoked ones included, oldest first (no secrets, no hashes)."""
+        with self._session("list tokens") as session:
+            return [_token_record(r) for r in session.scalars(select(TokenRow).order_by(TokenRow.id))]
+
+    def verify_join_token(self, token: str) -> TokenRecord | None:
+        """The active token with this text, or None (unknown, revoked, or not a token at all)."""
+        digest = _secret_digest(token, JOIN_TOKEN_PREFIX)
+        if digest is None:
+            return None
+        with self._session("verify a join token") as session:
+            row = session.scalars(select(TokenRow).where(TokenRow.sha256 == digest)).first()
+            if row is None or row.revoked_at is not None or not hmac.compare_digest(row.sha256, digest):
+                return None
+            return _token_record(row)
+
+    # ----------------------------------------------------------------- agents
+
+    def register_agent(self, run_id: str, name: str, token: TokenRecord) -> tuple[AgentRecord, str]:
+        """Register agent ``name`` in the run and return it with a fresh credential (``fla_…``).
+
+        Registering the same name again keeps the agent id and replaces the credential
+        (the old one stops working); the agent takes the role and token of this call.
+        Refused if ``token`` has been revoked meanwhile.
+        """
+        _check_slug("agent name", name)
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        digest = _digest(credential)
+        action = f"register agent {name!r} in run {run_id}"
+        for attempt in (1, 2):
+            try:
+                with self._session(action, run_id=run_id) as session:
+                    return self._write_agent(session, run_id, name, token, digest), credential
+            except StoreError as exc:
+                # two first registrations of one name raced: the loser's insert hit the unique
+                # constraint; its second attempt updates the winner's row instead
+                raced = isinstance(exc.__cause__, sa_exc.IntegrityError) and self._agent_id(run_id, name) is not None
+                if attempt == 2 or not raced:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_agent(self, session: Session, run_id: str, name: str, token: TokenRecord, digest: str) -> AgentRecord:
+        """Update-or-insert the agent row, then check the token; writing first takes SQLite's write lock
+        before any read, so a concurrent writer makes this wait (busy timeout) instead of failing."""
+        now = utcnow()
+        values = {"token_id": token.id, "role": token.role, "credential_sha256": digest, "last_seen_at": now}
+        where = (AgentRow.run_id == run_id, AgentRow.name == name)
+        if _rowcount(session, update(AgentRow).where(*where).values(**values)) == 0:
+            new_id = AGENT_ID_PREFIX + uuid.uuid4().hex
+            session.add(AgentRow(id=new_id, run_id=run_id, name=name, created_at=now, **values))
+            session.flush()
+        token_row = session.get(TokenRow, token.id)
+        if token_row is None or token_row.revoked_at is not None:
+            raise StoreError(f"cannot register agent {name!r}: the join token {token.name!r} has been revoked")
+        return _agent_record(session.scalars(select(AgentRow).where(*where)).one())
+
+    def _agent_id(self, run_id: str, name: str) -> str | None:
+        with self._session("look up an agent") as session:
+            return session.scalar(select(AgentRow.id).where(AgentRow.run_id == run_id, AgentRow.name == name))
+
+    def authenticate(self, credential: str) -> AgentRecord | None:
+        """The agent holding this credential, or None if it is unknown, replaced, or its token revoked.
+
+        Refreshes ``last_seen_at`` at most once per :attr:`last_seen_interval` seconds per agent.
+        """
+        digest = _secret_digest(credential, CREDENTIAL_PREFIX)
+        if digest is None:
+            return None
+        stmt = (
+            select(AgentRow, TokenRow.revoked_at)
+            .join(TokenRow, AgentRow.token_id == TokenRow.id)
+            .where(AgentRow.credential_sha256 == digest)
+        )
+        with self._session("authenticate an agent") as session:
+            found = session.execute(stmt).first()
+            if found is None:
+                return None
+            row, revoked_at = found
+            if revoked_at is not None or not hmac.compare_digest(row.credential_sha256, digest):
+                return None
+            record = _agent_record(row)
+        now = utcnow()
+        seen = record.last_seen_at
+        if seen is not None and (now - seen).total_seconds() < self.last_seen_interval:
+            return record
+        cutoff = now - timedelta(seconds=self.last_seen_interval)  # concurrent requests write once
+        stale = or_(AgentRow.last_seen_at.is_(None), AgentRow.last_seen_at <= cutoff)
+        with self._session(f"record that agent {record.id} was seen") as session:
+            session.execute(update(AgentRow).where(AgentRow.id == record.id, stale).values(last_seen_at=now))
+        return dataclasses.replace(record, last_seen_at=now)
+
+    def list_agents(self, run_id: str) -> list[AgentRecord]:
+        """The run's agents in registration order (empty for an unknown run)."""
+        stmt = select(AgentRow).where(AgentRow.run_id == run_id).order_by(AgentRow.created_at, AgentRow.name)
+        with self._session(f"list agents of run {run_id}") as session:
+            return [_agent_record(r) for r in session.scalars(stmt)]
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        """The agent with this id; an unknown id is a ``StoreError``."""
+        with self._session(f"look up agent {agent_id}") as session:
+            row = session.get(AgentRow, agent_id)
+            if row is None:
+                raise StoreError(f"no agent with id {agent_id!r}")
+            return _agent_record(row)
 
     # ----------------------------------------------------------------- readers
 
@@ -425,6 +636,14 @@ class SqlStore:
             raise StoreError(f"run {run_id} has no local model of client {client_id!r} in round {round}")
         return self._load(record)
 
+    def load_local_models(self, run_id: str, round: int) -> list[tuple[ModelRecord, Weights]]:
+        """Every stored local model of a round with its weights, by client id: what a restarted
+        aggregator folds back into the open round (records carry ``num_samples`` and ``metrics``).
+
+        A local model recorded without its blob cannot be re-aggregated and raises ``StoreError``.
+        """
+        return [(record, self._load(record)) for record in self.list_local_models(run_id, round=round)]
+
     def _load(self, record: ModelRecord) -> Weights:
         """Read, parse and verify a model's blob; a hash mismatch raises ``IntegrityError``."""
         what = f"model {record.id} (run {record.run_id}, round {record.round})"
@@ -464,9 +683,14 @@ class SqlStore:
 
 
 def _make_engine(url: str | URL) -> Engine:
-    """Create the engine, turning a bad URL or a missing driver into a ``StoreError``."""
+    """Create the engine, turning a bad URL or a missing driver into a ``StoreError``.
+
+    Server databases get ``pool_pre_ping``: a long-running aggregator outlives database
+    restarts and idle-connection timeouts, and a stale pooled connection would fail the
+    next request instead of being replaced.
+    """
     try:
-        engine = create_engine(url)
+        engine = create_engine(url, pool_pre_ping=not _is_sqlite(url))
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         raise StoreError(
             f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)"
@@ -475,6 +699,11 @@ def _make_engine(url: str | URL) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _is_sqlite(url: str | URL) -> bool:
+    name = url.drivername if isinstance(url, URL) else str(url).split(":", 1)[0]
+    return name.split("+", 1)[0] == "sqlite"
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -525,23 +754,68 @@ def _check_choice(field: str, value: str, allowed: Sequence[str]) -> str:
     return value
 
 
-def _check_int(field: str, value: int, minimum: int | None = 0) -> int:
-    """Accept ints and NumPy integers (via ``__index__``); refuse bools, floats and strings."""
+def _check_int(field: str, value: int, minimum: int | None = 0, maximum: int = _INT64_MAX) -> int:
+    """Accept ints and NumPy integers (via ``__index__``); refuse bools, floats and strings.
+
+    The range is the column's (64-bit by default, ``_INT32_MAX`` for rounds and counts):
+    PostgreSQL refuses a larger value and SQLite overflows, so both get the same error.
+    """
     try:
         number = operator.index(value)
     except TypeError:
         number = None
     if number is None or isinstance(value, bool):
         raise StoreError(f"{field} must be an integer, got {value!r}")
-    if minimum is not None and number < minimum:
-        raise StoreError(f"{field} must be >= {minimum}, got {number}")
+    low = -_INT64_MAX - 1 if minimum is None else minimum
+    if number < low:
+        raise StoreError(f"{field} must be >= {low}, got {number}")
+    if number > maximum:
+        raise StoreError(f"{field} must be <= {maximum}, got {number}")
     return number
 
 
-def _check_name(field: str, value: str) -> str:
+def _check_text(field: str, value: str, max_length: int = _MAX_NAME_LENGTH) -> str:
+    """Text for a length-limited column: PostgreSQL enforces the limit and refuses NUL, SQLite neither."""
+    if len(value) > max_length:
+        raise StoreError(f"{field} must be at most {max_length} characters, got {len(value)}: {value[:40]!r}...")
+    if "\x00" in value:
+        raise StoreError(f"{field} must not contain NUL characters, got {value!r}")
+    return value
+
+
+def _check_name(field: str, value: str, max_length: int = _MAX_NAME_LENGTH) -> str:
     if not isinstance(value, str) or not value:
         raise StoreError(f"{field} must be a non-empty string, got {value!r}")
+    return _check_text(field, value, max_length)
+
+
+def _printable(value: str, max_length: int | None = None) -> str:
+    """Untrusted text kept as a record: NUL made visible, cut to ``max_length`` (marked with ``...``)."""
+    value = value.replace("\x00", "\\x00")
+    if max_length is not None and len(value) > max_length:
+        value = value[: max_length - 3] + "..."
     return value
+
+
+def _check_slug(field: str, value: str) -> str:
+    """Token and agent names: 1-64 characters of letters, digits, ``.``, ``_`` and ``-``."""
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value):
+        raise StoreError(f"{field} must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _digest(secret: str) -> str:
+    """What the store keeps of a secret: its SHA-256, as lowercase hex."""
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _secret_digest(secret: object, prefix: str) -> str | None:
+    """The digest of a presented secret, or None when it cannot be one of ours (no query needed)."""
+    if not isinstance(secret, str) or len(secret) > _MAX_SECRET_LENGTH:
+        return None
+    if not secret.startswith(prefix) or not secret.isascii():
+        return None
+    return _digest(secret)
 
 
 def _plain_json(value: Any) -> Any:
@@ -651,6 +925,22 @@ def _metric_record(row: MetricRow) -> MetricRecord:
         value=row.value,
         created_at=row.created_at,
         client_id=row.client_id,
+    )
+
+
+def _token_record(row: TokenRow) -> TokenRecord:
+    return TokenRecord(id=row.id, name=row.name, role=row.role, created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+def _agent_record(row: AgentRow) -> AgentRecord:
+    return AgentRecord(
+        id=row.id,
+        run_id=row.run_id,
+        name=row.name,
+        role=row.role,
+        token_id=row.token_id,
+        created_at=row.created_at,
+        last_seen_at=row.last_seen_at,
     )
 
 

@@ -1,0 +1,125 @@
+"""``fedloom agent``: run a site's Trainer against an aggregator until the run finishes.
+
+    fedloom agent --server https://agg.example.org:8443 --token flj_... \\
+        --trainer examples/digits_site.py:make_trainer --trainer-arg site=1
+
+The trainer spec names the site's factory (``module:function`` or ``file.py:function``);
+it loads the site's private data, which never leaves the machine. State (credential,
+round, models) lives in ``--state-dir``, so the same command resumes after a restart and
+the join token is needed only the first time. Exit code 0 when the run is finished or
+the agent was stopped with SIGTERM/SIGINT; 1 on an error, which is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from fedloom.client.transport import AggregatorClient
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``fedloom agent`` to the ``fedloom`` command."""
+    parser = subparsers.add_parser(
+        "agent",
+        help="run a site's trainer against an aggregator (deployment)",
+        description="Register with an aggregator, then train and upload every round this agent is selected for.",
+    )
+    add = parser.add_argument
+    add("--server", required=True, metavar="URL", help="the aggregator's base URL, e.g. https://agg.example.org:8443")
+    add("--token", metavar="T", help="join token from `fedloom token create` (needed until the agent has registered)")
+    add(
+        "--trainer",
+        required=True,
+        metavar="SPEC",
+        help="the site's factory: module:function or path/to/file.py:function",
+    )
+    add("--name", help="this agent's name at the aggregator (default: the host name)")
+    add(
+        "--state-dir", metavar="DIR", help="where state, credential and models are kept (default: ./fedloom-agent-NAME)"
+    )
+    add("--ca-file", metavar="PEM", help="CA certificate that signed the aggregator's TLS certificate")
+    add(
+        "--trainer-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the factory (a string); repeat for several",
+    )
+    add("--keep-stale", action="store_true", help="upload results even if a newer round began during training")
+    add("--upload-initial", action="store_true", help="(admin agent) upload the initial model if the run has none")
+    add(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        help="retries of a request that failed on the network or with 5xx (default: retry forever)",
+    )
+    add("--poll-wait", type=float, default=30.0, metavar="S", help="long-poll duration in seconds (default: 30)")
+    add("--log-level", choices=LOG_LEVELS, default="info", help="how much to log to stderr (default: info)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with _logging_to_stderr(args.log_level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedloom.client.agent import Agent, default_agent_name
+    from fedloom.client.loading import load_trainer_factory, parse_trainer_args
+    from fedloom.core.errors import ConfigError
+
+    if args.max_retries is not None and args.max_retries < 0:
+        raise ConfigError(f"--max-retries must be >= 0, got {args.max_retries}")
+    name = args.name or default_agent_name()
+    host = urlsplit(args.server).hostname or ""
+    if args.server.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+        logging.getLogger("fedloom.agent").warning(
+            "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", args.server
+        )
+    factory = load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
+    with make_client(args) as client:
+        agent = Agent(
+            client,
+            factory,
+            args.state_dir or f"fedloom-agent-{name}",
+            name,
+            args.token,
+            discard_stale=not args.keep_stale,
+            upload_initial=args.upload_initial,
+            poll_wait=args.poll_wait,
+        )
+        agent.run()
+    return 0
+
+
+def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:
+    """The AggregatorClient for ``args`` (tests pass ``transport=`` through ``overrides``)."""
+    from fedloom.client.transport import AggregatorClient, RetryPolicy
+
+    attempts = None if args.max_retries is None else args.max_retries + 1
+    return AggregatorClient(args.server, ca_file=args.ca_file, retry=RetryPolicy(max_attempts=attempts), **overrides)
+
+
+@contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """Progress lines on stderr (stdout stays free for the site's code), for the duration of the command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("fedloom")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -1,0 +1,130 @@
+"""``fedloom token``: issue, revoke and list the join tokens agents register with.
+
+A join token is printed once, by ``token create``, and never again: the store keeps
+only its SHA-256. Tokens live in the aggregator's database (global to it, not to a
+run): the SQLite store under ``--home`` / ``$FEDLOOM_HOME`` / ``./fedloom-runs`` by
+default, or any SQLAlchemy database given with ``--db-url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+
+from fedloom.core.errors import StoreError
+from fedloom.store import SqlStore, TokenRecord, resolve_home
+from fedloom.store.sql import DB_FILENAME, HOME_ENV
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``token create``, ``token revoke`` and ``token list`` to the ``fedloom`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_mutually_exclusive_group()
+    where.add_argument("--home", metavar="DIR", help=f"SQLite store directory (default: ${HOME_ENV} or ./fedloom-runs)")
+    where.add_argument(
+        "--db-url", metavar="URL", help="the aggregator's database as a SQLAlchemy URL, e.g. postgresql+psycopg://..."
+    )
+    parser = subparsers.add_parser(
+        "token",
+        help="manage the join tokens agents register with",
+        description="Issue, revoke and list join tokens. An agent exchanges a join token for its own credential.",
+    )
+    parser.set_defaults(func=lambda _args: _print_help(parser))
+    actions = parser.add_subparsers(dest="token_action", metavar="ACTION")
+
+    create = actions.add_parser("create", parents=[common], help="issue a token (printed once)")
+    create.add_argument("--name", required=True, help="who the token is for: 1-64 of A-Z a-z 0-9 . _ -")
+    create.add_argument("--admin", action="store_true", help="agents joining with it may upload the initial model")
+    create.set_defaults(func=run_create)
+
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a token and lock out its agents")
+    revoke.add_argument("--name", required=True, help="the token's name")
+    revoke.set_defaults(func=run_revoke)
+
+    listing = actions.add_parser("list", parents=[common], help="every token issued, revoked ones included")
+    listing.set_defaults(func=run_list)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+@contextmanager
+def _open_store(args: argparse.Namespace, create: bool) -> Iterator[SqlStore | None]:
+    """The store named by ``--db-url`` or ``--home``; None when no SQLite store exists and ``create`` is off."""
+    if args.db_url:
+        store = SqlStore(args.db_url)
+    else:
+        root = resolve_home(args.home)
+        if not create and not (root / DB_FILENAME).is_file():
+            yield None
+            return
+        store = SqlStore.open_default(root)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _location(args: argparse.Namespace) -> str:
+    if args.db_url:
+        return "the database given with --db-url"
+    root = resolve_home(args.home)
+    return str(root if root.is_absolute() else root.resolve())
+
+
+def run_create(args: argparse.Namespace) -> int:
+    """Issue a token and print it once, with how the partner's agent uses it."""
+    role = "admin" if args.admin else "agent"
+    with _open_store(args, create=True) as store:
+        assert store is not None
+        token = store.create_token(args.name, role=role)
+    print(f"Created {role} join token {args.name!r} in {_location(args)}.")
+    print("It is shown only this once (the store keeps only its hash); copy it now:")
+    print()
+    print(f"    {token}")
+    print()
+    print("Hand it to the partner over a secure channel. Their agent joins the aggregator with:")
+    print()
+    print("    fedloom agent --server URL --token TOKEN ...")
+    print()
+    print(f"Revoke it with `fedloom token revoke --name {args.name}`.")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Revoke the active token of a name."""
+    with _open_store(args, create=False) as store:
+        if store is None:
+            raise StoreError(f"no token named {args.name!r}: there is no store in {_location(args)}")
+        store.revoke_token(args.name)
+    print(f"Revoked token {args.name!r}: agents that registered with it can no longer authenticate.")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print every token as a table: name, role, created, revoked."""
+    with _open_store(args, create=False) as store:
+        tokens = [] if store is None else store.list_tokens()
+    if not tokens:
+        print(f"No tokens in {_location(args)}. Issue one with `fedloom token create --name NAME`.")
+        return 0
+    print(_table(["NAME", "ROLE", "CREATED", "REVOKED"], [_row(t) for t in tokens]))
+    return 0
+
+
+def _row(token: TokenRecord) -> list[str]:
+    return [token.name, token.role, _fmt_time(token.created_at), _fmt_time(token.revoked_at)]
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in [headers, *rows]]
+    return "\n".join(lines)
