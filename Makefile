@@ -23,7 +23,7 @@ fmnist:
 
 demo: $(STAMP) fmnist
 	$(BIN)/fedloom sim --dataset fmnist --model cnn --clients 100 --partition dirichlet --alpha 0.5 \
-	  --fraction 0.1 --rounds 15 --epochs 1 --batch-size 32 --lr 0.1 --seed 0
+	  --fraction 0.1 --rounds 15 --epochs 1 --batch-size 32 --lr 0.1 --seed 0 --executor parallel
 
 test: $(STAMP) fmnist
 	$(BIN)/ruff check src tests benchmarks examples

@@ -149,16 +149,28 @@ class RoundEngine:
             raise EngineStateError(f"cannot {action} while the engine is {self.state.value}")
 
     # -- the round ---------------------------------------------------------------
-    def open_round(self) -> RoundTask:
-        """Select clients with the strategy's sampler and start collecting their updates."""
+    def open_round(self, selected: Sequence[str] | None = None) -> RoundTask:
+        """Select clients with the strategy's sampler and start collecting their updates.
+
+        ``selected`` re-opens a round whose selection was already made and recorded (a
+        restarted aggregator resuming its open round): it is used as is instead of
+        sampling, because agents that registered after the round opened would change
+        what the sampler draws. Every id in it must be a registered client.
+        """
         self._require(EngineState.IDLE, "open a round")
         round_no = self._next_round
-        selected = tuple(self.strategy.sampler.sample(list(self._clients), round_no, self.seed))
-        task = RoundTask(round=round_no, global_weights=self._global, selected=selected)
+        if selected is None:
+            chosen = tuple(self.strategy.sampler.sample(list(self._clients), round_no, self.seed))
+        else:
+            chosen = tuple(selected)
+            unknown = sorted(set(chosen) - set(self._clients))
+            if unknown:
+                raise ValidationError(f"cannot re-open round {round_no}: clients {unknown} are not registered")
+        task = RoundTask(round=round_no, global_weights=self._global, selected=chosen)
         accumulator = self.strategy.aggregator.start(self._global)
         self._open = _OpenRound(task=task, accumulator=accumulator, started=time.perf_counter())
         if self.recorder:
-            self.recorder.round_opened(round_no, selected)
+            self.recorder.round_opened(round_no, chosen)
         return task
 
     def fit_config(self, client_id: str) -> FitConfig:
@@ -255,6 +267,13 @@ class RoundEngine:
     def received(self) -> int:
         """Accepted updates in the open round."""
         return len(self._open.received) if self._open else 0
+
+    def received_from(self) -> tuple[str, ...]:
+        """The clients with an accepted update in the open round (empty when none is open).
+
+        The deployment aggregator uses it to tell a selected agent whether to train or wait.
+        """
+        return tuple(self._open.received) if self._open else ()
 
     def all_received(self) -> bool:
         """True once every selected client has an accepted update."""
