@@ -1,0 +1,206 @@
+"""``fedloom server``: run the aggregator (HTTP API of docs/protocol.md) until SIGTERM or Ctrl-C.
+
+Configuration comes from ``--config aggregator.toml``, ``FEDLOOM_SERVER_*`` variables and
+flags (flags win). The server binds its socket itself, so with ``--port 0`` the port
+the system picked is known before serving: it is printed in the banner and written to
+``HOME/aggregator.port`` for launchers. Stopping marks the run ``interrupted``; starting
+again with the same ``[run] name`` resumes it at its last completed round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from fedloom.core.errors import ConfigError
+from fedloom.server.config import FIELDS, AggregatorConfig, load_config
+
+if TYPE_CHECKING:
+    from fedloom.store import SqlStore
+
+PORT_FILENAME = "aggregator.port"
+#: seconds a shutdown waits for requests in flight before cancelling them
+GRACEFUL_SHUTDOWN_SECONDS = 5
+_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``server`` sub-command to the ``fedloom`` parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "server",
+        help="run the aggregator server for deployed agents",
+        description="Run the federated aggregator: agents register with a join token (`fedloom token create`), "
+        "pull tasks, download global models and upload updates. Flags override FEDLOOM_SERVER_* variables, "
+        "which override --config.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="aggregator.toml with [server], [run], [rounds], ... tables")
+    for name, (table, kind) in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=_TYPES[kind], metavar=name.upper(), help=f"[{table}] {name}")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, open the store, start (or resume) the run and serve until stopped."""
+    config = load_config(args.config, overrides={name: getattr(args, name, None) for name in FIELDS})
+    _check_tls_files(config)
+    try:
+        import uvicorn
+    except ImportError:  # pragma: no cover - depends on the install
+        raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
+    from fedloom.server.aggregator import Aggregator
+    from fedloom.server.app import create_app
+
+    _setup_logging()
+    store, home = open_store(config)
+    aggregator: Aggregator | None = None
+    port_file = home / PORT_FILENAME
+    try:
+        aggregator = Aggregator(config, store)
+        sock = bind_socket(config.server.host, config.server.port)
+        port = int(sock.getsockname()[1])
+        _write_port_file(port_file, port)
+        print(
+            f"fedloom aggregator listening on {_url(config, port)} "
+            f"(run {config.run.name}, round {aggregator.current_round})",
+            flush=True,
+        )
+        uv_config = uvicorn.Config(
+            create_app(aggregator),
+            ssl_certfile=config.server.tls_cert,
+            ssl_keyfile=config.server.tls_key,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
+        with _stop_signals():
+            server.run(sockets=[sock])
+        print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.current_round})", flush=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            port_file.unlink()
+        try:
+            if aggregator is not None:
+                aggregator.close()
+        finally:
+            store.close()
+    return 0
+
+
+# --------------------------------------------------------------------- pieces
+
+
+def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
+    """The store of ``[server] db_url`` (default SQLite in the home directory) and the home directory."""
+    from fedloom.store import SqlStore, resolve_home
+
+    home = resolve_home(config.server.home)
+    if config.server.db_url is None:
+        return SqlStore.open_default(home), home
+    try:
+        (home / "blobs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
+    return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: one the system picks)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"[server] host {host!r} cannot be resolved: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc} (set [server] port to a free port, or 0 to pick one)"
+        ) from None
+    return sock
+
+
+def _url(config: AggregatorConfig, port: int) -> str:
+    host = config.server.host
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.server.tls else 'http'}://{shown}:{port}"
+
+
+def _check_tls_files(config: AggregatorConfig) -> None:
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(config.server, name)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"[server] {name} {value!r} does not exist (give the PEM file of the certificate/key)")
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """Write the port atomically, so a launcher polling the file never reads half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(f"{port}\n")
+    os.replace(temporary, path)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("fedloom")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Own SIGINT/SIGTERM while serving: uvicorn shuts down on them and then re-raises the signal
+    to the handler it found; that handler is this no-op, so the process goes on to close the run."""
+
+    def ignore(_sig: int, _frame: FrameType | None) -> None:
+        return None
+
+    previous = {sig: signal.signal(sig, ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _make_server(config: Any, on_exit: Callable[[], None]) -> Any:
+    """uvicorn's server, which also wakes long-polls as soon as a shutdown starts (uvicorn is imported
+    here, not at module level, so other ``fedloom`` commands work without the server extras)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def __init__(self) -> None:
+            super().__init__(config)
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets=sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self._loop is not None:  # runs in a signal handler: only schedule, take no lock
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(on_exit)
+
+    return Server()

@@ -1,0 +1,332 @@
+"""The aggregator's HTTP API (docs/protocol.md, v1) as a FastAPI app around an :class:`Aggregator`.
+
+This layer authenticates (bearer credentials), reads request bodies with a size
+limit enforced while reading, long-polls without blocking a thread, and turns every
+refusal into ``{"error": CODE, "detail": TEXT}`` with the protocol's status. All
+state and every decision live in the aggregator; blocking calls (the store) run in
+worker threads so the event loop stays free for long-polls.
+
+A background task calls :meth:`Aggregator.tick` every ``check_interval_seconds`` so
+deadlines fire even when no request arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fedloom.core.errors import StoreError
+from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
+from fedloom.server.deployment_store import AgentLike
+
+log = logging.getLogger("fedloom.aggregator")
+
+SHA256_HEADER = "X-Fedloom-Sha256"
+MAX_WAIT_SECONDS = 60
+_OCTET = "application/octet-stream"
+_BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {_OCTET: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+# --------------------------------------------------------------------- JSON bodies
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+class RegisterRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    join_token: str = Field(min_length=1, max_length=256)
+
+
+class RegisterResponse(BaseModel):
+    agent_id: str
+    credential: str
+    role: Literal["agent", "admin"]
+    run_id: str
+
+
+class FitConfigBody(BaseModel):
+    round: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskInfo(BaseModel):
+    state: Literal["train", "wait", "finished"]
+    round: int
+    global_round: int | None = None
+    global_sha256: str | None = None
+    config: FitConfigBody | None = None
+    deadline: str | None = None
+
+
+class UploadResponse(BaseModel):
+    accepted: bool
+    round: int
+
+
+class InitialModelResponse(BaseModel):
+    accepted: bool
+    sha256: str
+
+
+class StatusResponse(BaseModel):
+    run_id: str
+    round: int
+    state: str
+    mode: str
+    agents: int
+    selected: list[str]
+    received: int
+    rounds_completed: int
+    max_rounds: int
+
+
+class HealthResponse(BaseModel):
+    ok: bool
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "invalid payload",
+        401: "missing, invalid or revoked credential",
+        403: "not allowed",
+        404: "not found",
+        409: "conflict with the round state",
+        413: "payload too large",
+        422: "invalid weights or request",
+    }.items()
+}
+
+
+# --------------------------------------------------------------------- dependencies
+
+
+def get_aggregator(request: Request) -> Aggregator:
+    """The aggregator this app serves (set by :func:`create_app`)."""
+    aggregator: Aggregator = request.app.state.aggregator
+    return aggregator
+
+
+AggregatorDep = Annotated[Aggregator, Depends(get_aggregator)]
+_bearer = HTTPBearer(auto_error=False, description="the agent credential from POST /v1/agents/register")
+
+
+def current_agent(
+    aggregator: AggregatorDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> AgentLike:
+    """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise refusal("unauthorized", "send 'Authorization: Bearer <credential>' (from POST /v1/agents/register)")
+    agent = aggregator.authenticate(credentials.credentials)
+    if agent is None:
+        raise refusal("unauthorized", "the credential is unknown, replaced or revoked: register again")
+    return agent
+
+
+AgentDep = Annotated[AgentLike, Depends(current_agent)]
+
+
+async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
+    """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit."""
+    limit = aggregator.config.server.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        detail = f"request body of {declared} bytes is over the limit of {limit} bytes"
+        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            detail = f"request body is over the limit of {limit} bytes"
+            raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------- endpoints
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/health", response_model=HealthResponse, tags=["meta"])
+async def health() -> HealthResponse:
+    """Liveness check; needs no credential."""
+    return HealthResponse(ok=True)
+
+
+@router.post("/agents/register", response_model=RegisterResponse, responses=_ERRORS, tags=["agents"])
+def register(body: RegisterRequest, aggregator: AggregatorDep) -> RegisterResponse:
+    """Exchange a join token for an agent credential (same name again: same agent id, new credential)."""
+    done = aggregator.register(body.name, body.join_token)
+    return RegisterResponse.model_validate(
+        {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
+    )
+
+
+@router.get("/task", response_model=TaskInfo, responses=_ERRORS, tags=["rounds"])
+async def task(
+    aggregator: AggregatorDep,
+    agent: AgentDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="long-poll seconds")] = 0,
+) -> TaskInfo:
+    """This agent's task; with ``wait`` it answers as soon as the task changes (or after ``wait`` s)."""
+    current = await aggregator.wait_for_change(agent.id, wait)
+    return TaskInfo.model_validate(current.to_json())
+
+
+@router.get(
+    "/models/global/{round}",
+    response_class=Response,
+    responses={200: {"content": {_OCTET: {}}, "description": "safetensors bytes"}, **_ERRORS},
+    tags=["models"],
+)
+def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Response:
+    """The global model that starts ``round`` (1 = the initial model), or ``latest``."""
+    if round == "latest":
+        which: int | Literal["latest"] = "latest"
+    elif round.isdigit():
+        which = int(round)
+    else:
+        raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
+    payload, sha256 = aggregator.global_model_bytes(which)
+    return Response(content=payload, media_type=_OCTET, headers={SHA256_HEADER: sha256})
+
+
+@router.post(
+    "/models/initial",
+    response_model=InitialModelResponse,
+    responses=_ERRORS,
+    openapi_extra=_BINARY_BODY,
+    tags=["models"],
+)
+async def initial_model(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> InitialModelResponse:
+    """Admin agents only, while the run has no global model."""
+    if agent.role != "admin":  # refuse before reading a body that would be thrown away
+        detail = "only admin agents may upload the initial model"
+        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "forbidden", detail)
+    body = await read_body(request, aggregator, agent)
+    sha256 = await run_in_threadpool(aggregator.upload_initial, agent, body)
+    return InitialModelResponse(accepted=True, sha256=sha256)
+
+
+@router.post(
+    "/updates",
+    response_model=UploadResponse,
+    responses=_ERRORS,
+    openapi_extra=_BINARY_BODY,
+    tags=["rounds"],
+)
+async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> UploadResponse:
+    """Upload a local model (a fedloom safetensors payload naming this agent and the round)."""
+    body = await read_body(request, aggregator, agent)
+    round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
+    return UploadResponse(accepted=True, round=round_no)
+
+
+@router.get("/status", response_model=StatusResponse, responses=_ERRORS, tags=["meta"])
+def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
+    """The run's round, state, mode and counts."""
+    return StatusResponse(**aggregator.status())
+
+
+# --------------------------------------------------------------------- the app
+
+
+def create_app(aggregator: Aggregator, *, background_tick: bool = True) -> FastAPI:
+    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests)."""
+    interval = aggregator.config.rounds.check_interval_seconds
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ticker = asyncio.create_task(_tick_forever(aggregator, interval)) if background_tick else None
+        try:
+            yield
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with suppress(asyncio.CancelledError):
+                    await ticker
+
+    app = FastAPI(
+        title="fedloom aggregator",
+        version="1",
+        description="The fedloom wire protocol v1 (docs/protocol.md).",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.aggregator = aggregator
+    _install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as ``{"error": CODE, "detail": TEXT}``."""
+
+    async def on_refusal(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestRefusedError)
+        return _error(exc.status, exc.code, exc.detail)
+
+    async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("store error while answering a request: %s", exc)
+        return _error(503, "store_unavailable", f"the aggregator's database failed: {exc}")
+
+    async def on_invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    app.add_exception_handler(RequestRefusedError, on_refusal)
+    app.add_exception_handler(StoreError, on_store_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
+    """Call ``tick`` every ``interval`` seconds; a failing tick is logged and tried again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(aggregator.tick)
+        except Exception:  # a supervisor loop: one failed tick must not stop deadlines for good
+            log.exception("aggregator tick failed; trying again in %.1f s", interval)
