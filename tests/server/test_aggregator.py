@@ -366,6 +366,7 @@ def test_long_poll_times_out_with_the_current_task(make_aggregator, store):
 def test_long_poll_ignores_changes_that_do_not_concern_the_agent(make_aggregator, store):
     agg = make_aggregator(min_agents=3)
     regs = [join(agg, store, f"s{i}") for i in range(3)]
+    upload(agg, store.get_agent(regs[0].agent_id), 1, 1.0)  # s0 has uploaded: its task is now "wait"
     other = store.get_agent(regs[1].agent_id)
 
     def upload_later():
@@ -377,7 +378,15 @@ def test_long_poll_ignores_changes_that_do_not_concern_the_agent(make_aggregator
     started = time.monotonic()
     task = asyncio.run(agg.wait_for_change(regs[0].agent_id, 0.6))
     thread.join()
-    assert task.state == "train" and time.monotonic() - started > 0.5
+    assert task.state == "wait" and time.monotonic() - started > 0.5
+
+
+def test_long_poll_answers_an_actionable_task_at_once(make_aggregator, store):
+    agg = make_aggregator(min_agents=2)
+    regs = [join(agg, store, f"s{i}") for i in range(2)]
+    started = time.monotonic()
+    task = asyncio.run(agg.wait_for_change(regs[0].agent_id, 5))
+    assert task.state == "train" and task.round == 1 and time.monotonic() - started < 1
 
 
 def test_close_marks_the_run_interrupted_and_wakes_polls(make_aggregator, store):

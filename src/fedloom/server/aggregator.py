@@ -506,9 +506,13 @@ class Aggregator:
         """The agent's task as soon as it differs from the current one, or after ``timeout`` seconds.
 
         Waits in the event loop (no thread is held while waiting); state is read in a
-        worker thread because the lock may be held by a store write.
+        worker thread because the lock may be held by a store write. A task the agent can
+        act on (``train``, ``finished``) is answered at once: the change it would wait for
+        may have happened between the agent's previous poll and this one.
         """
         task, version = await asyncio.to_thread(self._task_and_version, agent_id)
+        if task.state in ("train", "finished"):
+            return task
         end = time.monotonic() + max(0.0, timeout)
         while (left := end - time.monotonic()) > 0:
             seen = await self._changes.wait(version, left)
