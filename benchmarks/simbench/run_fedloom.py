@@ -20,7 +20,7 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--no-overlap", action="store_true", help="evaluate after each round instead of during the next")
+    p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
     w = plain.WORKLOADS[args.workload]
     clients, per_round = int(w["clients"]), int(w["per_round"])
@@ -51,7 +51,7 @@ def main() -> None:
             seed=config.seed,
             executor=ParallelExecutor(args.workers or None),
             store=store,
-            overlap_evaluation=False if args.no_overlap else None,
+            overlap_evaluation=args.overlap,
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))
 

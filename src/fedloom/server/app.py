@@ -249,8 +249,9 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
 )
 async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> UploadResponse:
     """Upload a local model (a fedloom safetensors payload naming this agent and the round)."""
-    body = await read_body(request, aggregator, agent)
-    round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
+    async with request.app.state.upload_slots:  # at most UPLOAD_SLOTS bodies in memory at once
+        body = await read_body(request, aggregator, agent)
+        round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
     return UploadResponse(accepted=True, round=round_no)
 
 
@@ -263,7 +264,14 @@ def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
 # --------------------------------------------------------------------- the app
 
 
-def create_app(aggregator: Aggregator, *, background_tick: bool = True) -> FastAPI:
+#: uploads read and folded in at the same time. Each holds one model body while it is
+#: parsed and streamed into the round's accumulator, so the aggregator's memory is
+#: O(UPLOAD_SLOTS x model) however many agents upload at once; the others wait with
+#: their bytes in the kernel's socket buffers.
+UPLOAD_SLOTS = 4
+
+
+def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_slots: int = UPLOAD_SLOTS) -> FastAPI:
     """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests)."""
     interval = aggregator.config.rounds.check_interval_seconds
 
@@ -287,6 +295,7 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True) -> FastA
         redoc_url=None,
     )
     app.state.aggregator = aggregator
+    app.state.upload_slots = asyncio.Semaphore(upload_slots)
     _install_error_handlers(app)
     app.include_router(router)
     return app

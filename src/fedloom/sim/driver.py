@@ -7,8 +7,10 @@ the pieces a deployed aggregator reuses.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
@@ -137,7 +139,7 @@ def simulate(
     client_eval_fraction: float = 0.0,
     keep_local_models: bool = False,
     progress: bool | TextIO = True,
-    overlap_evaluation: bool | None = None,
+    overlap_evaluation: bool = False,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -145,9 +147,9 @@ def simulate(
     client costs nothing. ``evaluate_fn(weights)`` evaluates the global model centrally
     after every round. ``store="default"`` records the run in ``$FEDLOOM_HOME`` (or
     ``./fedloom-runs``); pass a Store to use another, or ``None`` to keep nothing.
-    ``overlap_evaluation`` evaluates round r in a driver thread while round r+1 trains
-    (evaluation never changes training, so results are the same); by default on when
-    clients train in other processes, i.e. for any executor but the sequential one.
+    ``overlap_evaluation=True`` evaluates round r in a driver thread (one torch thread)
+    while round r+1 trains; results are the same. Off by default: on a 2-core machine
+    it measured no faster than evaluating between rounds (docs/architecture.md).
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
@@ -160,8 +162,6 @@ def simulate(
     log.register_clients(clients)
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
-    if overlap_evaluation is None:
-        overlap_evaluation = not isinstance(loop.executor, SequentialExecutor)
     history: list[RoundSummary] = []
     started = time.perf_counter()
 
@@ -173,7 +173,8 @@ def simulate(
 
     evaluator = ThreadPoolExecutor(1, thread_name_prefix="fedloom-eval") if overlap_evaluation else None
     try:
-        _run_rounds(loop, rounds, evaluator, emit, num_clients, client_eval_fraction)
+        with _one_torch_thread() if overlap_evaluation else contextlib.nullcontext():
+            _run_rounds(loop, rounds, evaluator, emit, num_clients, client_eval_fraction)
     except KeyboardInterrupt:
         log.finish("interrupted", {"rounds_completed": len(history)})
         raise
@@ -190,6 +191,21 @@ def simulate(
     if printer:
         printer.report(history, log.run_id, log.home_hint())
     return SimulationResult(log.run_id, history, engine.global_weights, run_config)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Overlapped evaluation shares the cores with the workers: with torch's default of one
+    (spin-waiting) OpenMP thread per core it would oversubscribe them, so it gets one."""
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch else 0
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch:
+            torch.set_num_threads(previous)
 
 
 def _run_rounds(
