@@ -133,3 +133,20 @@ def test_runs_without_action_prints_help(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2
     assert "list" in out
     assert "show" in out
+
+
+def test_runs_list_reads_a_database_by_url(tmp_path, capsys):
+    import argparse
+
+    from fedloom.cli import runs
+    from fedloom.store import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    store = SqlStore(url)
+    store.create_run("by-url", "deployment", {}, 0)
+    store.close()
+    parser = argparse.ArgumentParser()
+    runs.register(parser.add_subparsers())
+    args = parser.parse_args(["runs", "list", "--db-url", url, "--home", str(tmp_path / "empty")])
+    assert args.func(args) == 0
+    assert "by-url" in capsys.readouterr().out

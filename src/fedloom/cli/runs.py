@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``runs list`` and ``runs show ID`` to the ``fedloom`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", metavar="DIR", help=f"store directory (default: ${HOME_ENV} or ./fedloom-runs)")
+    common.add_argument(
+        "--db-url",
+        metavar="URL",
+        help="read a database by SQLAlchemy URL instead, e.g. postgresql+psycopg://u:p@host/db",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser = subparsers.add_parser(
         "runs", help="list and inspect recorded runs", description="List the recorded runs, or show one in detail."
@@ -49,13 +54,16 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 @contextmanager
-def _open_store(home: str | None) -> Iterator[SqlStore | None]:
-    """The store under ``home``, or None when none was ever created there."""
+def _open_store(home: str | None, db_url: str | None = None) -> Iterator[SqlStore | None]:
+    """The store at ``db_url``, else under ``home``; None when no SQLite store was ever created there."""
     root = resolve_home(home)
-    if not (root / DB_FILENAME).is_file():
+    if db_url:
+        store = SqlStore(db_url)
+    elif not (root / DB_FILENAME).is_file():
         yield None
         return
-    store = SqlStore.open_default(root)
+    else:
+        store = SqlStore.open_default(root)
     try:
         yield store
     finally:
@@ -72,7 +80,7 @@ def _no_store_message(home: str | None) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the most recent runs as a table (or JSON)."""
-    with _open_store(args.home) as store:
+    with _open_store(args.home, args.db_url) as store:
         rows = [] if store is None else [_list_entry(store, run) for run in store.list_runs(limit=args.limit)]
     if args.json:
         print(_dumps(rows))
@@ -112,7 +120,7 @@ def _list_row(entry: dict[str, Any]) -> list[str]:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print one run: header, config, per-round server metrics, models and rejections."""
-    with _open_store(args.home) as store:
+    with _open_store(args.home, args.db_url) as store:
         if store is None:
             raise StoreError(_no_store_message(args.home) + " Pass --home DIR to point at a store.")
         details = _show_details(store, store.get_run(args.run_id))
