@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
+from fedloom.algorithms.server_opt import ServerOptimizer
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.rng import stream_key
@@ -57,12 +59,21 @@ class Aggregator(Protocol):
     def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
 
 
+def describe_part(part: object) -> Any:
+    """A strategy part's JSON description: its ``describe()`` when it has one, else its name."""
+    describe = getattr(part, "describe", None)
+    return describe() if describe is not None else getattr(part, "name", None)
+
+
 @dataclass(frozen=True)
 class WeightedMean:
     """FedAvg's aggregator: the sample-weighted mean, streamed and mergeable."""
 
     name: str = "weighted_mean"
     mergeable: bool = True
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
 
     def start(self, reference: Mapping[str, np.ndarray]) -> WeightedMeanAccumulator:
         return WeightedMeanAccumulator(reference)
@@ -114,13 +125,26 @@ class RoundCriteria:
 
 @dataclass(frozen=True)
 class Strategy:
-    """Everything that decides what a round does, as named, swappable parts."""
+    """Everything that decides what a round does, as named, swappable parts.
+
+    ``server_opt`` (optional) turns the aggregate into the next global model (FedAdam,
+    ...); ``update_filter`` (optional) refuses local models out of bounds before they
+    reach the aggregator.
+    """
 
     name: str
     sampler: ClientSampler
     aggregator: Aggregator
     client: ClientSettings
     criteria: RoundCriteria = RoundCriteria()
+    server_opt: ServerOptimizer | None = None
+    update_filter: ModelFilter | None = None
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether executors may pre-merge updates: only for a mergeable aggregator and no filter
+        (a filter must see every update on its own)."""
+        return self.aggregator.mergeable and self.update_filter is None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description stored with every run."""
@@ -128,7 +152,9 @@ class Strategy:
             "name": self.name,
             "fraction": self.sampler.fraction,
             "min_clients": self.sampler.min_clients,
-            "aggregator": self.aggregator.name,
+            "aggregator": describe_part(self.aggregator),
+            "server_opt": describe_part(self.server_opt) if self.server_opt else None,
+            "filter": self.update_filter.describe() if self.update_filter else None,
             "epochs": self.client.epochs,
             "batch_size": self.client.batch_size,
             "lr": self.client.lr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
 from fedloom.sim.config import (
     DATASETS,
     EXECUTORS,
@@ -47,28 +48,46 @@ def register(subparsers: Any) -> None:
     add("--on-client-error", choices=("fail", "skip"), help="a crashing client fails the run, or is skipped")
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
+    _add_strategy_flags(parser)
     add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
     add("--no-store", action="store_true", help="do not record the run")
     parser.set_defaults(func=run)
 
 
-_NOT_CONFIG = {"config", "home", "no_store", "func", "command"}
+_NOT_CONFIG = {"config", "home", "no_store", "func", "command", *PARAM_TYPES}
+
+
+def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """``--strategy`` / ``--aggregator`` / ``--server-opt`` and one flag per strategy parameter."""
+    group = parser.add_argument_group("strategy (docs/algorithms.md)")
+    group.add_argument("--strategy", choices=sorted(STRATEGIES), help="the algorithm (default fedavg)")
+    group.add_argument("--aggregator", choices=sorted(AGGREGATORS), help="replace the strategy's aggregator")
+    group.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS), help="add or replace a server optimiser")
+    for name, kind in PARAM_TYPES.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper())
+
+
+def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """The config file's strategy parameters, overridden by any given on the command line."""
+    given = {name: getattr(args, name) for name in PARAM_TYPES if getattr(args, name, None) is not None}
+    return {**base, **given}
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedloom.algorithms.strategy import fedavg
     from fedloom.sim.driver import simulate
     from fedloom.sim.tasks import build_task, make_executor
 
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
     config = config_from_mapping(flags, base)
     print(
         f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
-        f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds"
+        f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
+        f"strategy {config.strategy}"
     )
     task = build_task(config)
-    strategy = fedavg(config.fraction, config.min_clients, config.epochs, config.batch_size, config.lr)
+    strategy = config.build_strategy()
     store: Any = None
     if not args.no_store:
         from fedloom.store import SqlStore

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.client.terms import ClientTerms
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.weights import Weights, check_compatible, copy_weights
 
@@ -59,7 +60,11 @@ class NumpyLogisticTrainer:
         return np.array(weights["weight"], dtype=np.float64), np.array(weights["bias"], dtype=np.float64)
 
     def fit(self, weights: Weights, config: FitConfig) -> FitResult:
+        """Mini-batch SGD; honours ``proximal_mu`` (FedProx) and ``report_initial_loss`` (q-FedAvg)."""
         w, b = self._load(weights)
+        terms = ClientTerms.from_config(config)
+        metrics = {"initial_loss": self._loss(w, b, self.x, self.y)} if terms.report_initial_loss else {}
+        w0, b0 = w.copy(), b.copy()
         rng = np.random.default_rng(config.seed)
         onehot = np.eye(self.num_classes)[self.y]
         losses = []
@@ -69,10 +74,16 @@ class NumpyLogisticTrainer:
                 probs = _softmax(xb @ w.T + b)
                 losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
                 grad = (probs - onehot[idx]) / len(idx)
-                w -= config.lr * (grad.T @ xb + self.l2 * w)
-                b -= config.lr * grad.sum(axis=0)
+                w -= config.lr * (grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0))
+                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0))
         self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
-        return FitResult(self.get_weights(), len(self.x), {"train_loss": float(np.mean(losses))})
+        metrics.update(train_loss=float(np.mean(losses)), local_steps=float(len(losses)))
+        return FitResult(self.get_weights(), len(self.x), metrics)
+
+    @staticmethod
+    def _loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        probs = _softmax(x.astype(np.float64) @ w.T + b)
+        return float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
         w, b = self._load(weights)

@@ -7,7 +7,7 @@ training with the round's batch size, learning rate and seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.client.terms import ClientTerms
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.weights import Weights, check_compatible
@@ -71,6 +72,14 @@ def _make_optimizer(
     raise ConfigError(f"optimizer {name!r} is not supported; use one of {OPTIMIZERS}")
 
 
+@torch.no_grad()
+def _add_proximal_gradient(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float) -> None:
+    """FedProx: the gradient of ``mu/2 ‖w - w_global‖²`` is ``mu (w - w_global)``."""
+    pairs = [(p, p.grad, a) for p, a in zip(params, anchor, strict=True) if p.grad is not None]
+    grads = [g for _, g, _ in pairs if g is not None]
+    torch._foreach_add_(grads, torch._foreach_sub([p for p, _, _ in pairs], [a for _, _, a in pairs]), alpha=mu)
+
+
 class TorchTrainer:
     """A Trainer around a PyTorch module and one client's (x, y) arrays.
 
@@ -111,12 +120,18 @@ class TorchTrainer:
         return state_to_weights(self.model)
 
     def fit(self, weights: Weights, config: FitConfig) -> FitResult:
+        """E epochs of mini-batch training; honours the strategy terms in ``config.extra``:
+        ``proximal_mu`` (FedProx) and ``report_initial_loss`` (q-FedAvg)."""
         load_weights(self.model, weights)
+        terms = ClientTerms.from_config(config)
+        initial = {"initial_loss": self._loss_on_train()} if terms.report_initial_loss else {}
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         opt = _make_optimizer(self.optimizer, self.model.parameters(), config.lr, self.momentum, self.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if terms.proximal_mu > 0 else None
         self.model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
         for _ in range(config.epochs):
             for idx in epoch_batches(len(self.x), config.batch_size, rng):
                 index = torch.from_numpy(idx)
@@ -125,12 +140,25 @@ class TorchTrainer:
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
                 loss.backward()  # type: ignore[no-untyped-call]
+                if anchor is not None:
+                    _add_proximal_gradient(params, anchor, terms.proximal_mu)
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
                 total_correct += int((out.detach().argmax(dim=1) == yb).sum())
                 seen += len(idx)
-        metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen}
-        return FitResult(self.get_weights(), len(self.x), metrics)
+                steps += 1
+        metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen, "local_steps": float(steps)}
+        return FitResult(self.get_weights(), len(self.x), {**metrics, **initial})
+
+    def _loss_on_train(self) -> float:
+        """The loaded model's mean loss on this client's training data (q-FedAvg's F_k)."""
+        self.model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(self.x), 1024):
+                xb, yb = self.x[start : start + 1024].to(self.device), self.y[start : start + 1024].to(self.device)
+                total += float(self.loss_fn(self.model(xb), yb)) * len(yb)
+        return total / len(self.x)
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
         load_weights(self.model, weights)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.algorithms.server_opt import ServerOptState, check_state
 from fedloom.algorithms.strategy import Accumulator, Strategy
 from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
@@ -100,9 +101,13 @@ class RoundEngine:
         max_rounds: int | None = None,
         start_round: int = 1,
         recorder: RoundRecorder | None = None,
+        server_opt_state: ServerOptState | None = None,
     ) -> None:
+        """``server_opt_state`` resumes the strategy's server optimiser (e.g. after a restart);
+        without it the optimiser starts fresh from ``initial_weights``."""
         validate_weights(initial_weights)
         self.strategy = strategy
+        self._opt_state = self._initial_opt_state(strategy, initial_weights, server_opt_state)
         self.seed = seed
         self.max_rounds = max_rounds
         self.recorder = recorder
@@ -111,6 +116,21 @@ class RoundEngine:
         self._clients: dict[str, int | None] = {}
         self._open: _OpenRound | None = None
         self._finished = max_rounds is not None and start_round > max_rounds
+
+    @staticmethod
+    def _initial_opt_state(strategy: Strategy, weights: Weights, saved: ServerOptState | None) -> ServerOptState | None:
+        if strategy.server_opt is None:
+            return None
+        fresh = strategy.server_opt.init(weights)
+        if saved is None:
+            return fresh
+        check_state(saved, fresh)
+        return saved
+
+    @property
+    def server_opt_state(self) -> ServerOptState | None:
+        """The server optimiser's state after the last closed round (None without one)."""
+        return self._opt_state
 
     # -- clients -----------------------------------------------------------------
     def register_client(self, client_id: str, num_samples: int | None = None) -> None:
@@ -213,7 +233,9 @@ class RoundEngine:
             validate_weights(update.weights, self._global)
         except ValidationError as exc:
             return "invalid_weights", str(exc)
-        return None
+        model_filter = self.strategy.update_filter
+        reason = model_filter.check(update.weights, self._global) if model_filter else None
+        return ("filtered", reason) if reason else None
 
     def submit(self, update: ClientUpdate) -> None:
         """Accept ``update`` into the open round, or raise (and record) why not."""
@@ -236,8 +258,8 @@ class RoundEngine:
         self._require(EngineState.COLLECTING, "accept merged updates")
         assert self._open is not None
         merge = getattr(self._open.accumulator, "merge", None)
-        if merge is None:
-            raise EngineStateError(f"aggregator {self.strategy.aggregator.name!r} cannot merge partial results")
+        if merge is None or self.strategy.update_filter is not None:
+            raise EngineStateError(f"strategy {self.strategy.name!r} cannot take pre-merged partial results")
         seen: set[str] = set()
         for report in reports:
             problem = self._check_identity(report.client_id, report.round, report.num_samples)
@@ -295,6 +317,10 @@ class RoundEngine:
                 f"round {self._open.task.round} has {self.received()} of the {need} updates it needs"
             )
         outcome = self._aggregate(self._open)
+        if self.strategy.server_opt is not None and self._opt_state is not None:
+            stepped, self._opt_state = self.strategy.server_opt.step(self._global, outcome.weights, self._opt_state)
+            validate_weights(stepped, self._global)
+            outcome = replace(outcome, weights=stepped)
         self._global = _frozen(outcome.weights)
         self._open = None
         self._next_round = outcome.round + 1

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.registry import build_strategy
+from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import ConfigError
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
@@ -47,8 +49,13 @@ class SimConfig:
     on_client_error: str = "fail"
     keep_local_models: bool = False
     name: str | None = None
+    strategy: str = "fedavg"
+    aggregator: str | None = None
+    server_opt: str | None = None
+    strategy_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("model", self.model, MODELS)
         _one_of("partition", self.partition, PARTITIONS)
@@ -69,6 +76,20 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def build_strategy(self) -> Strategy:
+        """The composed strategy these settings name (see fedloom.algorithms.registry)."""
+        return build_strategy(
+            self.strategy,
+            fraction=self.fraction,
+            min_clients=self.min_clients,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr if self.lr > 0 else 1.0,
+            aggregator=self.aggregator,
+            server_opt=self.server_opt,
+            params=self.strategy_params,
+        )
+
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -84,7 +105,8 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"int": int, "float": float, "bool": bool}.get(str(f.type), str) for f in dataclasses.fields(SimConfig)
+    f.name: {"int": int, "float": float, "bool": bool, "dict[str, Any]": dict}.get(str(f.type), str)
+    for f in dataclasses.fields(SimConfig)
 }
 
 

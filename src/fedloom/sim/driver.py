@@ -153,7 +153,8 @@ def simulate(
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
-    run_config = {"strategy": strategy.describe(), "num_clients": num_clients, "rounds": rounds, **(config or {})}
+    # the full description of the strategy wins over a config's bare strategy name
+    run_config = {"num_clients": num_clients, "rounds": rounds, **(config or {}), "strategy": strategy.describe()}
     log = _RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
     engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=log.recorder)
     sizes: Sequence[int | None] = client_sizes or [None] * num_clients
@@ -259,7 +260,7 @@ class _Loop:
         started = time.perf_counter()
         task = self.engine.open_round()
         configs = {cid: self.engine.fit_config(cid) for cid in task.selected}
-        merge = self.engine.strategy.aggregator.mergeable
+        merge = self.engine.strategy.mergeable
         results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn, merge)
         _submit_results(self.engine, results, self.on_client_error)
         if not self.engine.criteria_met():

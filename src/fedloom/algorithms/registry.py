@@ -1,0 +1,149 @@
+"""Strategies by name: ``--strategy fedadam --server-lr 0.01`` becomes a composed Strategy.
+
+A name picks the parts (aggregator, server optimiser, client terms); ``params`` sets
+their parameters. ``aggregator`` and ``server_opt`` may also be named on their own to
+combine parts, e.g. FedProx clients with a trimmed-mean aggregator and FedAdam. A
+parameter that no chosen part uses is an error that says which parts would use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedloom.algorithms import aggregators as agg
+from fedloom.algorithms.filtering import ModelFilter
+from fedloom.algorithms.sampling import ClientSampler
+from fedloom.algorithms.server_opt import AdaptiveServerOpt, FedAvgM, ServerOptimizer
+from fedloom.algorithms.strategy import Aggregator, ClientSettings, RoundCriteria, Strategy, WeightedMean
+from fedloom.core.errors import ConfigError
+
+_Params = dict[str, Any]
+
+AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] = {
+    "mean": ((), lambda p: WeightedMean()),
+    "median": ((), lambda p: agg.Median()),
+    "trimmed_mean": (("trim_beta",), lambda p: agg.TrimmedMean(**p)),
+    "geometric_median": (("max_iter",), lambda p: agg.GeometricMedian(**p)),
+    "krum": (("byzantine_f",), lambda p: agg.Krum(**p)),
+    "multikrum": (("byzantine_f", "multikrum_m"), lambda p: agg.MultiKrum(**p)),
+    "bulyan": (("byzantine_f",), lambda p: agg.Bulyan(**p)),
+    "norm_bounded": (("clip_norm",), lambda p: agg.NormBounded(**p)),
+    "centered_clip": (("clip_norm", "clip_iterations"), lambda p: agg.CenteredClip(**p)),
+    "fednova": ((), lambda p: agg.FedNova()),
+    "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
+}
+
+SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
+    "fedavgm": (("server_lr", "server_momentum"), lambda p: FedAvgM(**p)),
+    "fedadam": (("server_lr", "beta1", "beta2", "tau"), lambda p: AdaptiveServerOpt(variant="fedadam", **p)),
+    "fedyogi": (("server_lr", "beta1", "beta2", "tau"), lambda p: AdaptiveServerOpt(variant="fedyogi", **p)),
+    "fedadagrad": (("server_lr", "beta1", "tau"), lambda p: AdaptiveServerOpt(variant="fedadagrad", **p)),
+}
+
+# strategy name -> (aggregator, server optimiser, client terms it turns on)
+STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "fedavg": ("mean", None, ()),
+    "fedprox": ("mean", None, ("proximal_mu",)),
+    "fedavgm": ("mean", "fedavgm", ()),
+    "fedadam": ("mean", "fedadam", ()),
+    "fedyogi": ("mean", "fedyogi", ()),
+    "fedadagrad": ("mean", "fedadagrad", ()),
+    "fednova": ("fednova", None, ()),
+    "qfedavg": ("qfedavg", None, ()),
+    **{name: (name, None, ()) for name in AGGREGATORS if name not in ("mean", "fednova", "qfedavg")},
+}
+
+CLIENT_PARAMS = ("proximal_mu",)
+FILTER_PARAMS = ("filter_max_distance", "filter_min_cosine")
+PARAM_TYPES: dict[str, type] = {
+    "server_lr": float, "server_momentum": float, "beta1": float, "beta2": float, "tau": float,
+    "proximal_mu": float, "trim_beta": float, "max_iter": int, "byzantine_f": int, "multikrum_m": int,
+    "clip_norm": float, "clip_iterations": int, "q": float,
+    "filter_max_distance": float, "filter_min_cosine": float,
+}  # fmt: skip
+
+
+def _take(params: _Params, names: tuple[str, ...]) -> _Params:
+    return {k: params.pop(k) for k in names if k in params}
+
+
+def _users_of(param: str) -> list[str]:
+    parts = [f"aggregator {n}" for n, (keys, _) in AGGREGATORS.items() if param in keys]
+    parts += [f"server_opt {n}" for n, (keys, _) in SERVER_OPTIMIZERS.items() if param in keys]
+    return parts
+
+
+def _coerce(params: Mapping[str, Any]) -> _Params:
+    out: _Params = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        kind = PARAM_TYPES.get(key)
+        if kind is None:
+            raise ConfigError(f"unknown strategy parameter {key!r}; known: {', '.join(sorted(PARAM_TYPES))}")
+        try:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise TypeError(value)
+            out[key] = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"strategy parameter {key} must be {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def _pick(name: str, table: Mapping[str, Any], what: str) -> Any:
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def build_strategy(
+    name: str = "fedavg",
+    *,
+    fraction: float = 0.1,
+    min_clients: int = 1,
+    epochs: int = 1,
+    batch_size: int = 32,
+    lr: float = 0.01,
+    criteria: RoundCriteria | None = None,
+    aggregator: str | None = None,
+    server_opt: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Strategy:
+    """The named strategy with ``params`` set; ``aggregator``/``server_opt`` override its parts."""
+    default_agg, default_opt, client_terms = _pick(name, STRATEGIES, "strategy")
+    left = _coerce(params or {})
+    agg_name = aggregator or default_agg
+    agg_keys, make_agg = _pick(agg_name, AGGREGATORS, "aggregator")
+    agg_params = _take(left, tuple(k for k in agg_keys if k != "lr"))
+    if "lr" in agg_keys:
+        agg_params["lr"] = lr
+    built_agg = make_agg(agg_params)
+    opt_name = server_opt or default_opt
+    built_opt = None
+    if opt_name:
+        opt_keys, make_opt = _pick(opt_name, SERVER_OPTIMIZERS, "server optimiser")
+        built_opt = make_opt(_take(left, opt_keys))
+    extra = _take(left, CLIENT_PARAMS)  # client terms combine with any strategy
+    if "proximal_mu" in client_terms:
+        extra.setdefault("proximal_mu", 0.01)
+    if agg_name == "qfedavg":
+        extra["report_initial_loss"] = True
+    bounds = _take(left, FILTER_PARAMS)
+    model_filter = ModelFilter(bounds.get("filter_max_distance"), bounds.get("filter_min_cosine")) if bounds else None
+    if left:
+        key = sorted(left)[0]
+        users = _users_of(key)
+        raise ConfigError(
+            f"strategy parameter {key!r} is not used by strategy {name!r}"
+            + (f"; it belongs to {', '.join(users)}" if users else "")
+        )
+    return Strategy(
+        name=name,
+        sampler=ClientSampler(fraction=fraction, min_clients=min_clients),
+        aggregator=built_agg,
+        client=ClientSettings(epochs=epochs, batch_size=batch_size, lr=lr, extra=extra),
+        criteria=criteria or RoundCriteria(),
+        server_opt=built_opt,
+        update_filter=model_filter,
+    )

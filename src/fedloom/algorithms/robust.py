@@ -1,0 +1,161 @@
+"""Byzantine-robust aggregation as pure functions over stacked, flattened models.
+
+Each function takes ``models`` — an ``(n, d)`` float64 matrix, one flattened client
+model per row — and returns one flattened model. They need every update at once, so the
+aggregators built on them are not mergeable (simulation workers send each update).
+
+References: coordinate-wise median and trimmed mean (Yin et al. 2018); geometric median
+by smoothed Weiszfeld (Pillutla et al., RFA, 2022); Krum and Multi-Krum (Blanchard et al.
+2017); Bulyan (El Mhamdi et al. 2018); norm bounding (Sun et al. 2019, "Can you really
+backdoor FL?"); centred clipping (Karimireddy et al. 2021).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedloom.core.errors import ConfigError, ValidationError
+
+
+def _vector(value: object) -> np.ndarray:
+    """``value`` as a float64 array (numpy's reductions are typed loosely)."""
+    return np.asarray(value, np.float64)
+
+
+def _rows(models: np.ndarray) -> int:
+    if models.ndim != 2 or len(models) == 0:
+        raise ValidationError(f"robust aggregation needs a non-empty (n, d) matrix, got shape {models.shape}")
+    return len(models)
+
+
+def coordinate_median(models: np.ndarray) -> np.ndarray:
+    """The median of every coordinate (unweighted)."""
+    _rows(models)
+    return _vector(np.median(models, axis=0))
+
+
+def trimmed_mean(models: np.ndarray, beta: float) -> np.ndarray:
+    """Per coordinate, drop the ``floor(beta·n)`` largest and smallest values and average the rest."""
+    n = _rows(models)
+    if not 0.0 <= beta < 0.5:
+        raise ConfigError(f"trim_beta must be in [0, 0.5), got {beta} (set --trim-beta)")
+    k = int(np.floor(beta * n))
+    ordered = np.sort(models, axis=0)
+    return _vector(ordered[k : n - k].mean(axis=0))
+
+
+def geometric_median(
+    models: np.ndarray, weights: np.ndarray | None = None, *, max_iter: int = 100, tol: float = 1e-7, nu: float = 1e-8
+) -> np.ndarray:
+    """The point minimising the weighted sum of Euclidean distances (smoothed Weiszfeld, RFA).
+
+    ``nu`` keeps a model that coincides with the estimate from dividing by zero; the loop
+    stops when the estimate moves less than ``tol`` relative to its norm.
+    """
+    n = _rows(models)
+    alphas = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    alphas = alphas / alphas.sum()
+    estimate = alphas @ models
+    for _ in range(max_iter):
+        distances = np.maximum(nu, np.linalg.norm(models - estimate, axis=1))
+        betas = alphas / distances
+        updated = betas @ models / betas.sum()
+        moved = float(np.linalg.norm(updated - estimate))
+        estimate = updated
+        if moved <= tol * max(1.0, float(np.linalg.norm(estimate))):
+            break
+    return _vector(estimate)
+
+
+def _pairwise_sq_distances(models: np.ndarray) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", models, models)
+    distances = sq[:, None] + sq[None, :] - 2.0 * (models @ models.T)
+    return _vector(np.maximum(distances, 0.0))
+
+
+def krum_scores(models: np.ndarray, f: int) -> np.ndarray:
+    """Each model's sum of squared distances to its ``n - f - 2`` nearest other models."""
+    n = _rows(models)
+    if f < 0:
+        raise ConfigError(f"byzantine_f must be >= 0, got {f} (set --byzantine-f)")
+    if n < 2 * f + 3:  # Blanchard et al.: Krum's guarantee needs n > 2f + 2
+        raise ConfigError(
+            f"Krum with f={f} needs at least {2 * f + 3} updates, got {n} (lower --byzantine-f or select more clients)"
+        )
+    return _scores(models, n - f - 2)
+
+
+def _scores(models: np.ndarray, neighbours: int) -> np.ndarray:
+    distances = _pairwise_sq_distances(models)
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.sort(distances, axis=1)[:, :neighbours]
+    scores: np.ndarray = nearest.sum(axis=1)
+    return scores
+
+
+def krum_select(models: np.ndarray, f: int, m: int = 1) -> np.ndarray:
+    """Indices of the ``m`` models with the lowest Krum scores (ties broken by index)."""
+    n = _rows(models)
+    if not 1 <= m <= n:
+        raise ConfigError(f"multikrum_m must be between 1 and the number of updates ({n}), got {m}")
+    return np.argsort(krum_scores(models, f), kind="stable")[:m]
+
+
+def krum(models: np.ndarray, f: int, m: int = 1) -> np.ndarray:
+    """Krum (``m=1``: the best-scored model) or Multi-Krum (the mean of the ``m`` best)."""
+    return _vector(models[krum_select(models, f, m)].mean(axis=0))
+
+
+def bulyan(models: np.ndarray, f: int) -> np.ndarray:
+    """Bulyan: pick ``θ = n - 2f`` models by repeated Krum, then per coordinate average the
+    ``θ - 2f`` values closest to their median. Requires ``n ≥ 4f + 3``."""
+    n = _rows(models)
+    if n < 4 * f + 3:
+        raise ConfigError(
+            f"Bulyan with f={f} needs n >= 4f+3 = {4 * f + 3} updates, got {n}"
+            " (lower --byzantine-f or select more clients per round)"
+        )
+    remaining = list(range(n))
+    chosen: list[int] = []
+    for _ in range(n - 2 * f):
+        # Krum over what is left; near the end fewer than n - f - 2 neighbours remain, so use what there is
+        neighbours = max(1, len(remaining) - f - 2)
+        best = int(np.argmin(_scores(models[remaining], neighbours))) if len(remaining) > 1 else 0
+        pick = remaining[best]
+        chosen.append(pick)
+        remaining.remove(pick)
+    selected = models[chosen]
+    keep = len(chosen) - 2 * f
+    median = np.median(selected, axis=0)
+    closest = np.argsort(np.abs(selected - median), axis=0, kind="stable")[:keep]
+    return _vector(np.take_along_axis(selected, closest, axis=0).mean(axis=0))
+
+
+def _clip_rows(deltas: np.ndarray, max_norm: float) -> np.ndarray:
+    norms = np.linalg.norm(deltas, axis=1, keepdims=True)
+    scale = np.minimum(1.0, max_norm / np.maximum(norms, 1e-12))
+    clipped: np.ndarray = deltas * scale
+    return clipped
+
+
+def norm_bounded_mean(models: np.ndarray, center: np.ndarray, max_norm: float, weights: np.ndarray) -> np.ndarray:
+    """The weighted mean after scaling every update ``model - center`` to L2 norm at most ``max_norm``."""
+    _rows(models)
+    if not max_norm > 0:
+        raise ConfigError(f"clip_norm must be > 0, got {max_norm} (set --clip-norm)")
+    w = np.asarray(weights, np.float64)
+    mean_delta: np.ndarray = (w / w.sum()) @ _clip_rows(models - center, max_norm)
+    return _vector(center + mean_delta)
+
+
+def centered_clip(models: np.ndarray, center: np.ndarray, tau: float, iterations: int = 3) -> np.ndarray:
+    """Centred clipping: ``v ← v + mean_i clip(x_i - v, τ)``, ``iterations`` times from ``center``."""
+    _rows(models)
+    if not tau > 0:
+        raise ConfigError(f"clip_norm must be > 0, got {tau} (set --clip-norm)")
+    if iterations < 1:
+        raise ConfigError(f"clip_iterations must be >= 1, got {iterations}")
+    estimate = np.array(center, np.float64, copy=True)
+    for _ in range(iterations):
+        estimate = estimate + _clip_rows(models - estimate, tau).mean(axis=0)
+    return estimate

@@ -1,0 +1,87 @@
+"""Aggregators as the round engine uses them: start(global) -> add(updates) -> result()."""
+
+import numpy as np
+import pytest
+
+from fedloom.algorithms import aggregators as agg
+from fedloom.core import ClientUpdate
+from fedloom.core.errors import ValidationError
+
+G = {"w": np.zeros(2, np.float32), "count": np.array(0, np.int64)}
+
+
+def upd(cid, w, n=100, count=0, **metrics):
+    return ClientUpdate(cid, 1, {"w": np.asarray(w, np.float32), "count": np.array(count, np.int64)}, n, metrics)
+
+
+def run(aggregator, updates, reference=G):
+    acc = aggregator.start(reference)
+    for u in updates:
+        acc.add(u)
+    return acc.result()
+
+
+def test_fednova_weights_for_unequal_local_steps():
+    # A: 10 steps to 1.0; B: 1 step to 0.2; equal samples. Normalised directions 0.1 and 0.2,
+    # mean 0.15; tau_eff = (10 + 1) / 2 = 5.5 -> 0.825 (FedAvg would give 0.6).
+    out = run(agg.FedNova(), [upd("a", [1.0, 0], local_steps=10), upd("b", [0.2, 0], local_steps=1)])
+    assert out["w"][0] == pytest.approx(0.825)
+    assert out["w"].dtype == np.float32
+
+
+def test_fednova_with_equal_steps_is_fedavg():
+    out = run(agg.FedNova(), [upd("a", [1.0, 2.0], 100, local_steps=4), upd("b", [3.0, 0.0], 300, local_steps=4)])
+    np.testing.assert_allclose(out["w"], [2.5, 0.5])
+
+
+def test_fednova_names_the_missing_metric():
+    with pytest.raises(ValidationError, match="local_steps"):
+        run(agg.FedNova(), [upd("a", [1.0, 0])])
+
+
+def test_qfedavg_by_hand():
+    # L = 1/lr = 10; w_k = -0.1 -> dw = 10 * (0 - -0.1) = 1; q = 1, F = 2:
+    # numerator F^q dw = 2; h = q F^(q-1) |dw|^2 + L F^q = 1 + 20 = 21 -> w = 0 - 2/21
+    out = run(agg.QFedAvg(q=1.0, lr=0.1), [upd("a", [-0.1, 0.0], initial_loss=2.0)])
+    assert out["w"][0] == pytest.approx(-2 / 21, rel=1e-6)
+
+
+def test_qfedavg_favours_the_client_with_higher_loss():
+    updates = [upd("hi", [1.0, 0.0], initial_loss=4.0), upd("lo", [0.0, 1.0], initial_loss=0.5)]
+    fair = run(agg.QFedAvg(q=5.0, lr=0.1), updates)["w"]
+    plain = run(agg.QFedAvg(q=0.0, lr=0.1), updates)["w"]
+    assert fair[0] / fair[1] > plain[0] / plain[1]
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "expected"),
+    [
+        (agg.Median(), [2.0, 0.0]),
+        (agg.TrimmedMean(trim_beta=0.2), [7 / 3, 0.0]),  # drops 1 and 1e6: mean(2, 2, 3)
+        (agg.Krum(byzantine_f=1), [2.0, 0.0]),
+    ],
+)
+def test_robust_aggregators_ignore_one_attacker(aggregator, expected):
+    updates = [upd(str(i), [v, 0.0]) for i, v in enumerate([1.0, 2.0, 2.0, 3.0])] + [upd("evil", [1e6, 0.0])]
+    out = run(aggregator, updates)
+    np.testing.assert_allclose(out["w"], expected, rtol=1e-6)
+    assert not aggregator.mergeable
+
+
+def test_integer_tensors_are_rounded_back():
+    out = run(agg.Median(), [upd("a", [0, 0], count=3), upd("b", [0, 0], count=4), upd("c", [0, 0], count=4)])
+    assert out["count"] == 4 and out["count"].dtype == np.int64
+
+
+def test_describe_has_the_parameters():
+    assert agg.MultiKrum(byzantine_f=2, multikrum_m=3).describe() == {
+        "name": "multikrum",
+        "byzantine_f": 2,
+        "multikrum_m": 3,
+    }
+
+
+def test_flatten_round_trip():
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int32)}
+    back = agg.unflatten(agg.flatten(w, list(w)), w)
+    assert all(np.array_equal(back[k], w[k]) and back[k].dtype == w[k].dtype for k in w)
