@@ -46,12 +46,12 @@ def test_filter_params_make_the_strategy_unmergeable():
 
 
 def test_unknown_strategy_lists_the_choices():
-    with pytest.raises(ConfigError, match="unknown strategy 'fedsgd'.*fedadam"):
+    with pytest.raises(ConfigError, match=r"unknown strategy 'fedsgd'.*fedadam"):
         build_strategy("fedsgd")
 
 
 def test_parameter_of_another_part_says_where_it_belongs():
-    with pytest.raises(ConfigError, match="'trim_beta' is not used by strategy 'fedadam'.*aggregator trimmed_mean"):
+    with pytest.raises(ConfigError, match=r"'trim_beta' is not used by strategy 'fedadam'.*aggregator trimmed_mean"):
         build_strategy("fedadam", params={"trim_beta": 0.1})
 
 

@@ -18,9 +18,7 @@ def test_sim_with_a_named_strategy_and_its_parameters(tmp_path, capsys):
 
 def test_sim_config_file_strategy_table(tmp_path):
     config = tmp_path / "sim.toml"
-    config.write_text(
-        'clients = 4\nrounds = 2\nstrategy = "trimmed_mean"\n[strategy_params]\ntrim_beta = 0.25\n'
-    )
+    config.write_text('clients = 4\nrounds = 2\nstrategy = "trimmed_mean"\n[strategy_params]\ntrim_beta = 0.25\n')
     assert main(["sim", "--config", str(config), "--no-store", "--trim-beta", "0.2"]) == 0
 
 

@@ -345,7 +345,7 @@ def test_full_loop_over_two_rounds(tmp_path: Path) -> None:
     for record in fake.accepted:
         assert record["client_id"] == "agent-site-a"
         assert record["num_samples"] == NUM_SAMPLES
-        assert set(record["metrics"]) == {"train_loss"}
+        assert set(record["metrics"]) == {"train_loss", "local_steps"}
         start = fake.globals[record["round"]]
         assert any(not np.allclose(record["weights"][k], start[k]) for k in start), "weights did not change"
     assert fake.registrations == 1

@@ -57,7 +57,7 @@ def test_torch_trainer_cnn_learns_and_is_deterministic(digits):
     cfg = FitConfig(round=1, epochs=5, batch_size=32, lr=0.3, seed=3)
     r1, r2 = t.fit(w0, cfg), t.fit(w0, cfg)
     assert weights_equal(r1.weights, r2.weights)
-    assert set(r1.metrics) == {"train_loss", "train_accuracy"}
+    assert set(r1.metrics) == {"train_loss", "train_accuracy", "local_steps"}
     assert t.evaluate(r1.weights, EvalConfig())["accuracy"] > 0.85
     with pytest.raises(WeightsMismatchError):
         t.fit({"nope": np.zeros(1, np.float32)}, cfg)

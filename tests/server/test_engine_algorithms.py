@@ -67,9 +67,7 @@ def test_a_state_for_another_model_is_refused():
 
 def test_filtered_update_is_rejected_recorded_and_changes_nothing():
     recorder = Rejections()
-    engine = engine_for(
-        build_strategy("fedavg", fraction=1.0, params={"filter_max_distance": 1.0}), recorder=recorder
-    )
+    engine = engine_for(build_strategy("fedavg", fraction=1.0, params={"filter_max_distance": 1.0}), recorder=recorder)
     task = engine.open_round()
     with pytest.raises(RejectedUpdateError) as err:
         engine.submit(ClientUpdate("a", task.round, {"w": np.array([3.0, 4.0])}, 10))

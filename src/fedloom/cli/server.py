@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 PORT_FILENAME = "aggregator.port"
 #: seconds a shutdown waits for requests in flight before cancelling them
 GRACEFUL_SHUTDOWN_SECONDS = 5
-_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "str | None": str}
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "str | None": str,
+    "float | None": float,
+    "int | None": int,
+}
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

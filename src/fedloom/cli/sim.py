@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
+from fedloom.sim.adversary import ATTACKS
+from fedloom.sim.clock import DISTRIBUTIONS
 from fedloom.sim.config import (
     DATASETS,
     EXECUTORS,
@@ -49,6 +51,16 @@ def register(subparsers: Any) -> None:
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
+    attack = parser.add_argument_group("simulated adversaries (docs/algorithms.md)")
+    attack.add_argument("--attack", choices=ATTACKS, help="attack by a fraction of clients (default none)")
+    attack.add_argument("--attack-fraction", type=float, help="fraction of malicious clients (default 0.2)")
+    attack.add_argument("--attack-scale", type=float, help="attack strength; 0 = the attack's default")
+    clock = parser.add_argument_group("unreliable clients (simulated clock)")
+    clock.add_argument("--speeds", choices=("none", *DISTRIBUTIONS), help="client speed distribution (default none)")
+    clock.add_argument("--speed-spread", type=float, help="lognormal sigma or Pareto shape (default 1.0)")
+    clock.add_argument("--dropout", type=float, help="probability a selected client drops out of a round")
+    clock.add_argument("--deadline-seconds", type=float, help="simulated round deadline; slower clients are refused")
+    clock.add_argument("--threshold", type=float, help="fraction of selected clients a round needs (default 1.0)")
     add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
     add("--no-store", action="store_true", help="do not record the run")
     parser.set_defaults(func=run)
@@ -109,5 +121,8 @@ def run(args: argparse.Namespace) -> int:
         client_eval_fraction=config.client_eval_fraction,
         keep_local_models=config.keep_local_models,
         executor=make_executor(config),
+        adversary=config.adversary(),
+        speeds=config.client_speeds(),
+        deadline_seconds=config.deadline_seconds or None,
     )
     return 0

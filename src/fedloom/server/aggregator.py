@@ -43,7 +43,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
-from fedloom.algorithms.strategy import RoundCriteria, Strategy, fedavg
+from fedloom.algorithms.registry import build_strategy
+from fedloom.algorithms.server_opt import ServerOptState
+from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import (
     ConfigError,
     IntegrityError,
@@ -72,7 +74,7 @@ RUN_KIND = "deployment"
 #: policy decides what happens below it
 _FLOOR_THRESHOLD = 1e-9
 #: run settings a restarted aggregator must not change (they decide selection and weighting)
-_FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"))
+_FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
 
 
 @dataclass(frozen=True)
@@ -156,16 +158,20 @@ def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
 
 
 def deployment_strategy(config: AggregatorConfig) -> Strategy:
-    """FedAvg with the config's selection and client settings; the engine's criteria are the
-    ``min_updates`` floor (the aggregator closes early at ``threshold`` and applies deadlines)."""
-    rounds, client = config.rounds, config.client
-    return fedavg(
+    """The ``[strategy]`` with the config's selection and client settings; the engine's criteria
+    are the ``min_updates`` floor (the aggregator closes early at ``threshold`` and applies deadlines)."""
+    rounds, client, chosen = config.rounds, config.client, config.strategy
+    return build_strategy(
+        chosen.strategy,
         fraction=rounds.fraction,
         min_clients=rounds.min_agents,
         epochs=client.epochs,
         batch_size=client.batch_size,
         lr=client.lr,
         criteria=RoundCriteria(threshold=_FLOOR_THRESHOLD, min_updates=rounds.min_updates),
+        aggregator=chosen.aggregator,
+        server_opt=chosen.server_opt,
+        params=chosen.params(),
     )
 
 
@@ -306,9 +312,37 @@ class Aggregator:
             max_rounds=self.config.rounds.max_rounds,
             start_round=start_round,
             recorder=None,
+            server_opt_state=self._replayed_opt_state(),
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(self._agents))
         return engine
+
+    def _replayed_opt_state(self) -> ServerOptState | None:
+        """The server optimiser's state, rebuilt by replaying every stored round.
+
+        The database is the commit point: each closed round left its accepted local
+        models and its global model, so aggregating them again in arrival order and
+        stepping the optimiser reproduces its state exactly, with no extra table.
+        """
+        opt = self._strategy.server_opt
+        if opt is None:
+            return None
+        models = {m.round: m for m in self.store.list_global_models(self.run_id)}
+        if not models:
+            return None
+        start = self.store.load_global_model(self.run_id, min(models))
+        state = opt.init(start)
+        previous = start
+        for number in sorted(models)[1:]:
+            accumulator = self._strategy.aggregator.start(previous)
+            for local in self.store.list_local_models(self.run_id, number):
+                weights = self.store.load_local_model(self.run_id, number, str(local.client_id))
+                accumulator.add(ClientUpdate(str(local.client_id), number, weights, local.num_samples, local.metrics))
+            if accumulator.count == 0:
+                continue
+            _, state = opt.step(previous, accumulator.result(), state)
+            previous = self.store.load_global_model(self.run_id, number)
+        return state
 
     def _load_sync(self, global_rounds: set[int]) -> None:
         assert self._latest is not None

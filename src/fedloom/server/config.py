@@ -13,6 +13,8 @@ The file has five tables::
               deadline_seconds, deadline_policy, check_interval_seconds
     [client]  epochs, batch_size, lr
     [async]   buffer_size, staleness_exponent
+    [strategy] strategy, aggregator, server_opt and the strategy parameters
+              (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -173,6 +175,48 @@ class AsyncSection:
 
 
 @dataclass(frozen=True)
+class StrategySection:
+    """``[strategy]``: the algorithm, by name, with its parameters (docs/algorithms.md).
+
+    Unset parameters keep the algorithm's defaults; a parameter the chosen strategy does
+    not use is an error. Server optimisers keep state between rounds; a restarted
+    aggregator rebuilds it by replaying the stored rounds (docs/deployment.md).
+    """
+
+    strategy: str = "fedavg"
+    aggregator: str | None = None
+    server_opt: str | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    proximal_mu: float | None = None
+    trim_beta: float | None = None
+    max_iter: int | None = None
+    byzantine_f: int | None = None
+    multikrum_m: int | None = None
+    clip_norm: float | None = None
+    clip_iterations: int | None = None
+    q: float | None = None
+    filter_max_distance: float | None = None
+    filter_min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        from fedloom.algorithms.registry import build_strategy
+
+        try:
+            build_strategy(self.strategy, aggregator=self.aggregator, server_opt=self.server_opt, params=self.params())
+        except ConfigError as exc:
+            raise ConfigError(f"[strategy] {exc} {_fix('strategy', 'strategy')}") from None
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that are set."""
+        names = ("strategy", "aggregator", "server_opt")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in names and v is not None}
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     """Everything ``fedloom server`` needs, validated."""
 
@@ -181,6 +225,15 @@ class AggregatorConfig:
     rounds: RoundsSection = field(default_factory=RoundsSection)
     client: ClientSection = field(default_factory=ClientSection)
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+
+    def __post_init__(self) -> None:
+        chosen = self.strategy
+        if self.run.mode == "async" and (chosen.strategy != "fedavg" or chosen.aggregator or chosen.server_opt):
+            raise ConfigError(
+                f"[strategy] strategy = {chosen.strategy!r} is not available with [run] mode = 'async': the"
+                " asynchronous mode aggregates with FedBuff (set strategy = 'fedavg', or mode = 'sync')"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped view (table name -> fields), as stored with the run."""
@@ -192,15 +245,25 @@ class AggregatorConfig:
 
 
 #: TOML table name -> attribute of AggregatorConfig (``async`` is a Python keyword)
-_TABLES = {"server": "server", "run": "run", "rounds": "rounds", "client": "client", "async": "asynchronous"}
+_TABLES = {
+    "server": "server",
+    "run": "run",
+    "rounds": "rounds",
+    "client": "client",
+    "async": "asynchronous",
+    "strategy": "strategy",
+}
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
     "run": RunSection,
     "rounds": RoundsSection,
     "client": ClientSection,
     "async": AsyncSection,
+    "strategy": StrategySection,
 }
 _OPTIONAL_STR = "str | None"
+_OPTIONAL_FLOAT = "float | None"
+_OPTIONAL_INT = "int | None"
 
 
 def _field_kinds() -> dict[str, tuple[str, str]]:
@@ -218,11 +281,12 @@ FIELDS = _field_kinds()
 
 def _coerce(table: str, name: str, value: Any, kind: str) -> Any:
     """Check a value from TOML or a flag against the field's type (ints are fine for floats)."""
-    if kind == _OPTIONAL_STR and value is None:
+    if kind in (_OPTIONAL_STR, _OPTIONAL_FLOAT, _OPTIONAL_INT) and value is None:
         return None
+    kind = kind.removesuffix(" | None")
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    expected = {"int": int, "float": float, "str": str, _OPTIONAL_STR: str}[kind]
+    expected = {"int": int, "float": float, "str": str}[kind]
     if not isinstance(value, expected) or isinstance(value, bool):
         shown = "a string" if expected is str else f"an {expected.__name__}" if kind == "int" else "a number"
         raise _fail(table, name, f"must be {shown}, got {type(value).__name__} {value!r}")
@@ -235,6 +299,9 @@ def _parse_env(table: str, name: str, text: str, kind: str, variable: str) -> An
         return text or None
     if kind == "str":
         return text
+    if not text and kind in (_OPTIONAL_FLOAT, _OPTIONAL_INT):
+        return None
+    kind = kind.removesuffix(" | None")
     try:
         return int(text) if kind == "int" else float(text)
     except ValueError:

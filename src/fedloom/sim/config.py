@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.algorithms.registry import build_strategy
-from fedloom.algorithms.strategy import Strategy
+from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
+from fedloom.sim.adversary import Adversary
+from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
 DATASETS = ("digits", "fmnist")
@@ -53,14 +55,27 @@ class SimConfig:
     aggregator: str | None = None
     server_opt: str | None = None
     strategy_params: dict[str, Any] = field(default_factory=dict)
+    attack: str = "none"
+    attack_fraction: float = 0.2
+    attack_scale: float = 0.0
+    speeds: str = "none"
+    speed_spread: float = 1.0
+    dropout: float = 0.0
+    deadline_seconds: float = 0.0
+    threshold: float = 1.0
 
     def __post_init__(self) -> None:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
+        self.adversary()
+        self.client_speeds()
+        if self.deadline_seconds < 0:
+            raise ConfigError(f"deadline_seconds must be >= 0 (0 = none), got {self.deadline_seconds}")
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("model", self.model, MODELS)
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
+        _one_of("speeds", self.speeds, ("none", *DISTRIBUTIONS))
         if self.workers < 0 or self.max_retries < 0:
             raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")
         for name in ("clients", "rounds", "epochs", "batch_size", "min_clients", "classes_per_client"):
@@ -76,6 +91,17 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def adversary(self) -> Adversary:
+        """The simulated attack these settings ask for (``none`` by default)."""
+        return Adversary(self.attack, self.attack_fraction, self.attack_scale)
+
+    def client_speeds(self) -> ClientSpeeds | None:
+        """Simulated client speeds and dropouts, or None when neither is asked for."""
+        if self.speeds == "none" and self.dropout == 0:
+            return None
+        distribution = "constant" if self.speeds == "none" else self.speeds
+        return ClientSpeeds(distribution, spread=self.speed_spread, dropout=self.dropout)
+
     def build_strategy(self) -> Strategy:
         """The composed strategy these settings name (see fedloom.algorithms.registry)."""
         return build_strategy(
@@ -88,6 +114,7 @@ class SimConfig:
             aggregator=self.aggregator,
             server_opt=self.server_opt,
             params=self.strategy_params,
+            criteria=RoundCriteria(threshold=self.threshold),
         )
 
 

@@ -19,9 +19,12 @@ from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
 from fedloom.core.fit import EvalConfig
 from fedloom.core.rng import rng_for
+from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundEngine, RoundOutcome, RoundTask
 from fedloom.server.recording import StoreRecorder
+from fedloom.sim.adversary import Adversary
+from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
 from fedloom.sim.progress import ProgressPrinter
@@ -140,6 +143,9 @@ def simulate(
     keep_local_models: bool = False,
     progress: bool | TextIO = True,
     overlap_evaluation: bool = False,
+    adversary: Adversary | None = None,
+    speeds: ClientSpeeds | None = None,
+    deadline_seconds: float | None = None,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -150,11 +156,20 @@ def simulate(
     ``overlap_evaluation=True`` evaluates round r in a driver thread (one torch thread)
     while round r+1 trains; results are the same. Off by default: on a 2-core machine
     it measured no faster than evaluating between rounds (docs/architecture.md).
+    ``adversary`` makes a seeded fraction of clients send poisoned models (data
+    poisoning such as label flipping belongs in ``client_fn``; see fedloom.sim.adversary).
+    ``speeds`` simulates client speeds and dropouts (metric ``sim_seconds``: simulated
+    wall-clock time); ``deadline_seconds`` refuses clients slower than it. With either,
+    lower ``strategy.criteria.threshold`` so a round can close without every client.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(config or {}), "strategy": strategy.describe()}
+    poison = None
+    if adversary is not None and adversary.poisons_models:
+        poison = (adversary, adversary.malicious(num_clients, seed))
+        run_config["adversary"] = {**vars(adversary), "malicious": sorted(poison[1])}
     log = _RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
     engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=log.recorder)
     sizes: Sequence[int | None] = client_sizes or [None] * num_clients
@@ -163,6 +178,11 @@ def simulate(
     log.register_clients(clients)
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
+    loop.poison = poison
+    if speeds is not None or deadline_seconds is not None:
+        if client_sizes is None:
+            raise ConfigError("simulated speeds and deadlines need client_sizes (samples per client)")
+        loop.timing = _Timing(speeds or ClientSpeeds(), deadline_seconds, client_sizes, strategy.client.epochs, seed)
     history: list[RoundSummary] = []
     started = time.perf_counter()
 
@@ -236,6 +256,44 @@ class _Trained:
     task: RoundTask
     outcome: RoundOutcome
     started: float
+    sim_seconds: float | None = None
+
+
+class _Timing:
+    """Simulated client speeds, dropouts and a round deadline for synchronous rounds.
+
+    A selected client that drops out, or would need longer than the deadline, is refused
+    before it trains (codes ``dropped`` / ``deadline``, recorded like any rejection); the
+    round lasts as long as its slowest remaining client, or the deadline if anyone missed it.
+    """
+
+    def __init__(
+        self, speeds: ClientSpeeds, deadline: float | None, sizes: Sequence[int], epochs: int, seed: int
+    ) -> None:
+        self.speeds, self.deadline, self.sizes, self.epochs, self.seed = speeds, deadline, sizes, epochs, seed
+        self.pace = speeds.seconds_per_sample(len(sizes), seed)
+        self.clock = 0.0
+
+    def admit(self, engine: RoundEngine, round_no: int, selected: Sequence[str]) -> list[str]:
+        """The selected clients that deliver in time; advances the simulated clock by the round's length."""
+        kept: list[str] = []
+        longest, late = 0.0, False
+        for cid in selected:
+            seconds = training_seconds(
+                self.pace[int(cid)], self.sizes[int(cid)], self.epochs, self.speeds.latency_seconds
+            )
+            if self.speeds.drops(round_no, cid, self.seed):
+                engine.reject_client(cid, "dropped", "the client dropped out of the round (simulated)")
+            elif self.deadline is not None and seconds > self.deadline:
+                late = True
+                engine.reject_client(
+                    cid, "deadline", f"the client needs {seconds:.1f} s; the round deadline is {self.deadline} s"
+                )
+            else:
+                kept.append(cid)
+                longest = max(longest, seconds)
+        self.clock += self.deadline if late and self.deadline is not None else longest
+        return kept
 
 
 class _Loop:
@@ -254,14 +312,21 @@ class _Loop:
         self.client_fn = client_fn
         self.evaluate_fn = evaluate_fn
         self.on_client_error = on_client_error
+        self.poison: tuple[Adversary, frozenset[int]] | None = None
+        self.timing: _Timing | None = None
 
     def train_round(self) -> _Trained:
         """Open a round, run its clients, submit their results and aggregate."""
         started = time.perf_counter()
         task = self.engine.open_round()
-        configs = {cid: self.engine.fit_config(cid) for cid in task.selected}
-        merge = self.engine.strategy.mergeable
-        results = self.executor.run_round(task.round, task.global_weights, configs, self.client_fn, merge)
+        selected = self.timing.admit(self.engine, task.round, task.selected) if self.timing else task.selected
+        configs = {cid: self.engine.fit_config(cid) for cid in selected}
+        merge = self.engine.strategy.mergeable and self.poison is None
+        results: Iterable[ExecutorResult] = self.executor.run_round(
+            task.round, task.global_weights, configs, self.client_fn, merge
+        )
+        if self.poison is not None:
+            results = self._poisoned(task, list(results))
         _submit_results(self.engine, results, self.on_client_error)
         if not self.engine.criteria_met():
             needed = self.engine.strategy.criteria.required(len(task.selected))
@@ -270,7 +335,15 @@ class _Loop:
                 f"returned a usable update; the strategy needs {needed}"
                 " (lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
             )
-        return _Trained(task, self.engine.close_round(), started)
+        return _Trained(task, self.engine.close_round(), started, self.timing.clock if self.timing else None)
+
+    def _poisoned(self, task: RoundTask, results: list[ExecutorResult]) -> list[ExecutorResult]:
+        """Replace the malicious clients' updates with their attack (which sees the whole round)."""
+        assert self.poison is not None
+        adversary, malicious = self.poison
+        updates = [r for r in results if isinstance(r, ClientUpdate)]
+        others = [r for r in results if not isinstance(r, ClientUpdate)]
+        return [*adversary.poison(task.round, task.global_weights, updates, malicious, self.engine.seed), *others]
 
     def summarize(self, trained: _Trained, num_clients: int, client_eval_fraction: float) -> RoundSummary:
         """Evaluate a trained round's global model; safe in another thread (it reads only the outcome)."""
@@ -280,7 +353,8 @@ class _Loop:
             num_selected=len(trained.task.selected),
             num_updates=outcome.num_updates,
             num_samples=outcome.num_samples,
-            metrics=self._metrics(outcome, num_clients, client_eval_fraction),
+            metrics=self._metrics(outcome, num_clients, client_eval_fraction)
+            | ({"sim_seconds": trained.sim_seconds} if trained.sim_seconds is not None else {}),
             seconds=time.perf_counter() - trained.started,
         )
 

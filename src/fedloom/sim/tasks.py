@@ -18,6 +18,7 @@ from fedloom.client.trainer import Trainer
 from fedloom.core.fit import EvalConfig
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
+from fedloom.sim.adversary import flip_labels
 from fedloom.sim.config import SimConfig
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.partition import partition
@@ -76,9 +77,14 @@ def build_task(config: SimConfig) -> SimTask:
     )
     factory = _numpy_factory if config.model == "logreg" else _torch_factory
     make = factory(config, data.train)
+    adversary = config.adversary()
+    flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
 
     def client_fn(index: int) -> Trainer:
-        return make(data.train.subset(parts[index]), None)
+        local = data.train.subset(parts[index])
+        if index in flipped:
+            local = ArrayDataset(local.x, flip_labels(local.y, local.num_classes), local.num_classes)
+        return make(local, None)
 
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
