@@ -126,6 +126,9 @@ def measure(agents: int, rounds: int, model_mb: float) -> dict[str, float]:
             started = time.perf_counter()
             asyncio.run(run_agents(url, token, agents, counters))
             seconds = time.perf_counter() - started
+        except Exception:
+            print(f"aggregator log (tail):\n{(home / 'server.log').read_text()[-4000:]}", flush=True)
+            raise
         finally:
             stop.set()
             os.killpg(server.pid, signal.SIGTERM)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -41,6 +42,12 @@ _TYPES: dict[str, Callable[[str], Any]] = {
 }
 
 
+#: idle seconds before the server closes a kept-alive connection. uvicorn's 5 s default
+#: closes an agent's pooled connection while it prepares an upload, and a request sent
+#: into that close fails ("server disconnected"); 75 s outlasts the 30 s long-poll.
+KEEP_ALIVE_SECONDS = 75
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``server`` sub-command to the ``fedloom`` parser."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -58,6 +65,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _release_model_buffers_promptly() -> None:
+    """Make glibc hand freed model buffers back to the OS.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so
+    after the first uploads every 10 MB model buffer comes from a per-thread heap that
+    keeps it: the aggregator's RSS then grows with the number of request threads, not
+    with the model. A fixed 1 MiB threshold keeps model-sized buffers in mmap (returned
+    on free) and two arenas bound what small allocations keep.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_mmap_threshold, m_arena_max = -3, -8
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+    libc.mallopt(m_arena_max, 2)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, open the store, start (or resume) the run and serve until stopped."""
     config = load_config(args.config, overrides={name: getattr(args, name, None) for name in FIELDS})
@@ -70,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from fedloom.server.app import create_app
 
     _setup_logging()
+    _release_model_buffers_promptly()
     store, home = open_store(config)
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
@@ -91,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
         server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
         with _stop_signals():

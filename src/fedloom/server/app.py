@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -220,7 +220,21 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
     payload, sha256 = aggregator.global_model_bytes(which)
-    return Response(content=payload, media_type=_OCTET, headers={SHA256_HEADER: sha256})
+    headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
+    return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
+
+
+#: bytes per body message of a model download
+DOWNLOAD_CHUNK = 1 << 18
+
+
+async def _chunks(payload: bytes) -> AsyncIterator[memoryview]:
+    """The shared payload in slices, so the server waits for each slow client instead of
+    copying the rest of the model into that connection's write buffer: memory per
+    download is one chunk, not one model, however many agents download at once."""
+    view = memoryview(payload)
+    for start in range(0, len(view), DOWNLOAD_CHUNK):
+        yield view[start : start + DOWNLOAD_CHUNK]
 
 
 @router.post(
