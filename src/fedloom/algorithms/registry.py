@@ -55,12 +55,13 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 }
 
 CLIENT_PARAMS = ("proximal_mu",)
+PERSONAL_PARAM = "personal_keys"
 FILTER_PARAMS = ("filter_max_distance", "filter_min_cosine")
 PARAM_TYPES: dict[str, type] = {
     "server_lr": float, "server_momentum": float, "beta1": float, "beta2": float, "tau": float,
     "proximal_mu": float, "trim_beta": float, "max_iter": int, "byzantine_f": int, "multikrum_m": int,
     "clip_norm": float, "clip_iterations": int, "q": float,
-    "filter_max_distance": float, "filter_min_cosine": float,
+    "filter_max_distance": float, "filter_min_cosine": float, "personal_keys": str,
 }  # fmt: skip
 
 
@@ -129,6 +130,9 @@ def build_strategy(
         extra.setdefault("proximal_mu", 0.01)
     if agg_name == "qfedavg":
         extra["report_initial_loss"] = True
+    personal = tuple(p.strip() for p in str(left.pop(PERSONAL_PARAM, "")).split(",") if p.strip())
+    if personal:
+        extra[PERSONAL_PARAM] = list(personal)
     bounds = _take(left, FILTER_PARAMS)
     model_filter = ModelFilter(bounds.get("filter_max_distance"), bounds.get("filter_min_cosine")) if bounds else None
     if left:
@@ -146,4 +150,5 @@ def build_strategy(
         criteria=criteria or RoundCriteria(),
         server_opt=built_opt,
         update_filter=model_filter,
+        personal_keys=personal,
     )

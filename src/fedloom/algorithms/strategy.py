@@ -7,6 +7,7 @@ testable on its own.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -129,7 +130,8 @@ class Strategy:
 
     ``server_opt`` (optional) turns the aggregate into the next global model (FedAdam,
     ...); ``update_filter`` (optional) refuses local models out of bounds before they
-    reach the aggregator.
+    reach the aggregator; ``personal_keys`` (glob patterns) name tensors each client
+    keeps for itself (FedPer/FedBN): the global model's values for them never change.
     """
 
     name: str
@@ -139,6 +141,11 @@ class Strategy:
     criteria: RoundCriteria = RoundCriteria()
     server_opt: ServerOptimizer | None = None
     update_filter: ModelFilter | None = None
+    personal_keys: tuple[str, ...] = ()
+
+    def shared(self, name: str) -> bool:
+        """Whether tensor ``name`` is aggregated (personal keys are not)."""
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.personal_keys)
 
     @property
     def mergeable(self) -> bool:
@@ -155,6 +162,7 @@ class Strategy:
             "aggregator": describe_part(self.aggregator),
             "server_opt": describe_part(self.server_opt) if self.server_opt else None,
             "filter": self.update_filter.describe() if self.update_filter else None,
+            "personal_keys": list(self.personal_keys),
             "epochs": self.client.epochs,
             "batch_size": self.client.batch_size,
             "lr": self.client.lr,

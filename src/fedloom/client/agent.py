@@ -43,6 +43,7 @@ from typing import Any, Literal, TypeVar
 
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.loading import check_trainer
+from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
     AggregatorClient,
@@ -425,8 +426,13 @@ class Agent:
         self._transition(AgentPhase.TRAINING, why=f"round {state.round}")
         config = fit_config_from(state.config, state.round)
         started = time.monotonic()
+        patterns = personal_patterns(config.extra)
+        personal = PersonalStore(self.store.directory / "personal") if patterns else None
+        start = with_personal(held[0], "agent", patterns, personal) if personal else held[0]
         with self._interruptible_step():
-            weights, num_samples, metrics = _fit(trainer, held[0], config)
+            weights, num_samples, metrics = _fit(trainer, start, config)
+        if personal:  # FedPer/FedBN: this site's own tensors, kept for its next round
+            keep_personal(weights, "agent", patterns, personal)
         payload = self.client.update_payload(state.round, weights, num_samples, metrics)
         self.store.save_local(payload)
         log.info(

@@ -201,6 +201,7 @@ class StrategySection:
     q: float | None = None
     filter_max_distance: float | None = None
     filter_min_cosine: float | None = None
+    personal_keys: str | None = None
 
     def __post_init__(self) -> None:
         from fedloom.algorithms.registry import build_strategy

@@ -321,6 +321,9 @@ class RoundEngine:
             stepped, self._opt_state = self.strategy.server_opt.step(self._global, outcome.weights, self._opt_state)
             validate_weights(stepped, self._global)
             outcome = replace(outcome, weights=stepped)
+        if self.strategy.personal_keys:  # never aggregated: the global values stay as they were
+            kept = {k: v if self.strategy.shared(k) else self._global[k] for k, v in outcome.weights.items()}
+            outcome = replace(outcome, weights=kept)
         self._global = _frozen(outcome.weights)
         self._open = None
         self._next_round = outcome.round + 1

@@ -8,7 +8,10 @@ the pieces a deployed aggregator reuses.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
+from fedloom.client.personal import STATE_DIR, PersonalStore, with_personal
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
-from fedloom.core.fit import EvalConfig
+from fedloom.core.fit import EvalConfig, FitConfig
 from fedloom.core.rng import rng_for
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
@@ -76,21 +80,37 @@ def _submit_results(engine: RoundEngine, results: Iterable[ExecutorResult], on_c
 
 
 def _evaluate_clients(
-    client_fn: ClientFn, weights: Weights, num_clients: int, fraction: float, round_no: int, seed: int
+    client_fn: ClientFn,
+    weights: Weights,
+    num_clients: int,
+    fraction: float,
+    round_no: int,
+    seed: int,
+    personal: tuple[tuple[str, ...], PersonalStore] | None = None,
 ) -> dict[str, float]:
-    """Evaluate the global model on a seeded sample of clients' local data (sample-weighted mean)."""
+    """Evaluate the global model on a seeded sample of clients' local data (sample-weighted mean).
+
+    With personal keys, each client is also evaluated with its own personal tensors over
+    the global model (metrics ``client_personal_*``): global vs personalised accuracy.
+    """
     count = min(num_clients, max(1, round(fraction * num_clients)))
     chosen = sorted(rng_for(seed, "client-eval", round_no).choice(num_clients, size=count, replace=False).tolist())
     totals: dict[str, float] = {}
     samples = 0.0
     for index in chosen:
-        metrics = client_fn(index).evaluate(weights, EvalConfig(round=round_no))
-        n = float(metrics.get("num_samples", 1.0))
+        trainer = client_fn(index)
+        variants = {"client_": weights}
+        if personal is not None:
+            variants["client_personal_"] = with_personal(weights, _client_id(index), personal[0], personal[1])
+        n = 1.0
+        for prefix, model in variants.items():
+            metrics = trainer.evaluate(model, EvalConfig(round=round_no))
+            n = float(metrics.get("num_samples", 1.0))
+            for key, value in metrics.items():
+                if key != "num_samples":
+                    totals[prefix + key] = totals.get(prefix + key, 0.0) + float(value) * n
         samples += n
-        for key, value in metrics.items():
-            if key != "num_samples":
-                totals[key] = totals.get(key, 0.0) + float(value) * n
-    return {f"client_{k}": v / samples for k, v in totals.items()}
+    return {k: v / samples for k, v in totals.items()}
 
 
 class _RunLog:
@@ -144,6 +164,7 @@ def simulate(
     progress: bool | TextIO = True,
     overlap_evaluation: bool = False,
     adversary: Adversary | None = None,
+    client_state_dir: str | None = None,
     speeds: ClientSpeeds | None = None,
     deadline_seconds: float | None = None,
 ) -> SimulationResult:
@@ -158,6 +179,8 @@ def simulate(
     it measured no faster than evaluating between rounds (docs/architecture.md).
     ``adversary`` makes a seeded fraction of clients send poisoned models (data
     poisoning such as label flipping belongs in ``client_fn``; see fedloom.sim.adversary).
+    With personal keys in the strategy, each client's personal tensors are kept in
+    ``client_state_dir`` (default: a temporary folder removed at the end).
     ``speeds`` simulates client speeds and dropouts (metric ``sim_seconds``: simulated
     wall-clock time); ``deadline_seconds`` refuses clients slower than it. With either,
     lower ``strategy.criteria.threshold`` so a round can close without every client.
@@ -166,10 +189,9 @@ def simulate(
     weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(config or {}), "strategy": strategy.describe()}
-    poison = None
-    if adversary is not None and adversary.poisons_models:
-        poison = (adversary, adversary.malicious(num_clients, seed))
-        run_config["adversary"] = {**vars(adversary), "malicious": sorted(poison[1])}
+    poison = (adversary, adversary.malicious(num_clients, seed)) if adversary and adversary.poisons_models else None
+    if poison:
+        run_config["adversary"] = {**vars(poison[0]), "malicious": sorted(poison[1])}
     log = _RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
     engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=log.recorder)
     sizes: Sequence[int | None] = client_sizes or [None] * num_clients
@@ -179,10 +201,10 @@ def simulate(
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
     loop.poison = poison
-    if speeds is not None or deadline_seconds is not None:
-        if client_sizes is None:
-            raise ConfigError("simulated speeds and deadlines need client_sizes (samples per client)")
-        loop.timing = _Timing(speeds or ClientSpeeds(), deadline_seconds, client_sizes, strategy.client.epochs, seed)
+    temporary_state = bool(strategy.personal_keys) and client_state_dir is None
+    if strategy.personal_keys:
+        loop.state_dir = client_state_dir or tempfile.mkdtemp(prefix="fedloom-personal-")
+    loop.timing = _timing(speeds, deadline_seconds, client_sizes, strategy, seed)
     history: list[RoundSummary] = []
     started = time.perf_counter()
 
@@ -206,12 +228,29 @@ def simulate(
         if evaluator:
             evaluator.shutdown(wait=True, cancel_futures=True)
         loop.executor.close()
+        if temporary_state and loop.state_dir:
+            shutil.rmtree(loop.state_dir, ignore_errors=True)
         if printer:
             printer.close()
     log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
     if printer:
         printer.report(history, log.run_id, log.home_hint())
     return SimulationResult(log.run_id, history, engine.global_weights, run_config)
+
+
+def _timing(
+    speeds: ClientSpeeds | None,
+    deadline_seconds: float | None,
+    client_sizes: Sequence[int] | None,
+    strategy: Strategy,
+    seed: int,
+) -> _Timing | None:
+    """The simulated clock, when speeds or a deadline are asked for."""
+    if speeds is None and deadline_seconds is None:
+        return None
+    if client_sizes is None:
+        raise ConfigError("simulated speeds and deadlines need client_sizes (samples per client)")
+    return _Timing(speeds or ClientSpeeds(), deadline_seconds, client_sizes, strategy.client.epochs, seed)
 
 
 @contextlib.contextmanager
@@ -314,13 +353,20 @@ class _Loop:
         self.on_client_error = on_client_error
         self.poison: tuple[Adversary, frozenset[int]] | None = None
         self.timing: _Timing | None = None
+        self.state_dir: str | None = None
+
+    def _fit_config(self, client_id: str) -> FitConfig:
+        config = self.engine.fit_config(client_id)
+        if self.state_dir is None:
+            return config
+        return dataclasses.replace(config, extra={**config.extra, STATE_DIR: self.state_dir})
 
     def train_round(self) -> _Trained:
         """Open a round, run its clients, submit their results and aggregate."""
         started = time.perf_counter()
         task = self.engine.open_round()
         selected = self.timing.admit(self.engine, task.round, task.selected) if self.timing else task.selected
-        configs = {cid: self.engine.fit_config(cid) for cid in selected}
+        configs = {cid: self._fit_config(cid) for cid in selected}
         merge = self.engine.strategy.mergeable and self.poison is None
         results: Iterable[ExecutorResult] = self.executor.run_round(
             task.round, task.global_weights, configs, self.client_fn, merge
@@ -336,6 +382,10 @@ class _Loop:
                 " (lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
             )
         return _Trained(task, self.engine.close_round(), started, self.timing.clock if self.timing else None)
+
+    def _personal(self) -> tuple[tuple[str, ...], PersonalStore] | None:
+        keys = self.engine.strategy.personal_keys
+        return (keys, PersonalStore(self.state_dir)) if keys and self.state_dir else None
 
     def _poisoned(self, task: RoundTask, results: list[ExecutorResult]) -> list[ExecutorResult]:
         """Replace the malicious clients' updates with their attack (which sees the whole round)."""
@@ -371,6 +421,7 @@ class _Loop:
                     client_eval_fraction,
                     outcome.round,
                     self.engine.seed,
+                    self._personal(),
                 )
             )
         return metrics
