@@ -57,3 +57,20 @@ def test_the_strategy_cannot_change_when_a_run_resumes(store, clock):
     Aggregator(config(strategy="fedavg"), store, clock=clock, initial_weights=INIT)
     with pytest.raises(ConfigError, match="strategy"):
         Aggregator(config(strategy="median"), store, clock=clock)
+
+
+def test_scaffold_control_variate_lives_in_the_global_model(store, clock):
+    from fedloom.algorithms.scaffold import CONTROL_PREFIX
+    from fedloom.core import to_bytes
+
+    cfg = config(min_agents=2, max_rounds=2, strategy="scaffold", fraction=1.0)
+    aggregator = Aggregator(cfg, store, clock=clock, initial_weights=INIT)
+    agents = [store.get_agent(join(aggregator, store, f"site-{i}").agent_id) for i in range(2)]
+    first, _ = from_bytes(aggregator.global_model_bytes(1)[0])
+    assert {k for k in first if k.startswith(CONTROL_PREFIX)} == {CONTROL_PREFIX + "w", CONTROL_PREFIX + "b"}
+    for agent, delta in zip(agents, (0.2, 0.4), strict=True):
+        weights = {k: np.full_like(v, 1.0 if not k.startswith(CONTROL_PREFIX) else delta) for k, v in first.items()}
+        aggregator.submit_update(agent, to_bytes(weights, round=1, client_id=agent.id, num_samples=10))
+    second, _ = from_bytes(aggregator.global_model_bytes(2)[0])
+    np.testing.assert_allclose(second["w"], 1.0)
+    np.testing.assert_allclose(second[CONTROL_PREFIX + "w"], 0.3, rtol=1e-6)  # 0 + (2/2) * mean(0.2, 0.4)

@@ -14,6 +14,7 @@ from typing import Any
 from fedloom.algorithms import aggregators as agg
 from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.sampling import ClientSampler
+from fedloom.algorithms.scaffold import Scaffold
 from fedloom.algorithms.server_opt import AdaptiveServerOpt, FedAvgM, ServerOptimizer
 from fedloom.algorithms.strategy import Aggregator, ClientSettings, RoundCriteria, Strategy, WeightedMean
 from fedloom.core.errors import ConfigError
@@ -32,6 +33,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "centered_clip": (("clip_norm", "clip_iterations"), lambda p: agg.CenteredClip(**p)),
     "fednova": ((), lambda p: agg.FedNova()),
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
+    "scaffold": (("fraction",), lambda p: Scaffold(**p)),
 }
 
 SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
@@ -51,7 +53,8 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "fedadagrad": ("mean", "fedadagrad", ()),
     "fednova": ("fednova", None, ()),
     "qfedavg": ("qfedavg", None, ()),
-    **{name: (name, None, ()) for name in AGGREGATORS if name not in ("mean", "fednova", "qfedavg")},
+    "scaffold": ("scaffold", None, ()),
+    **{name: (name, None, ()) for name in AGGREGATORS if name not in ("mean", "fednova", "qfedavg", "scaffold")},
 }
 
 CLIENT_PARAMS = ("proximal_mu",)
@@ -116,9 +119,11 @@ def build_strategy(
     left = _coerce(params or {})
     agg_name = aggregator or default_agg
     agg_keys, make_agg = _pick(agg_name, AGGREGATORS, "aggregator")
-    agg_params = _take(left, tuple(k for k in agg_keys if k != "lr"))
+    agg_params = _take(left, tuple(k for k in agg_keys if k not in ("lr", "fraction")))
     if "lr" in agg_keys:
         agg_params["lr"] = lr
+    if "fraction" in agg_keys:
+        agg_params["fraction"] = fraction
     built_agg = make_agg(agg_params)
     opt_name = server_opt or default_opt
     built_opt = None

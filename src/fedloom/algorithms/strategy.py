@@ -143,6 +143,11 @@ class Strategy:
     update_filter: ModelFilter | None = None
     personal_keys: tuple[str, ...] = ()
 
+    @property
+    def keeps_client_state(self) -> bool:
+        """Whether clients keep state between rounds (personal keys or SCAFFOLD's control variate)."""
+        return bool(self.personal_keys) or self.aggregator.name == "scaffold"
+
     def shared(self, name: str) -> bool:
         """Whether tensor ``name`` is aggregated (personal keys are not)."""
         return not any(fnmatch.fnmatchcase(name, p) for p in self.personal_keys)

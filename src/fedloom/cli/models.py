@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.scaffold import model_part
 from fedloom.core.errors import StoreError
 from fedloom.core.serialization import to_bytes
 from fedloom.store import FileBlobStore, ModelRecord, RunRecord, SqlStore, resolve_home
@@ -198,13 +199,13 @@ def run_export(args: argparse.Namespace) -> int:
         run = _find_run(store, args.run)
         if args.local is None:
             record = _global_record(store, run, args.round)
-            weights = store.load_global_model(run.id, record.round)
+            weights = model_part(store.load_global_model(run.id, record.round))  # no fedloom.* state tensors
             payload = to_bytes(weights, round=record.round, num_samples=record.num_samples)
             what = f"global model of round {record.round}"
         else:
             record = _local_record(store, run, args.round, args.local)
             assert record.client_id is not None
-            weights = store.load_local_model(run.id, record.round, record.client_id)
+            weights = model_part(store.load_local_model(run.id, record.round, record.client_id))
             payload = to_bytes(weights, round=record.round, client_id=record.client_id, num_samples=record.num_samples)
             what = f"local model of {record.client_id} in round {record.round}"
     _write_atomically(out, payload)

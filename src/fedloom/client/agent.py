@@ -42,8 +42,8 @@ from types import FrameType
 from typing import Any, Literal, TypeVar
 
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
+from fedloom.client.client_state import fit_with_state
 from fedloom.client.loading import check_trainer
-from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
     AggregatorClient,
@@ -55,6 +55,7 @@ from fedloom.client.transport import (
     fit_config_from,
 )
 from fedloom.core.errors import ClientError, ConfigError, ValidationError
+from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.serialization import content_hash
 from fedloom.core.weights import Weights, check_finite, check_structure
 
@@ -426,13 +427,8 @@ class Agent:
         self._transition(AgentPhase.TRAINING, why=f"round {state.round}")
         config = fit_config_from(state.config, state.round)
         started = time.monotonic()
-        patterns = personal_patterns(config.extra)
-        personal = PersonalStore(self.store.directory / "personal") if patterns else None
-        start = with_personal(held[0], "agent", patterns, personal) if personal else held[0]
         with self._interruptible_step():
-            weights, num_samples, metrics = _fit(trainer, start, config)
-        if personal:  # FedPer/FedBN: this site's own tensors, kept for its next round
-            keep_personal(weights, "agent", patterns, personal)
+            weights, num_samples, metrics = _fit(_WithState(trainer, self.store.directory), held[0], config)
         payload = self.client.update_payload(state.round, weights, num_samples, metrics)
         self.store.save_local(payload)
         log.info(
@@ -522,6 +518,23 @@ class Agent:
         self._save(self._state.with_(phase=phase, **changes))
         self._look_now = self._look_now or phase is AgentPhase.WAITING_GM
         log.info("state %s → %s%s", before, phase, f" ({why})" if why else "")
+
+
+class _WithState:
+    """The user's Trainer, trained with the state this site keeps between rounds
+    (personal tensors, SCAFFOLD's control variate) in the agent's directory."""
+
+    def __init__(self, trainer: Trainer, directory: Path) -> None:
+        self.trainer, self.directory = trainer, directory
+
+    def get_weights(self) -> Weights:
+        return self.trainer.get_weights()
+
+    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
+        return fit_with_state(self.trainer, weights, config, "agent", self.directory)
+
+    def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
+        return dict(self.trainer.evaluate(weights, config))
 
 
 def _fit(trainer: Trainer, weights: Weights, config: Any) -> tuple[Weights, int, dict[str, float]]:

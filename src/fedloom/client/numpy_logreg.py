@@ -65,6 +65,8 @@ class NumpyLogisticTrainer:
         terms = ClientTerms.from_config(config)
         metrics = {"initial_loss": self._loss(w, b, self.x, self.y)} if terms.report_initial_loss else {}
         w0, b0 = w.copy(), b.copy()
+        corr_w = np.asarray(terms.gradient_correction.get("weight", 0.0), np.float64)  # SCAFFOLD's c - c_i
+        corr_b = np.asarray(terms.gradient_correction.get("bias", 0.0), np.float64)
         rng = np.random.default_rng(config.seed)
         onehot = np.eye(self.num_classes)[self.y]
         losses = []
@@ -74,8 +76,8 @@ class NumpyLogisticTrainer:
                 probs = _softmax(xb @ w.T + b)
                 losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
                 grad = (probs - onehot[idx]) / len(idx)
-                w -= config.lr * (grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0))
-                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0))
+                w -= config.lr * (grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0) + corr_w)
+                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0) + corr_b)
         self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
         metrics.update(train_loss=float(np.mean(losses)), local_steps=float(len(losses)))
         return FitResult(self.get_weights(), len(self.x), metrics)

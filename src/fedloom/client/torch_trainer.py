@@ -80,6 +80,14 @@ def _add_proximal_gradient(params: Sequence[torch.Tensor], anchor: Sequence[torc
     torch._foreach_add_(grads, torch._foreach_sub([p for p, _, _ in pairs], [a for _, _, a in pairs]), alpha=mu)
 
 
+@torch.no_grad()
+def _add_correction(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """SCAFFOLD: every step's gradient is corrected by ``c − c_i``."""
+    for param, delta in pairs:
+        if param.grad is not None:
+            param.grad.add_(delta)
+
+
 class TorchTrainer:
     """A Trainer around a PyTorch module and one client's (x, y) arrays.
 
@@ -130,6 +138,7 @@ class TorchTrainer:
         opt = _make_optimizer(self.optimizer, self.model.parameters(), config.lr, self.momentum, self.weight_decay)
         params = [p for p in self.model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params] if terms.proximal_mu > 0 else None
+        correction = self._correction(terms)
         self.model.train()
         total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
         for _ in range(config.epochs):
@@ -142,6 +151,8 @@ class TorchTrainer:
                 loss.backward()  # type: ignore[no-untyped-call]
                 if anchor is not None:
                     _add_proximal_gradient(params, anchor, terms.proximal_mu)
+                if correction:
+                    _add_correction(correction)
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
                 total_correct += int((out.detach().argmax(dim=1) == yb).sum())
@@ -149,6 +160,17 @@ class TorchTrainer:
                 steps += 1
         metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen, "local_steps": float(steps)}
         return FitResult(self.get_weights(), len(self.x), {**metrics, **initial})
+
+    def _correction(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(parameter, correction tensor) pairs for SCAFFOLD; buffers get none."""
+        if not terms.gradient_correction:
+            return []
+        named = dict(self.model.named_parameters())
+        return [
+            (named[k], torch.from_numpy(np.asarray(v, np.float32)).to(self.device))
+            for k, v in terms.gradient_correction.items()
+            if k in named and named[k].requires_grad
+        ]
 
     def _loss_on_train(self) -> float:
         """The loaded model's mean loss on this client's training data (q-FedAvg's F_k)."""

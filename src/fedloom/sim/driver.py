@@ -18,8 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from fedloom.algorithms.scaffold import model_part, with_controls
 from fedloom.algorithms.strategy import Strategy
+from fedloom.client.client_state import personal_store
 from fedloom.client.personal import STATE_DIR, PersonalStore, with_personal
+from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
 from fedloom.core.fit import EvalConfig, FitConfig
 from fedloom.core.rng import rng_for
@@ -186,7 +189,7 @@ def simulate(
     lower ``strategy.criteria.threshold`` so a round can close without every client.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
-    weights = initial_weights if initial_weights is not None else client_fn(0).get_weights()
+    weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(config or {}), "strategy": strategy.describe()}
     poison = (adversary, adversary.malicious(num_clients, seed)) if adversary and adversary.poisons_models else None
@@ -201,9 +204,8 @@ def simulate(
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
     loop.poison = poison
-    temporary_state = bool(strategy.personal_keys) and client_state_dir is None
-    if strategy.personal_keys:
-        loop.state_dir = client_state_dir or tempfile.mkdtemp(prefix="fedloom-personal-")
+    temporary_state = strategy.keeps_client_state and client_state_dir is None
+    loop.state_dir = _client_state_dir(strategy, client_state_dir)
     loop.timing = _timing(speeds, deadline_seconds, client_sizes, strategy, seed)
     history: list[RoundSummary] = []
     started = time.perf_counter()
@@ -235,7 +237,20 @@ def simulate(
     log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
     if printer:
         printer.report(history, log.run_id, log.home_hint())
-    return SimulationResult(log.run_id, history, engine.global_weights, run_config)
+    return SimulationResult(log.run_id, history, model_part(engine.global_weights), run_config)
+
+
+def _initial_weights(strategy: Strategy, given: Weights | Trainer) -> Weights:
+    """The first global model; under SCAFFOLD with the server's (zero) control variate in it."""
+    weights = given.get_weights() if not isinstance(given, Mapping) else dict(given)
+    return with_controls(weights) if strategy.aggregator.name == "scaffold" else weights
+
+
+def _client_state_dir(strategy: Strategy, given: str | None) -> str | None:
+    """Where clients keep state between rounds, when the strategy needs it (a temporary folder by default)."""
+    if not strategy.keeps_client_state:
+        return None
+    return given or tempfile.mkdtemp(prefix="fedloom-client-state-")
 
 
 def _timing(
@@ -385,7 +400,7 @@ class _Loop:
 
     def _personal(self) -> tuple[tuple[str, ...], PersonalStore] | None:
         keys = self.engine.strategy.personal_keys
-        return (keys, PersonalStore(self.state_dir)) if keys and self.state_dir else None
+        return (keys, personal_store(self.state_dir)) if keys and self.state_dir else None
 
     def _poisoned(self, task: RoundTask, results: list[ExecutorResult]) -> list[ExecutorResult]:
         """Replace the malicious clients' updates with their attack (which sees the whole round)."""
@@ -411,12 +426,12 @@ class _Loop:
     def _metrics(self, outcome: RoundOutcome, num_clients: int, client_eval_fraction: float) -> dict[str, float]:
         metrics = dict(outcome.client_metrics)
         if self.evaluate_fn is not None:
-            metrics.update({k: float(v) for k, v in self.evaluate_fn(outcome.weights).items()})
+            metrics.update({k: float(v) for k, v in self.evaluate_fn(model_part(outcome.weights)).items()})
         if client_eval_fraction > 0:
             metrics.update(
                 _evaluate_clients(
                     self.client_fn,
-                    outcome.weights,
+                    model_part(outcome.weights),
                     num_clients,
                     client_eval_fraction,
                     outcome.round,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
-from fedloom.client.personal import STATE_DIR, PersonalStore, keep_personal, personal_patterns, with_personal
+from fedloom.client.client_state import fit_with_state
+from fedloom.client.personal import STATE_DIR
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
@@ -61,17 +62,11 @@ class Executor(Protocol):
 def fit_one(client_fn: ClientFn, client_id: str, weights: Weights, config: FitConfig) -> ClientUpdate:
     """Build the client's trainer, train it, and wrap the result as a ClientUpdate.
 
-    With personal keys (FedPer/FedBN) the client trains from the global model with its
-    own stored personal tensors, and stores them again afterwards.
+    State a client keeps between rounds (personal keys, SCAFFOLD's control variate) lives
+    in ``config.extra["client_state_dir"]``; see fedloom.client.client_state.
     """
     trainer = client_fn(int(client_id))
-    patterns = personal_patterns(config.extra)
-    store = PersonalStore(config.extra[STATE_DIR]) if patterns else None
-    if store is not None:
-        weights = with_personal(weights, client_id, patterns, store)
-    result = trainer.fit(weights, config)
-    if store is not None and isinstance(result, FitResult):
-        keep_personal(result.weights, client_id, patterns, store)
+    result = fit_with_state(trainer, weights, config, client_id, config.extra.get(STATE_DIR))
     if not isinstance(result, FitResult):
         raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
     return ClientUpdate(

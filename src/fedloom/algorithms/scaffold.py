@@ -1,0 +1,98 @@
+"""SCAFFOLD (Karimireddy et al. 2020): control variates that correct client drift.
+
+The server's control variate ``c`` travels inside the global model under reserved names
+(``fedloom.scaffold.c/<tensor>``), so it is sent, stored and restored like the model
+itself (a restarted aggregator has it; nothing else is needed). Each client keeps its own
+``c_i`` locally, trains with the gradient correction ``c − c_i``, updates
+``c_i ← c_i − c + (x − y_i)/(K·lr)`` (option II of the paper) and returns ``Δc_i`` in the
+same reserved slots. The server then sets ``x`` to the sample-weighted mean of the client
+models (as FedAvg; the paper's unweighted mean with server lr 1 is the equal-size case)
+and ``c ← c + (|S|/N)·mean_i Δc_i``.
+
+Reserved tensors (any name starting ``fedloom.``) are not part of the user's model:
+evaluation and export strip them (:func:`model_part`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import Weights, check_compatible
+
+RESERVED_PREFIX = "fedloom."
+CONTROL_PREFIX = "fedloom.scaffold.c/"
+
+
+def model_part(weights: Mapping[str, np.ndarray]) -> Weights:
+    """The user's model without fedloom's reserved tensors."""
+    return {k: v for k, v in weights.items() if not k.startswith(RESERVED_PREFIX)}
+
+
+def controls(weights: Mapping[str, np.ndarray]) -> Weights:
+    """The control-variate tensors, keyed by the model tensor they belong to."""
+    return {k[len(CONTROL_PREFIX) :]: v for k, v in weights.items() if k.startswith(CONTROL_PREFIX)}
+
+
+def with_controls(weights: Mapping[str, np.ndarray]) -> Weights:
+    """``weights`` plus a zero control variate for every floating-point tensor (if not there yet)."""
+    out = dict(weights)
+    for name, value in model_part(weights).items():
+        if value.dtype.kind == "f":
+            out.setdefault(CONTROL_PREFIX + name, np.zeros_like(value))
+    return out
+
+
+class ScaffoldAccumulator:
+    """Weighted mean of the client models; ``c + fraction·mean(Δc_i)`` for the controls."""
+
+    def __init__(self, reference: Mapping[str, np.ndarray], fraction: float) -> None:
+        self._reference = dict(reference)
+        self._models = WeightedMeanAccumulator(model_part(reference))
+        self._control = controls(reference)
+        if not self._control:
+            raise ValidationError("the global model has no SCAFFOLD control variates; build it with with_controls()")
+        self._delta_sums = {k: np.zeros(v.shape, np.float64) for k, v in self._control.items()}
+        self._fraction = fraction
+        self.count = 0
+
+    def add(self, update: ClientUpdate) -> None:
+        check_compatible(update.weights, self._reference)
+        self._models.add_weights(model_part(update.weights), float(update.num_samples))
+        for name, delta in controls(update.weights).items():
+            self._delta_sums[name] += delta
+        self.count += 1
+
+    def result(self) -> Weights:
+        if not self.count:
+            raise ValidationError("cannot aggregate: no updates were added")
+        out = self._models.result()
+        for name, c in self._control.items():
+            moved = c.astype(np.float64) + self._fraction * self._delta_sums[name] / self.count
+            out[CONTROL_PREFIX + name] = moved.astype(c.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    """SCAFFOLD's aggregator; ``fraction`` is |S|/N, the share of clients selected per round."""
+
+    fraction: float = 0.1
+    name: str = "scaffold"
+    mergeable: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"SCAFFOLD needs the client fraction in (0, 1], got {self.fraction}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def start(self, reference: Mapping[str, np.ndarray]) -> ScaffoldAccumulator:
+        return ScaffoldAccumulator(reference, self.fraction)
