@@ -64,3 +64,32 @@ def test_torch_fedprox_and_metrics():
     assert distance(prox.weights, start) < distance(plain.weights, start)
     assert plain.metrics["local_steps"] == 20
     assert plain.metrics["initial_loss"] > 0
+
+
+@pytest.mark.torch
+def test_torch_fisher_and_curvature():
+    torch = pytest.importorskip("torch")
+    from fedloom.client.terms import FISHER_PREFIX, Curvature
+    from fedloom.client.torch_trainer import TorchTrainer
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Linear(64, 10)
+
+    trainer = TorchTrainer(model, X, Y)
+    start = trainer.get_weights()
+    plain = fit(trainer, start, report_fisher=True)
+    assert {FISHER_PREFIX + "weight", FISHER_PREFIX + "bias"} <= set(plain.weights)
+    assert all(np.all(plain.weights[FISHER_PREFIX + k] >= 0) for k in ("weight", "bias"))
+    anchor = Curvature({k: np.ones_like(v) for k, v in start.items()}, dict(start), weight=0.5)  # pulls to start
+    held = fit(trainer, start, curvature=anchor)
+    assert distance(held.weights, start) < distance({k: plain.weights[k] for k in start}, start)
+
+
+def test_numpy_fisher():
+    from fedloom.client.terms import FISHER_PREFIX
+
+    trainer = NumpyLogisticTrainer(X, Y, 10)
+    result = fit(trainer, trainer.get_weights(), report_fisher=True)
+    assert result.weights[FISHER_PREFIX + "weight"].shape == (10, 64)
+    assert result.weights[FISHER_PREFIX + "bias"].min() >= 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedloom.algorithms import aggregators as agg
+from fedloom.algorithms.fedcurv import FedCurv
 from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.scaffold import Scaffold
@@ -34,6 +35,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "fednova": ((), lambda p: agg.FedNova()),
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
     "scaffold": (("fraction",), lambda p: Scaffold(**p)),
+    "fedcurv": ((), lambda p: FedCurv()),
 }
 
 SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
@@ -54,16 +56,21 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "fednova": ("fednova", None, ()),
     "qfedavg": ("qfedavg", None, ()),
     "scaffold": ("scaffold", None, ()),
-    **{name: (name, None, ()) for name in AGGREGATORS if name not in ("mean", "fednova", "qfedavg", "scaffold")},
+    "fedcurv": ("fedcurv", None, ("curvature_lambda",)),
+    **{
+        name: (name, None, ())
+        for name in AGGREGATORS
+        if name not in ("mean", "fednova", "qfedavg", "scaffold", "fedcurv")
+    },
 }
 
-CLIENT_PARAMS = ("proximal_mu",)
+CLIENT_PARAMS = ("proximal_mu", "curvature_lambda")
 PERSONAL_PARAM = "personal_keys"
 FILTER_PARAMS = ("filter_max_distance", "filter_min_cosine")
 PARAM_TYPES: dict[str, type] = {
     "server_lr": float, "server_momentum": float, "beta1": float, "beta2": float, "tau": float,
     "proximal_mu": float, "trim_beta": float, "max_iter": int, "byzantine_f": int, "multikrum_m": int,
-    "clip_norm": float, "clip_iterations": int, "q": float,
+    "clip_norm": float, "clip_iterations": int, "q": float, "curvature_lambda": float,
     "filter_max_distance": float, "filter_min_cosine": float, "personal_keys": str,
 }  # fmt: skip
 
@@ -133,6 +140,8 @@ def build_strategy(
     extra = _take(left, CLIENT_PARAMS)  # client terms combine with any strategy
     if "proximal_mu" in client_terms:
         extra.setdefault("proximal_mu", 0.01)
+    if "curvature_lambda" in client_terms:
+        extra.setdefault("curvature_lambda", 1.0)
     if agg_name == "qfedavg":
         extra["report_initial_loss"] = True
     personal = tuple(p.strip() for p in str(left.pop(PERSONAL_PARAM, "")).split(",") if p.strip())

@@ -86,6 +86,7 @@ class Scaffold:
     fraction: float = 0.1
     name: str = "scaffold"
     mergeable: bool = False
+    client_state: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -93,6 +94,10 @@ class Scaffold:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def initial(self, weights: Mapping[str, np.ndarray]) -> Weights:
+        """The first global model, with the server's (zero) control variate in it."""
+        return with_controls(weights)
 
     def start(self, reference: Mapping[str, np.ndarray]) -> ScaffoldAccumulator:
         return ScaffoldAccumulator(reference, self.fraction)

@@ -145,8 +145,14 @@ class Strategy:
 
     @property
     def keeps_client_state(self) -> bool:
-        """Whether clients keep state between rounds (personal keys or SCAFFOLD's control variate)."""
-        return bool(self.personal_keys) or self.aggregator.name == "scaffold"
+        """Whether clients keep state between rounds (personal keys, SCAFFOLD, FedCurv)."""
+        return bool(self.personal_keys) or bool(getattr(self.aggregator, "client_state", False))
+
+    def initial_weights(self, weights: Mapping[str, np.ndarray]) -> Weights:
+        """The first global model: the user's, plus any state the aggregator keeps inside it
+        (SCAFFOLD's control variate, FedCurv's Fisher sums)."""
+        initial = getattr(self.aggregator, "initial", None)
+        return initial(weights) if initial is not None else dict(weights)
 
     def shared(self, name: str) -> bool:
         """Whether tensor ``name`` is aggregated (personal keys are not)."""

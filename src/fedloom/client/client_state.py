@@ -13,9 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.algorithms.fedcurv import FISHER_SUM_PREFIX, WEIGHTED_SUM_PREFIX, curvature_sums
 from fedloom.algorithms.scaffold import CONTROL_PREFIX, controls, model_part
 from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
-from fedloom.client.terms import GRADIENT_CORRECTION
+from fedloom.client.terms import (
+    CURVATURE,
+    CURVATURE_LAMBDA,
+    FISHER_PREFIX,
+    GRADIENT_CORRECTION,
+    REPORT_FISHER,
+    Curvature,
+)
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
@@ -30,22 +38,23 @@ def personal_store(state_dir: str | Path) -> PersonalStore:
 def fit_with_state(
     trainer: Trainer, weights: Weights, config: FitConfig, client_id: str, state_dir: str | Path | None
 ) -> FitResult:
-    """``trainer.fit`` with this client's personal tensors and SCAFFOLD control variate applied."""
+    """``trainer.fit`` with this client's personal tensors, SCAFFOLD control variate or FedCurv penalty."""
     patterns = personal_patterns(config.extra)
     server_c = controls(weights)
-    if (patterns or server_c) and state_dir is None:
+    if (patterns or server_c or curvature_sums(weights)[0]) and state_dir is None:
         raise ClientError("this strategy keeps client state, but no client state directory was given")
     root = Path(str(state_dir))
     personal = personal_store(root) if patterns else None
     model = model_part(weights)
     if personal is not None:
         model = with_personal(model, client_id, patterns, personal)
-    if not server_c:
-        result = trainer.fit(model, config)
+    fisher_sums = curvature_sums(weights)
+    if server_c:
+        result = _scaffold_fit(trainer, model, server_c, config, client_id, PersonalStore(root / "scaffold"))
+    elif fisher_sums[0]:
+        result = _fedcurv_fit(trainer, model, fisher_sums, config, client_id, PersonalStore(root / "fedcurv"))
     else:
-        result = _scaffold_fit(
-            trainer, model, server_c, config, client_id, PersonalStore(Path(str(state_dir)) / "scaffold")
-        )
+        result = trainer.fit(model, config)
     if personal is not None and isinstance(result, FitResult):
         keep_personal(result.weights, client_id, patterns, personal)
     return result
@@ -73,3 +82,34 @@ def _scaffold_fit(
     store.save(client_id, {k: v.astype(server_c[k].dtype) for k, v in new_c.items()})
     deltas = {CONTROL_PREFIX + k: (new_c[k] - client_c[k]).astype(server_c[k].dtype) for k in server_c}
     return FitResult({**result.weights, **deltas}, result.num_samples, result.metrics)
+
+
+def _fedcurv_fit(
+    trainer: Trainer,
+    model: Weights,
+    sums: tuple[Weights, Weights],
+    config: FitConfig,
+    client_id: str,
+    store: PersonalStore,
+) -> FitResult:
+    """Train with FedCurv's penalty from the other clients' Fisher sums; return this client's
+    ``F_i`` and ``F_i ⊙ θ_i`` in the reserved slots and keep them to subtract next round."""
+    total_f, total_fw = sums
+    mine = store.load(client_id)
+    own = bool(mine) and int(mine["round"][0]) == config.round - 1  # it is in the sums it receives
+    a = {k: total_f[k].astype(np.float64) - (mine[f"u/{k}"] if own else 0.0) for k in total_f}
+    b = {k: total_fw[k].astype(np.float64) - (mine[f"v/{k}"] if own else 0.0) for k in total_fw}
+    weight = float(config.extra.get(CURVATURE_LAMBDA, 1.0))
+    extra = {**config.extra, CURVATURE: Curvature(a, b, weight), REPORT_FISHER: True}
+    result = trainer.fit(model, dataclasses.replace(config, extra=extra))
+    fisher = {k[len(FISHER_PREFIX) :]: v for k, v in result.weights.items() if k.startswith(FISHER_PREFIX)}
+    if not fisher:
+        raise ClientError("FedCurv needs Trainer.fit to return the diagonal Fisher when asked (report_fisher)")
+    trained = model_part(result.weights)
+    u = {k: np.asarray(fisher.get(k, np.zeros_like(v)), np.float64) for k, v in total_f.items()}
+    v = {k: u[k] * trained[k].astype(np.float64) for k in total_f}
+    kept = {**{f"u/{k}": x for k, x in u.items()}, **{f"v/{k}": x for k, x in v.items()}}
+    store.save(client_id, {**kept, "round": np.array([config.round], np.int64)})
+    slots = {FISHER_SUM_PREFIX + k: u[k].astype(total_f[k].dtype) for k in total_f}
+    slots |= {WEIGHTED_SUM_PREFIX + k: v[k].astype(total_fw[k].dtype) for k in total_fw}
+    return FitResult({**trained, **slots}, result.num_samples, result.metrics)

@@ -11,9 +11,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.client.batching import check_arrays, epoch_batches
-from fedloom.client.terms import ClientTerms
+from fedloom.client.terms import FISHER_PREFIX, ClientTerms
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.weights import Weights, check_compatible, copy_weights
+
+
+def _curv(terms: ClientTerms, name: str, theta: np.ndarray) -> np.ndarray | float:
+    """FedCurv's penalty gradient for one tensor (0 without FedCurv)."""
+    grad = terms.curvature.gradient(name, theta) if terms.curvature else None
+    return 0.0 if grad is None else grad
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,11 +82,29 @@ class NumpyLogisticTrainer:
                 probs = _softmax(xb @ w.T + b)
                 losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
                 grad = (probs - onehot[idx]) / len(idx)
-                w -= config.lr * (grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0) + corr_w)
-                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0) + corr_b)
+                w -= config.lr * (
+                    grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0) + corr_w + _curv(terms, "weight", w)
+                )
+                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0) + corr_b + _curv(terms, "bias", b))
         self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
         metrics.update(train_loss=float(np.mean(losses)), local_steps=float(len(losses)))
-        return FitResult(self.get_weights(), len(self.x), metrics)
+        fisher = self._fisher(w, b, config.batch_size) if terms.report_fisher else {}
+        return FitResult({**self.get_weights(), **fisher}, len(self.x), metrics)
+
+    def _fisher(self, w: np.ndarray, b: np.ndarray, batch_size: int) -> Weights:
+        """Diagonal empirical Fisher: the mean squared mini-batch gradient at the trained weights."""
+        onehot = np.eye(self.num_classes)[self.y]
+        fw, fb, batches = np.zeros_like(w), np.zeros_like(b), 0
+        for start in range(0, len(self.x), batch_size):
+            xb = self.x[start : start + batch_size].astype(np.float64)
+            grad = (_softmax(xb @ w.T + b) - onehot[start : start + batch_size]) / len(xb)
+            fw += (grad.T @ xb) ** 2
+            fb += grad.sum(axis=0) ** 2
+            batches += 1
+        return {
+            FISHER_PREFIX + "weight": (fw / batches).astype(np.float32),
+            FISHER_PREFIX + "bias": (fb / batches).astype(np.float32),
+        }
 
     @staticmethod
     def _loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:

@@ -17,6 +17,27 @@ from fedloom.core.fit import FitConfig
 PROXIMAL_MU = "proximal_mu"
 REPORT_INITIAL_LOSS = "report_initial_loss"
 GRADIENT_CORRECTION = "gradient_correction"
+CURVATURE = "curvature"
+CURVATURE_LAMBDA = "curvature_lambda"
+REPORT_FISHER = "report_fisher"
+#: a trainer asked to ``report_fisher`` returns the diagonal Fisher of each parameter under this prefix
+FISHER_PREFIX = "fedloom.fisher/"
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """FedCurv's penalty ``λ Σ_k (a_k θ_k² − 2 b_k θ_k)`` (+ const), whose gradient is ``2λ(a θ − b)``:
+    ``a`` = the other clients' summed Fisher, ``b`` = their summed Fisher ⊙ weights."""
+
+    a: Mapping[str, np.ndarray]
+    b: Mapping[str, np.ndarray]
+    weight: float
+
+    def gradient(self, name: str, theta: np.ndarray) -> np.ndarray | None:
+        if name not in self.a:
+            return None
+        grad: np.ndarray = 2.0 * self.weight * (self.a[name] * theta - self.b[name])
+        return grad
 
 
 @dataclass(frozen=True)
@@ -24,11 +45,16 @@ class ClientTerms:
     """``proximal_mu``: FedProx's μ (0 = off). ``report_initial_loss``: report the global
     model's loss on the local data before training as metric ``initial_loss`` (q-FedAvg).
     ``gradient_correction``: arrays added to each named parameter's gradient at every
-    step (SCAFFOLD's ``c − c_i``; set in-process by fedloom, never sent over the wire)."""
+    step (SCAFFOLD's ``c − c_i``; set in-process by fedloom, never sent over the wire).
+    ``curvature``: FedCurv's penalty (in-process too). ``report_fisher``: return each
+    parameter's diagonal empirical Fisher (mean squared mini-batch gradient at the trained
+    weights) in the result's weights under ``FISHER_PREFIX``."""
 
     proximal_mu: float = 0.0
     report_initial_loss: bool = False
     gradient_correction: Mapping[str, np.ndarray] = field(default_factory=dict)
+    curvature: Curvature | None = None
+    report_fisher: bool = False
 
     @classmethod
     def from_config(cls, config: FitConfig) -> ClientTerms:
@@ -38,4 +64,13 @@ class ClientTerms:
         correction = config.extra.get(GRADIENT_CORRECTION) or {}
         if not isinstance(correction, Mapping):
             raise ConfigError(f"{GRADIENT_CORRECTION} must map tensor names to arrays")
-        return cls(float(mu), bool(config.extra.get(REPORT_INITIAL_LOSS, False)), correction)
+        curvature = config.extra.get(CURVATURE)
+        if curvature is not None and not isinstance(curvature, Curvature):
+            raise ConfigError(f"{CURVATURE} must be a fedloom.client.terms.Curvature")
+        return cls(
+            float(mu),
+            bool(config.extra.get(REPORT_INITIAL_LOSS, False)),
+            correction,
+            curvature,
+            bool(config.extra.get(REPORT_FISHER, False)),
+        )

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fedloom.client.batching import check_arrays, epoch_batches
-from fedloom.client.terms import ClientTerms
+from fedloom.client.terms import FISHER_PREFIX, ClientTerms
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.weights import Weights, check_compatible
@@ -88,6 +88,14 @@ def _add_correction(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
             param.grad.add_(delta)
 
 
+@torch.no_grad()
+def _add_curvature(triples: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], weight: float) -> None:
+    """FedCurv: the gradient of ``λ Σ (a θ² − 2 b θ)`` is ``2λ (a θ − b)``."""
+    for param, a, b in triples:
+        if param.grad is not None:
+            param.grad.add_(2.0 * weight * (a * param - b))
+
+
 class TorchTrainer:
     """A Trainer around a PyTorch module and one client's (x, y) arrays.
 
@@ -139,6 +147,7 @@ class TorchTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params] if terms.proximal_mu > 0 else None
         correction = self._correction(terms)
+        curvature = self._curvature(terms)
         self.model.train()
         total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
         for _ in range(config.epochs):
@@ -153,13 +162,50 @@ class TorchTrainer:
                     _add_proximal_gradient(params, anchor, terms.proximal_mu)
                 if correction:
                     _add_correction(correction)
+                if curvature:
+                    _add_curvature(curvature, terms.curvature.weight if terms.curvature else 0.0)
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
                 total_correct += int((out.detach().argmax(dim=1) == yb).sum())
                 seen += len(idx)
                 steps += 1
         metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen, "local_steps": float(steps)}
-        return FitResult(self.get_weights(), len(self.x), {**metrics, **initial})
+        fisher = self._fisher(config.batch_size) if terms.report_fisher else {}
+        return FitResult({**self.get_weights(), **fisher}, len(self.x), {**metrics, **initial})
+
+    def _curvature(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(parameter, a, b) triples of FedCurv's penalty."""
+        if terms.curvature is None:
+            return []
+        named = dict(self.model.named_parameters())
+        return [
+            (named[k], self._tensor(a), self._tensor(terms.curvature.b[k]))
+            for k, a in terms.curvature.a.items()
+            if k in named and named[k].requires_grad
+        ]
+
+    def _tensor(self, value: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(value, np.float32)).to(self.device)
+
+    def _fisher(self, batch_size: int) -> Weights:
+        """Diagonal empirical Fisher: the mean squared mini-batch gradient at the trained weights."""
+        named = [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
+        sums = {k: torch.zeros_like(p) for k, p in named}
+        batches = 0
+        self.model.eval()
+        for start in range(0, len(self.x), batch_size):
+            xb, yb = (
+                self.x[start : start + batch_size].to(self.device),
+                self.y[start : start + batch_size].to(self.device),
+            )
+            self.model.zero_grad(set_to_none=True)
+            self.loss_fn(self.model(xb), yb).backward()  # type: ignore[no-untyped-call]
+            for k, p in named:
+                if p.grad is not None:
+                    sums[k] += p.grad.detach() ** 2
+            batches += 1
+        self.model.zero_grad(set_to_none=True)
+        return {FISHER_PREFIX + k: (v / max(batches, 1)).cpu().numpy() for k, v in sums.items()}
 
     def _correction(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(parameter, correction tensor) pairs for SCAFFOLD; buffers get none."""

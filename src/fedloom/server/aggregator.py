@@ -44,7 +44,6 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
 from fedloom.algorithms.registry import build_strategy
-from fedloom.algorithms.scaffold import with_controls
 from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import (
@@ -412,11 +411,10 @@ class Aggregator:
     def _set_initial(self, weights: Weights) -> None:
         """Record the initial model as global model 0 (the commit point), then start rounds.
 
-        Under SCAFFOLD the server's control variate (zeros) joins the model here, so it is
-        stored, sent and restored with every global model."""
+        State a strategy keeps inside the model (SCAFFOLD's control variate, FedCurv's
+        Fisher sums) joins it here, so it is stored, sent and restored with every global model."""
         validate_weights(weights)
-        if self._strategy.aggregator.name == "scaffold":
-            weights = with_controls(weights)
+        weights = self._strategy.initial_weights(weights)
         stored = {k: np.array(v, copy=True) for k, v in weights.items()}
         self.store.save_global_model(self.run_id, 0, stored, 0)
         self._set_latest(_Model(_read_only(stored), content_hash(stored), 0, 0))

@@ -202,6 +202,7 @@ class StrategySection:
     filter_max_distance: float | None = None
     filter_min_cosine: float | None = None
     personal_keys: str | None = None
+    curvature_lambda: float | None = None
 
     def __post_init__(self) -> None:
         from fedloom.algorithms.registry import build_strategy

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from fedloom.algorithms.scaffold import model_part, with_controls
+from fedloom.algorithms.scaffold import model_part
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
 from fedloom.client.personal import STATE_DIR, PersonalStore, with_personal
@@ -241,9 +241,9 @@ def simulate(
 
 
 def _initial_weights(strategy: Strategy, given: Weights | Trainer) -> Weights:
-    """The first global model; under SCAFFOLD with the server's (zero) control variate in it."""
+    """The first global model, with whatever state the strategy keeps inside it."""
     weights = given.get_weights() if not isinstance(given, Mapping) else dict(given)
-    return with_controls(weights) if strategy.aggregator.name == "scaffold" else weights
+    return strategy.initial_weights(weights)
 
 
 def _client_state_dir(strategy: Strategy, given: str | None) -> str | None:
