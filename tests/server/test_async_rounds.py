@@ -81,3 +81,18 @@ def test_metrics_resume_and_guards():
         make(buffer_size=0)
     with pytest.raises(ConfigError):
         make(staleness_exponent=-1)
+
+
+def test_fedasync_mixing_by_hand():
+    rounds = make(buffer_size=1, staleness_exponent=1.0, mixing=0.5)
+    rounds.add(upd("a", 1, 4.0))
+    rounds.advance(rounds.result())  # staleness 0: alpha 0.5 -> 2
+    np.testing.assert_allclose(rounds.global_weights["w"], 2.0)
+    rounds.add(upd("b", 1, 8.0))  # trained from version 0, now version 1: staleness 1, alpha 0.25
+    rounds.advance(rounds.result())
+    np.testing.assert_allclose(rounds.global_weights["w"], 0.75 * 2.0 + 0.25 * 8.0)
+
+
+def test_mixing_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="mixing"):
+        make(mixing=1.5)

@@ -398,6 +398,7 @@ class Aggregator:
             version=self._latest.round,
             buffer_size=size,
             staleness_exponent=self.config.asynchronous.staleness_exponent,
+            mixing=self.config.asynchronous.mixing or None,
             max_versions=self.config.rounds.max_rounds,
             uploaded=[(m.client_id or "", m.round) for m in arrivals[: len(arrivals) - len(pending)]],
         )
@@ -427,6 +428,7 @@ class Aggregator:
                 version=0,
                 buffer_size=self.config.asynchronous.buffer_size,
                 staleness_exponent=self.config.asynchronous.staleness_exponent,
+                mixing=self.config.asynchronous.mixing or None,
                 max_versions=self.config.rounds.max_rounds,
             )
         log.info("initial model recorded (%s)", self._latest.sha256[:12] if self._latest else "")

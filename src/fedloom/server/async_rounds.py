@@ -11,6 +11,11 @@ they have in synchronous mode: round ``R`` is the round that the global model of
 and every ``buffer_size`` arrivals make the next version: the weighted mean of the
 buffered models. An agent may send one update per round it trained from.
 
+With ``mixing`` set (FedAsync, Xie et al. 2019) the next version instead mixes that
+mean into the current model, ``x ← (1 − α) x + α x̄`` with
+``α = mixing · (1 + s̄) ** -staleness_exponent`` and ``s̄`` the buffer's mean staleness;
+with ``buffer_size = 1`` this is FedAsync exactly.
+
 The class is pure state (no I/O, no clock): the aggregator records each arrival
 *before* calling :meth:`AsyncRounds.add`, and each new version before
 :meth:`AsyncRounds.advance`, so the database stays the commit point.
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ConfigError, ValidationError
@@ -62,12 +69,16 @@ class AsyncRounds:
         staleness_exponent: float,
         max_versions: int | None = None,
         uploaded: Iterable[tuple[str, int]] = (),
+        mixing: float | None = None,
     ) -> None:
         if buffer_size < 1:
             raise ConfigError(f"buffer_size must be >= 1, got {buffer_size}")
         if staleness_exponent < 0:
             raise ConfigError(f"staleness_exponent must be >= 0, got {staleness_exponent}")
+        if mixing is not None and not 0 < mixing <= 1:
+            raise ConfigError(f"mixing must be in (0, 1], got {mixing}")
         validate_weights(global_weights)
+        self.mixing = mixing
         self.version = version
         self.buffer_size = buffer_size
         self.staleness_exponent = staleness_exponent
@@ -81,6 +92,7 @@ class AsyncRounds:
         self._clients: list[str] = []
         self._samples = 0
         self._metric_sums: dict[str, float] = {}
+        self._staleness_total = 0
 
     # -- state -------------------------------------------------------------------
     @property
@@ -136,6 +148,7 @@ class AsyncRounds:
             raise ValidationError("the buffer is full: aggregate it (advance) before adding more updates")
         weight = self.weight_of(update)
         self._acc.add_weights(update.weights, weight)
+        self._staleness_total += self.current_round - update.round
         self._uploaded.add((update.client_id, update.round))
         self._clients.append(update.client_id)
         self._samples += update.num_samples
@@ -148,10 +161,24 @@ class AsyncRounds:
         """The next version from the buffered updates, without changing any state."""
         if not self._clients:
             raise ValidationError("cannot aggregate: the buffer is empty")
-        weights = self._acc.result()
+        weights = self._mixed(self._acc.result())
         validate_weights(weights, self._global)
         metrics = {k: v / self._samples for k, v in self._metric_sums.items()}
         return AsyncVersion(self.version + 1, weights, len(self._clients), self._samples, metrics)
+
+    def _mixed(self, mean: Weights) -> Weights:
+        """FedAsync: mix the buffer's mean into the current model (FedBuff: take the mean)."""
+        if self.mixing is None:
+            return mean
+        staleness = self._staleness_total / len(self._clients)
+        alpha = self.mixing * (1.0 + staleness) ** -self.staleness_exponent
+        out: Weights = {}
+        for name, current in self._global.items():
+            if current.dtype.kind != "f":
+                out[name] = mean[name]
+                continue
+            out[name] = ((1 - alpha) * current.astype(np.float64) + alpha * mean[name]).astype(current.dtype)
+        return out
 
     def advance(self, version: AsyncVersion) -> None:
         """Make ``version`` (from :meth:`result`, once it is recorded) the global model; empty the buffer."""

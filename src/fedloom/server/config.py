@@ -12,7 +12,7 @@ The file has five tables::
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
               deadline_seconds, deadline_policy, check_interval_seconds
     [client]  epochs, batch_size, lr
-    [async]   buffer_size, staleness_exponent
+    [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
 
@@ -163,13 +163,18 @@ class ClientSection:
 
 @dataclass(frozen=True)
 class AsyncSection:
-    """``[async]``: FedBuff's buffer and polynomial staleness weighting (``mode = "async"`` only)."""
+    """``[async]``: FedBuff's buffer and polynomial staleness weighting, or FedAsync mixing
+    (``mode = "async"`` only)."""
 
     buffer_size: int = 2
     staleness_exponent: float = 0.5
+    #: 0 = FedBuff (each version is the buffer's mean); in (0, 1] = FedAsync mixing
+    mixing: float = 0.0
 
     def __post_init__(self) -> None:
         _at_least("async", "buffer_size", self.buffer_size, 1)
+        if not 0.0 <= self.mixing <= 1.0:
+            raise _fail("async", "mixing", f"must be in [0, 1] (0 = FedBuff), got {self.mixing!r}")
         if not (self.staleness_exponent >= 0 and math.isfinite(self.staleness_exponent)):
             raise _fail("async", "staleness_exponent", f"must be >= 0, got {self.staleness_exponent!r}")
 

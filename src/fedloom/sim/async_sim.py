@@ -4,11 +4,13 @@
 started; a client's simulated training time comes from :class:`ClientSpeeds`. Events are
 processed in simulated-time order, so a straggler's update arrives late and stale.
 
-- ``fedbuff`` uses the deployment aggregator's own :class:`AsyncRounds` (every
-  ``buffer_size`` arrivals make a version; weight ``num_samples·(1+staleness)^-a``), so
-  simulation and deployment run the same code.
+- ``fedbuff``: every ``buffer_size`` arrivals make a version (weight
+  ``num_samples·(1+staleness)^-a``).
 - ``fedasync`` (Xie et al. 2019) mixes each arrival in at once:
   ``x ← (1 − α_s) x + α_s x_i`` with ``α_s = mixing·(1 + staleness)^-a``.
+
+Both run through the deployment aggregator's own :class:`AsyncRounds`, so simulation and
+deployment share the code.
 
 Training itself runs sequentially in this process; only the clock is simulated.
 """
@@ -20,13 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from fedloom.algorithms.strategy import ClientSettings
 from fedloom.core.errors import ConfigError
 from fedloom.core.rng import rng_for
 from fedloom.core.update import ClientUpdate
-from fedloom.core.weights import Weights, copy_weights
+from fedloom.core.weights import Weights
 from fedloom.server.async_rounds import AsyncRounds
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.executor import ClientFn, fit_one
@@ -130,36 +130,31 @@ def simulate_async(
 
 
 class _AsyncState:
-    """The global model under FedBuff (through AsyncRounds) or FedAsync mixing."""
+    """The global model under FedBuff or FedAsync: the deployment aggregator's AsyncRounds."""
 
     def __init__(self, weights: Weights, settings: AsyncSettings) -> None:
-        self.settings = settings
-        self.version = 0
-        self.weights = copy_weights(weights)
-        self._buffer = (
-            AsyncRounds(
-                weights, version=0, buffer_size=settings.buffer_size, staleness_exponent=settings.staleness_exponent
-            )
-            if settings.mode == "fedbuff"
-            else None
+        fedasync = settings.mode == "fedasync"
+        self._rounds = AsyncRounds(
+            weights,
+            version=0,
+            buffer_size=1 if fedasync else settings.buffer_size,
+            staleness_exponent=settings.staleness_exponent,
+            mixing=settings.mixing if fedasync else None,
         )
 
+    @property
+    def version(self) -> int:
+        return self._rounds.version
+
+    @property
+    def weights(self) -> Weights:
+        return self._rounds.global_weights
+
     def may_train(self, client_id: str) -> bool:
-        """Whether a client may start training now: under FedBuff, once per version."""
-        return self._buffer is None or not self._buffer.has_uploaded(client_id, self.version + 1)
+        """Whether a client may start training now: once per version, as in deployment."""
+        return not self._rounds.has_uploaded(client_id, self.version + 1)
 
     def arrive(self, weights: Weights, num_samples: int, trained_from: int, client_id: str, metrics: Any) -> None:
-        staleness = self.version - trained_from
-        if self._buffer is None:
-            alpha = self.settings.mixing * (1.0 + staleness) ** -self.settings.staleness_exponent
-            self.weights = {
-                k: ((1 - alpha) * v.astype(np.float64) + alpha * weights[k]).astype(v.dtype)
-                for k, v in self.weights.items()
-            }
-            self.version += 1
-            return
-        self._buffer.add(ClientUpdate(client_id, trained_from + 1, weights, num_samples, metrics))
-        if self._buffer.ready:
-            self._buffer.advance(self._buffer.result())
-            self.version = self._buffer.version
-            self.weights = self._buffer.global_weights
+        self._rounds.add(ClientUpdate(client_id, trained_from + 1, weights, num_samples, metrics))
+        if self._rounds.ready:
+            self._rounds.advance(self._rounds.result())
