@@ -48,3 +48,26 @@ def test_personal_bias_beats_the_global_model_on_skewed_clients():
     last = result.history[-1].metrics
     assert last["client_personal_accuracy"] > last["client_accuracy"] + 0.05
     np.testing.assert_array_equal(result.final_weights["bias"], task.initial_weights["bias"])
+
+
+def test_global_personal_and_finetuned_accuracy_per_client_on_held_out_data(tmp_path):
+    from fedloom.store import SqlStore
+
+    cfg = SimConfig(
+        dataset="digits", clients=10, rounds=3, lr=0.5, batch_size=16, partition="shards", classes_per_client=2,
+        strategy_params={"personal_keys": "bias"}, local_test_fraction=0.3, finetune_epochs=2,
+    )  # fmt: skip
+    task = build_task(cfg)
+    assert sum(task.client_sizes) < sum(len(p) for p in task.partitions)  # 30% held out per client
+    with SqlStore.open_default(tmp_path) as store:
+        result = fedloom.simulate(
+            task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
+            initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=store, progress=False,
+            client_eval_fraction=1.0, finetune_epochs=cfg.finetune_epochs,
+        )  # fmt: skip
+        last = result.history[-1]
+        assert set(last.per_client) == {str(i) for i in range(10)}
+        assert {"client_accuracy", "client_personal_accuracy", "client_finetuned_accuracy"} <= set(last.metrics)
+        assert last.metrics["client_finetuned_accuracy"] > last.metrics["client_accuracy"]
+        recorded = [m for m in store.metrics(result.run_id, scope="client") if m.round == 3]
+        assert {m.client_id for m in recorded} == {str(i) for i in range(10)}

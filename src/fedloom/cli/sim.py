@@ -61,6 +61,9 @@ def register(subparsers: Any) -> None:
     clock.add_argument("--dropout", type=float, help="probability a selected client drops out of a round")
     clock.add_argument("--deadline-seconds", type=float, help="simulated round deadline; slower clients are refused")
     clock.add_argument("--threshold", type=float, help="fraction of selected clients a round needs (default 1.0)")
+    local = parser.add_argument_group("personalisation evaluation")
+    local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
+    local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
     add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
     add("--no-store", action="store_true", help="do not record the run")
     parser.set_defaults(func=run)
@@ -124,5 +127,6 @@ def run(args: argparse.Namespace) -> int:
         adversary=config.adversary(),
         speeds=config.client_speeds(),
         deadline_seconds=config.deadline_seconds or None,
+        finetune_epochs=config.finetune_epochs,
     )
     return 0

@@ -63,11 +63,18 @@ class SimConfig:
     dropout: float = 0.0
     deadline_seconds: float = 0.0
     threshold: float = 1.0
+    local_test_fraction: float = 0.0
+    finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
         self.adversary()
         self.client_speeds()
+        if not 0 <= self.local_test_fraction < 1 or self.finetune_epochs < 0:
+            raise ConfigError(
+                f"local_test_fraction must be in [0, 1) and finetune_epochs >= 0, got {self.local_test_fraction}"
+                f" and {self.finetune_epochs} (set --local-test-fraction / --finetune-epochs)"
+            )
         if self.deadline_seconds < 0:
             raise ConfigError(f"deadline_seconds must be >= 0 (0 = none), got {self.deadline_seconds}")
         _one_of("dataset", self.dataset, DATASETS)

@@ -21,16 +21,16 @@ from typing import Any, Literal, TextIO
 from fedloom.algorithms.scaffold import model_part
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
-from fedloom.client.personal import STATE_DIR, PersonalStore, with_personal
+from fedloom.client.personal import STATE_DIR, PersonalStore
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
-from fedloom.core.fit import EvalConfig, FitConfig
-from fedloom.core.rng import rng_for
+from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundEngine, RoundOutcome, RoundTask
 from fedloom.server.recording import StoreRecorder
 from fedloom.sim.adversary import Adversary
+from fedloom.sim.client_eval import ClientEvaluation, PerClient
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
@@ -82,40 +82,6 @@ def _submit_results(engine: RoundEngine, results: Iterable[ExecutorResult], on_c
                 raise
 
 
-def _evaluate_clients(
-    client_fn: ClientFn,
-    weights: Weights,
-    num_clients: int,
-    fraction: float,
-    round_no: int,
-    seed: int,
-    personal: tuple[tuple[str, ...], PersonalStore] | None = None,
-) -> dict[str, float]:
-    """Evaluate the global model on a seeded sample of clients' local data (sample-weighted mean).
-
-    With personal keys, each client is also evaluated with its own personal tensors over
-    the global model (metrics ``client_personal_*``): global vs personalised accuracy.
-    """
-    count = min(num_clients, max(1, round(fraction * num_clients)))
-    chosen = sorted(rng_for(seed, "client-eval", round_no).choice(num_clients, size=count, replace=False).tolist())
-    totals: dict[str, float] = {}
-    samples = 0.0
-    for index in chosen:
-        trainer = client_fn(index)
-        variants = {"client_": weights}
-        if personal is not None:
-            variants["client_personal_"] = with_personal(weights, _client_id(index), personal[0], personal[1])
-        n = 1.0
-        for prefix, model in variants.items():
-            metrics = trainer.evaluate(model, EvalConfig(round=round_no))
-            n = float(metrics.get("num_samples", 1.0))
-            for key, value in metrics.items():
-                if key != "num_samples":
-                    totals[prefix + key] = totals.get(prefix + key, 0.0) + float(value) * n
-        samples += n
-    return {k: v / samples for k, v in totals.items()}
-
-
 class _RunLog:
     """The store writes of one run; every method is a no-op when no store is given."""
 
@@ -134,6 +100,8 @@ class _RunLog:
         if self.run_id:
             evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
+            for client_id, values in summary.per_client.items():
+                self.store.record_metrics(self.run_id, summary.round, values, scope="client", client_id=client_id)
 
     def home_hint(self) -> str:
         """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""
@@ -168,6 +136,7 @@ def simulate(
     overlap_evaluation: bool = False,
     adversary: Adversary | None = None,
     client_state_dir: str | None = None,
+    finetune_epochs: int = 0,
     speeds: ClientSpeeds | None = None,
     deadline_seconds: float | None = None,
 ) -> SimulationResult:
@@ -184,6 +153,9 @@ def simulate(
     poisoning such as label flipping belongs in ``client_fn``; see fedloom.sim.adversary).
     With personal keys in the strategy, each client's personal tensors are kept in
     ``client_state_dir`` (default: a temporary folder removed at the end).
+    ``finetune_epochs`` adds, to client evaluation, each client's accuracy after that many
+    local epochs from the global (or personalised) model (``client_finetuned_*``);
+    per-client values are recorded in the store with scope ``client``.
     ``speeds`` simulates client speeds and dropouts (metric ``sim_seconds``: simulated
     wall-clock time); ``deadline_seconds`` refuses clients slower than it. With either,
     lower ``strategy.criteria.threshold`` so a round can close without every client.
@@ -206,6 +178,7 @@ def simulate(
     loop.poison = poison
     temporary_state = strategy.keeps_client_state and client_state_dir is None
     loop.state_dir = _client_state_dir(strategy, client_state_dir)
+    loop.finetune_epochs = finetune_epochs
     loop.timing = _timing(speeds, deadline_seconds, client_sizes, strategy, seed)
     history: list[RoundSummary] = []
     started = time.perf_counter()
@@ -369,6 +342,8 @@ class _Loop:
         self.poison: tuple[Adversary, frozenset[int]] | None = None
         self.timing: _Timing | None = None
         self.state_dir: str | None = None
+        self.finetune_epochs = 0
+        self.per_client: dict[int, PerClient] = {}
 
     def _fit_config(self, client_id: str) -> FitConfig:
         config = self.engine.fit_config(client_id)
@@ -421,6 +396,7 @@ class _Loop:
             metrics=self._metrics(outcome, num_clients, client_eval_fraction)
             | ({"sim_seconds": trained.sim_seconds} if trained.sim_seconds is not None else {}),
             seconds=time.perf_counter() - trained.started,
+            per_client=self.per_client.pop(outcome.round, {}),
         )
 
     def _metrics(self, outcome: RoundOutcome, num_clients: int, client_eval_fraction: float) -> dict[str, float]:
@@ -428,15 +404,16 @@ class _Loop:
         if self.evaluate_fn is not None:
             metrics.update({k: float(v) for k, v in self.evaluate_fn(model_part(outcome.weights)).items()})
         if client_eval_fraction > 0:
-            metrics.update(
-                _evaluate_clients(
-                    self.client_fn,
-                    model_part(outcome.weights),
-                    num_clients,
-                    client_eval_fraction,
-                    outcome.round,
-                    self.engine.seed,
-                    self._personal(),
-                )
+            evaluation = ClientEvaluation(
+                client_eval_fraction,
+                self.engine.strategy.client,
+                self.engine.seed,
+                self.finetune_epochs,
+                self._personal(),
             )
+            averages, per_client = evaluation.run(
+                self.client_fn, model_part(outcome.weights), num_clients, outcome.round
+            )
+            metrics.update(averages)
+            self.per_client[outcome.round] = per_client
         return metrics

@@ -18,6 +18,8 @@ class RoundSummary:
     num_samples: int
     metrics: Mapping[str, float]
     seconds: float
+    #: client id -> that client's evaluation (when clients are evaluated)
+    per_client: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.fit import EvalConfig
+from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.adversary import flip_labels
@@ -64,6 +65,20 @@ def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDat
     return make
 
 
+def _held_out(size: int, fraction: float) -> int:
+    """How many of a client's samples are kept back for its local test set (at least one trains)."""
+    return min(size - 1, round(fraction * size)) if fraction > 0 else 0
+
+
+def _local_split(indices: np.ndarray, fraction: float, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
+    """A client's (train, local test) indices: a seeded ``fraction`` held out for client evaluation."""
+    held = _held_out(len(indices), fraction)
+    if held == 0:
+        return indices, indices[:0]
+    order = rng_for(seed, "local-test", client).permutation(len(indices))
+    return indices[np.sort(order[held:])], indices[np.sort(order[:held])]
+
+
 def build_task(config: SimConfig) -> SimTask:
     """Load the dataset, partition it, and make the client factory and the central evaluator."""
     data = load_dataset(config.dataset, config.data_dir, compact=True)
@@ -81,10 +96,11 @@ def build_task(config: SimConfig) -> SimTask:
     flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
 
     def client_fn(index: int) -> Trainer:
-        local = data.train.subset(parts[index])
+        train_idx, test_idx = _local_split(parts[index], config.local_test_fraction, config.seed, index)
+        local = data.train.subset(train_idx)
         if index in flipped:
             local = ArrayDataset(local.x, flip_labels(local.y, local.num_classes), local.num_classes)
-        return make(local, None)
+        return make(local, data.train.subset(test_idx).materialised() if len(test_idx) else None)
 
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
@@ -96,7 +112,7 @@ def build_task(config: SimConfig) -> SimTask:
         client_fn=client_fn,
         evaluate_fn=evaluate_fn,
         initial_weights=evaluator.get_weights(),
-        client_sizes=[len(p) for p in parts],
+        client_sizes=[len(p) - _held_out(len(p), config.local_test_fraction) for p in parts],
         partitions=parts,
         data=data,
     )
