@@ -101,6 +101,7 @@ def heterogeneity(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             )
             for name, params in HETEROGENEITY.items()
+            if not args.strategies or name in args.strategies
         }
     return table
 
@@ -117,6 +118,7 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             )
             for name, params in ROBUST.items()
+            if not args.strategies or name in args.strategies
         }
     return table
 
@@ -162,16 +164,16 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         het = report["heterogeneity"]
         for name in [*HETEROGENEITY, *NOT_YET]:
-            if name in het["0.1"]:
+            if name in het["0.1"] and name in het["0.5"]:
                 a, b = het["0.1"][name], het["0.5"][name]
                 lines.append(f"| {name} | {a['final']:.1%} | {a['best']:.1%} | {b['final']:.1%} | {b['best']:.1%} |")
             else:
-                lines.append(f"| {name} | not implemented yet | | | |")
+                lines.append(f"| {name} | not in this run | | | |")
         lines.append("")
     if "robustness" in report:
         rob = report["robustness"]
         lines += ["| Aggregator | " + " | ".join(rob) + " |", "|---" * (len(rob) + 1) + "|"]
-        for name in ROBUST:
+        for name in (n for n in ROBUST if all(n in rob[a] for a in rob)):
             lines.append(f"| {name} | " + " | ".join(f"{rob[a][name]['final']:.1%}" for a in rob) + " |")
         lines.append("")
     if "async" in report:
@@ -191,7 +193,9 @@ def main() -> None:
     p.add_argument("--executor", default="sequential", choices=("sequential", "parallel"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--strategies", default="", help="comma list: run only these rows (e.g. scaffold,fedcurv)")
     args = p.parse_args()
+    args.strategies = [s for s in args.strategies.split(",") if s]
     command = "python -m benchmarks.algorithms_fmnist " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"command: {command}", flush=True)
     report: dict[str, Any] = {"benchmark": "algorithms_fmnist", "command": command, "model": args.model}

@@ -3,13 +3,13 @@
 import numpy as np
 
 import fedloom
-from fedloom.algorithms.fedcurv import FISHER_SUM_PREFIX as U
-from fedloom.algorithms.fedcurv import WEIGHTED_SUM_PREFIX as V
 from fedloom.algorithms.fedcurv import FedCurv, with_curvature
 from fedloom.client.client_state import fit_with_state
 from fedloom.client.terms import FISHER_PREFIX, Curvature
 from fedloom.core import ClientUpdate
 from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.reserved import FISHER_SUM_PREFIX as U
+from fedloom.core.reserved import WEIGHTED_SUM_PREFIX as V
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import build_task
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import fedloom
-from fedloom.algorithms.scaffold import CONTROL_PREFIX, Scaffold, model_part, with_controls
+from fedloom.algorithms.scaffold import Scaffold, with_controls
 from fedloom.client.client_state import fit_with_state
 from fedloom.core import ClientUpdate
 from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.reserved import CONTROL_PREFIX, model_part
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import build_task, make_executor
 

@@ -19,30 +19,15 @@ from typing import Any
 import numpy as np
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
-from fedloom.algorithms.scaffold import model_part
 from fedloom.core.errors import ValidationError
+from fedloom.core.reserved import FISHER_SUM_PREFIX, WEIGHTED_SUM_PREFIX, model_part, with_zeros
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
-
-FISHER_SUM_PREFIX = "fedloom.fedcurv.u/"
-WEIGHTED_SUM_PREFIX = "fedloom.fedcurv.v/"
 
 
 def with_curvature(weights: Mapping[str, np.ndarray]) -> Weights:
     """``weights`` plus zero Fisher sums for every floating-point tensor (if not there yet)."""
-    out = dict(weights)
-    for name, value in model_part(weights).items():
-        if value.dtype.kind == "f":
-            out.setdefault(FISHER_SUM_PREFIX + name, np.zeros_like(value))
-            out.setdefault(WEIGHTED_SUM_PREFIX + name, np.zeros_like(value))
-    return out
-
-
-def curvature_sums(weights: Mapping[str, np.ndarray]) -> tuple[Weights, Weights]:
-    """(Σ F, Σ F ⊙ θ) keyed by model tensor name."""
-    u = {k[len(FISHER_SUM_PREFIX) :]: v for k, v in weights.items() if k.startswith(FISHER_SUM_PREFIX)}
-    v = {k[len(WEIGHTED_SUM_PREFIX) :]: x for k, x in weights.items() if k.startswith(WEIGHTED_SUM_PREFIX)}
-    return u, v
+    return with_zeros(weights, FISHER_SUM_PREFIX, WEIGHTED_SUM_PREFIX)
 
 
 class FedCurvAccumulator:

@@ -23,30 +23,14 @@ import numpy as np
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.reserved import CONTROL_PREFIX, controls, model_part, with_zeros
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
-
-RESERVED_PREFIX = "fedloom."
-CONTROL_PREFIX = "fedloom.scaffold.c/"
-
-
-def model_part(weights: Mapping[str, np.ndarray]) -> Weights:
-    """The user's model without fedloom's reserved tensors."""
-    return {k: v for k, v in weights.items() if not k.startswith(RESERVED_PREFIX)}
-
-
-def controls(weights: Mapping[str, np.ndarray]) -> Weights:
-    """The control-variate tensors, keyed by the model tensor they belong to."""
-    return {k[len(CONTROL_PREFIX) :]: v for k, v in weights.items() if k.startswith(CONTROL_PREFIX)}
 
 
 def with_controls(weights: Mapping[str, np.ndarray]) -> Weights:
     """``weights`` plus a zero control variate for every floating-point tensor (if not there yet)."""
-    out = dict(weights)
-    for name, value in model_part(weights).items():
-        if value.dtype.kind == "f":
-            out.setdefault(CONTROL_PREFIX + name, np.zeros_like(value))
-    return out
+    return with_zeros(weights, CONTROL_PREFIX)
 
 
 class ScaffoldAccumulator:

@@ -33,8 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedloom.algorithms.scaffold import model_part
 from fedloom.core.errors import StoreError
+from fedloom.core.reserved import model_part
 from fedloom.core.serialization import to_bytes
 from fedloom.store import FileBlobStore, ModelRecord, RunRecord, SqlStore, resolve_home
 from fedloom.store.sql import BLOBS_DIRNAME, DB_FILENAME, HOME_ENV, sqlite_url

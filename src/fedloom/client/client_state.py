@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fedloom.algorithms.fedcurv import FISHER_SUM_PREFIX, WEIGHTED_SUM_PREFIX, curvature_sums
-from fedloom.algorithms.scaffold import CONTROL_PREFIX, controls, model_part
 from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
 from fedloom.client.terms import (
     CURVATURE,
@@ -27,6 +25,14 @@ from fedloom.client.terms import (
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.reserved import (
+    CONTROL_PREFIX,
+    FISHER_SUM_PREFIX,
+    WEIGHTED_SUM_PREFIX,
+    controls,
+    curvature_sums,
+    model_part,
+)
 from fedloom.core.weights import Weights
 
 

@@ -18,13 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from fedloom.algorithms.scaffold import model_part
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
 from fedloom.client.personal import STATE_DIR, PersonalStore
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
 from fedloom.core.fit import FitConfig
+from fedloom.core.reserved import model_part
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundEngine, RoundOutcome, RoundTask
