@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fedloom
 from fedloom.sim.async_sim import AsyncSettings, simulate_async
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task, make_executor
+from fedloom.sim.tasks import build_task, simulate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 HETEROGENEITY = {
@@ -68,12 +67,7 @@ def base_config(args: argparse.Namespace, **changes: Any) -> SimConfig:
 
 
 def run_sync(config: SimConfig) -> list[float]:
-    task = build_task(config)
-    result = fedloom.simulate(
-        task.client_fn, config.clients, config.build_strategy(), config.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, seed=config.seed, store=None,
-        progress=False, executor=make_executor(config), adversary=config.adversary(),
-    )  # fmt: skip
+    result = simulate_config(config)
     return [h.metrics["accuracy"] for h in result.history]
 
 

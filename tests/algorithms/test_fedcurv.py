@@ -2,7 +2,6 @@
 
 import numpy as np
 
-import fedloom
 from fedloom.algorithms.fedcurv import FedCurv, with_curvature
 from fedloom.client.client_state import fit_with_state
 from fedloom.client.terms import FISHER_PREFIX, Curvature
@@ -11,7 +10,7 @@ from fedloom.core.fit import FitConfig, FitResult
 from fedloom.core.reserved import FISHER_SUM_PREFIX as U
 from fedloom.core.reserved import WEIGHTED_SUM_PREFIX as V
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task
+from fedloom.sim.tasks import simulate_config
 
 
 class Recorder:
@@ -75,10 +74,6 @@ def test_fedcurv_trains_skewed_digits():
         dataset="digits", clients=10, rounds=10, lr=0.5, batch_size=16, partition="shards", fraction=0.5,
         strategy="fedcurv",
     )  # fmt: skip
-    task = build_task(cfg)
-    result = fedloom.simulate(
-        task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=None, progress=False,
-    )  # fmt: skip
+    result = simulate_config(cfg)
     assert result.history[-1].metrics["accuracy"] >= 0.7  # measured 0.738 (FedAvg: 0.727)
     assert set(result.final_weights) == {"weight", "bias"}

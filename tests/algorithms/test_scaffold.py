@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 
-import fedloom
 from fedloom.algorithms.scaffold import Scaffold, with_controls
 from fedloom.client.client_state import fit_with_state
 from fedloom.core import ClientUpdate
 from fedloom.core.fit import FitConfig, FitResult
 from fedloom.core.reserved import CONTROL_PREFIX, model_part
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task, make_executor
+from fedloom.sim.tasks import simulate_config
 
 
 class MovesToZero:
@@ -65,12 +64,7 @@ def final_accuracy(strategy, executor="sequential"):
         dataset="digits", clients=10, rounds=10, lr=0.5, batch_size=16, partition="shards", fraction=0.5,
         strategy=strategy, executor=executor, workers=2,
     )  # fmt: skip
-    task = build_task(cfg)
-    result = fedloom.simulate(
-        task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=None, progress=False,
-        executor=make_executor(cfg),
-    )  # fmt: skip
+    result = simulate_config(cfg)
     assert set(result.final_weights) == {"weight", "bias"}  # the control variate is not part of the model
     return result.history[-1].metrics["accuracy"]
 

@@ -5,12 +5,11 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-import fedloom
 from fedloom.core import ClientUpdate
 from fedloom.core.errors import ConfigError
 from fedloom.sim.adversary import Adversary, flip_labels
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task
+from fedloom.sim.tasks import simulate_config
 
 G = {"w": np.zeros(3, np.float32)}
 
@@ -71,12 +70,7 @@ def accuracy(strategy, attack, **params):
         dataset="digits", clients=10, rounds=6, lr=0.5, batch_size=16, strategy=strategy,
         strategy_params=params, attack=attack, attack_fraction=0.2,
     )  # fmt: skip
-    task = build_task(cfg)
-    result = fedloom.simulate(
-        task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=None, progress=False,
-        adversary=cfg.adversary(), seed=cfg.seed,
-    )  # fmt: skip
+    result = simulate_config(cfg)
     return result.history[-1].metrics["accuracy"]
 
 

@@ -8,7 +8,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.sim.async_sim import AsyncSettings, _AsyncState, simulate_async
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task
+from fedloom.sim.tasks import build_task, simulate_config
 
 
 def test_speeds_are_seeded_and_heavy_tailed():
@@ -71,15 +71,7 @@ def test_bad_settings_are_named():
 
 
 def run_sync(**changes):
-    import fedloom
-
-    cfg = SimConfig(dataset="digits", clients=10, rounds=4, lr=0.5, batch_size=16, **changes)
-    task = build_task(cfg)
-    return fedloom.simulate(
-        task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=None, progress=False,
-        speeds=cfg.client_speeds(), deadline_seconds=cfg.deadline_seconds or None,
-    )  # fmt: skip
+    return simulate_config(SimConfig(dataset="digits", clients=10, rounds=4, lr=0.5, batch_size=16, **changes))
 
 
 def test_sync_rounds_wait_for_the_slowest_client_or_the_deadline():

@@ -1,14 +1,15 @@
 """Personal keys (FedPer/FedBN style): never aggregated, kept per client, evaluated both ways."""
 
+import dataclasses
+
 import numpy as np
 
-import fedloom
 from fedloom.algorithms.registry import build_strategy
 from fedloom.client.personal import PersonalStore, keep_personal, with_personal
 from fedloom.core import ClientUpdate
 from fedloom.server import RoundEngine
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task
+from fedloom.sim.tasks import build_task, simulate_config
 
 
 def test_the_engine_never_aggregates_personal_keys():
@@ -39,12 +40,8 @@ def test_personal_bias_beats_the_global_model_on_skewed_clients():
         dataset="digits", clients=10, rounds=5, lr=0.5, batch_size=16, partition="shards", classes_per_client=2,
         strategy_params={"personal_keys": "bias"},
     )  # fmt: skip
+    result = simulate_config(dataclasses.replace(cfg, client_eval_fraction=1.0))
     task = build_task(cfg)
-    result = fedloom.simulate(
-        task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=None, progress=False,
-        client_eval_fraction=1.0,
-    )  # fmt: skip
     last = result.history[-1].metrics
     assert last["client_personal_accuracy"] > last["client_accuracy"] + 0.05
     np.testing.assert_array_equal(result.final_weights["bias"], task.initial_weights["bias"])
@@ -60,11 +57,7 @@ def test_global_personal_and_finetuned_accuracy_per_client_on_held_out_data(tmp_
     task = build_task(cfg)
     assert sum(task.client_sizes) < sum(len(p) for p in task.partitions)  # 30% held out per client
     with SqlStore.open_default(tmp_path) as store:
-        result = fedloom.simulate(
-            task.client_fn, cfg.clients, cfg.build_strategy(), cfg.rounds, evaluate_fn=task.evaluate_fn,
-            initial_weights=task.initial_weights, client_sizes=task.client_sizes, store=store, progress=False,
-            client_eval_fraction=1.0, finetune_epochs=cfg.finetune_epochs,
-        )  # fmt: skip
+        result = simulate_config(dataclasses.replace(cfg, client_eval_fraction=1.0), store=store)
         last = result.history[-1]
         assert set(last.per_client) == {str(i) for i in range(10)}
         assert {"client_accuracy", "client_personal_accuracy", "client_finetuned_accuracy"} <= set(last.metrics)

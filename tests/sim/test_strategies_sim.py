@@ -2,9 +2,8 @@
 
 import pytest
 
-import fedloom
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task, make_executor
+from fedloom.sim.tasks import simulate_config
 
 SERVER_LR = {"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.3, "fedavgm": 1.0}
 
@@ -16,19 +15,7 @@ def run(strategy, executor="sequential", rounds=8, **params):
         dataset="digits", clients=10, rounds=rounds, lr=0.5, batch_size=16, strategy=strategy,
         strategy_params=params, executor=executor, workers=2,
     )  # fmt: skip
-    task = build_task(cfg)
-    return fedloom.simulate(
-        task.client_fn,
-        cfg.clients,
-        cfg.build_strategy(),
-        cfg.rounds,
-        evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights,
-        client_sizes=task.client_sizes,
-        store=None,
-        progress=False,
-        executor=make_executor(cfg),
-    )
+    return simulate_config(cfg)
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,7 @@ def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedloom.sim.driver import simulate
-    from fedloom.sim.tasks import build_task, make_executor
+    from fedloom.sim.tasks import simulate_config
 
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
@@ -101,32 +100,10 @@ def run(args: argparse.Namespace) -> int:
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
         f"strategy {config.strategy}"
     )
-    task = build_task(config)
-    strategy = config.build_strategy()
     store: Any = None
     if not args.no_store:
         from fedloom.store import SqlStore
 
         store = SqlStore.open_default(args.home)
-    simulate(
-        task.client_fn,
-        config.clients,
-        strategy,
-        config.rounds,
-        evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights,
-        client_sizes=task.client_sizes,
-        seed=config.seed,
-        store=store,
-        run_name=config.name or f"{config.dataset}-{config.model}-{config.partition}",
-        config=config.to_dict(),
-        on_client_error="skip" if config.on_client_error == "skip" else "fail",
-        client_eval_fraction=config.client_eval_fraction,
-        keep_local_models=config.keep_local_models,
-        executor=make_executor(config),
-        adversary=config.adversary(),
-        speeds=config.client_speeds(),
-        deadline_seconds=config.deadline_seconds or None,
-        finetune_epochs=config.finetune_epochs,
-    )
+    simulate_config(config, store=store, progress=True)
     return 0

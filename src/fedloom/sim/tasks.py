@@ -21,7 +21,9 @@ from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.adversary import flip_labels
 from fedloom.sim.config import SimConfig
+from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
+from fedloom.sim.history import SimulationResult
 from fedloom.sim.partition import partition
 
 
@@ -125,3 +127,33 @@ def make_executor(config: SimConfig) -> Executor:
 
         return ParallelExecutor(config.workers or None, max_retries=config.max_retries)
     return SequentialExecutor()
+
+
+def simulate_config(config: SimConfig, *, store: Any = None, **overrides: Any) -> SimulationResult:
+    """Run a built-in simulation exactly as ``fedloom sim`` would for ``config``.
+
+    Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
+    attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
+    its keyword arguments (e.g. ``progress=False``). ``store=None`` records nothing.
+    """
+    task = build_task(config)
+    kwargs: dict[str, Any] = {
+        "evaluate_fn": task.evaluate_fn,
+        "initial_weights": task.initial_weights,
+        "client_sizes": task.client_sizes,
+        "seed": config.seed,
+        "store": store,
+        "run_name": config.name or f"{config.dataset}-{config.model}-{config.partition}",
+        "config": config.to_dict(),
+        "on_client_error": config.on_client_error,
+        "client_eval_fraction": config.client_eval_fraction,
+        "keep_local_models": config.keep_local_models,
+        "executor": make_executor(config),
+        "adversary": config.adversary(),
+        "speeds": config.client_speeds(),
+        "deadline_seconds": config.deadline_seconds or None,
+        "finetune_epochs": config.finetune_epochs,
+        "progress": False,
+        **overrides,
+    }
+    return simulate(task.client_fn, config.clients, config.build_strategy(), config.rounds, **kwargs)
