@@ -48,8 +48,8 @@ def test_a_negative_mu_names_the_flag():
         fit(trainer, trainer.get_weights(), proximal_mu=-1)
 
 
-@pytest.mark.torch
-def test_torch_fedprox_and_metrics():
+def torch_linear_trainer():
+    """A seeded 64 -> 10 linear model on the digits slice."""
     torch = pytest.importorskip("torch")
     from fedloom.client.torch_trainer import TorchTrainer
 
@@ -57,7 +57,12 @@ def test_torch_fedprox_and_metrics():
         torch.manual_seed(0)
         return torch.nn.Linear(64, 10)
 
-    trainer = TorchTrainer(model, X, Y)
+    return TorchTrainer(model, X, Y)
+
+
+@pytest.mark.torch
+def test_torch_fedprox_and_metrics():
+    trainer = torch_linear_trainer()
     start = trainer.get_weights()
     plain = fit(trainer, start, report_initial_loss=True)
     prox = fit(trainer, start, proximal_mu=1.0)
@@ -68,15 +73,9 @@ def test_torch_fedprox_and_metrics():
 
 @pytest.mark.torch
 def test_torch_fisher_and_curvature():
-    torch = pytest.importorskip("torch")
     from fedloom.client.terms import FISHER_PREFIX, Curvature
-    from fedloom.client.torch_trainer import TorchTrainer
 
-    def model():
-        torch.manual_seed(0)
-        return torch.nn.Linear(64, 10)
-
-    trainer = TorchTrainer(model, X, Y)
+    trainer = torch_linear_trainer()
     start = trainer.get_weights()
     plain = fit(trainer, start, report_fisher=True)
     assert {FISHER_PREFIX + "weight", FISHER_PREFIX + "bias"} <= set(plain.weights)

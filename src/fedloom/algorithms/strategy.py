@@ -192,10 +192,14 @@ def fedavg(
     criteria: RoundCriteria | None = None,
 ) -> Strategy:
     """FedAvg (McMahan et al., 2017): sample C·K clients, E local epochs of batch B, weighted mean."""
-    return Strategy(
-        name="fedavg",
-        sampler=ClientSampler(fraction=fraction, min_clients=min_clients),
-        aggregator=WeightedMean(),
-        client=ClientSettings(epochs=epochs, batch_size=batch_size, lr=lr),
-        criteria=criteria or RoundCriteria(),
+    from fedloom.algorithms.registry import build_strategy  # the registry builds on this module
+
+    return build_strategy(
+        "fedavg",
+        fraction=fraction,
+        min_clients=min_clients,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        criteria=criteria,
     )
