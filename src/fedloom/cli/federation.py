@@ -311,6 +311,7 @@ def get_status(url: str, credential: str, timeout: float = 5.0) -> dict[str, Any
 def final_accuracy(home: Path, run_name: str = "default") -> tuple[int, float]:
     """Round and test accuracy (digits test split) of the newest global model of run ``run_name``."""
     import fedloom
+    from fedloom.core.reserved import model_part
     from fedloom.data import load_digits
     from fedloom.store import SqlStore
 
@@ -322,7 +323,7 @@ def final_accuracy(home: Path, run_name: str = "default") -> tuple[int, float]:
         latest = store.latest_global_model(run.id)
         if latest is None:
             raise FedloomError(f"run {run_name!r} has no global model")
-        weights = store.load_global_model(run.id, latest.round)
+        weights = model_part(store.load_global_model(run.id, latest.round))  # without strategy state tensors
     finally:
         store.close()
     data = load_digits()
