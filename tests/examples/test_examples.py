@@ -94,3 +94,14 @@ def test_custom_pytorch_trainer(tmp_path: Path) -> None:
     stdout = run_example("custom_pytorch_trainer.py", cwd=tmp_path)
     assert final_accuracy(stdout) >= 0.85
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_strategies_shows_scaffold_and_robust_aggregation_helping(tmp_path: Path) -> None:
+    stdout = run_example("compare_strategies.py", cwd=tmp_path)
+    skew, attack = stdout.split("20% attackers")
+    rows = dict(re.findall(r"^  (\w+)\s+([0-9.]+)%$", skew, re.MULTILINE))
+    assert float(rows["scaffold"]) > float(rows["fedavg"]) + 5  # label skew: 85% vs 73%
+    attacked = dict(re.findall(r"^  (\w+)\s+([0-9.]+)%$", attack, re.MULTILINE))
+    assert float(attacked["median"]) > float(attacked["fedavg"]) + 10  # 92% vs 60%
+    assert final_accuracy(stdout) >= 0.85  # the geometric median under attack
+    assert list(tmp_path.iterdir()) == []
