@@ -133,7 +133,8 @@ def test_federation_up_interrupted_leaves_no_process(tmp_path: Path, sig: signal
         children = [int(p) for p in _child_pids(proc.pid)]
         assert len(children) == 3, children  # the aggregator and two agents
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=30)
+        # teardown is bounded by design (10 s grace, then SIGKILL); 60 s leaves room for a loaded machine
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
