@@ -69,3 +69,9 @@ def test_parameter_types_are_checked(value):
 def test_bad_values_name_the_flag():
     with pytest.raises(ConfigError, match="--server-lr"):
         build_strategy("fedyogi", params={"server_lr": -1})
+
+
+def test_curvature_lambda_only_with_fedcurv():
+    assert build_strategy("fedcurv", params={"curvature_lambda": 0.5}).client.extra["curvature_lambda"] == 0.5
+    with pytest.raises(ConfigError, match=r"'curvature_lambda' is not used by strategy 'fedavg'.*aggregator fedcurv"):
+        build_strategy("fedavg", params={"curvature_lambda": 0.5})

@@ -56,7 +56,7 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "fednova": ("fednova", None, ()),
     "qfedavg": ("qfedavg", None, ()),
     "scaffold": ("scaffold", None, ()),
-    "fedcurv": ("fedcurv", None, ("curvature_lambda",)),
+    "fedcurv": ("fedcurv", None, ()),
     **{
         name: (name, None, ())
         for name in AGGREGATORS
@@ -64,7 +64,6 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     },
 }
 
-CLIENT_PARAMS = ("proximal_mu", "curvature_lambda")
 PERSONAL_PARAM = "personal_keys"
 FILTER_PARAMS = ("filter_max_distance", "filter_min_cosine")
 PARAM_TYPES: dict[str, type] = {
@@ -82,6 +81,8 @@ def _take(params: _Params, names: tuple[str, ...]) -> _Params:
 def _users_of(param: str) -> list[str]:
     parts = [f"aggregator {n}" for n, (keys, _) in AGGREGATORS.items() if param in keys]
     parts += [f"server_opt {n}" for n, (keys, _) in SERVER_OPTIMIZERS.items() if param in keys]
+    if param == "curvature_lambda":
+        parts.append("aggregator fedcurv")
     return parts
 
 
@@ -137,11 +138,11 @@ def build_strategy(
     if opt_name:
         opt_keys, make_opt = _pick(opt_name, SERVER_OPTIMIZERS, "server optimiser")
         built_opt = make_opt(_take(left, opt_keys))
-    extra = _take(left, CLIENT_PARAMS)  # client terms combine with any strategy
+    extra = _take(left, ("proximal_mu",))  # FedProx's term combines with any strategy
     if "proximal_mu" in client_terms:
         extra.setdefault("proximal_mu", 0.01)
-    if "curvature_lambda" in client_terms:
-        extra.setdefault("curvature_lambda", 1.0)
+    if agg_name == "fedcurv":  # its penalty needs the Fisher sums only FedCurv's aggregator keeps
+        extra["curvature_lambda"] = float(left.pop("curvature_lambda", 1.0))
     if agg_name == "qfedavg":
         extra["report_initial_loss"] = True
     personal = tuple(p.strip() for p in str(left.pop(PERSONAL_PARAM, "")).split(",") if p.strip())
