@@ -77,11 +77,39 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+class _Interrupts:
+    """Ctrl-C / SIGTERM for the launcher, delivered only at safe points of its main thread.
+
+    A KeyboardInterrupt raised at an arbitrary bytecode can land while the main thread
+    holds a lock (the print lock between its acquire and the ``with`` block taking
+    ownership, or a Popen's waitpid lock inside ``poll``), leaving it held: the teardown's
+    own message and every child's output thread would then wait on it forever. So the
+    handler only notes the signal, and the launcher's loops (and every line it prints)
+    raise it at a point where nothing is held.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def handler(self, _sig: int, _frame: FrameType | None) -> None:
+        self.pending = True
+
+    def deliver_pending(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_interrupts = _Interrupts()
+
+
 def say(name: str, text: str, stream: IO[str] | None = None) -> None:
     """Print one line prefixed with ``[name]`` (lines of different children never interleave)."""
     out = stream or sys.stdout
     with _print_lock:
         print(f"[{name}] {text}", file=out, flush=True)
+    if threading.current_thread() is threading.main_thread():
+        _interrupts.deliver_pending()
 
 
 # --------------------------------------------------------------------- processes
@@ -206,6 +234,7 @@ def wait_for_port(home: Path, server: Child, timeout: float) -> int:
     path = home / PORT_FILENAME
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        _interrupts.deliver_pending()
         if path.is_file():
             text = path.read_text().strip()
             if text.isdigit():
@@ -339,16 +368,13 @@ def final_accuracy(home: Path, run_name: str = "default") -> tuple[int, float]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM to the launcher tears down like Ctrl-C."""
-
-    def interrupt(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    """SIGINT and SIGTERM to the launcher tear down alike (never in the middle of a printed line)."""
+    previous = {sig: signal.signal(sig, _interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -435,6 +461,7 @@ def _supervise(args: argparse.Namespace, home: Path, url: str, server: Child, ag
     credential_dir = home / "agents" / agents[0].name
     finished = False
     while True:
+        _interrupts.deliver_pending()
         now = time.monotonic()
         if now >= end:
             say("federation", f"the run did not finish within {args.timeout:g} s", sys.stderr)
