@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedloom.core.errors import FedloomError
 from fedloom.sim.async_sim import AsyncSettings, simulate_async
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.config import SimConfig
@@ -76,11 +77,22 @@ def summary(accuracy: list[float], seconds: float) -> dict[str, Any]:
 
 
 def timed(label: str, fn: Any) -> Any:
+    """Run one simulation; a run that diverges (a client's loss or weights turn non-finite,
+    which the engine refuses) is recorded as diverged, with the error, instead of ending the benchmark."""
     started = time.perf_counter()
-    out = fn()
+    try:
+        out = fn()
+    except FedloomError as exc:
+        seconds = time.perf_counter() - started
+        print(f"  {label:<40} DIVERGED: {exc}".splitlines()[0] + f"  ({seconds:.0f} s)", flush=True)
+        return {"diverged": True, "error": str(exc).splitlines()[0], "seconds": round(seconds, 1)}
     seconds = time.perf_counter() - started
     print(f"  {label:<40} final {out[-1]:.4f}  best {max(out):.4f}  ({seconds:.0f} s)", flush=True)
     return summary(out, seconds)
+
+
+def cell(result: dict[str, Any], key: str) -> str:
+    return "diverged" if result.get("diverged") else f"{result[key]:.1%}"
 
 
 def heterogeneity(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,7 +180,7 @@ def markdown(report: dict[str, Any]) -> str:
         rob = report["robustness"]
         lines += ["| Aggregator | " + " | ".join(rob) + " |", "|---" * (len(rob) + 1) + "|"]
         for name in (n for n in ROBUST if all(n in rob[a] for a in rob)):
-            lines.append(f"| {name} | " + " | ".join(f"{rob[a][name]['final']:.1%}" for a in rob) + " |")
+            lines.append(f"| {name} | " + " | ".join(cell(rob[a][name], "final") for a in rob) + " |")
         lines.append("")
     if "async" in report:
         lines += ["| Mode | final accuracy | simulated seconds |", "|---|---|---|"]
