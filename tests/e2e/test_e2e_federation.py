@@ -155,12 +155,12 @@ def _child_pids(pid: int) -> list[str]:
 
 def test_scaffold_across_real_processes_keeps_each_sites_control_variate(cluster: Cluster) -> None:
     """The algorithm library in deployment: the aggregator's [strategy] and the agents' local state."""
-    cluster.start_server(max_rounds=4, min_agents=3, deadline_seconds=60, strategy="scaffold", **FAST_LEARNING)
+    cluster.start_server(max_rounds=6, min_agents=3, deadline_seconds=60, strategy="scaffold", **FAST_LEARNING)
     agents = cluster.start_agents(3)
     for agent in agents:
         assert cluster.wait_exit(agent, 90) == 0, agent.output()[-3000:]
-    assert cluster.global_rounds() == [0, 1, 2, 3, 4]
+    assert cluster.global_rounds() == list(range(7))
     round_no, accuracy = final_accuracy(cluster.home)
-    assert (round_no, accuracy >= 0.85) == (4, True), accuracy
+    assert (round_no, accuracy >= 0.85) == (6, True), accuracy
     for i in range(3):  # every site kept its own c_i between rounds, in its own directory
         assert (cluster.home / "agents" / f"site-{i}" / "scaffold" / "agent.safetensors").is_file()
