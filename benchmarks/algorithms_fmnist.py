@@ -172,7 +172,8 @@ def markdown(report: dict[str, Any]) -> str:
         for name in [*HETEROGENEITY, *NOT_YET]:
             if name in het["0.1"] and name in het["0.5"]:
                 a, b = het["0.1"][name], het["0.5"][name]
-                lines.append(f"| {name} | {a['final']:.1%} | {a['best']:.1%} | {b['final']:.1%} | {b['best']:.1%} |")
+                cells = [cell(a, "final"), cell(a, "best"), cell(b, "final"), cell(b, "best")]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
             else:
                 lines.append(f"| {name} | not in this run | | | |")
         lines.append("")
