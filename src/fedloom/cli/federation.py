@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from fedloom.cli.output import print_help
 from fedloom.core.errors import ConfigError, FedloomError
 
 EXAMPLES = ("digits",)
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run an aggregator and several agents on this machine (a local trial)",
         description="Start a local federation: one aggregator and N agent processes on loopback.",
     )
-    parser.set_defaults(func=lambda _args: _print_help(parser))
+    parser.set_defaults(func=lambda _args: print_help(parser))
     actions = parser.add_subparsers(dest="federation_action", metavar="ACTION")
     up = actions.add_parser("up", help="start the aggregator and the agents, wait for the run, tear down")
     up.add_argument("--agents", type=int, default=3, metavar="N", help="how many agents (sites) to start (default: 3)")
@@ -70,11 +71,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--timeout", type=float, default=900.0, metavar="S", help="give up after this many seconds (default: 900)"
     )
     up.set_defaults(func=run_up)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 class _Interrupts:

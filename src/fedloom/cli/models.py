@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedloom.cli.output import dumps, fmt_time, print_help, table
 from fedloom.core.errors import StoreError
 from fedloom.core.reserved import model_part
 from fedloom.core.serialization import to_bytes
@@ -59,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list and export a run's stored models",
         description="List the global models of a run, or export one (or an agent's update) as a safetensors file.",
     )
-    parser.set_defaults(func=lambda _args: _print_help(parser))
+    parser.set_defaults(func=lambda _args: print_help(parser))
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
 
     listing = actions.add_parser("list", parents=[common], help="a run's global models, with local models per round")
@@ -74,11 +72,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--local", metavar="AGENT", help="export this agent's update of the round (id or agent name)")
     export.add_argument("--force", action="store_true", help="replace FILE if it exists")
     export.set_defaults(func=run_export)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 # --------------------------------------------------------------------- opening
@@ -159,7 +152,7 @@ def run_list(args: argparse.Namespace) -> int:
         "local_models_per_round": {str(k): locals_[k] for k in sorted(locals_)},
     }
     if args.json:
-        print(_dumps(details))
+        print(dumps(details))
         return 0
     print(f"run {run.id} ({run.name}, {run.kind}, {run.status})")
     if not entries:
@@ -171,13 +164,13 @@ def run_list(args: argparse.Namespace) -> int:
                 str(e["round"]),
                 str(e["num_samples"]),
                 e["sha256"][:SHORT_SHA],
-                _fmt_time(e["created_at"]),
+                fmt_time(e["created_at"]),
                 _fmt_size(e["size_bytes"]),
                 str(e["local_models"]),
             ]
             for e in entries
         ]
-        print(_table(headers, rows))
+        print(table(headers, rows))
         print("round 0 is the initial model; round r is the model round r produced (it starts round r + 1)")
     without_global = sorted(set(locals_) - {record.round for record in globals_})
     for number in without_global:
@@ -277,12 +270,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------- formatting
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in [headers, *rows]]
-    return "\n".join(lines)
-
-
 def _fmt_size(size: int | None) -> str:
     if size is None:
         return "-"
@@ -292,23 +279,3 @@ def _fmt_size(size: int | None) -> str:
             break
         value, unit = value / 1024, bigger
     return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def _fmt_time(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(_jsonable(value), indent=2, allow_nan=False)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

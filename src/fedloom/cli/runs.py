@@ -12,10 +12,10 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedloom.cli.output import dumps, fmt_time, print_help, table
 from fedloom.core.errors import StoreError
 from fedloom.store import MetricRecord, RoundRecord, RunRecord, SqlStore, resolve_home
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "runs", help="list and inspect recorded runs", description="List the recorded runs, or show one in detail."
     )
-    parser.set_defaults(func=lambda _args: _print_help(parser))
+    parser.set_defaults(func=lambda _args: print_help(parser))
     actions = parser.add_subparsers(dest="runs_action", metavar="ACTION")
     list_parser = actions.add_parser("list", parents=[common], help="the most recent runs, newest first")
     list_parser.add_argument("--limit", type=int, default=50, help="how many runs to list (default: 50)")
@@ -46,11 +46,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show_parser = actions.add_parser("show", parents=[common], help="one run: config, rounds, models, rejections")
     show_parser.add_argument("run_id", metavar="ID", help="a run id or a unique prefix of one")
     show_parser.set_defaults(func=run_show)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 @contextmanager
@@ -83,12 +78,12 @@ def run_list(args: argparse.Namespace) -> int:
     with _open_store(args.home, args.db_url) as store:
         rows = [] if store is None else [_list_entry(store, run) for run in store.list_runs(limit=args.limit)]
     if args.json:
-        print(_dumps(rows))
+        print(dumps(rows))
     elif not rows:
         print(_no_store_message(args.home) + " Start one with `fedloom sim`.")
     else:
         headers = ["ID", "NAME", "KIND", "STATUS", "ROUNDS", "ACCURACY", "CREATED"]
-        print(_table(headers, [_list_row(row) for row in rows]))
+        print(table(headers, [_list_row(row) for row in rows]))
     return 0
 
 
@@ -111,7 +106,7 @@ def _list_row(entry: dict[str, Any]) -> list[str]:
         entry["status"],
         str(entry["rounds"]),
         _fmt(entry["final_accuracy"]),
-        _fmt_time(entry["created_at"]),
+        fmt_time(entry["created_at"]),
     ]
 
 
@@ -125,7 +120,7 @@ def run_show(args: argparse.Namespace) -> int:
             raise StoreError(_no_store_message(args.home) + " Pass --home DIR to point at a store.")
         details = _show_details(store, store.get_run(args.run_id))
     if args.json:
-        print(_dumps(details))
+        print(dumps(details))
     else:
         print(_render_show(details))
     return 0
@@ -136,14 +131,14 @@ def _show_details(store: SqlStore, run: RunRecord) -> dict[str, Any]:
     rejections = store.list_rejections(run.id)
     return {
         "run": _run_dict(run),
-        "rounds": _round_table(store.list_rounds(run.id), store.metrics(run.id, scope="server")),
+        "rounds": _roundtable(store.list_rounds(run.id), store.metrics(run.id, scope="server")),
         "global_models": len(store.list_global_models(run.id)),
         "rejections": len(rejections),
         "recent_rejections": [dataclasses.asdict(r) for r in rejections[-LAST_REJECTIONS:]],
     }
 
 
-def _round_table(rounds: Sequence[RoundRecord], metrics: Sequence[MetricRecord]) -> list[dict[str, Any]]:
+def _roundtable(rounds: Sequence[RoundRecord], metrics: Sequence[MetricRecord]) -> list[dict[str, Any]]:
     """One entry per round that has a round row or a server metric; the last value of a name wins."""
     by_round: dict[int, dict[str, Any]] = {}
     for record in rounds:
@@ -184,8 +179,8 @@ def _render_show(details: dict[str, Any]) -> str:
         f"kind      {run['kind']}",
         f"status    {run['status']}",
         f"seed      {run['seed']}",
-        f"created   {_fmt_time(run['created_at'])}",
-        f"finished  {_fmt_time(run['finished_at'])}",
+        f"created   {fmt_time(run['created_at'])}",
+        f"finished  {fmt_time(run['finished_at'])}",
         "",
         "config:",
         _indent(json.dumps(run["config"], indent=2, sort_keys=True)),
@@ -210,7 +205,7 @@ def _render_rounds(rounds: list[dict[str, Any]]) -> str:
         row = [str(entry["round"]), _fmt(metrics.get("loss")), _fmt(metrics.get("accuracy"))]
         row += [_fmt(entry.get("num_updates")), _fmt(entry.get("num_samples"))]
         rows.append(row + ([_fmt(_elapsed(entry), digits=2)] if show_elapsed else []))
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def _rejection_line(rejection: dict[str, Any]) -> str:
@@ -225,16 +220,6 @@ def _run_dict(run: RunRecord) -> dict[str, Any]:
     return {**dataclasses.asdict(run), "config": dict(run.config)}
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table: numbers stay readable without any extra dependency."""
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    return "\n".join(_table_line(cells, widths) for cells in [headers, *rows])
-
-
-def _table_line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -243,26 +228,5 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _fmt_time(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
-
-
-def _dumps(value: Any) -> str:
-    """Strict JSON for other tools: ISO 8601 times, and NaN/Inf (not JSON) as null."""
-    return json.dumps(_jsonable(value), indent=2, allow_nan=False)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -9,10 +9,10 @@ default, or any SQLAlchemy database given with ``--db-url``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 
+from fedloom.cli.output import fmt_time, print_help, table
 from fedloom.core.errors import StoreError
 from fedloom.store import SqlStore, TokenRecord, resolve_home
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="manage the join tokens agents register with",
         description="Issue, revoke and list join tokens. An agent exchanges a join token for its own credential.",
     )
-    parser.set_defaults(func=lambda _args: _print_help(parser))
+    parser.set_defaults(func=lambda _args: print_help(parser))
     actions = parser.add_subparsers(dest="token_action", metavar="ACTION")
 
     create = actions.add_parser("create", parents=[common], help="issue a token (printed once)")
@@ -45,11 +45,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = actions.add_parser("list", parents=[common], help="every token issued, revoked ones included")
     listing.set_defaults(func=run_list)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 @contextmanager
@@ -112,19 +107,9 @@ def run_list(args: argparse.Namespace) -> int:
     if not tokens:
         print(f"No tokens in {_location(args)}. Issue one with `fedloom token create --name NAME`.")
         return 0
-    print(_table(["NAME", "ROLE", "CREATED", "REVOKED"], [_row(t) for t in tokens]))
+    print(table(["NAME", "ROLE", "CREATED", "REVOKED"], [_row(t) for t in tokens]))
     return 0
 
 
 def _row(token: TokenRecord) -> list[str]:
-    return [token.name, token.role, _fmt_time(token.created_at), _fmt_time(token.revoked_at)]
-
-
-def _fmt_time(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in [headers, *rows]]
-    return "\n".join(lines)
+    return [token.name, token.role, fmt_time(token.created_at), fmt_time(token.revoked_at)]
