@@ -47,17 +47,6 @@ MIB = 1024 * 1024
 # ----------------------------------------------------------------------------- one size, in its own process
 
 
-def synthetic(
-    train: int, test: int = 10_000, features: int = 64, classes: int = 10, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gaussian features labelled by the arg-max of a fixed random linear model (as in test_memory.py)."""
-    rng = np.random.default_rng(seed)
-    teacher = rng.standard_normal((features, classes)).astype(np.float32)
-    x = rng.standard_normal((train + test, features), dtype=np.float32)
-    y = np.argmax(x @ teacher, axis=1).astype(np.int64)
-    return x[:train], y[:train], x[train:], y[train:]
-
-
 def _kib(path: str, key: str) -> int:
     for line in Path(path).read_text().splitlines():
         if line.startswith(key):
@@ -78,10 +67,11 @@ def tree_memory() -> dict[str, float]:
 def run_one(clients: int, rounds: int, workers: int, fraction: float) -> dict[str, Any]:
     import fedloom
     from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+    from fedloom.data.synthetic import teacher_dataset
     from fedloom.sim.parallel import ParallelExecutor
     from fedloom.sim.partition import partition
 
-    x, y, x_test, y_test = synthetic(200_000)
+    x, y, x_test, y_test = teacher_dataset(200_000)
     parts = partition("iid", y, clients, seed=0)
     before = tree_memory()
 

@@ -12,28 +12,17 @@ import multiprocessing
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fedloom
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+from fedloom.data.synthetic import teacher_dataset
 from fedloom.sim.parallel import ParallelExecutor
 from fedloom.sim.partition import partition
 
 NUM_CLIENTS = 10_000
 ROUNDS = 8
 MIB = 1024 * 1024
-
-
-def synthetic(
-    train: int, test: int = 10_000, features: int = 64, classes: int = 10, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gaussian features labelled by the arg-max of a fixed random linear model (learnable by logreg)."""
-    rng = np.random.default_rng(seed)
-    teacher = rng.standard_normal((features, classes)).astype(np.float32)
-    x = rng.standard_normal((train + test, features), dtype=np.float32)
-    y = np.argmax(x @ teacher, axis=1).astype(np.int64)
-    return x[:train], y[:train], x[train:], y[train:]
 
 
 def _kib(path: str, key: str) -> int:
@@ -61,7 +50,7 @@ def tree_memory() -> dict[str, float]:
 
 @pytest.mark.timeout(120)
 def test_ten_thousand_clients_fit_in_little_memory_that_does_not_grow():
-    x, y, x_test, y_test = synthetic(200_000)
+    x, y, x_test, y_test = teacher_dataset(200_000)
     parts = partition("iid", y, NUM_CLIENTS, seed=0)
     assert len(parts) == NUM_CLIENTS and {len(p) for p in parts} == {20}
     idle_cost = sum(p.nbytes for p in parts) / MIB  # all an idle client costs: its index array
