@@ -46,15 +46,16 @@ def fit_with_state(
 ) -> FitResult:
     """``trainer.fit`` with this client's personal tensors, SCAFFOLD control variate or FedCurv penalty."""
     patterns = personal_patterns(config.extra)
-    server_c = controls(weights)
-    if (patterns or server_c or curvature_sums(weights)[0]) and state_dir is None:
+    model = model_part(weights)
+    server_c, fisher_sums = controls(weights), curvature_sums(weights)
+    if not (patterns or server_c or fisher_sums[0]):  # FedAvg and friends: nothing kept between rounds
+        return trainer.fit(model, config)
+    if state_dir is None:
         raise ClientError("this strategy keeps client state, but no client state directory was given")
     root = Path(str(state_dir))
     personal = personal_store(root) if patterns else None
-    model = model_part(weights)
     if personal is not None:
         model = with_personal(model, client_id, patterns, personal)
-    fisher_sums = curvature_sums(weights)
     if server_c:
         result = _scaffold_fit(trainer, model, server_c, config, client_id, PersonalStore(root / "scaffold"))
     elif fisher_sums[0]:
