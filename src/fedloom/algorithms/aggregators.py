@@ -300,5 +300,9 @@ class QFedAvg:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "q": self.q}
 
+    def client_extra(self) -> dict[str, Any]:
+        """Clients report the global model's loss on their data (F_k) as metric ``initial_loss``."""
+        return {"report_initial_loss": True}
+
     def start(self, reference: Mapping[str, np.ndarray]) -> QFedAvgAccumulator:
         return QFedAvgAccumulator(reference, self.q, self.lr)

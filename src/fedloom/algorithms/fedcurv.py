@@ -60,14 +60,19 @@ class FedCurvAccumulator:
 
 @dataclass(frozen=True)
 class FedCurv:
-    """FedCurv's aggregator (the penalty weight λ is a client setting, ``curvature_lambda``)."""
+    """FedCurv's aggregator; the penalty weight λ (``curvature_lambda``) is sent to the clients."""
 
+    curvature_lambda: float = 1.0
     name: str = "fedcurv"
     mergeable: bool = False
     client_state: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def client_extra(self) -> dict[str, Any]:
+        """What every client's FitConfig.extra needs for this aggregator."""
+        return {"curvature_lambda": self.curvature_lambda}
 
     def initial(self, weights: Mapping[str, np.ndarray]) -> Weights:
         return with_curvature(weights)

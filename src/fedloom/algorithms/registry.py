@@ -35,7 +35,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "fednova": ((), lambda p: agg.FedNova()),
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
     "scaffold": (("fraction",), lambda p: Scaffold(**p)),
-    "fedcurv": ((), lambda p: FedCurv()),
+    "fedcurv": (("curvature_lambda",), lambda p: FedCurv(**p)),
 }
 
 SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
@@ -81,8 +81,6 @@ def _take(params: _Params, names: tuple[str, ...]) -> _Params:
 def _users_of(param: str) -> list[str]:
     parts = [f"aggregator {n}" for n, (keys, _) in AGGREGATORS.items() if param in keys]
     parts += [f"server_opt {n}" for n, (keys, _) in SERVER_OPTIMIZERS.items() if param in keys]
-    if param == "curvature_lambda":
-        parts.append("aggregator fedcurv")
     return parts
 
 
@@ -141,10 +139,7 @@ def build_strategy(
     extra = _take(left, ("proximal_mu",))  # FedProx's term combines with any strategy
     if "proximal_mu" in client_terms:
         extra.setdefault("proximal_mu", 0.01)
-    if agg_name == "fedcurv":  # its penalty needs the Fisher sums only FedCurv's aggregator keeps
-        extra["curvature_lambda"] = float(left.pop("curvature_lambda", 1.0))
-    if agg_name == "qfedavg":
-        extra["report_initial_loss"] = True
+    extra.update(getattr(built_agg, "client_extra", dict)())  # what the aggregator needs from clients
     personal = tuple(p.strip() for p in str(left.pop(PERSONAL_PARAM, "")).split(",") if p.strip())
     if personal:
         extra[PERSONAL_PARAM] = list(personal)
