@@ -27,7 +27,6 @@ from typing import Any
 
 from fedloom.core.errors import FedloomError
 from fedloom.sim.async_sim import AsyncSettings, simulate_async
-from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import build_task, simulate_config
 
@@ -130,26 +129,18 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def async_vs_sync(args: argparse.Namespace) -> dict[str, Any]:
-    """Same client updates for each; sync rounds last as long as their slowest client."""
+    """Same client updates for each; sync rounds last as long as their slowest client (the driver's clock)."""
     print("\n== async vs sync, Pareto(1.5) client speeds ==", flush=True)
-    speeds = ClientSpeeds("pareto", spread=1.5, median_seconds_per_sample=0.01, latency_seconds=1.0)
-    config = base_config(args, partition="dirichlet", alpha=0.5)
+    config = base_config(args, partition="dirichlet", alpha=0.5, speeds="pareto", speed_spread=1.5)
+    speeds = config.client_speeds()
+    assert speeds is not None
     task = build_task(config)
     strategy = config.build_strategy()
-    pace = speeds.seconds_per_sample(config.clients, config.seed)
-    clients = [str(i) for i in range(config.clients)]
-    clock, sync_times = 0.0, []
-    for round_no in range(1, config.rounds + 1):
-        chosen = strategy.sampler.sample(clients, round_no, config.seed)
-        clock += max(
-            training_seconds(pace[int(c)], task.client_sizes[int(c)], config.epochs, speeds.latency_seconds)
-            for c in chosen
-        )
-        sync_times.append(clock)
     out: dict[str, Any] = {"speeds": vars(speeds)}
-    accuracy = run_sync(config)
-    out["sync_fedavg"] = [{"sim_seconds": t, "accuracy": a} for t, a in zip(sync_times, accuracy, strict=True)]
-    print(f"  sync fedavg: {accuracy[-1]:.4f} at {sync_times[-1]:.0f} simulated s", flush=True)
+    history = simulate_config(config).history
+    out["sync_fedavg"] = [{"sim_seconds": h.metrics["sim_seconds"], "accuracy": h.metrics["accuracy"]} for h in history]
+    last = out["sync_fedavg"][-1]
+    print(f"  sync fedavg: {last['accuracy']:.4f} at {last['sim_seconds']:.0f} simulated s", flush=True)
     for mode in ("fedbuff", "fedasync"):
         points = simulate_async(
             task.client_fn, config.clients, task.initial_weights, strategy.client, client_sizes=task.client_sizes,
