@@ -87,3 +87,92 @@ def test_cosine_filter():
     task = engine.open_round()
     with pytest.raises(RejectedUpdateError, match="cosine -1"):
         engine.submit(ClientUpdate("a", task.round, {"w": np.array([-1.0, 0.0])}, 10))
+
+
+# --- models with BatchNorm buffers and 0-d tensors, through every part the registry builds ---
+
+RESNET_LIKE = {
+    "conv.weight": np.linspace(-1, 1, 18, dtype=np.float32).reshape(2, 1, 3, 3),
+    "bn.weight": np.ones(2, np.float32),
+    "bn.bias": np.zeros(2, np.float32),
+    "bn.running_mean": np.array([0.1, -0.2], np.float32),
+    "bn.running_var": np.array([1.0, 2.0], np.float32),
+    "bn.num_batches_tracked": np.array(40, np.int64),
+    "temperature": np.array(0.5, np.float32),
+    "head": np.arange(6, dtype=np.float64).reshape(3, 2),
+}
+CLIENTS = [str(i) for i in range(7)]  # enough for Bulyan with f = 1 (n >= 4f + 3)
+
+
+def trained(global_weights, i):
+    """Client i's model: every float tensor moved by 0.01·(i+1), the step counter by 10 + i."""
+    out = {}
+    for name, value in global_weights.items():
+        if value.dtype.kind == "f":
+            out[name] = np.array(value + 0.01 * (i + 1), value.dtype)
+        else:
+            out[name] = np.array(value + 10 + i, value.dtype)
+    return out
+
+
+def close_one_round(strategy, samples=lambda i: 10 * (i + 1)):
+    engine = RoundEngine(strategy, strategy.initial_weights(RESNET_LIKE), seed=0)
+    engine.register_clients((c, None) for c in CLIENTS)
+    task = engine.open_round()
+    for cid in task.selected:
+        metrics = {"local_steps": 4, "initial_loss": 1.0}
+        engine.submit(ClientUpdate(cid, task.round, trained(task.global_weights, int(cid)), samples(int(cid)), metrics))
+    return task, engine.close_round()
+
+
+def every_registry_combination():
+    from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES
+
+    combos = [(name, None, None) for name in STRATEGIES]
+    combos += [("fedavg", agg, opt) for agg in AGGREGATORS for opt in SERVER_OPTIMIZERS]
+    return combos
+
+
+@pytest.mark.parametrize(("name", "aggregator", "server_opt"), every_registry_combination())
+def test_batchnorm_and_0d_tensors_survive_every_strategy(name, aggregator, server_opt):
+    strategy = build_strategy(name, fraction=1.0, aggregator=aggregator, server_opt=server_opt)
+    task, outcome = close_one_round(strategy)
+    assert outcome.weights.keys() == task.global_weights.keys()
+    for key, value in task.global_weights.items():
+        got = outcome.weights[key]
+        assert isinstance(got, np.ndarray), f"{key} is a {type(got).__name__}, not an array"
+        assert (got.shape, got.dtype) == (value.shape, value.dtype), key
+
+
+def test_batchnorm_values_by_hand():
+    _, mean = close_one_round(build_strategy("fedavg", fraction=1.0))
+    n = np.arange(1, 8) * 10.0
+    shift = (n * 0.01 * np.arange(1, 8)).sum() / n.sum()  # sample-weighted mean of the moves
+    np.testing.assert_allclose(mean.weights["temperature"], 0.5 + shift, rtol=1e-6)
+    np.testing.assert_allclose(mean.weights["head"], RESNET_LIKE["head"] + shift, rtol=1e-12)
+    counters = 40 + 10 + np.arange(7)
+    assert mean.weights["bn.num_batches_tracked"] == np.rint((n * counters).sum() / n.sum())
+    _, median = close_one_round(build_strategy("median", fraction=1.0))
+    np.testing.assert_allclose(median.weights["temperature"], np.float32(0.5 + 0.04), rtol=1e-6)  # the 4th of 7
+    assert median.weights["bn.num_batches_tracked"] == 53
+    _, adam = close_one_round(build_strategy("fedadam", fraction=1.0, params={"server_lr": 0.1}))
+    # first FedAdam step: m = 0.1·Δ, v = 0.99·τ² + 0.01·Δ², x + η·m/(√v + τ)
+    m, v = 0.1 * shift, 0.99 * 1e-6 + 0.01 * shift**2
+    np.testing.assert_allclose(adam.weights["head"], RESNET_LIKE["head"] + 0.1 * m / (np.sqrt(v) + 1e-3), rtol=1e-9)
+    assert adam.weights["bn.num_batches_tracked"] == mean.weights["bn.num_batches_tracked"]
+
+
+@pytest.mark.parametrize("mixing", [None, 0.6])
+def test_batchnorm_and_0d_tensors_survive_async_rounds(mixing):
+    from fedloom.server.async_rounds import AsyncRounds
+
+    rounds = AsyncRounds(RESNET_LIKE, version=0, buffer_size=2, staleness_exponent=0.5, mixing=mixing)
+    for i in range(2):
+        rounds.add(ClientUpdate(str(i), 1, trained(RESNET_LIKE, i), 10))
+    version = rounds.result()
+    for key, value in RESNET_LIKE.items():
+        got = version.weights[key]
+        assert isinstance(got, np.ndarray) and (got.shape, got.dtype) == (value.shape, value.dtype), key
+    alpha = 1.0 if mixing is None else mixing
+    np.testing.assert_allclose(version.weights["temperature"], 0.5 + alpha * 0.015, rtol=1e-6)
+    assert version.weights["bn.num_batches_tracked"] == 40 + 10  # rint(50.5) = 50, to even

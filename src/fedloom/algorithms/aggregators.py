@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedloom.algorithms import robust
+from fedloom.algorithms.casting import cast_like
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
@@ -24,11 +25,6 @@ Reduce = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 def flatten(weights: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
     """Every tensor named in ``names``, raveled and concatenated, as one float64 vector."""
     return np.concatenate([np.asarray(weights[k], np.float64).ravel() for k in names])
-
-
-def cast_like(value: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``value`` in ``reference``'s dtype; integer tensors (counters) are rounded, not truncated."""
-    return (np.rint(value) if reference.dtype.kind in "iub" else value).astype(reference.dtype)
 
 
 def unflatten(vector: np.ndarray, reference: Mapping[str, np.ndarray]) -> Weights:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ValidationError
 from fedloom.core.reserved import FISHER_SUM_PREFIX, WEIGHTED_SUM_PREFIX, model_part, with_zeros
@@ -54,7 +55,7 @@ class FedCurvAccumulator:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
         out = self._models.result()
-        out.update({k: v.astype(self._reference[k].dtype) for k, v in self._sums.items()})
+        out.update({k: cast_like(v, self._reference[k]) for k, v in self._sums.items()})
         return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like
 from fedloom.core.errors import ValidationError
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
@@ -58,14 +59,8 @@ class WeightedMeanAccumulator:
         """The weighted mean, cast back to each tensor's original dtype (integers are rounded)."""
         if self.count == 0:
             raise ValidationError("cannot aggregate: no updates were added")
-        out: Weights = {}
-        for name, total in self._sums.items():
-            mean = total / self.total_weight
-            dtype = self._dtypes[name]
-            if dtype.kind in "iub":
-                mean = np.rint(mean)
-            out[name] = mean.astype(dtype)
-        return out
+        like = self._like()
+        return {name: cast_like(total / self.total_weight, like[name]) for name, total in self._sums.items()}
 
     def partial_sums(self) -> tuple[Weights, float, int]:
         """The raw float64 sums, total weight and count: what a worker ships to the driver."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.reserved import CONTROL_PREFIX, controls, model_part, with_zeros
@@ -59,7 +60,7 @@ class ScaffoldAccumulator:
         out = self._models.result()
         for name, c in self._control.items():
             moved = c.astype(np.float64) + self._fraction * self._delta_sums[name] / self.count
-            out[CONTROL_PREFIX + name] = moved.astype(c.dtype)
+            out[CONTROL_PREFIX + name] = cast_like(moved, c)
         return out
 
 

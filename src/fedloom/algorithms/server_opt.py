@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like, float64
 from fedloom.core.errors import ConfigError
 from fedloom.core.weights import Weights
 
@@ -58,7 +59,7 @@ def _is_float(array: np.ndarray) -> bool:
 def pseudo_gradient(global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]) -> Weights:
     """``aggregate - global`` in float64 for every floating-point tensor."""
     return {
-        name: np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64)
+        name: float64(np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64))
         for name, value in global_weights.items()
         if _is_float(value)
     }
@@ -71,9 +72,9 @@ def _apply(
     out: Weights = {}
     for name, value in global_weights.items():
         if name in moves:
-            out[name] = (np.asarray(value, np.float64) + moves[name]).astype(value.dtype)
+            out[name] = cast_like(np.asarray(value, np.float64) + moves[name], value)
         else:
-            out[name] = np.array(aggregate[name], copy=True)
+            out[name] = cast_like(aggregate[name], value)
     return out
 
 
@@ -112,8 +113,8 @@ class FedAvgM:
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
     ) -> tuple[Weights, ServerOptState]:
         delta = pseudo_gradient(global_weights, aggregate)
-        velocity = {k: self.server_momentum * state.tensors[f"v/{k}"] + d for k, d in delta.items()}
-        moves = {k: self.server_lr * v for k, v in velocity.items()}
+        velocity = {k: float64(self.server_momentum * state.tensors[f"v/{k}"] + d) for k, d in delta.items()}
+        moves = {k: float64(self.server_lr * v) for k, v in velocity.items()}
         new_state = ServerOptState(state.step + 1, {f"v/{k}": v for k, v in velocity.items()})
         return _apply(global_weights, aggregate, moves), new_state
 
@@ -156,10 +157,10 @@ class AdaptiveServerOpt:
 
     def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> np.ndarray:
         if self.variant == "fedadagrad":
-            return np.asarray(v + squared, np.float64)
+            return float64(v + squared)
         if self.variant == "fedadam":
-            return self.beta2 * v + (1 - self.beta2) * squared
-        return np.asarray(v - (1 - self.beta2) * squared * np.sign(v - squared), np.float64)
+            return float64(self.beta2 * v + (1 - self.beta2) * squared)
+        return float64(v - (1 - self.beta2) * squared * np.sign(v - squared))
 
     def step(
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
@@ -168,10 +169,10 @@ class AdaptiveServerOpt:
         tensors: Weights = {}
         moves: Weights = {}
         for k, d in delta.items():
-            m = self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d
+            m = float64(self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d)
             v = self._second_moment(state.tensors[f"v/{k}"], d * d)
             tensors[f"m/{k}"], tensors[f"v/{k}"] = m, v
-            moves[k] = self.server_lr * m / (np.sqrt(v) + self.tau)
+            moves[k] = float64(self.server_lr * m / (np.sqrt(v) + self.tau))
         return _apply(global_weights, aggregate, moves), ServerOptState(state.step + 1, tensors)
 
 
