@@ -176,3 +176,39 @@ def test_batchnorm_and_0d_tensors_survive_async_rounds(mixing):
     alpha = 1.0 if mixing is None else mixing
     np.testing.assert_allclose(version.weights["temperature"], 0.5 + alpha * 0.015, rtol=1e-6)
     assert version.weights["bn.num_batches_tracked"] == 40 + 10  # rint(50.5) = 50, to even
+
+
+# --- finite updates never make the aggregate non-finite ---
+
+
+def three_clients(strategy, initial):
+    recorder = Rejections()
+    engine = RoundEngine(strategy, initial, recorder=recorder)
+    engine.register_clients((c, None) for c in "abc")
+    return engine, engine.open_round(), recorder
+
+
+def test_huge_finite_values_with_huge_sample_counts_still_close_the_round():
+    engine, task, _ = three_clients(build_strategy("fedavg", fraction=1.0), {"m": np.zeros(2, np.float64)})
+    engine.submit(ClientUpdate("a", task.round, {"m": np.full(2, 1e300)}, 10**9))
+    engine.submit(ClientUpdate("b", task.round, {"m": np.full(2, 1e300)}, 10**9))
+    engine.submit(ClientUpdate("c", task.round, {"m": np.full(2, 0.0)}, 2 * 10**9))
+    np.testing.assert_allclose(engine.close_round().weights["m"], 5e299, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["fednova", "qfedavg"])
+def test_an_update_that_would_overflow_the_sums_is_refused_recorded_and_the_round_closes(name):
+    from fedloom.algorithms.strategy import RoundCriteria
+
+    strategy = build_strategy(name, fraction=1.0, lr=0.1, criteria=RoundCriteria(threshold=0.5))
+    engine, task, recorder = three_clients(strategy, {"m": np.full(2, -1e308)})
+    metrics = {"local_steps": 1.0, "initial_loss": 1.0}
+    with pytest.raises(RejectedUpdateError) as err:
+        engine.submit(ClientUpdate("a", task.round, {"m": np.full(2, 1e308)}, 10, metrics))  # move of 2e308
+    assert err.value.code == "invalid_weights" and engine.received() == 0
+    (client, code, reason), *_ = recorder.rejected
+    assert (client, code) == ("a", "invalid_weights") and ("'m'" in reason or "denominator" in reason)
+    for cid in "bc":
+        engine.submit(ClientUpdate(cid, task.round, {"m": np.full(2, -1e308)}, 10, metrics))
+    outcome = engine.close_round()
+    assert outcome.num_updates == 2 and np.isfinite(outcome.weights["m"]).all()

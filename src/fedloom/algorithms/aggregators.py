@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedloom.algorithms import robust
-from fedloom.algorithms.casting import cast_like
+from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
@@ -200,29 +201,30 @@ class FedNovaAccumulator:
 
     def __init__(self, reference: Mapping[str, np.ndarray]) -> None:
         self._reference = {k: np.asarray(v) for k, v in reference.items()}
-        self._normalised = {k: np.zeros(v.shape, np.float64) for k, v in reference.items()}
-        self._samples = 0.0
+        self._normalised = WeightedMeanAccumulator({k: np.zeros(v.shape, np.float64) for k, v in reference.items()})
         self._weighted_steps = 0.0
         self.count = 0
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
         steps = _metric(update, "local_steps", "FedNova")
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            normalised = {
+                name: float64((np.asarray(update.weights[name], np.float64) - ref) / steps)
+                for name, ref in self._reference.items()
+            }
+        require_finite(normalised, "FedNova")
         n = float(update.num_samples)
-        for name, total in self._normalised.items():
-            total += n * (np.asarray(update.weights[name], np.float64) - self._reference[name]) / steps
-        self._samples += n
+        self._normalised.add_weights(normalised, n)  # Σ p_i (x_i - x)/τ_i as a running mean: cannot overflow
         self._weighted_steps += n * steps
         self.count += 1
 
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
-        tau_eff = self._weighted_steps / self._samples
-        return {
-            k: cast_like(self._reference[k] + tau_eff * v / self._samples, self._reference[k])
-            for k, v in self._normalised.items()
-        }
+        tau_eff = self._weighted_steps / self._normalised.total_weight
+        mean = self._normalised.result()
+        return {k: cast_like(ref + tau_eff * mean[k], ref) for k, ref in self._reference.items()}
 
 
 @dataclass(frozen=True)
@@ -259,14 +261,17 @@ class QFedAvgAccumulator:
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
         loss = _metric(update, "initial_loss", "q-FedAvg") + 1e-10
-        deltas = {
-            k: self._lipschitz * (ref.astype(np.float64) - np.asarray(update.weights[k], np.float64))
-            for k, ref in self._reference.items()
-        }
-        sq_norm = sum(float(np.sum(d * d)) for d in deltas.values())
-        for name, total in self._numerator.items():
-            total += loss**self._q * deltas[name]
-        self._denominator += self._q * loss ** (self._q - 1) * sq_norm + self._lipschitz * loss**self._q
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            deltas = {
+                k: self._lipschitz * (ref.astype(np.float64) - np.asarray(update.weights[k], np.float64))
+                for k, ref in self._reference.items()
+            }
+            sq_norm = sum(float(np.sum(d * d)) for d in deltas.values())
+            numerator = {k: float64(total + loss**self._q * deltas[k]) for k, total in self._numerator.items()}
+            spread = self._q * loss ** (self._q - 1) * sq_norm
+            denominator = self._denominator + spread + self._lipschitz * loss**self._q
+        require_finite({**numerator, "the denominator (squared update norms)": np.asarray(denominator)}, "q-FedAvg")
+        self._numerator, self._denominator = numerator, denominator  # only once every new total is finite
         self.count += 1
 
     def result(self) -> Weights:

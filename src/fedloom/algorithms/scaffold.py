@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.algorithms.casting import cast_like
-from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.reserved import CONTROL_PREFIX, controls, model_part, with_zeros
 from fedloom.core.update import ClientUpdate
@@ -49,9 +49,12 @@ class ScaffoldAccumulator:
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
+        deltas = controls(update.weights)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            sums = {name: float64(total + deltas[name]) for name, total in self._delta_sums.items()}
+        require_finite({CONTROL_PREFIX + k: v for k, v in sums.items()}, "SCAFFOLD")
         self._models.add_weights(model_part(update.weights), float(update.num_samples))
-        for name, delta in controls(update.weights).items():
-            self._delta_sums[name] += delta
+        self._delta_sums = sums
         self.count += 1
 
     def result(self) -> Weights:

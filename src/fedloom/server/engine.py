@@ -19,7 +19,7 @@ from typing import Protocol
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
 from fedloom.algorithms.strategy import Accumulator, Strategy
-from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
+from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
@@ -243,7 +243,10 @@ class RoundEngine:
         if problem:
             raise self._reject(update.round, update.client_id, *problem)
         assert self._open is not None
-        self._open.accumulator.add(update)
+        try:
+            self._open.accumulator.add(update)
+        except NonFiniteError as exc:  # its sums would overflow: the accumulator refused it before changing
+            raise self._reject(update.round, update.client_id, "invalid_weights", str(exc)) from None
         self._note_accepted(update.report(), update.weights)
 
     def submit_merged(self, reports: Sequence[UpdateReport], partial: WeightedMeanAccumulator) -> None:
