@@ -112,3 +112,24 @@ def test_an_update_whose_sums_would_overflow_is_refused_and_changes_nothing(aggr
         acc.add(big("bad", 1e308, 10, **metrics))
     assert acc.count == 1
     np.testing.assert_array_equal(acc.result()["m"], before["m"])
+
+
+def test_a_large_counter_difference_does_not_change_krums_pick():
+    # floats alone: scores a .05, b .02, c .02, d .05, e huge -> Krum picks b (ties by index)
+    values, counts = [0.0, 0.1, 0.2, 0.3, 5.0], [0, 1000, 0, 0, 0]
+    updates = [upd(str(i), [v, 0.0], count=c) for i, (v, c) in enumerate(zip(values, counts, strict=True))]
+    out = run(agg.Krum(byzantine_f=1), updates)
+    np.testing.assert_allclose(out["w"], [0.1, 0.0])  # the counter used to push b away: c was picked
+    assert out["count"] == 0 and out["count"].dtype == np.int64  # the round's median counter
+    three = run(agg.MultiKrum(byzantine_f=1, multikrum_m=3), updates)
+    np.testing.assert_allclose(three["w"], [0.1, 0.0], rtol=1e-6)  # mean of a, b, c (b's counter kept it out)
+
+
+@pytest.mark.parametrize(
+    "aggregator", [agg.NormBounded(clip_norm=1.0), agg.CenteredClip(clip_norm=1.0, clip_iterations=3)]
+)
+def test_counters_are_not_clipped_and_do_not_shrink_the_float_update(aggregator):
+    updates = [upd("a", [0.3, 0.0], count=100), upd("b", [0.5, 0.0], count=102), upd("c", [0.4, 0.0], count=100)]
+    out = run(aggregator, updates)
+    np.testing.assert_allclose(out["w"], [0.4, 0.0], rtol=1e-6)  # every float move is within the clip radius
+    assert out["count"] == 100

@@ -25,6 +25,8 @@ Reduce = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 def flatten(weights: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
     """Every tensor named in ``names``, raveled and concatenated, as one float64 vector."""
+    if not names:
+        return np.zeros(0, np.float64)
     return np.concatenate([np.asarray(weights[k], np.float64).ravel() for k in names])
 
 
@@ -39,20 +41,31 @@ def unflatten(vector: np.ndarray, reference: Mapping[str, np.ndarray]) -> Weight
 
 
 class CollectingAccumulator:
-    """Keeps every update of a round (flattened) and reduces them all at the end."""
+    """Keeps every update of a round (flattened) and reduces them all at the end.
+
+    Only floating-point tensors enter the robust rule: integer and bool tensors (step
+    counters such as BatchNorm's ``num_batches_tracked``) are not coordinates of the
+    model, so they must not decide which model Krum picks, nor be clipped with it. They
+    get the coordinate-wise median of the round's values, rounded to the nearest
+    integer: robust on its own (one client cannot move a counter arbitrarily), and
+    defined for every rule.
+    """
 
     def __init__(self, reference: Mapping[str, np.ndarray], reduce: Reduce) -> None:
         self._reference = {k: np.asarray(v) for k, v in reference.items()}
-        self._names = list(reference)
-        self._center = flatten(reference, self._names)
+        self._floats = [k for k, v in self._reference.items() if v.dtype.kind == "f"]
+        self._counters = [k for k in self._reference if k not in set(self._floats)]
+        self._center = flatten(reference, self._floats)
         self._reduce = reduce
         self._rows: list[np.ndarray] = []
+        self._counter_rows: list[np.ndarray] = []
         self._samples: list[float] = []
         self.count = 0
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
-        self._rows.append(flatten(update.weights, self._names))
+        self._rows.append(flatten(update.weights, self._floats))
+        self._counter_rows.append(flatten(update.weights, self._counters))
         self._samples.append(float(update.num_samples))
         self.count += 1
 
@@ -60,7 +73,11 @@ class CollectingAccumulator:
         if not self._rows:
             raise ValidationError("cannot aggregate: no updates were added")
         vector = self._reduce(np.stack(self._rows), np.asarray(self._samples), self._center)
-        return unflatten(vector, self._reference)
+        out = unflatten(vector, {k: self._reference[k] for k in self._floats})
+        if self._counters:
+            medians = robust.coordinate_median(np.stack(self._counter_rows))
+            out.update(unflatten(medians, {k: self._reference[k] for k in self._counters}))
+        return {k: out[k] for k in self._reference}
 
 
 @dataclass(frozen=True)
