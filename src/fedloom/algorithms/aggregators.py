@@ -145,7 +145,7 @@ class Krum(_Collecting):
             raise ConfigError(f"byzantine_f must be >= 0, got {self.byzantine_f} (set --byzantine-f)")
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.krum(models, self.byzantine_f)
+        return robust.krum(models, self.byzantine_f, center=center)
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class MultiKrum(Krum):
             raise ConfigError(f"multikrum_m must be >= 1, got {self.multikrum_m} (set --multikrum-m)")
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.krum(models, self.byzantine_f, min(self.multikrum_m, len(models)))
+        return robust.krum(models, self.byzantine_f, min(self.multikrum_m, len(models)), center)
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class Bulyan(_Collecting):
     name: ClassVar[str] = "bulyan"
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.bulyan(models, self.byzantine_f)
+        return robust.bulyan(models, self.byzantine_f, center)
 
 
 @dataclass(frozen=True)
