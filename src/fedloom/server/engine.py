@@ -187,7 +187,7 @@ class RoundEngine:
             if unknown:
                 raise ValidationError(f"cannot re-open round {round_no}: clients {unknown} are not registered")
         task = RoundTask(round=round_no, global_weights=self._global, selected=chosen)
-        accumulator = self.strategy.aggregator.start(self._global)
+        accumulator = self.strategy.start_accumulator(self._global, num_clients=len(self._clients))
         self._open = _OpenRound(task=task, accumulator=accumulator, started=time.perf_counter())
         if self.recorder:
             self.recorder.round_opened(round_no, chosen)
