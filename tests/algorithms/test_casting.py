@@ -23,3 +23,15 @@ def test_integers_are_rounded_and_kept_in_range():
     assert list(cast_like(np.array([0.2, 0.7]), np.zeros(2, bool))) == [False, True]
     exact = np.array([2**62 + 1], np.int64)
     assert cast_like(exact, exact)[0] == 2**62 + 1  # integer input is not sent through float64
+
+
+def test_float_results_beyond_the_dtype_saturate_instead_of_becoming_inf():
+    assert cast_like(np.array([1e39, -1e39]), np.zeros(2, np.float32)).tolist() == [
+        float(np.finfo(np.float32).max),
+        -float(np.finfo(np.float32).max),
+    ]
+    from fedloom.algorithms.casting import saturate
+
+    with np.errstate(over="ignore"):
+        step = np.array([1e308]) - np.array([-1e308])
+    assert saturate(step)[0] == np.finfo(np.float64).max and np.isnan(saturate(np.nan))

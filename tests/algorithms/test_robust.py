@@ -121,3 +121,26 @@ def test_krum_scores_of_values_near_the_float64_limit_stay_finite():
     models = np.array([[-1e308, 1e308], [1e308, 1e308], [1e308, -1e308], [0.9e308, -1e308], [1e308, -0.9e308]])
     assert robust.krum_select(models, 1).tolist() == [2]
     assert robust.krum_select(models, 1, center=np.array([-1e308, 1e308])).tolist() == [2]
+
+
+HUGE_ROWS = np.array([[1.7e308, -1.7e308], [1.6e308, -1.7e308], [-1.7e308, 1.7e308], [1.7e308, 1.7e308]])
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        robust.coordinate_median,
+        lambda m: robust.trimmed_mean(m, 0.0),
+        robust.geometric_median,
+        lambda m: robust.norm_bounded_mean(m, -m[0], 1.0, np.ones(len(m))),
+        lambda m: robust.centered_clip(m, -m[0], 1.0),
+    ],
+)
+def test_robust_rules_stay_finite_near_the_float64_limit(rule):
+    assert np.isfinite(rule(HUGE_ROWS)).all()
+
+
+def test_clipping_near_the_limit_still_clips_to_the_radius():
+    # the update's norm is 2.4e308 (Inf when squared and summed): clipped to length 2, not to 0
+    out = robust.norm_bounded_mean(np.array([[1.7e308, 1.7e308]]), np.zeros(2), 2.0, np.ones(1))
+    np.testing.assert_allclose(out, [np.sqrt(2), np.sqrt(2)], rtol=1e-12)

@@ -212,3 +212,38 @@ def test_an_update_that_would_overflow_the_sums_is_refused_recorded_and_the_roun
         engine.submit(ClientUpdate(cid, task.round, {"m": np.full(2, -1e308)}, 10, metrics))
     outcome = engine.close_round()
     assert outcome.num_updates == 2 and np.isfinite(outcome.weights["m"]).all()
+
+
+HUGE_VALUES = [1.7e308, -1.7e308, 1e300, -1e300, 1.7e308, 3.0, -2.0]
+
+
+def huge_model(i, reference):
+    """Client i's model: every float tensor at ±HUGE_VALUES[i], counters at the top of int64."""
+    out = {}
+    for j, (k, v) in enumerate(reference.items()):
+        value = HUGE_VALUES[i] * (1 if j % 2 else -1) if v.dtype.kind == "f" else np.iinfo(v.dtype).max - i
+        out[k] = np.full(v.shape, value, v.dtype)
+    return out
+
+
+@pytest.mark.parametrize(("name", "aggregator", "server_opt"), every_registry_combination())
+def test_finite_updates_never_make_the_aggregate_non_finite(name, aggregator, server_opt):
+    from fedloom.algorithms.strategy import RoundCriteria
+
+    strategy = build_strategy(
+        name, fraction=1.0, aggregator=aggregator, server_opt=server_opt, criteria=RoundCriteria(threshold=0.1)
+    )
+    initial = strategy.initial_weights({"m": np.array([1.7e308, -1.7e308, 0.0]), "n": np.array(7, np.int64)})
+    recorder = Rejections()
+    engine = RoundEngine(strategy, initial, recorder=recorder)
+    engine.register_clients((c, None) for c in CLIENTS)
+    task = engine.open_round()
+    for i, cid in enumerate(task.selected):
+        weights = huge_model(i, initial) if i < 5 else {k: v.copy() for k, v in initial.items()}
+        try:
+            engine.submit(ClientUpdate(cid, task.round, weights, 10**9, {"local_steps": 1, "initial_loss": 1.0}))
+        except RejectedUpdateError as exc:
+            assert exc.code == "invalid_weights"  # refused, recorded, nothing changed
+    assert engine.received() >= 2  # the unchanged models always pass
+    outcome = engine.close_round()
+    assert all(np.isfinite(v).all() for v in outcome.weights.values())

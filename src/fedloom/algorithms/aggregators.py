@@ -241,7 +241,8 @@ class FedNovaAccumulator:
             raise ValidationError("cannot aggregate: no updates were added")
         tau_eff = self._weighted_steps / self._normalised.total_weight
         mean = self._normalised.result()
-        return {k: cast_like(ref + tau_eff * mean[k], ref) for k, ref in self._reference.items()}
+        with np.errstate(over="ignore"):  # an extrapolation past the dtype's range saturates in cast_like
+            return {k: cast_like(ref + tau_eff * mean[k], ref) for k, ref in self._reference.items()}
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,9 @@ class QFedAvgAccumulator:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
         out: Weights = {}
-        for name, ref in self._reference.items():
-            out[name] = cast_like(ref.astype(np.float64) - self._numerator[name] / self._denominator, ref)
+        with np.errstate(over="ignore"):  # a step past the dtype's range saturates in cast_like
+            for name, ref in self._reference.items():
+                out[name] = cast_like(ref.astype(np.float64) - self._numerator[name] / self._denominator, ref)
         return out
 
 

@@ -29,9 +29,17 @@ def _rows(models: np.ndarray) -> int:
 
 
 def coordinate_median(models: np.ndarray) -> np.ndarray:
-    """The median of every coordinate (unweighted)."""
-    _rows(models)
-    return _vector(np.median(models, axis=0))
+    """The median of every coordinate (unweighted).
+
+    For an even count the two middle values are halved before they are added (exact for
+    a power of two), so two values near float64's limit do not sum to Inf.
+    """
+    n = _rows(models)
+    ordered = np.sort(models, axis=0)
+    middle = n // 2
+    if n % 2:
+        return _vector(ordered[middle])
+    return _vector(ordered[middle - 1] / 2 + ordered[middle] / 2)
 
 
 def trimmed_mean(models: np.ndarray, beta: float) -> np.ndarray:
@@ -41,7 +49,7 @@ def trimmed_mean(models: np.ndarray, beta: float) -> np.ndarray:
         raise ConfigError(f"trim_beta must be in [0, 0.5), got {beta} (set --trim-beta)")
     k = int(np.floor(beta * n))
     ordered = np.sort(models, axis=0)
-    return _vector(ordered[k : n - k].mean(axis=0))
+    return _vector((ordered[k : n - k] / (n - 2 * k)).sum(axis=0))  # divided first: a sum of 1e308s is Inf
 
 
 def geometric_median(
@@ -50,21 +58,25 @@ def geometric_median(
     """The point minimising the weighted sum of Euclidean distances (smoothed Weiszfeld, RFA).
 
     ``nu`` keeps a model that coincides with the estimate from dividing by zero; the loop
-    stops when the estimate moves less than ``tol`` relative to its norm.
+    stops when the estimate moves less than ``tol`` relative to its norm. Models near
+    float64's limit are first divided by a power of two (:func:`power_of_two_scale`; the
+    geometric median scales with them), so their distances do not square to Inf.
     """
     n = _rows(models)
+    scale = power_of_two_scale(models)
+    scaled = models / scale
     alphas = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     alphas = alphas / alphas.sum()
-    estimate = alphas @ models
+    estimate = alphas @ scaled
     for _ in range(max_iter):
-        distances = np.maximum(nu, np.linalg.norm(models - estimate, axis=1))
+        distances = np.maximum(nu, np.linalg.norm(scaled - estimate, axis=1))
         betas = alphas / distances
-        updated = betas @ models / betas.sum()
+        updated = betas @ scaled / betas.sum()
         moved = float(np.linalg.norm(updated - estimate))
         estimate = updated
         if moved <= tol * max(1.0, float(np.linalg.norm(estimate))):
             break
-    return _vector(estimate)
+    return _vector(estimate * scale)
 
 
 def power_of_two_scale(*arrays: np.ndarray) -> float:
@@ -173,10 +185,18 @@ def bulyan(models: np.ndarray, f: int, center: np.ndarray | None = None) -> np.n
     return _vector((np.take_along_axis(selected, closest, axis=0) / keep).sum(axis=0))
 
 
-def _clip_rows(deltas: np.ndarray, max_norm: float) -> np.ndarray:
-    norms = np.linalg.norm(deltas, axis=1, keepdims=True)
-    scale = np.minimum(1.0, max_norm / np.maximum(norms, 1e-12))
-    clipped: np.ndarray = deltas * scale
+def _clipped_updates(models: np.ndarray, origin: np.ndarray, max_norm: float) -> np.ndarray:
+    """Every ``model - origin`` scaled to L2 norm at most ``max_norm``.
+
+    The differences are taken after dividing by a power of two (:func:`power_of_two_scale`),
+    so ``1e308 - (-1e308)`` and the squared norms stay finite; the clipped updates are
+    small, so multiplying back cannot overflow.
+    """
+    scale = power_of_two_scale(models, origin)
+    deltas = models / scale - origin / scale
+    norms = np.sqrt(np.einsum("ij,ij->i", deltas, deltas))[:, None]
+    factor = np.minimum(scale, max_norm / np.maximum(norms, 1e-12 / scale))
+    clipped: np.ndarray = deltas * factor
     return clipped
 
 
@@ -186,7 +206,7 @@ def norm_bounded_mean(models: np.ndarray, center: np.ndarray, max_norm: float, w
     if not max_norm > 0:
         raise ConfigError(f"clip_norm must be > 0, got {max_norm} (set --clip-norm)")
     w = np.asarray(weights, np.float64)
-    mean_delta: np.ndarray = (w / w.sum()) @ _clip_rows(models - center, max_norm)
+    mean_delta: np.ndarray = (w / w.sum()) @ _clipped_updates(models, center, max_norm)
     return _vector(center + mean_delta)
 
 
@@ -199,5 +219,5 @@ def centered_clip(models: np.ndarray, center: np.ndarray, tau: float, iterations
         raise ConfigError(f"clip_iterations must be >= 1, got {iterations}")
     estimate = np.array(center, np.float64, copy=True)
     for _ in range(iterations):
-        estimate = estimate + _clip_rows(models - estimate, tau).mean(axis=0)
+        estimate = estimate + _clipped_updates(models, estimate, tau).mean(axis=0)
     return estimate

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.casting import cast_like, saturate
 from fedloom.core.errors import ConfigError
 from fedloom.core.weights import Weights
 
@@ -57,12 +57,14 @@ def _is_float(array: np.ndarray) -> bool:
 
 
 def pseudo_gradient(global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]) -> Weights:
-    """``aggregate - global`` in float64 for every floating-point tensor."""
-    return {
-        name: float64(np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64))
-        for name, value in global_weights.items()
-        if _is_float(value)
-    }
+    """``aggregate - global`` in float64 for every floating-point tensor (saturated: 1e308 - (-1e308)
+    is not Inf but float64's largest value)."""
+    with np.errstate(over="ignore"):
+        return {
+            name: saturate(np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64))
+            for name, value in global_weights.items()
+            if _is_float(value)
+        }
 
 
 def _apply(
@@ -72,7 +74,8 @@ def _apply(
     out: Weights = {}
     for name, value in global_weights.items():
         if name in moves:
-            out[name] = cast_like(np.asarray(value, np.float64) + moves[name], value)
+            with np.errstate(over="ignore"):  # a step past the dtype's range saturates in cast_like
+                out[name] = cast_like(np.asarray(value, np.float64) + moves[name], value)
         else:
             out[name] = cast_like(aggregate[name], value)
     return out
@@ -113,8 +116,9 @@ class FedAvgM:
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
     ) -> tuple[Weights, ServerOptState]:
         delta = pseudo_gradient(global_weights, aggregate)
-        velocity = {k: float64(self.server_momentum * state.tensors[f"v/{k}"] + d) for k, d in delta.items()}
-        moves = {k: float64(self.server_lr * v) for k, v in velocity.items()}
+        with np.errstate(over="ignore"):  # momentum may leave float64: it saturates
+            velocity = {k: saturate(self.server_momentum * state.tensors[f"v/{k}"] + d) for k, d in delta.items()}
+            moves = {k: saturate(self.server_lr * v) for k, v in velocity.items()}
         new_state = ServerOptState(state.step + 1, {f"v/{k}": v for k, v in velocity.items()})
         return _apply(global_weights, aggregate, moves), new_state
 
@@ -157,10 +161,10 @@ class AdaptiveServerOpt:
 
     def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> np.ndarray:
         if self.variant == "fedadagrad":
-            return float64(v + squared)
+            return saturate(v + squared)
         if self.variant == "fedadam":
-            return float64(self.beta2 * v + (1 - self.beta2) * squared)
-        return float64(v - (1 - self.beta2) * squared * np.sign(v - squared))
+            return saturate(self.beta2 * v + (1 - self.beta2) * squared)
+        return saturate(v - (1 - self.beta2) * squared * np.sign(v - squared))
 
     def step(
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
@@ -168,11 +172,12 @@ class AdaptiveServerOpt:
         delta = pseudo_gradient(global_weights, aggregate)
         tensors: Weights = {}
         moves: Weights = {}
-        for k, d in delta.items():
-            m = float64(self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d)
-            v = self._second_moment(state.tensors[f"v/{k}"], d * d)
-            tensors[f"m/{k}"], tensors[f"v/{k}"] = m, v
-            moves[k] = float64(self.server_lr * m / (np.sqrt(v) + self.tau))
+        with np.errstate(over="ignore"):  # squares of huge steps saturate instead of becoming Inf
+            for k, d in delta.items():
+                m = saturate(self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d)
+                v = self._second_moment(state.tensors[f"v/{k}"], saturate(d * d))
+                tensors[f"m/{k}"], tensors[f"v/{k}"] = m, v
+                moves[k] = saturate(self.server_lr * m / (np.sqrt(v) + self.tau))
         return _apply(global_weights, aggregate, moves), ServerOptState(state.step + 1, tensors)
 
 
