@@ -111,3 +111,20 @@ def test_a_missing_client_does_not_count_towards_the_control_step():
 def test_scaffold_without_the_federation_size_says_how_to_start_it():
     with pytest.raises(ConfigError, match="number of registered clients N"):
         Scaffold().start(with_controls({"w": np.zeros(2, np.float32)}))
+
+
+@pytest.mark.parametrize("server_opt", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_a_server_optimiser_leaves_the_control_variate_to_scaffolds_rule(server_opt):
+    from fedloom.algorithms.registry import build_strategy
+    from fedloom.server import RoundEngine
+
+    strategy = build_strategy("scaffold", fraction=1.0, server_opt=server_opt)
+    engine = RoundEngine(strategy, strategy.initial_weights({"w": np.zeros(2, np.float64)}))
+    engine.register_clients([("a", None), ("b", None)])
+    task = engine.open_round()
+    for cid, delta in zip(task.selected, (0.3, 0.1), strict=True):
+        engine.submit(ClientUpdate(cid, 1, {"w": np.ones(2), CONTROL_PREFIX + "w": np.full(2, delta)}, 10))
+    out = engine.close_round().weights
+    np.testing.assert_allclose(out[CONTROL_PREFIX + "w"], 0.2, rtol=1e-12)  # (0.3 + 0.1) / N, not a momentum step
+    assert not any(CONTROL_PREFIX in k for k in engine.server_opt_state.tensors)
+    assert (out["w"] != 1.0).all() or server_opt == "fedavgm"  # the model itself is still optimised

@@ -129,7 +129,7 @@ def every_registry_combination():
     from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES
 
     combos = [(name, None, None) for name in STRATEGIES]
-    combos += [("fedavg", agg, opt) for agg in AGGREGATORS for opt in SERVER_OPTIMIZERS]
+    combos += [("fedavg", agg, opt) for agg in AGGREGATORS for opt in [None, *SERVER_OPTIMIZERS]]
     return combos
 
 

@@ -12,8 +12,9 @@ al., "Measuring the Effects of Non-Identical Data Distribution" (2019) for FedAv
 As in the paper there is no bias correction, and ``v`` starts at ``τ²``. Every step is
 a pure function ``(global, aggregate, state) → (new global, new state)``; the state is
 plain named tensors (``m/<name>``, ``v/<name>``) and a step counter, so it is saved and
-restored like a model. Only floating-point tensors are optimised: integer tensors (e.g.
-BatchNorm's ``num_batches_tracked``) take the aggregate as it is.
+restored like a model. Only the model's floating-point tensors are optimised: integer
+tensors (e.g. BatchNorm's ``num_batches_tracked``) and reserved strategy state
+(``fedloom.*``, e.g. SCAFFOLD's control variate) take the aggregate as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from fedloom.algorithms.casting import cast_like, saturate
 from fedloom.core.errors import ConfigError
+from fedloom.core.reserved import RESERVED_PREFIX
 from fedloom.core.weights import Weights
 
 
@@ -52,8 +54,14 @@ class ServerOptimizer(Protocol):
     ) -> tuple[Weights, ServerOptState]: ...
 
 
-def _is_float(array: np.ndarray) -> bool:
-    return bool(np.asarray(array).dtype.kind == "f")
+def _optimised(name: str, array: np.ndarray) -> bool:
+    """Whether the optimiser steps tensor ``name``: the model's floating-point tensors only.
+
+    Reserved tensors (``fedloom.*``: SCAFFOLD's control variate, FedCurv's Fisher sums) are
+    strategy state with their own update rule, which the aggregate already applied; a
+    momentum or Adam step on them would replace that rule.
+    """
+    return bool(np.asarray(array).dtype.kind == "f") and not name.startswith(RESERVED_PREFIX)
 
 
 def pseudo_gradient(global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]) -> Weights:
@@ -63,7 +71,7 @@ def pseudo_gradient(global_weights: Mapping[str, np.ndarray], aggregate: Mapping
         return {
             name: saturate(np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64))
             for name, value in global_weights.items()
-            if _is_float(value)
+            if _optimised(name, value)
         }
 
 
@@ -109,7 +117,7 @@ class FedAvgM:
         return {"name": self.name, "server_lr": self.server_lr, "server_momentum": self.server_momentum}
 
     def init(self, global_weights: Mapping[str, np.ndarray]) -> ServerOptState:
-        zeros = {f"v/{k}": np.zeros(v.shape, np.float64) for k, v in global_weights.items() if _is_float(v)}
+        zeros = {f"v/{k}": np.zeros(v.shape, np.float64) for k, v in global_weights.items() if _optimised(k, v)}
         return ServerOptState(0, zeros)
 
     def step(
@@ -154,7 +162,7 @@ class AdaptiveServerOpt:
     def init(self, global_weights: Mapping[str, np.ndarray]) -> ServerOptState:
         tensors: Weights = {}
         for k, v in global_weights.items():
-            if _is_float(v):
+            if _optimised(k, v):
                 tensors[f"m/{k}"] = np.zeros(v.shape, np.float64)
                 tensors[f"v/{k}"] = np.full(v.shape, self.tau**2, np.float64)
         return ServerOptState(0, tensors)
