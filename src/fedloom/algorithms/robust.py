@@ -1,7 +1,8 @@
 """Byzantine-robust aggregation as pure functions over stacked, flattened models.
 
 Each function takes ``models`` — an ``(n, d)`` float64 matrix, one flattened client
-model per row — and returns one flattened model. They need every update at once, so the
+model per row (its floating-point tensors only: the aggregators give integer counters
+the round's median instead) — and returns one flattened model. They need every update at once, so the
 aggregators built on them are not mergeable (simulation workers send each update).
 
 References: coordinate-wise median and trimmed mean (Yin et al. 2018); geometric median
