@@ -27,12 +27,10 @@ status of docs/protocol.md; a refusal changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -55,6 +53,7 @@ from fedloom.core.errors import (
     StoreError,
     ValidationError,
 )
+from fedloom.core.metrics import usable_metrics
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
@@ -65,6 +64,7 @@ from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
 from fedloom.server.engine import EngineState, RoundEngine, RoundTask
 from fedloom.server.recording import StoreRecorder
+from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -128,31 +128,12 @@ def load_initial_model(path: str | Path) -> Weights:
     return weights
 
 
-def _parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
-    """The ``metrics`` header entry (a JSON object of finite numbers), or {}."""
-    text = (extra or {}).get("metrics")
-    if text is None:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"header field 'metrics' is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SerializationError("header field 'metrics' must be a JSON object of name -> number")
-    metrics: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SerializationError(f"metric {key!r} must be a finite number, got {value!r}")
-        metrics[str(key)] = float(value)
-    return metrics
-
-
 def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
     """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
     total = sum(m.num_samples for m in models)
     sums: dict[str, float] = {}
     for model in models:
-        for key, value in model.metrics.items():
+        for key, value in usable_metrics(model.metrics).items():  # rows older than metric validation
             sums[key] = sums.get(key, 0.0) + float(value) * model.num_samples
     return {k: v / total for k, v in sums.items()} if total else {}
 
@@ -383,7 +364,8 @@ class Aggregator:
         for model in self.store.list_local_models(self.run_id, round=record.round):
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, record.round, model.client_id)
-            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, metrics))
         self._deadline = _epoch(record.opened_at) + self.config.rounds.deadline_seconds
         log.info("round %d: resumed with %d update(s) already received", record.round, engine.received())
 
@@ -405,7 +387,8 @@ class Aggregator:
         for model in pending:
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, model.round, model.client_id)
-            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, metrics))
 
     # ------------------------------------------------------------------ the global model
 
@@ -579,16 +562,10 @@ class Aggregator:
     def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
         """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
         try:
-            weights, header = from_bytes(body, max_bytes=self.config.server.max_upload_bytes)
-        except PayloadTooLargeError as exc:
-            raise self.refuse_upload(agent_id, "payload_too_large", str(exc)) from None
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc)) from None
-        try:
-            metrics = _parse_metrics(header.extra)
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc), header.round) from None
-        return weights, header.round, header.num_samples, metrics, header.client_id
+            upload = parse_update(body, self.config.server.max_upload_bytes)
+        except UploadRefusedError as exc:
+            raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
+        return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
     def submit_update(self, agent: AgentLike, body: bytes) -> int:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""
