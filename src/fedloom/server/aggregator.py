@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.server_opt import ServerOptState
@@ -54,7 +52,7 @@ from fedloom.core.errors import (
     ValidationError,
 )
 from fedloom.core.metrics import usable_metrics
-from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.serialization import content_hash, from_bytes, from_plain_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
@@ -118,9 +116,9 @@ def load_initial_model(path: str | Path) -> Weights:
         raise ConfigError(f"{where} is corrupt: {exc}") from None
     except SerializationError:
         try:
-            weights = {str(k): v for k, v in load_safetensors(data).items()}
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where} is not a safetensors file: {exc}") from None
+            weights = from_plain_bytes(data)
+        except SerializationError as exc:
+            raise ConfigError(f"{where} is not a safetensors file fedloom can load: {exc}") from None
     try:
         validate_weights(weights)
     except ValidationError as exc:

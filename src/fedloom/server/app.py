@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
@@ -41,6 +42,8 @@ _BINARY_BODY: dict[str, Any] = {
         "content": {_OCTET: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
+#: a round in a path: 1-10 ASCII digits (rounds are below 2**31)
+_ROUND_PATH = re.compile(r"[0-9]{1,10}")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
@@ -215,7 +218,7 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
     """The global model that starts ``round`` (1 = the initial model), or ``latest``."""
     if round == "latest":
         which: int | Literal["latest"] = "latest"
-    elif round.isdigit():
+    elif _ROUND_PATH.fullmatch(round):  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
         which = int(round)
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
