@@ -26,6 +26,10 @@ FORMAT_TAG = "fedloom/1"
 #: default ceiling on one payload; callers (e.g. the HTTP server) may set their own.
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
+#: largest round a header may name (rounds are 32-bit integers in the store); -1 means unknown
+MAX_ROUND = 2**31 - 1
+#: largest sample count a header may carry (64-bit in the store); 0 means unknown
+MAX_NUM_SAMPLES = 2**63 - 1
 #: an integer header field: an optional sign and at most 20 digits (int64 fits; 10**400 does not)
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 
@@ -150,11 +154,15 @@ def _read_metadata(header: Mapping[str, object]) -> dict[str, str]:
     return {str(k): v for k, v in metadata.items()}
 
 
-def _parse_int(metadata: Mapping[str, str], key: str) -> int:
+def _parse_int(metadata: Mapping[str, str], key: str, low: int, high: int) -> int:
+    """An integer header field within [low, high]: what a database column and NumPy can hold."""
     text = metadata.get(key, "")
     if not _INTEGER.fullmatch(text):
         raise SerializationError(f"model header field {key!r} is missing or not an integer") from None
-    return int(text)
+    value = int(text)
+    if not low <= value <= high:
+        raise SerializationError(f"model header field {key!r} = {value} is outside [{low}, {high}]")
+    return value
 
 
 def _decode(data: bytes, header: Mapping[str, object]) -> Weights:
@@ -198,9 +206,9 @@ def from_bytes(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Weig
     reserved = {"format", "sha256", "round", "client_id", "num_samples"}
     header = ModelHeader(
         sha256=actual,
-        round=_parse_int(metadata, "round"),
+        round=_parse_int(metadata, "round", -1, MAX_ROUND),
         client_id=metadata.get("client_id", ""),
-        num_samples=_parse_int(metadata, "num_samples"),
+        num_samples=_parse_int(metadata, "num_samples", 0, MAX_NUM_SAMPLES),
         extra={k: v for k, v in metadata.items() if k not in reserved} or None,
     )
     return weights, header

@@ -52,7 +52,7 @@ from fedloom.core.errors import (
     ValidationError,
 )
 from fedloom.core.metrics import usable_metrics
-from fedloom.core.serialization import content_hash, from_bytes, from_plain_bytes, to_bytes
+from fedloom.core.serialization import MAX_ROUND, content_hash, from_bytes, from_plain_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
@@ -553,7 +553,8 @@ class Aggregator:
         self, agent_id: str | None, code: str, detail: str, round: int | None = None
     ) -> RequestRefusedError:
         """Record a refused upload in the rejections table and return the error to raise."""
-        self.store.record_rejection(self.run_id, round if round is None or round >= 0 else None, agent_id, code, detail)
+        known = round if round is not None and 0 <= round <= MAX_ROUND else None
+        self.store.record_rejection(self.run_id, known, agent_id, code, detail)
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
 

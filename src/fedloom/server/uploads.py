@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fedloom.core.errors import PayloadTooLargeError, SerializationError, ValidationError
 from fedloom.core.metrics import metrics_from_json
-from fedloom.core.serialization import from_bytes
+from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, from_bytes
 from fedloom.core.weights import Weights
 
 
@@ -59,6 +59,11 @@ def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
         raise UploadRefusedError("payload_too_large", str(exc)) from None
     except SerializationError as exc:
         raise UploadRefusedError("invalid_payload", str(exc)) from None
+    if header.round < 0:
+        raise UploadRefusedError("invalid_payload", f"header field 'round' must be in [0, {MAX_ROUND}], got -1")
+    if header.num_samples < 1:
+        detail = f"header field 'num_samples' must be in [1, {MAX_NUM_SAMPLES}], got {header.num_samples}"
+        raise UploadRefusedError("invalid_payload", detail, header.round)
     try:
         metrics = parse_metrics(header.extra)
     except SerializationError as exc:
