@@ -558,6 +558,35 @@ class Aggregator:
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
 
+    def check_may_upload(self, agent_id: str) -> None:
+        """Refuse (recorded) an upload before its body is read when it could not be accepted now.
+
+        Called before an upload slot is taken, so an agent that is not selected, has
+        already uploaded, or finds no round open cannot hold a slot with a body that
+        would be refused anyway. The engine checks again (with the round) on submit.
+        """
+        with self._lock:
+            self._ensure_loaded()
+            problem, round_no = self._upload_problem(agent_id), self._current_round()
+        if problem is not None:
+            raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
+
+    def _upload_problem(self, agent_id: str) -> tuple[str, str] | None:
+        if self._latest is None:
+            return "round_closed", "no round is open: the run has no model yet"
+        if self._finished():
+            return "round_closed", "the run is finished"
+        if self._async is not None:
+            return None if self._open_for_agents() else ("round_closed", "no round is open: waiting for agents")
+        engine, task = self._engine, self._task
+        if engine is None or task is None or engine.state is not EngineState.COLLECTING:
+            return "round_closed", f"round {self._current_round()} is not open"
+        if agent_id not in task.selected:
+            return "not_selected", f"agent {agent_id!r} is not selected in round {task.round}"
+        if agent_id in engine.received_from():
+            return "duplicate", f"agent {agent_id!r} already has an update accepted in round {task.round}"
+        return None
+
     def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
         """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
         try:

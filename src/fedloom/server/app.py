@@ -26,10 +26,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fedloom.core.errors import StoreError
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
+from fedloom.server.limits import AgentBusyError, UploadSlots
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -124,6 +126,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         403: "not allowed",
         404: "not found",
         409: "conflict with the round state",
+        408: "the upload body did not arrive in time",
         413: "payload too large",
         422: "invalid weights or request",
     }.items()
@@ -159,22 +162,50 @@ def current_agent(
 AgentDep = Annotated[AgentLike, Depends(current_agent)]
 
 
-async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
-    """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit."""
+async def refuse_declared_oversize(request: Request, aggregator: Aggregator, agent: AgentLike) -> None:
+    """Refuse (413, recorded) a body whose declared length is over the limit, before anything is read."""
     limit = aggregator.config.server.max_upload_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         detail = f"request body of {declared} bytes is over the limit of {limit} bytes"
         raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
+
+
+async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
+    """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit,
+    and with 408 when it has not fully arrived within ``[server] upload_timeout_seconds``."""
+    await refuse_declared_oversize(request, aggregator, agent)
+    limit = aggregator.config.server.max_upload_bytes
+    seconds = aggregator.config.server.upload_timeout_seconds
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            detail = f"request body is over the limit of {limit} bytes"
-            raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    detail = f"request body is over the limit of {limit} bytes"
+                    raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
+                chunks.append(chunk)
+    except TimeoutError:
+        detail = f"the request body did not arrive within {seconds:g} s ({received} bytes received)"
+        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_timeout", detail) from None
+    except ClientDisconnect:
+        detail = f"the client disconnected after sending {received} bytes of the request body"
+        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_incomplete", detail) from None
     return b"".join(chunks)
+
+
+@asynccontextmanager
+async def upload_slot(request: Request, aggregator: Aggregator, agent: AgentLike) -> AsyncIterator[None]:
+    """One of the app's upload slots for ``agent``'s body; a second upload of the same agent is refused."""
+    slots: UploadSlots = request.app.state.upload_slots
+    try:
+        async with slots.hold(agent.id):
+            yield
+    except AgentBusyError:
+        detail = "this agent already has an upload being received: wait for its answer before sending again"
+        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_in_progress", detail) from None
 
 
 # --------------------------------------------------------------------- endpoints
@@ -252,7 +283,8 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
     if agent.role != "admin":  # refuse before reading a body that would be thrown away
         detail = "only admin agents may upload the initial model"
         raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "forbidden", detail)
-    body = await read_body(request, aggregator, agent)
+    async with upload_slot(request, aggregator, agent):
+        body = await read_body(request, aggregator, agent)
     sha256 = await run_in_threadpool(aggregator.upload_initial, agent, body)
     return InitialModelResponse(accepted=True, sha256=sha256)
 
@@ -266,7 +298,11 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
 )
 async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> UploadResponse:
     """Upload a local model (a fedloom safetensors payload naming this agent and the round)."""
-    async with request.app.state.upload_slots:  # at most UPLOAD_SLOTS bodies in memory at once
+    # identity (the dependency), the right to upload now and the declared size are checked before a
+    # slot is taken, so an agent that would be refused anyway never holds one
+    await run_in_threadpool(aggregator.check_may_upload, agent.id)
+    await refuse_declared_oversize(request, aggregator, agent)
+    async with upload_slot(request, aggregator, agent):
         body = await read_body(request, aggregator, agent)
         round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
     return UploadResponse(accepted=True, round=round_no)
@@ -284,7 +320,8 @@ def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
 #: uploads read and folded in at the same time. Each holds one model body while it is
 #: parsed and streamed into the round's accumulator, so the aggregator's memory is
 #: O(UPLOAD_SLOTS x model) however many agents upload at once; the others wait with
-#: their bytes in the kernel's socket buffers.
+#: their bytes in the kernel's socket buffers. One agent holds at most one slot, and
+#: only after its credential and its right to upload now were checked.
 UPLOAD_SLOTS = 4
 
 
@@ -312,7 +349,7 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_s
         redoc_url=None,
     )
     app.state.aggregator = aggregator
-    app.state.upload_slots = asyncio.Semaphore(upload_slots)
+    app.state.upload_slots = UploadSlots(upload_slots)
     _install_error_handlers(app)
     app.include_router(router)
     return app

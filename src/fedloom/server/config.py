@@ -7,7 +7,7 @@ errors, so a typo never silently falls back to a default.
 
 The file has five tables::
 
-    [server]  host, port, tls_cert, tls_key, max_upload_mb, db_url, home
+    [server]  host, port, tls_cert, tls_key, max_upload_mb, upload_timeout_seconds, db_url, home
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
               deadline_seconds, deadline_policy, check_interval_seconds
@@ -81,6 +81,8 @@ class ServerSection:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_upload_mb: float = 64.0
+    #: seconds an upload body may take to arrive once it holds an upload slot; a slower one is refused (408)
+    upload_timeout_seconds: float = 120.0
     #: SQLAlchemy URL; None means SQLite at ``HOME/fedloom.db``
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
@@ -95,6 +97,7 @@ class ServerSection:
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise _fail("server", missing, "is missing: HTTPS needs both tls_cert and tls_key")
         _positive("server", "max_upload_mb", self.max_upload_mb)
+        _positive("server", "upload_timeout_seconds", self.upload_timeout_seconds)
 
     @property
     def tls(self) -> bool:
