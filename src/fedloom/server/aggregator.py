@@ -61,7 +61,7 @@ from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
 from fedloom.server.engine import EngineState, RoundEngine, RoundTask
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.limits import BudgetedRecorder, RejectionBudget
 from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
@@ -179,7 +179,10 @@ class Aggregator:
         self._strategy = deployment_strategy(config)
         self._early = RoundCriteria(threshold=config.rounds.threshold, min_updates=config.rounds.min_updates)
         self.run_id, self.resumed = self._open_run()
-        self._recorder = StoreRecorder(store, self.run_id, keep_local_models=True)
+        self._rejections = RejectionBudget(config.server.max_rejections_per_round)
+        self._recorder = BudgetedRecorder(
+            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        )
         self._agents: dict[str, AgentLike] = {}
         self._latest: _Model | None = None
         self._latest_payload: bytes | None = None
@@ -552,9 +555,14 @@ class Aggregator:
     def refuse_upload(
         self, agent_id: str | None, code: str, detail: str, round: int | None = None
     ) -> RequestRefusedError:
-        """Record a refused upload in the rejections table and return the error to raise."""
+        """Record a refused upload in the rejections table (within the agent's budget for the round)
+        and return the error to raise."""
         known = round if round is not None and 0 <= round <= MAX_ROUND else None
-        self.store.record_rejection(self.run_id, known, agent_id, code, detail)
+        with self._lock:
+            current = self._current_round()
+        reason = self._rejections.admit(agent_id, current, detail)
+        if reason is not None:  # at most max_rejections_per_round + 1 rows per agent and round
+            self.store.record_rejection(self.run_id, known, agent_id, code, reason)
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
 

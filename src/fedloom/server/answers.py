@@ -31,6 +31,7 @@ STATUS_OF: dict[str, int] = {
     "payload_too_large": 413,
     "invalid_weights": 422,
     "bad_num_samples": 422,
+    "rate_limited": 429,
     "busy": 503,
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -23,15 +24,15 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from fedloom.core.errors import StoreError
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
-from fedloom.server.limits import AgentBusyError, UploadSlots
+from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
+from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -113,8 +114,9 @@ class HealthResponse(BaseModel):
     ok: bool
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -128,6 +130,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "conflict with the round state",
         408: "the upload body did not arrive in time",
         413: "payload too large",
+        429: "too many refused requests: wait Retry-After seconds",
         422: "invalid weights or request",
     }.items()
 }
@@ -147,65 +150,31 @@ _bearer = HTTPBearer(auto_error=False, description="the agent credential from PO
 
 
 def current_agent(
+    request: Request,
     aggregator: AggregatorDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AgentLike:
-    """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread."""
+    """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread.
+
+    An address whose refusals used up its rate limit gets 429 instead of 401; an agent that
+    used up its own gets 429 before its request does any work."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise refusal("unauthorized", "send 'Authorization: Bearer <credential>' (from POST /v1/agents/register)")
+        raise rate_limited_refusal(request, address_key(request)) or refusal(
+            "unauthorized", "send 'Authorization: Bearer <credential>' (from POST /v1/agents/register)"
+        )
     agent = aggregator.authenticate(credentials.credentials)
     if agent is None:
-        raise refusal("unauthorized", "the credential is unknown, replaced or revoked: register again")
+        raise rate_limited_refusal(request, address_key(request)) or refusal(
+            "unauthorized", "the credential is unknown, replaced or revoked: register again"
+        )
+    request.state.rate_key = f"agent:{agent.id}"
+    limited = rate_limited_refusal(request, request.state.rate_key)
+    if limited is not None:
+        raise limited
     return agent
 
 
 AgentDep = Annotated[AgentLike, Depends(current_agent)]
-
-
-async def refuse_declared_oversize(request: Request, aggregator: Aggregator, agent: AgentLike) -> None:
-    """Refuse (413, recorded) a body whose declared length is over the limit, before anything is read."""
-    limit = aggregator.config.server.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        detail = f"request body of {declared} bytes is over the limit of {limit} bytes"
-        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
-
-
-async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
-    """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit,
-    and with 408 when it has not fully arrived within ``[server] upload_timeout_seconds``."""
-    await refuse_declared_oversize(request, aggregator, agent)
-    limit = aggregator.config.server.max_upload_bytes
-    seconds = aggregator.config.server.upload_timeout_seconds
-    chunks: list[bytes] = []
-    received = 0
-    try:
-        async with asyncio.timeout(seconds):
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    detail = f"request body is over the limit of {limit} bytes"
-                    raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
-                chunks.append(chunk)
-    except TimeoutError:
-        detail = f"the request body did not arrive within {seconds:g} s ({received} bytes received)"
-        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_timeout", detail) from None
-    except ClientDisconnect:
-        detail = f"the client disconnected after sending {received} bytes of the request body"
-        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_incomplete", detail) from None
-    return b"".join(chunks)
-
-
-@asynccontextmanager
-async def upload_slot(request: Request, aggregator: Aggregator, agent: AgentLike) -> AsyncIterator[None]:
-    """One of the app's upload slots for ``agent``'s body; a second upload of the same agent is refused."""
-    slots: UploadSlots = request.app.state.upload_slots
-    try:
-        async with slots.hold(agent.id):
-            yield
-    except AgentBusyError:
-        detail = "this agent already has an upload being received: wait for its answer before sending again"
-        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "upload_in_progress", detail) from None
 
 
 # --------------------------------------------------------------------- endpoints
@@ -219,10 +188,31 @@ async def health() -> HealthResponse:
     return HealthResponse(ok=True)
 
 
-@router.post("/agents/register", response_model=RegisterResponse, responses=_ERRORS, tags=["agents"])
-def register(body: RegisterRequest, aggregator: AggregatorDep) -> RegisterResponse:
-    """Exchange a join token for an agent credential (same name again: same agent id, new credential)."""
-    done = aggregator.register(body.name, body.join_token)
+@router.post(
+    "/agents/register",
+    response_model=RegisterResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RegisterRequest.model_json_schema()}},
+        }
+    },
+    tags=["agents"],
+)
+async def register(request: Request, aggregator: AggregatorDep) -> RegisterResponse:
+    """Exchange a join token for an agent credential (same name again: same agent id, new credential).
+
+    Unauthenticated, so every call spends a token of its address's rate limit and its body is
+    read with a small size limit (413) before it is parsed."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not limiter.spend(address_key(request)):
+        raise rate_limited_refusal(request, address_key(request)) or refusal("rate_limited", "too many registrations")
+    try:
+        body = RegisterRequest.model_validate_json(await read_small_body(request))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    done = await run_in_threadpool(aggregator.register, body.name, body.join_token)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
     )
@@ -350,6 +340,8 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_s
     )
     app.state.aggregator = aggregator
     app.state.upload_slots = UploadSlots(upload_slots)
+    server = aggregator.config.server
+    app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
     _install_error_handlers(app)
     app.include_router(router)
     return app
@@ -358,24 +350,33 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_s
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as ``{"error": CODE, "detail": TEXT}``."""
 
-    async def on_refusal(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestRefusedError)
+        key = rate_key(request)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        if exc.code == "rate_limited":
+            wait = max(1, math.ceil(limiter.retry_after(key)))
+            return _error(exc.status, exc.code, exc.detail, {"Retry-After": str(wait)})
+        if exc.status < 500:
+            limiter.spend(key)
         return _error(exc.status, exc.code, exc.detail)
 
     async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
         log.error("store error while answering a request: %s", exc)
         return _error(503, "store_unavailable", f"the aggregator's database failed: {exc}")
 
-    async def on_invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        request.app.state.rate_limiter.spend(rate_key(request))
         parts = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
         return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
 
-    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        request.app.state.rate_limiter.spend(rate_key(request))
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return _error(exc.status_code, code, str(exc.detail))
 
