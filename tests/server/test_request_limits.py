@@ -137,3 +137,13 @@ def test_rejection_budget_counts_per_agent_and_round():
     assert got[:2] == ["r", "r"] and "not recorded" in (got[2] or "") and got[3:] == [None, None]
     assert budget.admit("a", 2, "r") == "r" and budget.admit("b", 1, "r") == "r"
     assert budget.unrecorded == 2
+
+
+def test_a_refusal_quoting_a_huge_client_id_records_a_short_reason(make_aggregator, store):
+    agg = make_aggregator(min_agents=1)
+    agent = store.get_agent(join(agg, store, "site-a").agent_id)
+    with pytest.raises(RequestRefusedError) as info:
+        agg.submit_update(agent, payload("x" * (1 << 20), 1))
+    assert info.value.code == "client_id_mismatch" and len(info.value.detail) <= 1000
+    (row,) = store.list_rejections(agg.run_id)
+    assert row.code == "client_id_mismatch" and len(row.reason) <= 1000 and row.reason.startswith("the update")

@@ -61,7 +61,7 @@ from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
 from fedloom.server.engine import EngineState, RoundEngine, RoundTask
-from fedloom.server.limits import BudgetedRecorder, RejectionBudget
+from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
 from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
@@ -558,6 +558,7 @@ class Aggregator:
         """Record a refused upload in the rejections table (within the agent's budget for the round)
         and return the error to raise."""
         known = round if round is not None and 0 <= round <= MAX_ROUND else None
+        detail = shorten(detail)
         with self._lock:
             current = self._current_round()
         reason = self._rejections.admit(agent_id, current, detail)

@@ -112,6 +112,16 @@ class RateLimiter:
             del self._buckets[key]
 
 
+#: longest refusal reason recorded or answered: a reason may quote what the sender chose (a client id,
+#: a tensor name) and must not let one upload write megabytes into the rejections table
+MAX_REASON = 1000
+
+
+def shorten(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RejectionBudget:
     """How many refusals of one agent in one round are written to the rejections table.
 
@@ -139,6 +149,7 @@ class RejectionBudget:
                 self._counts.clear()
             count = self._counts.get(key, 0) + 1
             self._counts[key] = count
+            reason = shorten(reason, MAX_REASON - 100)
             if count <= self.limit:
                 return reason
             if count == self.limit + 1:
