@@ -127,11 +127,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "missing, invalid or revoked credential",
         403: "not allowed",
         404: "not found",
-        409: "conflict with the round state",
         408: "the upload body did not arrive in time",
+        409: "conflict with the round state",
         413: "payload too large",
-        429: "too many refused requests: wait Retry-After seconds",
         422: "invalid weights or request",
+        429: "too many refused requests: wait Retry-After seconds",
     }.items()
 }
 

@@ -64,8 +64,8 @@ class RateLimiter:
     The aggregator spends a token on every refusal it answers (and on every registration);
     a key whose bucket is empty is answered ``429 rate_limited`` at once, before any work
     or any store write, until its bucket refills. Thread-safe (checks run in worker threads).
-    Buckets that are full again are forgotten, so memory is bounded by the keys active in
-    the last ``burst / rate`` seconds, and at most ``max_keys`` are kept.
+    At most ``max_keys`` buckets are kept: when that many exist, the full ones (keys idle for
+    ``burst / rate`` seconds, which a fresh bucket would equal) are forgotten first.
     """
 
     def __init__(
