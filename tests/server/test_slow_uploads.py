@@ -101,3 +101,18 @@ def wait_for(predicate, timeout):
     while not predicate():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
+
+
+def test_async_mode_checks_before_the_slot_too(make_aggregator, store):
+    """Async: any registered agent may upload while the run is open; before that, round_closed at once."""
+    agg = make_aggregator(mode="async", buffer_size=2, min_agents=2, max_rounds=2)
+    with serving(create_app(agg, background_tick=False)) as url:
+        first, first_headers = register(url, store, "first")
+        early = httpx.post(f"{url}/v1/updates", content=payload(first, 0), headers=first_headers, timeout=5)
+        assert (early.status_code, early.json()["error"]) == (409, "round_closed")  # waiting for a second agent
+        second, second_headers = register(url, store, "second")
+        for agent_id, headers in ((first, first_headers), (second, second_headers)):
+            response = httpx.post(f"{url}/v1/updates", content=payload(agent_id, 1), headers=headers, timeout=5)
+            assert response.status_code == 200, response.text
+    assert agg.status()["round"] == 2
+    assert [r.code for r in store.list_rejections(agg.run_id)] == ["round_closed"]
