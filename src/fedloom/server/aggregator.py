@@ -27,12 +27,10 @@ status of docs/protocol.md; a refusal changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -40,8 +38,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.server_opt import ServerOptState
@@ -55,7 +51,8 @@ from fedloom.core.errors import (
     StoreError,
     ValidationError,
 )
-from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.metrics import usable_metrics
+from fedloom.core.serialization import MAX_ROUND, content_hash, from_bytes, from_plain_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
@@ -64,7 +61,8 @@ from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
 from fedloom.server.engine import EngineState, RoundEngine, RoundTask
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -118,9 +116,9 @@ def load_initial_model(path: str | Path) -> Weights:
         raise ConfigError(f"{where} is corrupt: {exc}") from None
     except SerializationError:
         try:
-            weights = {str(k): v for k, v in load_safetensors(data).items()}
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where} is not a safetensors file: {exc}") from None
+            weights = from_plain_bytes(data)
+        except SerializationError as exc:
+            raise ConfigError(f"{where} is not a safetensors file fedloom can load: {exc}") from None
     try:
         validate_weights(weights)
     except ValidationError as exc:
@@ -128,31 +126,12 @@ def load_initial_model(path: str | Path) -> Weights:
     return weights
 
 
-def _parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
-    """The ``metrics`` header entry (a JSON object of finite numbers), or {}."""
-    text = (extra or {}).get("metrics")
-    if text is None:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"header field 'metrics' is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SerializationError("header field 'metrics' must be a JSON object of name -> number")
-    metrics: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SerializationError(f"metric {key!r} must be a finite number, got {value!r}")
-        metrics[str(key)] = float(value)
-    return metrics
-
-
 def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
     """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
     total = sum(m.num_samples for m in models)
     sums: dict[str, float] = {}
     for model in models:
-        for key, value in model.metrics.items():
+        for key, value in usable_metrics(model.metrics).items():  # rows older than metric validation
             sums[key] = sums.get(key, 0.0) + float(value) * model.num_samples
     return {k: v / total for k, v in sums.items()} if total else {}
 
@@ -200,7 +179,10 @@ class Aggregator:
         self._strategy = deployment_strategy(config)
         self._early = RoundCriteria(threshold=config.rounds.threshold, min_updates=config.rounds.min_updates)
         self.run_id, self.resumed = self._open_run()
-        self._recorder = StoreRecorder(store, self.run_id, keep_local_models=True)
+        self._rejections = RejectionBudget(config.server.max_rejections_per_round)
+        self._recorder = BudgetedRecorder(
+            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        )
         self._agents: dict[str, AgentLike] = {}
         self._latest: _Model | None = None
         self._latest_payload: bytes | None = None
@@ -383,7 +365,8 @@ class Aggregator:
         for model in self.store.list_local_models(self.run_id, round=record.round):
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, record.round, model.client_id)
-            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, metrics))
         self._deadline = _epoch(record.opened_at) + self.config.rounds.deadline_seconds
         log.info("round %d: resumed with %d update(s) already received", record.round, engine.received())
 
@@ -405,7 +388,8 @@ class Aggregator:
         for model in pending:
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, model.round, model.client_id)
-            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, metrics))
 
     # ------------------------------------------------------------------ the global model
 
@@ -571,24 +555,54 @@ class Aggregator:
     def refuse_upload(
         self, agent_id: str | None, code: str, detail: str, round: int | None = None
     ) -> RequestRefusedError:
-        """Record a refused upload in the rejections table and return the error to raise."""
-        self.store.record_rejection(self.run_id, round if round is None or round >= 0 else None, agent_id, code, detail)
+        """Record a refused upload in the rejections table (within the agent's budget for the round)
+        and return the error to raise."""
+        known = round if round is not None and 0 <= round <= MAX_ROUND else None
+        detail = shorten(detail)
+        with self._lock:
+            current = self._current_round()
+        reason = self._rejections.admit(agent_id, current, detail)
+        if reason is not None:  # at most max_rejections_per_round + 1 rows per agent and round
+            self.store.record_rejection(self.run_id, known, agent_id, code, reason)
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
+
+    def check_may_upload(self, agent_id: str) -> None:
+        """Refuse (recorded) an upload before its body is read when it could not be accepted now.
+
+        Called before an upload slot is taken, so an agent that is not selected, has
+        already uploaded, or finds no round open cannot hold a slot with a body that
+        would be refused anyway. The engine checks again (with the round) on submit.
+        """
+        with self._lock:
+            self._ensure_loaded()
+            problem, round_no = self._upload_problem(agent_id), self._current_round()
+        if problem is not None:
+            raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
+
+    def _upload_problem(self, agent_id: str) -> tuple[str, str] | None:
+        if self._latest is None:
+            return "round_closed", "no round is open: the run has no model yet"
+        if self._finished():
+            return "round_closed", "the run is finished"
+        if self._async is not None:
+            return None if self._open_for_agents() else ("round_closed", "no round is open: waiting for agents")
+        engine, task = self._engine, self._task
+        if engine is None or task is None or engine.state is not EngineState.COLLECTING:
+            return "round_closed", f"round {self._current_round()} is not open"
+        if agent_id not in task.selected:
+            return "not_selected", f"agent {agent_id!r} is not selected in round {task.round}"
+        if agent_id in engine.received_from():
+            return "duplicate", f"agent {agent_id!r} already has an update accepted in round {task.round}"
+        return None
 
     def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
         """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
         try:
-            weights, header = from_bytes(body, max_bytes=self.config.server.max_upload_bytes)
-        except PayloadTooLargeError as exc:
-            raise self.refuse_upload(agent_id, "payload_too_large", str(exc)) from None
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc)) from None
-        try:
-            metrics = _parse_metrics(header.extra)
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc), header.round) from None
-        return weights, header.round, header.num_samples, metrics, header.client_id
+            upload = parse_update(body, self.config.server.max_upload_bytes)
+        except UploadRefusedError as exc:
+            raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
+        return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
     def submit_update(self, agent: AgentLike, body: bytes) -> int:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""

@@ -7,7 +7,8 @@ errors, so a typo never silently falls back to a default.
 
 The file has five tables::
 
-    [server]  host, port, tls_cert, tls_key, max_upload_mb, db_url, home
+    [server]  host, port, tls_cert, tls_key, max_upload_mb, upload_timeout_seconds,
+              rate_limit_per_second, rate_limit_burst, max_rejections_per_round, db_url, home
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
               deadline_seconds, deadline_policy, check_interval_seconds
@@ -81,6 +82,14 @@ class ServerSection:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_upload_mb: float = 64.0
+    #: seconds an upload body may take to arrive once it holds an upload slot; a slower one is refused (408)
+    upload_timeout_seconds: float = 120.0
+    #: refusals (and registrations) answered per second per agent, or per address before authentication;
+    #: beyond the burst, requests of that agent or address are answered 429 rate_limited
+    rate_limit_per_second: float = 2.0
+    rate_limit_burst: int = 60
+    #: rejection rows one agent can add per round: the first N, then one summary row
+    max_rejections_per_round: int = 20
     #: SQLAlchemy URL; None means SQLite at ``HOME/fedloom.db``
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
@@ -95,6 +104,10 @@ class ServerSection:
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise _fail("server", missing, "is missing: HTTPS needs both tls_cert and tls_key")
         _positive("server", "max_upload_mb", self.max_upload_mb)
+        _positive("server", "upload_timeout_seconds", self.upload_timeout_seconds)
+        _positive("server", "rate_limit_per_second", self.rate_limit_per_second)
+        _at_least("server", "rate_limit_burst", self.rate_limit_burst, 1)
+        _at_least("server", "max_rejections_per_round", self.max_rejections_per_round, 0)
 
     @property
     def tls(self) -> bool:
