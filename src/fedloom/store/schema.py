@@ -43,12 +43,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from fedloom.core.errors import StoreError
 
-#: the schema version this code writes and reads (2 added ``tokens`` and ``agents``)
-SCHEMA_VERSION = 2
+#: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
+#: 3 added ``tokens.max_agents``)
+SCHEMA_VERSION = 3
+#: agents a join token admits when its creator names no limit: one site, one agent
+DEFAULT_MAX_AGENTS = 1
 
 Migration = Callable[[Connection], None]
 
@@ -276,6 +280,9 @@ class TokenRow(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: distinct agent names that may register with this token (a Sybil bound); last, so the
+    #: column a migration adds sits where a fresh ``CREATE TABLE`` puts it
+    max_agents: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_MAX_AGENTS)))
 
 
 class AgentRow(Base):
@@ -344,8 +351,20 @@ def _to_v2(conn: Connection) -> None:
         table.create(conn)
 
 
+def _to_v3(conn: Connection) -> None:
+    """Version 3: ``tokens.max_agents``; tokens issued before it admit the default one agent name.
+
+    The column is rendered by SQLAlchemy's own DDL compiler, so the altered table is
+    exactly what a fresh ``CREATE TABLE`` makes (SQLite keeps the DDL text verbatim).
+    """
+    column = Column("max_agents", Integer, nullable=False, server_default=text(str(DEFAULT_MAX_AGENTS)))
+    Table("tokens", MetaData(), column)
+    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE tokens ADD COLUMN {ddl}"))
+
+
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3}
 
 
 def current_version(conn: Connection) -> int | None:
