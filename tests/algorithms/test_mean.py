@@ -79,3 +79,19 @@ def test_sampler_is_uniform_over_many_rounds():
             counts[c] += 1
     # each client expected 2000 * 5/20 = 500 times; binomial sd ~ 19
     assert all(420 < v < 580 for v in counts.values())
+
+
+def test_zero_dimensional_tensors_stay_arrays():
+    """A BatchNorm ``num_batches_tracked`` (0-d int64) and a 0-d float64 come back as 0-d arrays."""
+    reference = {"bn.num_batches_tracked": np.array(0, np.int64), "scale": np.array(0.0, np.float64)}
+    acc = WeightedMeanAccumulator(reference)
+    for batches, weight in ((3, 1), (6, 2)):
+        acc.add(
+            ClientUpdate(
+                "c", 1, {"bn.num_batches_tracked": np.array(batches, np.int64), "scale": np.array(1e-300)}, weight
+            )
+        )
+    out = acc.result()
+    assert isinstance(out["bn.num_batches_tracked"], np.ndarray) and out["bn.num_batches_tracked"].shape == ()
+    assert out["bn.num_batches_tracked"].dtype == np.int64 and int(out["bn.num_batches_tracked"]) == 5
+    assert isinstance(out["scale"], np.ndarray) and out["scale"].dtype == np.float64 and float(out["scale"]) == 1e-300

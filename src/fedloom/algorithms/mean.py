@@ -64,7 +64,7 @@ class WeightedMeanAccumulator:
             dtype = self._dtypes[name]
             if dtype.kind in "iub":
                 mean = np.rint(mean)
-            out[name] = mean.astype(dtype)
+            out[name] = np.asarray(mean).astype(dtype)  # 0-d arithmetic yields scalars: keep arrays
         return out
 
     def partial_sums(self) -> tuple[Weights, float, int]:
