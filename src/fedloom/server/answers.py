@@ -25,6 +25,8 @@ STATUS_OF: dict[str, int] = {
     "duplicate": 409,
     "round_closed": 409,
     "model_exists": 409,
+    "name_taken": 409,
+    "agent_limit": 403,
     "payload_too_large": 413,
     "invalid_weights": 422,
     "bad_num_samples": 422,

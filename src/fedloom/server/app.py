@@ -55,6 +55,8 @@ class ErrorBody(BaseModel):
 class RegisterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     join_token: str = Field(min_length=1, max_length=256)
+    #: the agent's data size; optional, and then its uploads may claim at most this many samples
+    num_samples: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class RegisterResponse(BaseModel):
@@ -188,7 +190,7 @@ async def health() -> HealthResponse:
 @router.post("/agents/register", response_model=RegisterResponse, responses=_ERRORS, tags=["agents"])
 def register(body: RegisterRequest, aggregator: AggregatorDep) -> RegisterResponse:
     """Exchange a join token for an agent credential (same name again: same agent id, new credential)."""
-    done = aggregator.register(body.name, body.join_token)
+    done = aggregator.register(body.name, body.join_token, body.num_samples)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
     )

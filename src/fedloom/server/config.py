@@ -10,7 +10,7 @@ The file has five tables::
     [server]  host, port, tls_cert, tls_key, max_upload_mb, db_url, home
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
-              deadline_seconds, deadline_policy, check_interval_seconds
+              deadline_seconds, deadline_policy, check_interval_seconds, max_num_samples
     [client]  epochs, batch_size, lr
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
@@ -39,6 +39,9 @@ ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
 DEADLINE_POLICIES = ("aggregate", "extend", "abandon")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: ``[rounds] max_num_samples`` by default: far above any one site's dataset, far below 2**62
+DEFAULT_MAX_NUM_SAMPLES = 1_000_000_000
+_INT64_MAX = 2**63 - 1
 
 
 def _fix(section: str, name: str) -> str:
@@ -135,6 +138,9 @@ class RoundsSection:
     deadline_seconds: float = 300.0
     deadline_policy: str = "aggregate"
     check_interval_seconds: float = 1.0
+    #: the most samples one update (or an agent's declared data size) may claim: FedAvg
+    #: weighs by the claim, so an unbounded one lets a single agent become the model
+    max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES
 
     def __post_init__(self) -> None:
         _at_least("rounds", "max_rounds", self.max_rounds, 1)
@@ -145,6 +151,8 @@ class RoundsSection:
         _positive("rounds", "deadline_seconds", self.deadline_seconds)
         _choice("rounds", "deadline_policy", self.deadline_policy, DEADLINE_POLICIES)
         _positive("rounds", "check_interval_seconds", self.check_interval_seconds)
+        if not 1 <= self.max_num_samples <= _INT64_MAX:
+            raise _fail("rounds", "max_num_samples", f"must be in 1-{_INT64_MAX}, got {self.max_num_samples!r}")
 
 
 @dataclass(frozen=True)
