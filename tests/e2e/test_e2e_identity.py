@@ -53,7 +53,8 @@ def test_revoking_a_token_from_another_process_ends_the_wait_for_its_agent(clust
     assert _upload(cluster, kept, 1).status_code == 200
     assert cluster.status(kept["credential"])["rounds_completed"] == 0  # waits for site-1
     command = [sys.executable, "-m", "fedloom.cli.main", "token", "revoke", "--name", "site-1"]
-    done = subprocess.run([*command, "--home", str(cluster.home)], capture_output=True, text=True, timeout=60)
+    argv = [*command, "--home", str(cluster.home)]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     status = wait_until(
         lambda: (s := cluster.status(kept["credential"]))["rounds_completed"] == 1 and s,
