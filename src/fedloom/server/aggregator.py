@@ -214,15 +214,28 @@ class Aggregator:
         self._async: AsyncRounds | None = None
         self._run_finished = False
         self._stale = False
-        with self._lock:
-            self._load()
-            if self._latest is None:
-                weights = initial_weights
-                if config.run.initial_model is not None:
-                    weights = load_initial_model(config.run.initial_model)
-                if weights is not None:
-                    self._set_initial(weights)
-            self._advance(self._clock())
+        try:
+            with self._lock:
+                self._load()
+                if self._latest is None:
+                    weights = initial_weights
+                    if config.run.initial_model is not None:
+                        weights = load_initial_model(config.run.initial_model)
+                    if weights is not None:
+                        self._set_initial(weights)
+                self._advance(self._clock())
+        except Exception as exc:
+            self._fail_start(exc)
+            raise
+
+    def _fail_start(self, exc: Exception) -> None:
+        """Mark the run ``failed`` with the reason when the start fails after the run was opened
+        (e.g. read-only blobs), instead of leaving it ``running`` with no aggregator behind it."""
+        reason = f"the aggregator failed to start: {type(exc).__name__}: {exc}"
+        try:
+            self.store.finish_run(self.run_id, "failed", {"error": reason})
+        except StoreError:
+            log.exception("could not mark run %s failed", self.run_id)
 
     # ------------------------------------------------------------------ the run
 
@@ -255,7 +268,7 @@ class Aggregator:
             self.store.reopen_run(found.id)
             log.info("resuming run %s (%s)", name, found.id[:8])
             return found.id, True
-        run_id = self.store.create_run(name, RUN_KIND, self.config.to_dict(), self.config.run.seed)
+        run_id = self.store.create_run(name, RUN_KIND, self.config.to_record(), self.config.run.seed)
         log.info("started run %s (%s)", name, run_id[:8])
         return run_id, False
 

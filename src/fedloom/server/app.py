@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedloom.core.errors import StoreError
+from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
 
@@ -42,6 +43,8 @@ _BINARY_BODY: dict[str, Any] = {
     }
 }
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+#: what an agent is told when the store fails (the reason is logged on the aggregator)
+STORE_UNAVAILABLE_DETAIL = "the aggregator's database is unavailable; try again later (details are in its log)"
 
 
 # --------------------------------------------------------------------- JSON bodies
@@ -129,6 +132,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_ERRORS_503: dict[str, Any] = {"model": ErrorBody, "description": "the database is unavailable"}
+
+
 # --------------------------------------------------------------------- dependencies
 
 
@@ -181,9 +187,11 @@ async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) 
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=HealthResponse, tags=["meta"])
-async def health() -> HealthResponse:
-    """Liveness check; needs no credential."""
+@router.get("/health", response_model=HealthResponse, responses={503: _ERRORS_503}, tags=["meta"])
+def health(aggregator: AggregatorDep) -> HealthResponse:
+    """Readiness check, no credential needed: 200 only while the database answers (503 ``store_unavailable``
+    otherwise), so a load balancer or monitor sees an aggregator that cannot record anything as down."""
+    aggregator.store.ping()
     return HealthResponse(ok=True)
 
 
@@ -324,9 +332,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestRefusedError)
         return _error(exc.status, exc.code, exc.detail)
 
-    async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("store error while answering a request: %s", exc)
-        return _error(503, "store_unavailable", f"the aggregator's database failed: {exc}")
+    async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
+        # the real reason names database hosts, ports and blob paths: it goes to the log only
+        log.error("store error while answering %s %s: %s", request.method, request.url.path, redact_url(exc))
+        return _error(503, "store_unavailable", STORE_UNAVAILABLE_DETAIL)
 
     async def on_invalid_request(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

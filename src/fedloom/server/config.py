@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.core.errors import ConfigError
+from fedloom.core.redaction import redact_url
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
@@ -253,6 +254,13 @@ class AggregatorConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped view (table name -> fields), as stored with the run."""
         return {table: dataclasses.asdict(getattr(self, attr)) for table, attr in _TABLES.items()}
+
+    def to_record(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without secrets (the ``db_url`` password): what is stored with the run."""
+        tables = self.to_dict()
+        if self.server.db_url is not None:
+            tables["server"]["db_url"] = redact_url(self.server.db_url)
+        return tables
 
     def replace(self, **fields: Any) -> AggregatorConfig:
         """A copy with the named fields (flat names, as for flags) changed and re-validated."""

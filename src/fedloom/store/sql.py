@@ -17,6 +17,7 @@ guessable passwords) and compares digests with :func:`hmac.compare_digest`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -53,9 +54,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fedloom.core.errors import IntegrityError, StoreError
+from fedloom.core.redaction import redact_url
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights, check_structure
-from fedloom.store.blobs import FileBlobStore
+from fedloom.store.blobs import FileBlobStore, make_private_dir
 from fedloom.store.records import (
     METRIC_SCOPES,
     ROLES,
@@ -123,6 +125,13 @@ def resolve_home(home: Path | str | None = None) -> Path:
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
 
 
+def _create_private_file(path: Path) -> None:
+    """Create an empty database file readable by its owner only (SQLite would make it 0644 under
+    the usual umask, and its -wal and -shm files copy the database's mode); an existing one is kept."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def sqlite_url(path: Path | str) -> URL:
     """A SQLite URL for a file path, built so odd characters in the path need no escaping."""
     return URL.create("sqlite", database=str(path))
@@ -151,7 +160,8 @@ class SqlStore:
         """Open (creating if needed) ``home/fedloom.db`` with blobs in ``home/blobs/``."""
         root = resolve_home(home)
         try:
-            (root / BLOBS_DIRNAME).mkdir(parents=True, exist_ok=True)
+            make_private_dir(root / BLOBS_DIRNAME)
+            _create_private_file(root / DB_FILENAME)
         except OSError as exc:
             raise StoreError(f"could not create the store directory {root}: {exc}") from exc
         store = cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
@@ -180,7 +190,8 @@ class SqlStore:
             with self._engine.begin() as conn:
                 upgrade(conn)
         except sa_exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not open the store at {self._engine.url}: {_reason(exc)}") from exc
+            where = self._engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"could not open the store at {where}: {redact_url(_reason(exc))}") from exc
 
     @contextmanager
     def _session(self, action: str, run_id: str | None = None, conflict: str | None = None) -> Iterator[Session]:
@@ -697,10 +708,11 @@ def _make_engine(url: str | URL) -> Engine:
     """
     try:
         engine = create_engine(url, pool_pre_ping=not _is_sqlite(url))
-    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, ValueError) as exc:
+        shown = redact_url(url.render_as_string(hide_password=True) if isinstance(url, URL) else url)
         raise StoreError(
-            f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)"
-        ) from exc
+            f"cannot use database URL {shown!r}: {redact_url(exc)} (PostgreSQL needs `pip install fedloom[postgres]`)"
+        ) from None  # the chained exception would print the URL, password included
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
