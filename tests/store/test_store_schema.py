@@ -250,3 +250,21 @@ def test_a_v2_database_gains_token_limits_and_keeps_its_tokens_and_agents(tmp_pa
     fresh.mkdir()
     _open(fresh).close()
     assert _sqlite_schema(_db(tmp_path)) == _sqlite_schema(_db(fresh))
+
+
+def test_the_v3_upgrade_masks_database_passwords_in_stored_run_configs(tmp_path: Path) -> None:
+    leaked = {"server": {"db_url": "postgresql+psycopg://fedloom:hunter2@db/fl"}, "rounds": {"max_rounds": 3}}
+    with _open(tmp_path) as store:
+        run_id = store.create_run("old", "deployment", leaked, seed=0)
+        other = store.create_run("sim", "simulation", {"lr": 0.1}, seed=0)
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
+        conn.execute("UPDATE schema_version SET version = 2")
+    with _open(tmp_path) as store:
+        assert store.get_run(run_id).config == {
+            "server": {"db_url": "postgresql+psycopg://fedloom:***@db/fl"},
+            "rounds": {"max_rounds": 3},
+        }
+        assert store.get_run(other).config == {"lr": 0.1}
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert "hunter2" not in "\n".join(conn.iterdump())

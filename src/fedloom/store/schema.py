@@ -47,6 +47,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from fedloom.core.errors import StoreError
+from fedloom.core.redaction import redact_url
 
 #: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
 #: 3 added ``tokens.max_agents``)
@@ -352,7 +353,8 @@ def _to_v2(conn: Connection) -> None:
 
 
 def _to_v3(conn: Connection) -> None:
-    """Version 3: ``tokens.max_agents``; tokens issued before it admit the default one agent name.
+    """Version 3: ``tokens.max_agents`` (tokens issued before it admit the default one agent name),
+    and no database password left in a stored run config.
 
     The column is rendered by SQLAlchemy's own DDL compiler, so the altered table is
     exactly what a fresh ``CREATE TABLE`` makes (SQLite keeps the DDL text verbatim).
@@ -361,6 +363,20 @@ def _to_v3(conn: Connection) -> None:
     Table("tokens", MetaData(), column)
     ddl = CreateColumn(column).compile(dialect=conn.dialect)
     conn.execute(text(f"ALTER TABLE tokens ADD COLUMN {ddl}"))
+    _redact_stored_db_urls(conn)
+
+
+def _redact_stored_db_urls(conn: Connection) -> None:
+    """Runs recorded before version 3 kept ``[server] db_url`` with its password: mask it."""
+    for run_id, stored in conn.execute(text("SELECT id, config FROM runs")).all():
+        config = json.loads(stored) if stored else None
+        server = config.get("server") if isinstance(config, dict) else None
+        url = server.get("db_url") if isinstance(server, dict) else None
+        if isinstance(url, str) and redact_url(url) != url:
+            server["db_url"] = redact_url(url)
+            conn.execute(
+                text("UPDATE runs SET config = :config WHERE id = :id"), {"config": dump_json(config), "id": run_id}
+            )
 
 
 #: upgrade steps keyed by the version they upgrade *to*
