@@ -371,7 +371,9 @@ def _redact_stored_db_urls(conn: Connection) -> None:
     for run_id, stored in conn.execute(text("SELECT id, config FROM runs")).all():
         config = json.loads(stored) if stored else None
         server = config.get("server") if isinstance(config, dict) else None
-        url = server.get("db_url") if isinstance(server, dict) else None
+        if not isinstance(server, dict):
+            continue
+        url = server.get("db_url")
         if isinstance(url, str) and redact_url(url) != url:
             server["db_url"] = redact_url(url)
             conn.execute(
