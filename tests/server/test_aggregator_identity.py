@@ -173,3 +173,33 @@ def test_a_declared_size_over_the_maximum_is_refused_at_registration(make_aggreg
     assert "max_num_samples" in refused.detail
     assert agg.agents == ()
     assert codes(store, agg.run_id) == ["bad_num_samples"]
+
+
+def test_the_register_endpoint_takes_a_declared_size(make_aggregator, store):
+    import warnings
+
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    from fedloom.server.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StarletteDeprecationWarning)
+        from fastapi.testclient import TestClient
+
+    agg = make_aggregator(min_agents=1)
+    with TestClient(create_app(agg, background_tick=False)) as client:
+        token = store.create_token("site-a")
+        for bad in (0, -3, 2**63, "many"):
+            response = client.post(
+                "/v1/agents/register", json={"name": "site-a", "join_token": token, "num_samples": bad}
+            )
+            assert (response.status_code, response.json()["error"]) == (422, "invalid_request")
+            assert "num_samples" in response.json()["detail"]
+        answer = client.post("/v1/agents/register", json={"name": "site-a", "join_token": token, "num_samples": 50})
+        assert answer.status_code == 200, answer.text
+        headers = {"Authorization": f"Bearer {answer.json()['credential']}", "Content-Type": "application/octet-stream"}
+        agent_id = answer.json()["agent_id"]
+        over = client.post("/v1/updates", content=payload(agent_id, 1, n=51), headers=headers)
+        assert (over.status_code, over.json()["error"]) == (422, "bad_num_samples")
+        assert client.post("/v1/updates", content=payload(agent_id, 1, n=50), headers=headers).status_code == 200
+    assert [c.num_samples for c in store.list_clients(agg.run_id)] == [50]

@@ -566,6 +566,8 @@ class Aggregator:
             return None
         with self._lock:
             if agent.id not in self._agents:  # registered through another process sharing the store
+                declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
+                self._declared[agent.id] = declared.get(agent.id)
                 self._admit(agent)
         return agent
 
