@@ -87,10 +87,9 @@ from fedloom.store.schema import (
     RoundRow,
     RunRow,
     TokenRow,
-    dump_json,
     upgrade,
-    utcnow,
 )
+from fedloom.store.types import dump_json, utcnow
 
 #: environment variable naming the default store directory
 HOME_ENV = "FEDLOOM_HOME"
