@@ -118,3 +118,19 @@ def test_a_non_finite_model_is_refused_before_anything_changes():
     with pytest.raises(ValidationError, match="'m' contains"):
         acc.add_weights({"m": np.array([1.0, np.inf, 0.0])}, 1.0)
     assert acc.count == 1 and acc.total_weight == 1.0 and (acc.result()["m"] == 2.0).all()
+
+
+def test_zero_dimensional_tensors_stay_arrays():
+    """A BatchNorm ``num_batches_tracked`` (0-d int64) and a 0-d float64 come back as 0-d arrays."""
+    reference = {"bn.num_batches_tracked": np.array(0, np.int64), "scale": np.array(0.0, np.float64)}
+    acc = WeightedMeanAccumulator(reference)
+    for batches, weight in ((3, 1), (6, 2)):
+        acc.add(
+            ClientUpdate(
+                "c", 1, {"bn.num_batches_tracked": np.array(batches, np.int64), "scale": np.array(1e-300)}, weight
+            )
+        )
+    out = acc.result()
+    assert isinstance(out["bn.num_batches_tracked"], np.ndarray) and out["bn.num_batches_tracked"].shape == ()
+    assert out["bn.num_batches_tracked"].dtype == np.int64 and int(out["bn.num_batches_tracked"]) == 5
+    assert isinstance(out["scale"], np.ndarray) and out["scale"].dtype == np.float64 and float(out["scale"]) == 1e-300

@@ -46,6 +46,7 @@ from fedloom.core.errors import (
     ConfigError,
     IntegrityError,
     PayloadTooLargeError,
+    RegistrationRefusedError,
     RejectedUpdateError,
     SerializationError,
     StoreError,
@@ -184,6 +185,9 @@ class Aggregator:
             store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
         self._agents: dict[str, AgentLike] = {}
+        #: declared data sizes (``POST /v1/agents/register`` num_samples) and revoked agents
+        self._declared: dict[str, int | None] = {}
+        self._revoked: set[str] = set()
         self._latest: _Model | None = None
         self._latest_payload: bytes | None = None
         self._engine: RoundEngine | None = None
@@ -192,15 +196,28 @@ class Aggregator:
         self._async: AsyncRounds | None = None
         self._run_finished = False
         self._stale = False
-        with self._lock:
-            self._load()
-            if self._latest is None:
-                weights = initial_weights
-                if config.run.initial_model is not None:
-                    weights = load_initial_model(config.run.initial_model)
-                if weights is not None:
-                    self._set_initial(weights)
-            self._advance(self._clock())
+        try:
+            with self._lock:
+                self._load()
+                if self._latest is None:
+                    weights = initial_weights
+                    if config.run.initial_model is not None:
+                        weights = load_initial_model(config.run.initial_model)
+                    if weights is not None:
+                        self._set_initial(weights)
+                self._advance(self._clock())
+        except Exception as exc:
+            self._fail_start(exc)
+            raise
+
+    def _fail_start(self, exc: Exception) -> None:
+        """Mark the run ``failed`` with the reason when the start fails after the run was opened
+        (e.g. read-only blobs), instead of leaving it ``running`` with no aggregator behind it."""
+        reason = f"the aggregator failed to start: {type(exc).__name__}: {exc}"
+        try:
+            self.store.finish_run(self.run_id, "failed", {"error": reason})
+        except StoreError:
+            log.exception("could not mark run %s failed", self.run_id)
 
     # ------------------------------------------------------------------ the run
 
@@ -233,7 +250,7 @@ class Aggregator:
             self.store.reopen_run(found.id)
             log.info("resuming run %s (%s)", name, found.id[:8])
             return found.id, True
-        run_id = self.store.create_run(name, RUN_KIND, self.config.to_dict(), self.config.run.seed)
+        run_id = self.store.create_run(name, RUN_KIND, self.config.to_record(), self.config.run.seed)
         log.info("started run %s (%s)", name, run_id[:8])
         return run_id, False
 
@@ -254,6 +271,8 @@ class Aggregator:
         """Rebuild every piece of in-memory state from the store (the commit point)."""
         self._stale = True
         self._agents = {a.id: a for a in self.store.list_agents(self.run_id)}
+        self._revoked = set()
+        self._declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
         self._latest, self._latest_payload = None, None
         self._engine, self._task, self._deadline, self._async = None, None, None, None
         models = self.store.list_global_models(self.run_id)
@@ -265,6 +284,7 @@ class Aggregator:
                 self._load_sync({m.round for m in models})
             else:
                 self._load_async()
+        self.revoked_agents()  # after the open round resumed with its recorded selection
         self._stale = False
 
     def _ensure_loaded(self) -> None:
@@ -446,32 +466,82 @@ class Aggregator:
 
     # ------------------------------------------------------------------ agents
 
-    def register(self, name: str, join_token: str) -> Registration:
-        """Exchange a join token for an agent credential; the same name again keeps its agent id."""
+    def register(self, name: str, join_token: str, num_samples: int | None = None) -> Registration:
+        """Exchange a join token for an agent credential; the same name again keeps its agent id.
+
+        A name registered with another token is refused (``name_taken``), as is a new name
+        beyond the token's ``max_agents`` (``agent_limit``) and a declared data size over
+        ``[rounds] max_num_samples``; each refusal is recorded and changes nothing else.
+        ``num_samples`` (optional, fixed at the first registration in a run) caps what the
+        agent's uploads may claim.
+        """
         token = self.store.verify_join_token(join_token)
         if token is None:
             raise refusal("unauthorized", "the join token is unknown or revoked (ask the aggregator's admin)")
+        limit = self.config.rounds.max_num_samples
+        if num_samples is not None and not 1 <= num_samples <= limit:
+            detail = f"agent {name!r} declares {num_samples} samples; [rounds] max_num_samples allows 1 to {limit}"
+            raise self._refuse_registration(name, "bad_num_samples", detail)
         try:
             agent, credential = self.store.register_agent(self.run_id, name, token)
-        except StoreError:
-            if self.store.verify_join_token(join_token) is None:  # revoked meanwhile
-                raise refusal("unauthorized", "the join token was revoked") from None
-            raise
-        self.store.register_client(self.run_id, agent.id)
+        except RegistrationRefusedError as exc:
+            raise self._refuse_registration(name, exc.code, str(exc)) from None
+        self.store.register_client(self.run_id, agent.id, num_samples)
+        declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
         with self._lock:
             self._ensure_loaded()
+            self._declared[agent.id] = declared.get(agent.id)
             self._admit(agent)
             self._advance_quietly()
         log.info("agent %s registered as %s (%s)", name, agent.id, agent.role)
         return Registration(agent.id, credential, agent.role, self.run_id)
 
+    def _refuse_registration(self, name: str, code: str, detail: str) -> RequestRefusedError:
+        """Record a refused registration (client id: the agent name asked for) and return the error."""
+        self.store.record_rejection(self.run_id, None, name, code, detail)
+        log.info("refused to register agent %s: %s (%s)", name, code, detail)
+        return refusal(code, detail)
+
     def _admit(self, agent: AgentLike) -> None:
         new = agent.id not in self._agents
         self._agents[agent.id] = agent
+        self._revoked.discard(agent.id)
         if new:
             if self._engine is not None:
                 self._engine.register_client(agent.id)
             self._changed()
+
+    def revoked_agents(self) -> frozenset[str]:
+        """Agents whose join token was revoked (``fedloom token revoke``, maybe by another process).
+
+        Reads the store (one indexed query) and takes them out of the run: they count no
+        more towards ``min_agents``, are never selected again, and an open round stops
+        waiting for them. The round logic calls it at every tick; a revoked agent that
+        registers again with a re-issued token comes back through :meth:`register`.
+        """
+        revoked = frozenset(self.store.revoked_agent_ids(self.run_id))
+        with self._lock:
+            for agent_id in revoked - self._revoked:
+                self._agents.pop(agent_id, None)
+                if self._engine is not None:
+                    self._engine.unregister_client(agent_id)
+                log.info("agent %s: its join token was revoked; it is out of the run", agent_id)
+                self._changed()
+            self._revoked = set(revoked)
+        return revoked
+
+    def _check_num_samples(self, agent_id: str, update: ClientUpdate) -> None:
+        """Refuse (recorded, ``bad_num_samples``) an upload claiming more than its agent declared
+        or than ``[rounds] max_num_samples``: FedAvg weighs by the claim, so 2**62 would be the model."""
+        limit = self.config.rounds.max_num_samples
+        declared = self._declared.get(agent_id)
+        if declared is not None and update.num_samples > declared:
+            detail = f"the update claims {update.num_samples} samples but agent {agent_id} declared {declared}"
+        elif update.num_samples > limit:
+            detail = f"the update claims {update.num_samples} samples; [rounds] max_num_samples is {limit}"
+        else:
+            return
+        raise self.refuse_upload(agent_id, "bad_num_samples", detail, update.round)
 
     def authenticate(self, credential: str) -> AgentLike | None:
         """The agent of this run holding ``credential``, or None (unknown, replaced, revoked, other run)."""
@@ -480,6 +550,8 @@ class Aggregator:
             return None
         with self._lock:
             if agent.id not in self._agents:  # registered through another process sharing the store
+                declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
+                self._declared[agent.id] = declared.get(agent.id)
                 self._admit(agent)
         return agent
 
@@ -616,6 +688,7 @@ class Aggregator:
             raise self.refuse_upload(agent.id, "invalid_payload", f"the update header is invalid: {exc}") from None
         with self._lock:
             self._ensure_loaded()
+            self._check_num_samples(agent.id, update)
             if self._async is not None:
                 self._submit_async(update)
             else:
@@ -677,6 +750,7 @@ class Aggregator:
         """Apply deadlines, close rounds whose criteria hold, open the next, finish the run."""
         with self._lock:
             self._ensure_loaded()
+            self.revoked_agents()
             self._advance(self._clock() if now is None else now)
 
     def _advance_quietly(self) -> None:
@@ -697,7 +771,8 @@ class Aggregator:
         assert engine is not None
         if engine.state is EngineState.COLLECTING:
             assert self._task is not None
-            if engine.received() >= self._early.required(len(self._task.selected)):
+            waiting_on = [a for a in self._task.selected if a not in self._revoked]  # revoked agents never upload
+            if engine.received() >= self._early.required(len(waiting_on)) and engine.criteria_met():
                 self._close_round()
             elif self._deadline is not None and now >= self._deadline:
                 self._on_deadline(now)

@@ -28,6 +28,8 @@ STATUS_OF: dict[str, int] = {
     "round_closed": 409,
     "model_exists": 409,
     "upload_in_progress": 409,
+    "name_taken": 409,
+    "agent_limit": 403,
     "payload_too_large": 413,
     "invalid_weights": 422,
     "bad_num_samples": 422,

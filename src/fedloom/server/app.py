@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedloom.core.errors import StoreError
+from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
@@ -48,6 +49,8 @@ _BINARY_BODY: dict[str, Any] = {
 #: a round in a path: 1-10 ASCII digits (rounds are below 2**31)
 _ROUND_PATH = re.compile(r"[0-9]{1,10}")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+#: what an agent is told when the store fails (the reason is logged on the aggregator)
+STORE_UNAVAILABLE_DETAIL = "the aggregator's database is unavailable; try again later (details are in its log)"
 
 
 # --------------------------------------------------------------------- JSON bodies
@@ -61,6 +64,8 @@ class ErrorBody(BaseModel):
 class RegisterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     join_token: str = Field(min_length=1, max_length=256)
+    #: the agent's data size; optional, and then its uploads may claim at most this many samples
+    num_samples: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class RegisterResponse(BaseModel):
@@ -136,6 +141,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_ERRORS_503: dict[str, Any] = {"model": ErrorBody, "description": "the database is unavailable"}
+
+
 # --------------------------------------------------------------------- dependencies
 
 
@@ -182,9 +190,11 @@ AgentDep = Annotated[AgentLike, Depends(current_agent)]
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=HealthResponse, tags=["meta"])
-async def health() -> HealthResponse:
-    """Liveness check; needs no credential."""
+@router.get("/health", response_model=HealthResponse, responses={503: _ERRORS_503}, tags=["meta"])
+def health(aggregator: AggregatorDep) -> HealthResponse:
+    """Readiness check, no credential needed: 200 only while the database answers (503 ``store_unavailable``
+    otherwise), so a load balancer or monitor sees an aggregator that cannot record anything as down."""
+    aggregator.store.ping()
     return HealthResponse(ok=True)
 
 
@@ -212,7 +222,7 @@ async def register(request: Request, aggregator: AggregatorDep) -> RegisterRespo
         body = RegisterRequest.model_validate_json(await read_small_body(request))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    done = await run_in_threadpool(aggregator.register, body.name, body.join_token)
+    done = await run_in_threadpool(aggregator.register, body.name, body.join_token, body.num_samples)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
     )
@@ -361,9 +371,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             limiter.spend(key)
         return _error(exc.status, exc.code, exc.detail)
 
-    async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("store error while answering a request: %s", exc)
-        return _error(503, "store_unavailable", f"the aggregator's database failed: {exc}")
+    async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
+        # the real reason names database hosts, ports and blob paths: it goes to the log only
+        log.error("store error while answering %s %s: %s", request.method, request.url.path, redact_url(exc))
+        return _error(503, "store_unavailable", STORE_UNAVAILABLE_DETAIL)
 
     async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -11,7 +11,7 @@ The file has five tables::
               rate_limit_per_second, rate_limit_burst, max_rejections_per_round, db_url, home
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
-              deadline_seconds, deadline_policy, check_interval_seconds
+              deadline_seconds, deadline_policy, check_interval_seconds, max_num_samples
     [client]  epochs, batch_size, lr
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
@@ -35,11 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.core.errors import ConfigError
+from fedloom.core.redaction import redact_url
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
 DEADLINE_POLICIES = ("aggregate", "extend", "abandon")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: ``[rounds] max_num_samples`` by default: far above any one site's dataset, far below 2**62
+DEFAULT_MAX_NUM_SAMPLES = 1_000_000_000
+_INT64_MAX = 2**63 - 1
 
 
 def _fix(section: str, name: str) -> str:
@@ -148,6 +152,9 @@ class RoundsSection:
     deadline_seconds: float = 300.0
     deadline_policy: str = "aggregate"
     check_interval_seconds: float = 1.0
+    #: the most samples one update (or an agent's declared data size) may claim: FedAvg
+    #: weighs by the claim, so an unbounded one lets a single agent become the model
+    max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES
 
     def __post_init__(self) -> None:
         _at_least("rounds", "max_rounds", self.max_rounds, 1)
@@ -158,6 +165,8 @@ class RoundsSection:
         _positive("rounds", "deadline_seconds", self.deadline_seconds)
         _choice("rounds", "deadline_policy", self.deadline_policy, DEADLINE_POLICIES)
         _positive("rounds", "check_interval_seconds", self.check_interval_seconds)
+        if not 1 <= self.max_num_samples <= _INT64_MAX:
+            raise _fail("rounds", "max_num_samples", f"must be in 1-{_INT64_MAX}, got {self.max_num_samples!r}")
 
 
 @dataclass(frozen=True)
@@ -258,6 +267,13 @@ class AggregatorConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped view (table name -> fields), as stored with the run."""
         return {table: dataclasses.asdict(getattr(self, attr)) for table, attr in _TABLES.items()}
+
+    def to_record(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without secrets (the ``db_url`` password): what is stored with the run."""
+        tables = self.to_dict()
+        if self.server.db_url is not None:
+            tables["server"]["db_url"] = redact_url(self.server.db_url)
+        return tables
 
     def replace(self, **fields: Any) -> AggregatorConfig:
         """A copy with the named fields (flat names, as for flags) changed and re-validated."""

@@ -139,6 +139,10 @@ class RoundEngine:
             raise ValidationError("client_id must be a non-empty string")
         self._clients[client_id] = num_samples
 
+    def unregister_client(self, client_id: str) -> None:
+        """Make a client ineligible for selection from the next round on (e.g. its token was revoked)."""
+        self._clients.pop(client_id, None)
+
     def register_clients(self, clients: Iterable[tuple[str, int | None]]) -> None:
         for client_id, num_samples in clients:
             self.register_client(client_id, num_samples)
