@@ -1,8 +1,9 @@
-"""The simulation driver: runs the round engine with an executor, evaluates, records, reports.
+"""The simulation driver: the deployed round lifecycle, an executor, evaluation, records, progress.
 
-The driver owns the loop (open round → execute clients → submit → close → evaluate);
-the algorithm lives in the Strategy and the state machine in the RoundEngine, exactly
-the pieces a deployed aggregator reuses.
+The rounds themselves are the deployed aggregator's :class:`~fedloom.server.rounds.SyncRounds`
+(ticked by a simulated clock in :mod:`fedloom.sim.sync_loop`); the algorithm lives in
+the Strategy. The driver adds what only a simulation has: building clients on demand,
+central and per-client evaluation, and the progress table.
 """
 
 from __future__ import annotations
@@ -13,28 +14,29 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
 from fedloom.client.personal import STATE_DIR, PersonalStore
 from fedloom.client.trainer import Trainer
-from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
+from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.reserved import model_part
-from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
-from fedloom.server.engine import RoundEngine, RoundOutcome, RoundTask
+from fedloom.server.engine import RoundEngine
 from fedloom.server.recording import StoreRecorder
+from fedloom.server.rounds import ClosePolicy, DeadlinePolicy, RoundClosed, SyncRounds
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.client_eval import ClientEvaluation, PerClient
-from fedloom.sim.clock import ClientSpeeds, training_seconds
-from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
+from fedloom.sim.clock import ClientSpeeds
+from fedloom.sim.environment import SimEnvironment
+from fedloom.sim.executor import ClientFn, Executor, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
 from fedloom.sim.progress import ProgressPrinter
+from fedloom.sim.sync_loop import Poison, SyncLoop, TrainedRound
 
 EvaluateFn = Callable[[Weights], Mapping[str, float]]
 OnClientError = Literal["fail", "skip"]
@@ -61,25 +63,6 @@ def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | Non
         raise ConfigError(f"client_sizes has {len(client_sizes)} entries for {num_clients} clients")
     if on_client_error not in ("fail", "skip"):
         raise ConfigError(f"on_client_error must be 'fail' or 'skip', got {on_client_error!r}")
-
-
-def _submit_results(engine: RoundEngine, results: Iterable[ExecutorResult], on_client_error: OnClientError) -> None:
-    for result in results:
-        if isinstance(result, MergedUpdates):
-            engine.submit_merged(result.reports, result.partial)
-            continue
-        if isinstance(result, ClientFailure):
-            engine.reject_client(result.client_id, result.code, result.message)
-            if on_client_error == "fail":
-                raise ClientError(
-                    f"client {result.client_id} failed in round {result.round}: {result.message}\n{result.details}"
-                )
-            continue
-        try:
-            engine.submit(result)
-        except RejectedUpdateError:
-            if on_client_error == "fail":
-                raise
 
 
 class _RunLog:
@@ -139,6 +122,7 @@ def simulate(
     finetune_epochs: int = 0,
     speeds: ClientSpeeds | None = None,
     deadline_seconds: float | None = None,
+    on_deadline: DeadlinePolicy = "aggregate",
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -157,8 +141,9 @@ def simulate(
     local epochs from the global (or personalised) model (``client_finetuned_*``);
     per-client values are recorded in the store with scope ``client``.
     ``speeds`` simulates client speeds and dropouts (metric ``sim_seconds``: simulated
-    wall-clock time); ``deadline_seconds`` refuses clients slower than it. With either,
-    lower ``strategy.criteria.threshold`` so a round can close without every client.
+    wall-clock time); ``deadline_seconds`` gives each round a deadline, and ``on_deadline``
+    says what happens when it passes (``aggregate`` what arrived, ``extend``, ``abandon``)
+    — the deployed aggregator's close policy, applied by the same code.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
@@ -174,12 +159,21 @@ def simulate(
     engine.register_clients(clients)
     log.register_clients(clients)
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
-    loop = _Loop(engine, executor or SequentialExecutor(), client_fn, evaluate_fn, on_client_error)
-    loop.poison = poison
     temporary_state = strategy.keeps_client_state and client_state_dir is None
-    loop.state_dir = _client_state_dir(strategy, client_state_dir)
-    loop.finetune_epochs = finetune_epochs
-    loop.timing = _timing(speeds, deadline_seconds, client_sizes, strategy, seed)
+    state_dir = _client_state_dir(strategy, client_state_dir)
+    policy = ClosePolicy(strategy.criteria.threshold, strategy.criteria.min_updates, deadline_seconds, on_deadline)
+    lifecycle = SyncRounds(engine, policy)
+    environment = SimEnvironment.build(speeds, deadline_seconds, client_sizes, strategy.client.epochs, seed)
+    sync = SyncLoop(
+        lifecycle,
+        executor or SequentialExecutor(),
+        client_fn,
+        lambda cid: _fit_config(engine, cid, state_dir),
+        environment,
+        on_client_error == "fail",
+        Poison(poison[0], poison[1], seed) if poison else None,
+    )
+    loop = _Loop(sync, client_fn, evaluate_fn, state_dir, finetune_epochs)
     history: list[RoundSummary] = []
     started = time.perf_counter()
 
@@ -202,9 +196,9 @@ def simulate(
     finally:
         if evaluator:
             evaluator.shutdown(wait=True, cancel_futures=True)
-        loop.executor.close()
-        if temporary_state and loop.state_dir:
-            shutil.rmtree(loop.state_dir, ignore_errors=True)
+        sync.executor.close()
+        if temporary_state and state_dir:
+            shutil.rmtree(state_dir, ignore_errors=True)
         if printer:
             printer.close()
     log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
@@ -226,19 +220,11 @@ def _client_state_dir(strategy: Strategy, given: str | None) -> str | None:
     return given or tempfile.mkdtemp(prefix="fedloom-client-state-")
 
 
-def _timing(
-    speeds: ClientSpeeds | None,
-    deadline_seconds: float | None,
-    client_sizes: Sequence[int] | None,
-    strategy: Strategy,
-    seed: int,
-) -> _Timing | None:
-    """The simulated clock, when speeds or a deadline are asked for."""
-    if speeds is None and deadline_seconds is None:
-        return None
-    if client_sizes is None:
-        raise ConfigError("simulated speeds and deadlines need client_sizes (samples per client)")
-    return _Timing(speeds or ClientSpeeds(), deadline_seconds, client_sizes, strategy.client.epochs, seed)
+def _fit_config(engine: RoundEngine, client_id: str, state_dir: str | None) -> FitConfig:
+    config = engine.fit_config(client_id)
+    if state_dir is None:
+        return config
+    return dataclasses.replace(config, extra={**config.extra, STATE_DIR: state_dir})
 
 
 @contextlib.contextmanager
@@ -278,131 +264,68 @@ def _run_rounds(
         emit(pending.result())
 
 
-@dataclass(frozen=True)
-class _Trained:
-    task: RoundTask
-    outcome: RoundOutcome
-    started: float
-    sim_seconds: float | None = None
-
-
-class _Timing:
-    """Simulated client speeds, dropouts and a round deadline for synchronous rounds.
-
-    A selected client that drops out, or would need longer than the deadline, is refused
-    before it trains (codes ``dropped`` / ``deadline``, recorded like any rejection); the
-    round lasts as long as its slowest remaining client, or the deadline if anyone missed it.
-    """
-
-    def __init__(
-        self, speeds: ClientSpeeds, deadline: float | None, sizes: Sequence[int], epochs: int, seed: int
-    ) -> None:
-        self.speeds, self.deadline, self.sizes, self.epochs, self.seed = speeds, deadline, sizes, epochs, seed
-        self.pace = speeds.seconds_per_sample(len(sizes), seed)
-        self.clock = 0.0
-
-    def admit(self, engine: RoundEngine, round_no: int, selected: Sequence[str]) -> list[str]:
-        """The selected clients that deliver in time; advances the simulated clock by the round's length."""
-        kept: list[str] = []
-        longest, late = 0.0, False
-        for cid in selected:
-            seconds = training_seconds(
-                self.pace[int(cid)], self.sizes[int(cid)], self.epochs, self.speeds.latency_seconds
-            )
-            if self.speeds.drops(round_no, cid, self.seed):
-                engine.reject_client(cid, "dropped", "the client dropped out of the round (simulated)")
-            elif self.deadline is not None and seconds > self.deadline:
-                late = True
-                engine.reject_client(
-                    cid, "deadline", f"the client needs {seconds:.1f} s; the round deadline is {self.deadline} s"
-                )
-            else:
-                kept.append(cid)
-                longest = max(longest, seconds)
-        self.clock += self.deadline if late and self.deadline is not None else longest
-        return kept
-
-
 class _Loop:
-    """One round at a time: open, execute, submit, close, evaluate."""
+    """Train a round through the lifecycle, then evaluate its global model."""
 
     def __init__(
         self,
-        engine: RoundEngine,
-        executor: Executor,
+        sync: SyncLoop,
         client_fn: ClientFn,
         evaluate_fn: EvaluateFn | None,
-        on_client_error: OnClientError,
+        state_dir: str | None,
+        finetune_epochs: int,
     ) -> None:
-        self.engine = engine
-        self.executor = executor
+        self.sync = sync
+        self.engine = sync.lifecycle.engine
         self.client_fn = client_fn
         self.evaluate_fn = evaluate_fn
-        self.on_client_error = on_client_error
-        self.poison: tuple[Adversary, frozenset[int]] | None = None
-        self.timing: _Timing | None = None
-        self.state_dir: str | None = None
-        self.finetune_epochs = 0
+        self.state_dir = state_dir
+        self.finetune_epochs = finetune_epochs
         self.per_client: dict[int, PerClient] = {}
 
-    def _fit_config(self, client_id: str) -> FitConfig:
-        config = self.engine.fit_config(client_id)
-        if self.state_dir is None:
-            return config
-        return dataclasses.replace(config, extra={**config.extra, STATE_DIR: self.state_dir})
-
-    def train_round(self) -> _Trained:
-        """Open a round, run its clients, submit their results and aggregate."""
-        started = time.perf_counter()
-        task = self.engine.open_round()
-        selected = self.timing.admit(self.engine, task.round, task.selected) if self.timing else task.selected
-        configs = {cid: self._fit_config(cid) for cid in selected}
-        merge = self.engine.strategy.mergeable and self.poison is None
-        results: Iterable[ExecutorResult] = self.executor.run_round(
-            task.round, task.global_weights, configs, self.client_fn, merge
-        )
-        if self.poison is not None:
-            results = self._poisoned(task, list(results))
-        _submit_results(self.engine, results, self.on_client_error)
-        if not self.engine.criteria_met():
-            needed = self.engine.strategy.criteria.required(len(task.selected))
-            raise ClientError(
-                f"round {task.round}: only {self.engine.received()} of {len(task.selected)} clients "
-                f"returned a usable update; the strategy needs {needed}"
-                " (lower RoundCriteria.threshold / min_updates to tolerate failing clients)"
-            )
-        return _Trained(task, self.engine.close_round(), started, self.timing.clock if self.timing else None)
+    def train_round(self) -> TrainedRound:
+        return self.sync.run_round()
 
     def _personal(self) -> tuple[tuple[str, ...], PersonalStore] | None:
         keys = self.engine.strategy.personal_keys
         return (keys, personal_store(self.state_dir)) if keys and self.state_dir else None
 
-    def _poisoned(self, task: RoundTask, results: list[ExecutorResult]) -> list[ExecutorResult]:
-        """Replace the malicious clients' updates with their attack (which sees the whole round)."""
-        assert self.poison is not None
-        adversary, malicious = self.poison
-        updates = [r for r in results if isinstance(r, ClientUpdate)]
-        others = [r for r in results if not isinstance(r, ClientUpdate)]
-        return [*adversary.poison(task.round, task.global_weights, updates, malicious, self.engine.seed), *others]
+    def summarize(self, trained: TrainedRound, num_clients: int, client_eval_fraction: float) -> RoundSummary:
+        """Evaluate a trained round's global model; safe in another thread (it reads only the outcome).
 
-    def summarize(self, trained: _Trained, num_clients: int, client_eval_fraction: float) -> RoundSummary:
-        """Evaluate a trained round's global model; safe in another thread (it reads only the outcome)."""
-        outcome = trained.outcome
+        An abandoned round made no model: its summary evaluates the unchanged one and says
+        ``abandoned = 1``."""
+        end = trained.end
+        if isinstance(end, RoundClosed):
+            outcome = end.outcome
+            number, updates, samples, weights = outcome.round, outcome.num_updates, outcome.num_samples, outcome.weights
+            metrics = self._metrics(outcome.client_metrics, weights, number, num_clients, client_eval_fraction)
+        else:
+            number, updates, samples, weights = end.round, end.num_updates, 0, trained.opened.global_weights
+            metrics = {**self._metrics({}, weights, number, num_clients, client_eval_fraction), "abandoned": 1.0}
+        if trained.sim_seconds is not None:
+            metrics["sim_seconds"] = trained.sim_seconds
         return RoundSummary(
-            round=outcome.round,
-            num_selected=len(trained.task.selected),
-            num_updates=outcome.num_updates,
-            num_samples=outcome.num_samples,
-            metrics=self._metrics(outcome, num_clients, client_eval_fraction)
-            | ({"sim_seconds": trained.sim_seconds} if trained.sim_seconds is not None else {}),
+            round=number,
+            num_selected=len(trained.opened.selected),
+            num_updates=updates,
+            num_samples=samples,
+            metrics=metrics,
             seconds=time.perf_counter() - trained.started,
-            per_client=self.per_client.pop(outcome.round, {}),
+            per_client=self.per_client.pop(number, {}),
         )
 
-    def _metrics(self, outcome: RoundOutcome, num_clients: int, client_eval_fraction: float) -> dict[str, float]:
-        metrics = dict(outcome.client_metrics)
+    def _metrics(
+        self,
+        client_metrics: Mapping[str, float],
+        weights: Weights,
+        round_no: int,
+        num_clients: int,
+        client_eval_fraction: float,
+    ) -> dict[str, float]:
+        metrics = dict(client_metrics)
         if self.evaluate_fn is not None:
-            metrics.update({k: float(v) for k, v in self.evaluate_fn(model_part(outcome.weights)).items()})
+            metrics.update({k: float(v) for k, v in self.evaluate_fn(model_part(weights)).items()})
         if client_eval_fraction > 0:
             evaluation = ClientEvaluation(
                 client_eval_fraction,
@@ -411,9 +334,7 @@ class _Loop:
                 self.finetune_epochs,
                 self._personal(),
             )
-            averages, per_client = evaluation.run(
-                self.client_fn, model_part(outcome.weights), num_clients, outcome.round
-            )
+            averages, per_client = evaluation.run(self.client_fn, model_part(weights), num_clients, round_no)
             metrics.update(averages)
-            self.per_client[outcome.round] = per_client
+            self.per_client[round_no] = per_client
         return metrics
