@@ -19,12 +19,11 @@ from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
-from fedloom.server.async_rounds import AsyncRounds
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import DeploymentStore, ModelLike
 from fedloom.server.engine import RoundEngine
 from fedloom.server.recording import StoreRecorder
-from fedloom.server.rounds import AsyncLifecycle, ClosePolicy, SyncRounds
+from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -63,16 +62,9 @@ class RunContext:
         return SyncRounds(engine, close_policy(self.config))
 
     def async_rounds(self, weights: Weights, version: int, uploaded: Sequence[tuple[str, int]] = ()) -> AsyncLifecycle:
-        settings = self.config.asynchronous
-        rounds = AsyncRounds(
-            weights,
-            version=version,
-            buffer_size=settings.buffer_size,
-            staleness_exponent=settings.staleness_exponent,
-            mixing=settings.mixing or None,
-            max_versions=self.config.rounds.max_rounds,
-            uploaded=uploaded,
-        )
+        table = self.config.asynchronous
+        settings = AsyncSettings(table.buffer_size, table.staleness_exponent, table.mixing)
+        rounds = settings.start(weights, version, self.config.rounds.max_rounds, uploaded)
         return AsyncLifecycle(rounds, self.strategy.client, self.config.run.seed, self.recorder)
 
 

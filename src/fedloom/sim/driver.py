@@ -9,7 +9,6 @@ central and per-client evaluation, and the progress table.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import sys
 import tempfile
@@ -20,23 +19,23 @@ from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
-from fedloom.client.personal import STATE_DIR, PersonalStore
+from fedloom.client.personal import PersonalStore
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
-from fedloom.core.fit import FitConfig
 from fedloom.core.reserved import model_part
 from fedloom.core.weights import Weights
-from fedloom.server.engine import RoundEngine
-from fedloom.server.recording import StoreRecorder
-from fedloom.server.rounds import ClosePolicy, DeadlinePolicy, RoundClosed, SyncRounds
+from fedloom.server.rounds import AsyncSettings, ClosePolicy, DeadlinePolicy, RoundClosed
 from fedloom.sim.adversary import Adversary
+from fedloom.sim.async_loop import AsyncLoop
 from fedloom.sim.client_eval import ClientEvaluation, PerClient
 from fedloom.sim.clock import ClientSpeeds
 from fedloom.sim.environment import SimEnvironment
 from fedloom.sim.executor import ClientFn, Executor, SequentialExecutor
 from fedloom.sim.history import RoundSummary, SimulationResult
 from fedloom.sim.progress import ProgressPrinter
-from fedloom.sim.sync_loop import Poison, SyncLoop, TrainedRound
+from fedloom.sim.run_log import RunLog
+from fedloom.sim.setup import LoopFactory
+from fedloom.sim.sync_loop import SyncLoop, TrainedRound
 
 EvaluateFn = Callable[[Weights], Mapping[str, float]]
 OnClientError = Literal["fail", "skip"]
@@ -46,12 +45,10 @@ def _client_id(index: int) -> str:
     return str(index)
 
 
-def _resolve_store(store: Any) -> Any:
-    if store == "default":
-        from fedloom.store import SqlStore
-
-        return SqlStore.open_default()
-    return store
+def _clients(num_clients: int, client_sizes: Sequence[int] | None) -> list[tuple[str, int | None]]:
+    """Every client's id and (when known) its size, which caps the samples it may claim."""
+    sizes: Sequence[int | None] = client_sizes or [None] * num_clients
+    return [(_client_id(i), sizes[i]) for i in range(num_clients)]
 
 
 def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | None, on_client_error: str) -> None:
@@ -63,39 +60,6 @@ def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | Non
         raise ConfigError(f"client_sizes has {len(client_sizes)} entries for {num_clients} clients")
     if on_client_error not in ("fail", "skip"):
         raise ConfigError(f"on_client_error must be 'fail' or 'skip', got {on_client_error!r}")
-
-
-class _RunLog:
-    """The store writes of one run; every method is a no-op when no store is given."""
-
-    def __init__(self, store: Any, name: str, config: Mapping[str, Any], seed: int, keep_local_models: bool) -> None:
-        self.store = _resolve_store(store)
-        self.run_id: str | None = self.store.create_run(name, "simulation", config, seed) if self.store else None
-        self.recorder = (
-            StoreRecorder(self.store, self.run_id, keep_local_models=keep_local_models) if self.run_id else None
-        )
-
-    def register_clients(self, clients: Sequence[tuple[str, int | None]]) -> None:
-        if self.run_id:
-            self.store.register_clients(self.run_id, clients)
-
-    def round_done(self, summary: RoundSummary) -> None:
-        if self.run_id:
-            evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
-            self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
-            for client_id, values in summary.per_client.items():
-                self.store.record_metrics(self.run_id, summary.round, values, scope="client", client_id=client_id)
-
-    def home_hint(self) -> str:
-        """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""
-        from fedloom.store.sql import resolve_home
-
-        home = getattr(self.store, "home", None)
-        return str(home) if home is not None and home.resolve() != resolve_home().resolve() else ""
-
-    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
-        if self.run_id:
-            self.store.finish_run(self.run_id, status, dict(summary))
 
 
 def simulate(
@@ -123,6 +87,8 @@ def simulate(
     speeds: ClientSpeeds | None = None,
     deadline_seconds: float | None = None,
     on_deadline: DeadlinePolicy = "aggregate",
+    asynchronous: AsyncSettings | None = None,
+    concurrency: int = 10,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -144,36 +110,31 @@ def simulate(
     wall-clock time); ``deadline_seconds`` gives each round a deadline, and ``on_deadline``
     says what happens when it passes (``aggregate`` what arrived, ``extend``, ``abandon``)
     — the deployed aggregator's close policy, applied by the same code.
+    ``asynchronous`` runs FedBuff / FedAsync instead (the deployed asynchronous lifecycle):
+    ``concurrency`` clients train at once and ``rounds`` counts the versions made.
     """
     _check_args(num_clients, rounds, client_sizes, on_client_error)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(config or {}), "strategy": strategy.describe()}
-    poison = (adversary, adversary.malicious(num_clients, seed)) if adversary and adversary.poisons_models else None
-    if poison:
-        run_config["adversary"] = {**vars(poison[0]), "malicious": sorted(poison[1])}
-    log = _RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
-    engine = RoundEngine(strategy, weights, seed=seed, max_rounds=rounds, recorder=log.recorder)
-    sizes: Sequence[int | None] = client_sizes or [None] * num_clients
-    clients = [(_client_id(i), sizes[i]) for i in range(num_clients)]
-    engine.register_clients(clients)
-    log.register_clients(clients)
+    poison = _poison(adversary, num_clients, seed, run_config)
+    log = RunLog(store, run_name or strategy.name, run_config, seed, keep_local_models)
+    log.register_clients(clients := _clients(num_clients, client_sizes))
     printer = ProgressPrinter(rounds, progress if not isinstance(progress, bool) else None) if progress else None
     temporary_state = strategy.keeps_client_state and client_state_dir is None
     state_dir = _client_state_dir(strategy, client_state_dir)
-    policy = ClosePolicy(strategy.criteria.threshold, strategy.criteria.min_updates, deadline_seconds, on_deadline)
-    lifecycle = SyncRounds(engine, policy)
-    environment = SimEnvironment.build(speeds, deadline_seconds, client_sizes, strategy.client.epochs, seed)
-    sync = SyncLoop(
-        lifecycle,
-        executor or SequentialExecutor(),
-        client_fn,
-        lambda cid: _fit_config(engine, cid, state_dir),
-        environment,
-        on_client_error == "fail",
-        Poison(poison[0], poison[1], seed) if poison else None,
+    setup = LoopFactory(
+        strategy, weights, rounds, seed, log.recorder, executor or SequentialExecutor(), client_fn, on_client_error
     )
-    loop = _Loop(sync, client_fn, evaluate_fn, state_dir, finetune_epochs)
+    if asynchronous is None:
+        policy = ClosePolicy(strategy.criteria.threshold, strategy.criteria.min_updates, deadline_seconds, on_deadline)
+        environment = SimEnvironment.build(speeds, deadline_seconds, client_sizes, strategy.client.epochs, seed)
+        rounds_loop: SyncLoop | AsyncLoop = setup.sync_loop(clients, policy, environment, state_dir, poison)
+    else:
+        world = SimEnvironment.build(speeds or ClientSpeeds(), None, client_sizes, strategy.client.epochs, seed)
+        assert world is not None
+        rounds_loop = setup.async_loop(asynchronous, world, concurrency, state_dir)
+    loop = _Loop(rounds_loop, strategy, seed, client_fn, evaluate_fn, state_dir, finetune_epochs)
     history: list[RoundSummary] = []
     started = time.perf_counter()
 
@@ -196,7 +157,7 @@ def simulate(
     finally:
         if evaluator:
             evaluator.shutdown(wait=True, cancel_futures=True)
-        sync.executor.close()
+        rounds_loop.executor.close()
         if temporary_state and state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
         if printer:
@@ -204,7 +165,18 @@ def simulate(
     log.finish("finished", {"rounds_completed": len(history), **history[-1].metrics})
     if printer:
         printer.report(history, log.run_id, log.home_hint())
-    return SimulationResult(log.run_id, history, model_part(engine.global_weights), run_config)
+    return SimulationResult(log.run_id, history, model_part(rounds_loop.lifecycle.global_weights), run_config)
+
+
+def _poison(
+    adversary: Adversary | None, num_clients: int, seed: int, run_config: dict[str, Any]
+) -> tuple[Adversary, frozenset[int]] | None:
+    """The attack and its malicious clients (recorded in the run's config), when models are poisoned."""
+    if adversary is None or not adversary.poisons_models:
+        return None
+    malicious = adversary.malicious(num_clients, seed)
+    run_config["adversary"] = {**vars(adversary), "malicious": sorted(malicious)}
+    return adversary, malicious
 
 
 def _initial_weights(strategy: Strategy, given: Weights | Trainer) -> Weights:
@@ -218,13 +190,6 @@ def _client_state_dir(strategy: Strategy, given: str | None) -> str | None:
     if not strategy.keeps_client_state:
         return None
     return given or tempfile.mkdtemp(prefix="fedloom-client-state-")
-
-
-def _fit_config(engine: RoundEngine, client_id: str, state_dir: str | None) -> FitConfig:
-    config = engine.fit_config(client_id)
-    if state_dir is None:
-        return config
-    return dataclasses.replace(config, extra={**config.extra, STATE_DIR: state_dir})
 
 
 @contextlib.contextmanager
@@ -269,14 +234,17 @@ class _Loop:
 
     def __init__(
         self,
-        sync: SyncLoop,
+        rounds: SyncLoop | AsyncLoop,
+        strategy: Strategy,
+        seed: int,
         client_fn: ClientFn,
         evaluate_fn: EvaluateFn | None,
         state_dir: str | None,
         finetune_epochs: int,
     ) -> None:
-        self.sync = sync
-        self.engine = sync.lifecycle.engine
+        self.rounds = rounds
+        self.strategy = strategy
+        self.seed = seed
         self.client_fn = client_fn
         self.evaluate_fn = evaluate_fn
         self.state_dir = state_dir
@@ -284,10 +252,10 @@ class _Loop:
         self.per_client: dict[int, PerClient] = {}
 
     def train_round(self) -> TrainedRound:
-        return self.sync.run_round()
+        return self.rounds.run_round()
 
     def _personal(self) -> tuple[tuple[str, ...], PersonalStore] | None:
-        keys = self.engine.strategy.personal_keys
+        keys = self.strategy.personal_keys
         return (keys, personal_store(self.state_dir)) if keys and self.state_dir else None
 
     def summarize(self, trained: TrainedRound, num_clients: int, client_eval_fraction: float) -> RoundSummary:
@@ -301,13 +269,13 @@ class _Loop:
             number, updates, samples, weights = outcome.round, outcome.num_updates, outcome.num_samples, outcome.weights
             metrics = self._metrics(outcome.client_metrics, weights, number, num_clients, client_eval_fraction)
         else:
-            number, updates, samples, weights = end.round, end.num_updates, 0, trained.opened.global_weights
+            number, updates, samples, weights = end.round, end.num_updates, 0, trained.start_weights
             metrics = {**self._metrics({}, weights, number, num_clients, client_eval_fraction), "abandoned": 1.0}
         if trained.sim_seconds is not None:
             metrics["sim_seconds"] = trained.sim_seconds
         return RoundSummary(
             round=number,
-            num_selected=len(trained.opened.selected),
+            num_selected=trained.num_selected,
             num_updates=updates,
             num_samples=samples,
             metrics=metrics,
@@ -329,8 +297,8 @@ class _Loop:
         if client_eval_fraction > 0:
             evaluation = ClientEvaluation(
                 client_eval_fraction,
-                self.engine.strategy.client,
-                self.engine.seed,
+                self.strategy.client,
+                self.seed,
                 self.finetune_epochs,
                 self._personal(),
             )

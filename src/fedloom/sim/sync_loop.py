@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fedloom.core.errors import ClientError, RejectedUpdateError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate
+from fedloom.core.weights import Weights
 from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, RoundClosed, RoundOpened, SyncRounds
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.environment import SimEnvironment
@@ -28,10 +29,12 @@ RoundEnd = RoundClosed | RoundAbandoned
 
 @dataclass(frozen=True)
 class TrainedRound:
-    """One simulated round: how it opened, how it ended, and when (simulated seconds, if timed)."""
+    """One simulated round (or async version): its start model, how it ended, and when
+    (simulated seconds, if timed); ``started`` is the wall-clock ``perf_counter``."""
 
-    opened: RoundOpened
     end: RoundEnd
+    num_selected: int
+    start_weights: Weights
     started: float
     sim_seconds: float | None
 
@@ -85,7 +88,8 @@ class SyncLoop:
         self._deliver(opened, timed)
         self._finish_by_deadlines(opened)
         assert self._end is not None
-        return TrainedRound(opened, self._end, started, self.now if self.environment else None)
+        sim_seconds = self.now if self.environment else None
+        return TrainedRound(self._end, len(opened.selected), opened.global_weights, started, sim_seconds)
 
     def _train(self, opened: RoundOpened) -> list[tuple[float, ExecutorResult]]:
         """Every delivering client's result with its arrival time (dropouts are refused here)."""

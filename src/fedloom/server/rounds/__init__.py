@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
-from fedloom.server.rounds.asynchronous import AsyncLifecycle, version_outcome
+from fedloom.server.rounds.asynchronous import AsyncLifecycle, AsyncSettings, version_outcome
 from fedloom.server.rounds.events import (
     ClientTask,
     DeadlineExtended,
@@ -58,6 +58,7 @@ class Rounds(Protocol):
 __all__ = [
     "DEADLINE_POLICIES",
     "AsyncLifecycle",
+    "AsyncSettings",
     "ClientTask",
     "ClosePolicy",
     "DeadlineExtended",

@@ -9,13 +9,63 @@ synchronous engine uses, so the deployed aggregator and the simulation record al
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from fedloom.algorithms.strategy import ClientSettings
-from fedloom.core.errors import RejectedUpdateError
+from fedloom.core.errors import ConfigError, RejectedUpdateError
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.async_rounds import AsyncRounds, AsyncVersion
 from fedloom.server.engine import RoundOutcome, RoundRecorder
 from fedloom.server.rounds.events import ClientTask, Event, RoundClosed, RunFinished
+
+
+@dataclass(frozen=True)
+class AsyncSettings:
+    """How an asynchronous run aggregates: the ``[async]`` table of a deployment, and
+    ``simulate(asynchronous=...)``'s settings — one type, one set of defaults.
+
+    ``mixing = 0`` is FedBuff (each version is the staleness-weighted mean of a full
+    buffer); ``mixing`` in (0, 1] is FedAsync (that mean mixed into the current model,
+    exactly FedAsync with ``buffer_size = 1``).
+    """
+
+    buffer_size: int = 2
+    staleness_exponent: float = 0.5
+    mixing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) or self.buffer_size < 1:
+            raise ConfigError(f"[async] buffer_size must be an integer >= 1, got {self.buffer_size!r}")
+        if not 0.0 <= self.mixing <= 1.0:
+            raise ConfigError(f"[async] mixing must be in [0, 1] (0 = FedBuff), got {self.mixing!r}")
+        if not (self.staleness_exponent >= 0 and math.isfinite(self.staleness_exponent)):
+            raise ConfigError(f"[async] staleness_exponent must be >= 0, got {self.staleness_exponent!r}")
+
+    @classmethod
+    def fedasync(cls, mixing: float = 0.6, staleness_exponent: float = 0.5) -> AsyncSettings:
+        """FedAsync (Xie et al. 2019): every arrival mixed in at once."""
+        return cls(buffer_size=1, staleness_exponent=staleness_exponent, mixing=mixing)
+
+    @property
+    def name(self) -> str:
+        return "fedasync" if self.mixing > 0 else "fedbuff"
+
+    def start(
+        self, weights: Weights, version: int, max_versions: int | None, uploaded: Iterable[tuple[str, int]] = ()
+    ) -> AsyncRounds:
+        """The buffer of a run at ``version`` (``uploaded``: the (client, round) pairs already taken)."""
+        return AsyncRounds(
+            weights,
+            version=version,
+            buffer_size=self.buffer_size,
+            staleness_exponent=self.staleness_exponent,
+            mixing=self.mixing or None,
+            max_versions=max_versions,
+            uploaded=uploaded,
+        )
 
 
 def version_outcome(version: AsyncVersion) -> RoundOutcome:
