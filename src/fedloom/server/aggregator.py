@@ -220,6 +220,12 @@ class Aggregator:
         with self._lock:
             return self._current_round()
 
+    @property
+    def round_deadline(self) -> float | None:
+        """The open synchronous round's deadline (clock seconds), or None."""
+        with self._lock:
+            return self._rounds.deadline if isinstance(self._rounds, SyncRounds) else None
+
     def _open_run(self) -> tuple[str, bool]:
         """Resume the newest unfinished run of this name, or start one; returns (run id, resumed)."""
         name = self.config.run.name
