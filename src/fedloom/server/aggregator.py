@@ -197,6 +197,8 @@ class Aggregator:
         self._latest_payload: bytes | None = None
         self._rounds: SyncRounds | AsyncLifecycle | None = None
         self._run_finished = False
+        self._finished_at: float | None = None
+        self._fetched_final: set[str] = set()
         self._stale = False
         with self._lock:
             self._load()
@@ -319,8 +321,10 @@ class Aggregator:
     def _set_latest(self, model: _Model) -> None:
         self._latest, self._latest_payload = model, None
 
-    def global_model_bytes(self, round: int | Literal["latest"]) -> tuple[bytes, str]:
-        """The payload of the global model that starts ``round`` (or the newest), and its content hash."""
+    def global_model_bytes(self, round: int | Literal["latest"], agent_id: str | None = None) -> tuple[bytes, str]:
+        """The payload of the global model that starts ``round`` (or the newest), and its content hash.
+
+        ``agent_id`` (who asks) lets a finished run know which agents have its final model."""
         with self._lock:
             self._ensure_loaded()
             latest = self._latest
@@ -331,6 +335,8 @@ class Aggregator:
                 raise refusal("not_found", f"round {round} has not started (rounds run from 1 to {current})")
             row = latest.round if round == "latest" else round - 1
             if row >= latest.round:
+                if self._run_finished and agent_id is not None:
+                    self._fetched_final.add(agent_id)
                 if self._latest_payload is None:
                     self._latest_payload = latest.payload()
                 return self._latest_payload, latest.sha256
@@ -560,9 +566,20 @@ class Aggregator:
         completed = self._rounds_completed()
         self.store.finish_run(self.run_id, "finished", {"rounds_completed": completed})
         self._run_finished = True
+        self._finished_at = self._clock()
         log.info("run finished after %d round(s)", completed)
 
     # ------------------------------------------------------------------ status
+
+    def may_stop(self, now: float | None = None) -> bool:
+        """Whether a finished run's server may exit: every agent has downloaded the final model, or
+        ``[server] linger_seconds`` passed since the finish (for agents that never ask again)."""
+        with self._lock:
+            if not self._run_finished or self._finished_at is None:
+                return False
+            moment = self._clock() if now is None else now
+            everyone = set(self._agents) <= self._fetched_final
+            return everyone or moment - self._finished_at >= self.config.server.linger_seconds
 
     def _current_round(self) -> int:
         return self._rounds.current_round if self._rounds is not None else 1

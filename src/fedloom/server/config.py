@@ -85,6 +85,9 @@ class ServerSection:
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
     home: str | None = None
+    #: once the run is finished, how long to keep serving so agents can fetch the final model
+    #: (the server exits earlier when every agent has been told); ``fedloom server --keep-serving`` never exits
+    linger_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -95,6 +98,8 @@ class ServerSection:
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise _fail("server", missing, "is missing: HTTPS needs both tls_cert and tls_key")
         _positive("server", "max_upload_mb", self.max_upload_mb)
+        if not (math.isfinite(self.linger_seconds) and self.linger_seconds >= 0):
+            raise _fail("server", "linger_seconds", f"must be a number >= 0, got {self.linger_seconds!r}")
 
     @property
     def tls(self) -> bool:
