@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging()
     _release_model_buffers_promptly()
     store, home = open_store(config)
+    config = config.replace(home=str(home.resolve()))  # recorded: `models export --db-url` finds the blobs
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
