@@ -98,6 +98,7 @@ def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedloom.sim.progress import ProgressPrinter
     from fedloom.sim.tasks import simulate_config
 
     base = load_config_file(args.config) if args.config else SimConfig()
@@ -114,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
         from fedloom.store import SqlStore
 
         store = SqlStore.open_default(args.home)
-    simulate_config(config, store=store, progress=True)
+    simulate_config(config, store=store, observers=[ProgressPrinter(config.rounds)])
     return 0

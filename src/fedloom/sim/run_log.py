@@ -1,9 +1,10 @@
 """The store writes of one simulated run: the run row, its clients, per-round metrics, the finish.
 
-Every method is a no-op when no store is given (``store=None``), so the driver never
-branches on it. Round events (rounds, local and global models, rejections) are written
-by the lifecycle's recorder (:class:`~fedloom.server.recording.StoreRecorder`), the same
-one the deployed aggregator uses.
+:class:`RunLog` is a round observer like the progress printer. Every method is a no-op
+when no store is given (``store=None``), so the driver never branches on it. Round
+events (rounds, local and global models, rejections) are written by the lifecycle's
+recorder (:class:`~fedloom.server.recording.StoreRecorder`), the same one the deployed
+aggregator uses.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 from fedloom.server.recording import StoreRecorder
-from fedloom.sim.history import RoundSummary
 
 
 def resolve_store(store: Any) -> Any:
@@ -37,7 +38,10 @@ class RunLog:
         if self.run_id:
             self.store.register_clients(self.run_id, clients)
 
-    def round_done(self, summary: RoundSummary) -> None:
+    def on_start(self, run: RunInfo) -> None:
+        """The run row was written when the log was made (the recorder needs its id first)."""
+
+    def on_round(self, summary: RoundSummary) -> None:
         if self.run_id:
             evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
@@ -51,6 +55,7 @@ class RunLog:
         home = getattr(self.store, "home", None)
         return str(home) if home is not None and home.resolve() != resolve_home().resolve() else ""
 
-    def finish(self, status: str, summary: Mapping[str, Any]) -> None:
+    def on_finish(self, run: RunInfo, end: RunEnd) -> None:
         if self.run_id:
-            self.store.finish_run(self.run_id, status, dict(summary))
+            summary = {"rounds_completed": end.rounds_completed, **end.metrics}
+            self.store.finish_run(self.run_id, end.status, summary)
