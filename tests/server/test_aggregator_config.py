@@ -69,7 +69,7 @@ def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
     assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
-    assert len(FIELDS) == 26 + 20 + 4
+    assert len(FIELDS) == 27 + 20 + 4  # + [server] linger_seconds
 
 
 @pytest.mark.parametrize(

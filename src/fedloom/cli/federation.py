@@ -462,7 +462,7 @@ def _supervise(args: argparse.Namespace, home: Path, url: str, server: Child, ag
         if now >= end:
             say("federation", f"the run did not finish within {args.timeout:g} s", sys.stderr)
             return 1
-        if server.poll() is not None:
+        if server.poll() not in (None, 0):  # 0: it finished the run and exits by itself
             say("federation", f"the aggregator exited with code {server.poll()}", sys.stderr)
             return 1
         failed = [a for a in agents if a.poll() not in (None, 0)]

@@ -61,6 +61,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     for name, (table, kind) in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, type=_TYPES[kind], metavar=name.upper(), help=f"[{table}] {name}")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep serving the final model after the run finishes (default: exit 0 once agents were told)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging()
     _release_model_buffers_promptly()
     store, home = open_store(config)
+    config = config.replace(home=str(home.resolve()))  # recorded: `models export --db-url` finds the blobs
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
@@ -109,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
             f"(run {config.run.name}, round {aggregator.current_round})",
             flush=True,
         )
+        stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
-            create_app(aggregator),
+            create_app(aggregator, on_done=None if args.keep_serving else stopper.stop),
             ssl_certfile=config.server.tls_cert,
             ssl_keyfile=config.server.tls_key,
             log_level="warning",
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
-        server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
+        server = stopper.server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
         with _stop_signals():
             server.run(sockets=[sock])
         print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.current_round})", flush=True)
@@ -135,6 +142,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- pieces
+
+
+class _Stopper:
+    """Stops the server when its run is finished and every agent was told (see ``--keep-serving``)."""
+
+    def __init__(self, wake_waiters: Callable[[], None]) -> None:
+        self.wake_waiters = wake_waiters
+        self.server: Any = None
+
+    def stop(self) -> None:
+        print("fedloom aggregator: the run is finished and its agents were told; exiting", flush=True)
+        if self.server is not None:
+            self.server.should_exit = True
+        self.wake_waiters()  # long-polls answer now instead of holding the shutdown
 
 
 def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:

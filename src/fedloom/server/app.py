@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
@@ -253,7 +253,7 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
         which = int(round)
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
-    payload, sha256 = aggregator.global_model_bytes(which)
+    payload, sha256 = aggregator.global_model_bytes(which, agent.id)
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
 
@@ -325,13 +325,22 @@ def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
 UPLOAD_SLOTS = 4
 
 
-def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_slots: int = UPLOAD_SLOTS) -> FastAPI:
-    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests)."""
+def create_app(
+    aggregator: Aggregator,
+    *,
+    background_tick: bool = True,
+    upload_slots: int = UPLOAD_SLOTS,
+    on_done: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests).
+
+    ``on_done`` is called once, from the ticker, when the run is finished and the server
+    may stop (:meth:`Aggregator.may_stop`): ``fedloom server`` exits then."""
     interval = aggregator.config.rounds.check_interval_seconds
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(_tick_forever(aggregator, interval)) if background_tick else None
+        ticker = asyncio.create_task(_tick_forever(aggregator, interval, on_done)) if background_tick else None
         try:
             yield
         finally:
@@ -397,7 +406,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
-async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
+async def _tick_forever(aggregator: Aggregator, interval: float, on_done: Callable[[], None] | None) -> None:
     """Call ``tick`` every ``interval`` seconds; a failing tick is logged and tried again."""
     while True:
         await asyncio.sleep(interval)
@@ -405,3 +414,6 @@ async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
             await run_in_threadpool(aggregator.tick)
         except Exception:  # a supervisor loop: one failed tick must not stop deadlines for good
             log.exception("aggregator tick failed; trying again in %.1f s", interval)
+        if on_done is not None and await run_in_threadpool(aggregator.may_stop):
+            on_done()
+            on_done = None

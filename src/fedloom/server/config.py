@@ -98,6 +98,9 @@ class ServerSection:
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
     home: str | None = None
+    #: once the run is finished, how long to keep serving so agents can fetch the final model
+    #: (the server exits earlier when every agent has been told); ``fedloom server --keep-serving`` never exits
+    linger_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -112,6 +115,8 @@ class ServerSection:
         _positive("server", "rate_limit_per_second", self.rate_limit_per_second)
         _at_least("server", "rate_limit_burst", self.rate_limit_burst, 1)
         _at_least("server", "max_rejections_per_round", self.max_rejections_per_round, 0)
+        if not (math.isfinite(self.linger_seconds) and self.linger_seconds >= 0):
+            raise _fail("server", "linger_seconds", f"must be a number >= 0, got {self.linger_seconds!r}")
 
     @property
     def tls(self) -> bool:
