@@ -19,6 +19,7 @@ from fedloom.cli.federation import (
     RUN_KIND,
     Child,
     agent_command,
+    agent_env,
     read_credential,
     start_aggregator,
     stop_all,
@@ -114,11 +115,10 @@ class Cluster:
             self.home / "agents" / name,
             SLOW_SITE,
             {"site": str(site), "sites": str(sites), "delay": f"{delay:g}"},
-            token=token,
             upload_initial=upload_initial,
             poll_wait=2.0,
         )
-        agent = Child(name, argv, log_file=self.home / f"{name}.log")
+        agent = Child(name, argv, log_file=self.home / f"{name}.log", env=agent_env(token))
         self.children.insert(0, agent)  # agents stop before the aggregator
         return agent
 

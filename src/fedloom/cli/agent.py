@@ -8,15 +8,21 @@ it loads the site's private data, which never leaves the machine. State (credent
 round, models) lives in ``--state-dir``, so the same command resumes after a restart and
 the join token is needed only the first time. Exit code 0 when the run is finished or
 the agent was stopped with SIGTERM/SIGINT; 1 on an error, which is printed.
+
+The join token comes from ``--token-file`` or ``FEDLOOM_AGENT_TOKEN``: a command-line
+argument can be read by every local user in ``/proc/PID/cmdline``, so ``--token`` still
+works but logs a warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +30,8 @@ if TYPE_CHECKING:
     from fedloom.client.transport import AggregatorClient
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: the environment variable that carries the join token (kept out of the command line)
+TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add = parser.add_argument
     add("--server", required=True, metavar="URL", help="the aggregator's base URL, e.g. https://agg.example.org:8443")
-    add("--token", metavar="T", help="join token from `fedloom token create` (needed until the agent has registered)")
+    add(
+        "--token",
+        metavar="T",
+        help=f"join token (`fedloom token create`); visible to other local users: prefer {TOKEN_ENV} or --token-file",
+    )
+    add("--token-file", metavar="FILE", help="file holding the join token (needed until the agent has registered)")
     add(
         "--trainer",
         required=True,
@@ -85,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("fedloom.agent").warning(
             "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", args.server
         )
+    token = join_token(args, os.environ)
     factory = load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
     with make_client(args) as client:
         agent = Agent(
@@ -92,13 +106,39 @@ def _run(args: argparse.Namespace) -> int:
             factory,
             args.state_dir or f"fedloom-agent-{name}",
             name,
-            args.token,
+            token,
             discard_stale=not args.keep_stale,
             upload_initial=args.upload_initial,
             poll_wait=args.poll_wait,
         )
         agent.run()
     return 0
+
+
+def join_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The join token from ``--token-file``, ``--token`` (with a warning) or ``FEDLOOM_AGENT_TOKEN``."""
+    from fedloom.core.errors import ConfigError
+
+    token_file = getattr(args, "token_file", None)
+    if token_file is not None and args.token is not None:
+        raise ConfigError("give the join token with --token-file or --token, not both")
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {str(path)!r} cannot be read: {exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file {str(path)!r} is empty (put the token from `fedloom token create` in it)")
+        return token
+    if args.token is not None:
+        logging.getLogger("fedloom.agent").warning(
+            "the join token given with --token is visible to other local users (/proc/PID/cmdline, ps); "
+            "pass it in %s or with --token-file instead",
+            TOKEN_ENV,
+        )
+        return str(args.token)
+    return environ.get(TOKEN_ENV) or None
 
 
 def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:

@@ -38,6 +38,8 @@ EXAMPLES = ("digits",)
 STOP_GRACE_SECONDS = 10.0
 PORT_FILENAME = "aggregator.port"
 RUN_KIND = "deployment"
+#: where ``fedloom agent`` reads its join token (see fedloom.cli.agent)
+AGENT_TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 _print_lock = threading.Lock()
 
 
@@ -290,20 +292,27 @@ def agent_command(
     trainer: Path,
     trainer_args: dict[str, str],
     *,
-    token: str | None = None,
     upload_initial: bool = False,
     poll_wait: float = 2.0,
 ) -> list[str]:
-    """The command line of a ``fedloom agent``."""
+    """The command line of a ``fedloom agent``; its join token goes in :func:`agent_env`, never here."""
     argv = ["agent", "--server", url, "--name", name, "--state-dir", str(state_dir), "--trainer"]
     argv += [f"{trainer}:make_trainer", "--poll-wait", f"{poll_wait:g}"]
-    if token is not None:
-        argv += ["--token", token]
     for key, value in trainer_args.items():
         argv += ["--trainer-arg", f"{key}={value}"]
     if upload_initial:
         argv.append("--upload-initial")
     return fedloom_command(*argv)
+
+
+def agent_env(token: str | None) -> dict[str, str]:
+    """A child environment carrying the agent's join token: unlike an argument, other local
+    users cannot read it in ``/proc/PID/cmdline``."""
+    env = child_env()
+    env.pop(AGENT_TOKEN_ENV, None)
+    if token is not None:
+        env[AGENT_TOKEN_ENV] = token
+    return env
 
 
 def read_credential(state_dir: Path) -> str | None:
@@ -431,10 +440,9 @@ def run_up(args: argparse.Namespace) -> int:
                     home / "agents" / name,
                     trainer,
                     {"site": str(i), "sites": str(args.agents)},
-                    token=tokens[name],
                     upload_initial=i == 0,
                 )
-                children.insert(len(children) - 1, Child(name, argv, on_line=echo))
+                children.insert(len(children) - 1, Child(name, argv, on_line=echo, env=agent_env(tokens[name])))
             code = _supervise(args, home, url, server, [c for c in children if c is not server])
             if code != 0:
                 return code

@@ -253,7 +253,7 @@ class Agent:
         if not self.join_token:
             raise ConfigError(
                 f"no credential in {str(self.store.directory)!r} and no join token: "
-                "pass --token (made by `fedloom token create`)"
+                "set FEDLOOM_AGENT_TOKEN or pass --token-file (the token made by `fedloom token create`)"
             )
         self._register()
 
