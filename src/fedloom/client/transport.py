@@ -13,8 +13,11 @@ Everything docs/protocol.md defines for agents is a method here; the agent runti
   :class:`UploadRejectedError` (an upload refused with 400/409/413/422; it is a
   :class:`fedloom.core.RejectedUpdateError`, so ``.code`` is e.g. ``duplicate``), else
   :class:`AggregatorError`. When retries run out: :class:`AggregatorUnavailableError`.
-* Models are checked on the way in: the payload must parse (which verifies its own
-  content hash) and the ``X-Fedloom-Sha256`` header must equal that content hash.
+* Models are checked on the way in: the body is streamed and refused
+  (:class:`~fedloom.core.errors.PayloadTooLargeError`) as soon as it passes
+  ``max_download_bytes``, so memory stays bounded whatever the server sends; the payload
+  must parse (which verifies its own content hash) and the ``X-Fedloom-Sha256`` header
+  must equal that content hash.
 
 Tests pass ``transport=httpx.MockTransport(handler)``; nothing else needs patching.
 """
@@ -33,7 +36,13 @@ from typing import Any
 
 import httpx
 
-from fedloom.core.errors import ConfigError, FedloomError, IntegrityError, RejectedUpdateError
+from fedloom.core.errors import (
+    ConfigError,
+    FedloomError,
+    IntegrityError,
+    PayloadTooLargeError,
+    RejectedUpdateError,
+)
 from fedloom.core.fit import FitConfig
 from fedloom.core.serialization import DEFAULT_MAX_BYTES, from_bytes, to_bytes
 from fedloom.core.weights import Weights
@@ -61,6 +70,8 @@ TASK_STATES = ("train", "wait", "finished")
 _OCTET = "application/octet-stream"
 _UPLOAD_PATHS = ("/v1/updates", "/v1/models/initial")
 _FIT_FIELDS = frozenset(f.name for f in fields(FitConfig))
+#: headers that describe the body on the wire, not the decoded bytes a streamed read kept
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 # --------------------------------------------------------------------- errors
@@ -304,7 +315,8 @@ class AggregatorClient:
 
     def download_global(self, round: int | str = "latest") -> tuple[Weights, str]:
         """The global model that starts ``round`` (or ``"latest"``) and its content hash, verified."""
-        response = self._request("GET", f"/v1/models/global/{round}", what=f"download of global model {round}")
+        what = f"download of global model {round}"
+        response = self._request("GET", f"/v1/models/global/{round}", what=what, max_body=self.max_download_bytes)
         weights, header = from_bytes(response.content, max_bytes=self.max_download_bytes)
         claimed = response.headers.get(SHA256_HEADER)
         if claimed is not None and claimed != header.sha256:
@@ -355,8 +367,13 @@ class AggregatorClient:
             raise AggregatorError(response.status_code, "invalid_answer", f"{what}: answer is not a JSON object")
         return data
 
-    def _request(self, method: str, path: str, *, what: str, auth: bool = True, **kwargs: Any) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise the matching :class:`AggregatorError`."""
+    def _request(
+        self, method: str, path: str, *, what: str, auth: bool = True, max_body: int | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with retries; return a 2xx response or raise the matching :class:`AggregatorError`.
+
+        With ``max_body`` the answer is streamed and refused as soon as it passes that many bytes.
+        """
         headers = dict(kwargs.pop("headers", None) or {})
         if auth:
             if self._credential is None:
@@ -365,7 +382,7 @@ class AggregatorClient:
         retry = 0
         while True:
             try:
-                response = self._http.request(method, path, headers=headers, **kwargs)
+                response = self._send(method, path, headers, max_body, what, kwargs)
             except httpx.TransportError as exc:
                 failure = AggregatorUnavailableError(0, type(exc).__name__, str(exc) or repr(exc), what=what)
             else:
@@ -382,6 +399,22 @@ class AggregatorClient:
             log.warning("%s failed (%s: %s); retry %d in %.1f s", what, failure.code, failure.detail, retry, delay)
             self._wait(delay)
 
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], max_body: int | None, what: str, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        """One try. With ``max_body`` the body is read chunk by chunk, so a hostile or broken
+        aggregator cannot make the agent hold more than the limit (plus one chunk) in memory."""
+        if max_body is None:
+            return self._http.request(method, path, headers=headers, **kwargs)
+        request = self._http.build_request(method, path, headers=headers, **kwargs)
+        response = self._http.send(request, stream=True)
+        try:
+            body = _read_limited(response, max_body, what)
+        finally:
+            response.close()
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=body, request=request)
+
     def _wait(self, delay: float) -> None:
         """Back off for ``delay`` seconds, in short slices so :meth:`interrupt` is noticed quickly."""
         if self._sleep is not None:
@@ -392,6 +425,25 @@ class AggregatorClient:
                 time.sleep(min(0.1, left))
         if self._interrupted:
             raise RequestInterruptedError("stopping: request not retried")
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The (decoded) body of a streamed ``response``, refused once it is over ``limit`` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"{what}: the aggregator announced {declared} bytes (Content-Length), more than the download limit"
+            f" of {limit} bytes (max_download_bytes); not reading it"
+        )
+    buffer = bytearray()
+    for chunk in response.iter_bytes():
+        buffer += chunk
+        if len(buffer) > limit:
+            raise PayloadTooLargeError(
+                f"{what}: the aggregator sent more than {limit} bytes, the download limit (max_download_bytes);"
+                " stopped reading"
+            )
+    return bytes(buffer)
 
 
 def _error_for(response: httpx.Response, what: str) -> AggregatorError:
