@@ -108,6 +108,7 @@ class Cluster:
         *,
         upload_initial: bool = False,
         delay: float = 0.0,
+        extra_args: tuple[str, ...] = (),
     ) -> Child:
         argv = agent_command(
             self.url,
@@ -117,6 +118,7 @@ class Cluster:
             {"site": str(site), "sites": str(sites), "delay": f"{delay:g}"},
             upload_initial=upload_initial,
             poll_wait=2.0,
+            extra_args=extra_args,
         )
         agent = Child(name, argv, log_file=self.home / f"{name}.log", env=agent_env(token))
         self.children.insert(0, agent)  # agents stop before the aggregator

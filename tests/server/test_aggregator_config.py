@@ -67,8 +67,8 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
-    assert len(FIELDS) == 25 + 20
+    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls"}
+    assert len(FIELDS) == 25 + 20 + 1  # [tls] client_ca_file
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: the environment variable that carries the join token (kept out of the command line)
 TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
+#: environment variables standing in for --ca-file, --tls-cert and --tls-key
+CA_ENV, CERT_ENV, KEY_ENV = "FEDLOOM_AGENT_CA_FILE", "FEDLOOM_AGENT_TLS_CERT", "FEDLOOM_AGENT_TLS_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add(
         "--state-dir", metavar="DIR", help="where state, credential and models are kept (default: ./fedloom-agent-NAME)"
     )
-    add("--ca-file", metavar="PEM", help="CA certificate that signed the aggregator's TLS certificate")
+    add("--ca-file", metavar="PEM", help=f"CA certificate that signed the aggregator's TLS certificate ({CA_ENV})")
+    add("--tls-cert", metavar="PEM", help=f"this site's client certificate, for mutual TLS ({CERT_ENV})")
+    add("--tls-key", metavar="PEM", help=f"the private key of --tls-cert ({KEY_ENV})")
     add(
         "--trainer-arg",
         action="append",
@@ -146,7 +150,16 @@ def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:
     from fedloom.client.transport import AggregatorClient, RetryPolicy
 
     attempts = None if args.max_retries is None else args.max_retries + 1
-    return AggregatorClient(args.server, ca_file=args.ca_file, retry=RetryPolicy(max_attempts=attempts), **overrides)
+    ca_file = getattr(args, "ca_file", None) or os.environ.get(CA_ENV) or None
+    cert = getattr(args, "tls_cert", None) or os.environ.get(CERT_ENV) or None
+    key = getattr(args, "tls_key", None) or os.environ.get(KEY_ENV) or None
+    if (cert is None) != (key is None):
+        from fedloom.core.errors import ConfigError
+
+        raise ConfigError(f"--tls-cert and --tls-key ({CERT_ENV}, {KEY_ENV}) go together: give both or neither")
+    client_cert = (cert, key) if cert is not None and key is not None else None
+    retry = RetryPolicy(max_attempts=attempts)
+    return AggregatorClient(args.server, ca_file=ca_file, client_cert=client_cert, retry=retry, **overrides)
 
 
 @contextmanager

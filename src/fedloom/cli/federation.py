@@ -253,7 +253,8 @@ def start_aggregator(
     on_line: Callable[[str, str], None] | None = None,
     timeout: float = 60.0,
 ) -> tuple[Child, str]:
-    """Start ``fedloom server`` on 127.0.0.1 with store ``home``; returns it and its base URL."""
+    """Start ``fedloom server`` on 127.0.0.1 with store ``home``; returns it and its base URL
+    (``https://`` when ``settings`` name a ``tls_cert``)."""
     with contextlib.suppress(FileNotFoundError):
         (home / PORT_FILENAME).unlink()  # a stale one from a killed server would point nowhere
     flags = ["--home", str(home), "--host", "127.0.0.1", "--port", str(port)]
@@ -265,7 +266,8 @@ def start_aggregator(
     except BaseException:
         server.stop()
         raise
-    return server, f"http://127.0.0.1:{bound}"
+    scheme = "https" if (settings or {}).get("tls_cert") else "http"
+    return server, f"{scheme}://127.0.0.1:{bound}"
 
 
 def find_example(name: str) -> Path:
@@ -294,6 +296,7 @@ def agent_command(
     *,
     upload_initial: bool = False,
     poll_wait: float = 2.0,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The command line of a ``fedloom agent``; its join token goes in :func:`agent_env`, never here."""
     argv = ["agent", "--server", url, "--name", name, "--state-dir", str(state_dir), "--trainer"]
@@ -302,7 +305,7 @@ def agent_command(
         argv += ["--trainer-arg", f"{key}={value}"]
     if upload_initial:
         argv.append("--upload-initial")
-    return fedloom_command(*argv)
+    return fedloom_command(*argv, *extra_args)
 
 
 def agent_env(token: str | None) -> dict[str, str]:

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from fedloom.client.tls import make_ssl_context
 from fedloom.core.errors import (
     ConfigError,
     FedloomError,
@@ -164,7 +165,7 @@ def fit_config_from(config: Mapping[str, Any], round: int) -> FitConfig:
         raise AggregatorError(200, "invalid_task", f"task config does not make a FitConfig: {exc}") from None
 
 
-# --------------------------------------------------------------------- retries and TLS
+# --------------------------------------------------------------------- retries
 
 
 @dataclass(frozen=True)
@@ -196,26 +197,14 @@ class RetryPolicy:
         return rng.uniform(0.0, self.cap(retry))
 
 
-def make_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
-    """A verifying TLS context that trusts the certificates in the PEM file ``ca_file``.
-
-    Use it when the aggregator's certificate is signed by a private CA (or is self-signed):
-    hostname checking and certificate verification stay on.
-    """
-    path = Path(ca_file)
-    if not path.is_file():
-        raise ConfigError(f"CA file {str(path)!r} does not exist (pass --ca-file the aggregator's CA certificate, PEM)")
-    try:
-        return ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"CA file {str(path)!r} holds no usable PEM certificate: {exc}") from None
-
-
 # --------------------------------------------------------------------- the client
 
 
 class AggregatorClient:
     """A synchronous client for one aggregator (``base_url`` like ``https://agg.example.org:8443``).
+
+    ``ca_file`` is the CA that signed the aggregator's certificate (None: the system's);
+    ``client_cert`` = (certificate, key) PEM files of this site, for mutual TLS.
 
     ``register`` (or ``authenticate`` with a stored credential) must come before the other
     calls. ``sleep`` and ``rng`` exist for tests; by default backoff waits can be cut short
@@ -227,6 +216,7 @@ class AggregatorClient:
         base_url: str,
         *,
         ca_file: str | Path | None = None,
+        client_cert: tuple[str | Path, str | Path] | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
@@ -247,7 +237,9 @@ class AggregatorClient:
         self._interrupted = False
         self._sleep = sleep
         self._rng = rng or random.Random()
-        verify: ssl.SSLContext | bool = make_ssl_context(ca_file) if ca_file is not None else True
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None or client_cert is not None:
+            verify = make_ssl_context(ca_file, *(client_cert or (None, None)))
         self._http = httpx.Client(
             base_url=self.base_url,
             verify=verify,

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fedloom.core.errors import StoreError
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
+from fedloom.server.peer_identity import identity_refusal
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -140,7 +141,17 @@ AggregatorDep = Annotated[Aggregator, Depends(get_aggregator)]
 _bearer = HTTPBearer(auto_error=False, description="the agent credential from POST /v1/agents/register")
 
 
+def check_certificate(request: Request, aggregator: Aggregator, name: str, agent_id: str | None) -> None:
+    """With mutual TLS, refuse (403, recorded) a caller whose client certificate is not agent ``name``'s."""
+    if aggregator.config.tls.client_ca_file is None:
+        return
+    problem = identity_refusal(request.scope, name)
+    if problem is not None:
+        raise aggregator.refuse_upload(agent_id, problem[0], f"agent {name!r}: {problem[1]}")
+
+
 def current_agent(
+    request: Request,
     aggregator: AggregatorDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AgentLike:
@@ -150,6 +161,7 @@ def current_agent(
     agent = aggregator.authenticate(credentials.credentials)
     if agent is None:
         raise refusal("unauthorized", "the credential is unknown, replaced or revoked: register again")
+    check_certificate(request, aggregator, agent.name, agent.id)
     return agent
 
 
@@ -186,8 +198,9 @@ async def health() -> HealthResponse:
 
 
 @router.post("/agents/register", response_model=RegisterResponse, responses=_ERRORS, tags=["agents"])
-def register(body: RegisterRequest, aggregator: AggregatorDep) -> RegisterResponse:
+def register(body: RegisterRequest, request: Request, aggregator: AggregatorDep) -> RegisterResponse:
     """Exchange a join token for an agent credential (same name again: same agent id, new credential)."""
+    check_certificate(request, aggregator, body.name, None)
     done = aggregator.register(body.name, body.join_token)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}

@@ -15,6 +15,7 @@ The file has five tables::
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
+    [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -224,6 +225,22 @@ class StrategySection:
 
 
 @dataclass(frozen=True)
+class TlsSection:
+    """``[tls]``: mutual TLS (the server's own certificate is ``[server] tls_cert``/``tls_key``).
+
+    With ``client_ca_file`` the TLS handshake refuses an agent without a certificate
+    signed by that CA, and the API binds the certificate to the agent: its subject CN or
+    a DNS subjectAltName must be the agent's name (docs/deployment.md).
+    """
+
+    client_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.client_ca_file == "":
+            raise _fail("tls", "client_ca_file", "must not be empty: give the PEM file of the federation's CA")
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     """Everything ``fedloom server`` needs, validated."""
 
@@ -233,6 +250,7 @@ class AggregatorConfig:
     client: ClientSection = field(default_factory=ClientSection)
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    tls: TlsSection = field(default_factory=TlsSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -259,6 +277,7 @@ _TABLES = {
     "client": "client",
     "async": "asynchronous",
     "strategy": "strategy",
+    "tls": "tls",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -267,6 +286,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "client": ClientSection,
     "async": AsyncSection,
     "strategy": StrategySection,
+    "tls": TlsSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"
@@ -389,4 +409,7 @@ def load_config(
     base = config_from_mapping(read_config_file(path)) if path is not None else AggregatorConfig()
     env = env_overrides(os.environ if environ is None else environ)
     layered = _build(base.to_dict(), env, "environment")
-    return _build(layered.to_dict(), dict(overrides or {}), "override")
+    config = _build(layered.to_dict(), dict(overrides or {}), "override")
+    if config.tls.client_ca_file is not None and not config.server.tls:  # checked once every layer is in
+        raise _fail("tls", "client_ca_file", "needs HTTPS: set [server] tls_cert and tls_key too")
+    return config
