@@ -185,6 +185,33 @@ def _check_tls_files(config: AggregatorConfig) -> None:
     ca = config.tls.client_ca_file
     if ca is not None and not Path(ca).is_file():
         raise ConfigError(f"[tls] client_ca_file {ca!r} does not exist (give the PEM file of the federation's CA)")
+    _check_tls_contents(config)
+
+
+def _check_tls_contents(config: AggregatorConfig) -> None:
+    """Load the certificate, key and client CA once before anything starts, so a key that is not the
+    certificate's, or a file that is not PEM, is an error naming the files instead of an ssl traceback."""
+    cert, key, ca = config.server.tls_cert, config.server.tls_key, config.tls.client_ca_file
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[server] tls_cert {cert!r} and tls_key {key!r} cannot be used together ({_reason(exc)}): the key"
+                " must be the private key of that certificate, both PEM, the key unencrypted"
+            ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[tls] client_ca_file {ca!r} holds no usable PEM CA certificate ({_reason(exc)})"
+            ) from None
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def tls_arguments(config: AggregatorConfig) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -36,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from fedloom.client.tls import make_ssl_context
+from fedloom.client.tls import TlsHandshakeError, make_ssl_context, tls_problem
 from fedloom.core.errors import (
     ConfigError,
     FedloomError,
@@ -237,9 +236,10 @@ class AggregatorClient:
         self._interrupted = False
         self._sleep = sleep
         self._rng = rng or random.Random()
-        verify: ssl.SSLContext | bool = True
-        if ca_file is not None or client_cert is not None:
-            verify = make_ssl_context(ca_file, *(client_cert or (None, None)))
+        verify = make_ssl_context(ca_file, *(client_cert or (None, None)))
+        #: the context to tell TLS misconfiguration from network errors with (real HTTPS only)
+        self._tls = verify if self.base_url.startswith("https://") and transport is None else None
+        self._has_cert = client_cert is not None
         self._http = httpx.Client(
             base_url=self.base_url,
             verify=verify,
@@ -376,6 +376,9 @@ class AggregatorClient:
             try:
                 response = self._send(method, path, headers, max_body, what, kwargs)
             except httpx.TransportError as exc:
+                problem = None if self._tls is None else tls_problem(exc, self.base_url, self._tls, self._has_cert)
+                if problem is not None:
+                    raise TlsHandshakeError(f"{what}: {problem}") from None
                 failure = AggregatorUnavailableError(0, type(exc).__name__, str(exc) or repr(exc), what=what)
             else:
                 if response.status_code < 400:
