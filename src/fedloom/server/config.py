@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.core.errors import ConfigError
+from fedloom.server.tls_settings import TlsSection
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
@@ -222,22 +223,6 @@ class StrategySection:
         """The parameters that are set."""
         names = ("strategy", "aggregator", "server_opt")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in names and v is not None}
-
-
-@dataclass(frozen=True)
-class TlsSection:
-    """``[tls]``: mutual TLS (the server's own certificate is ``[server] tls_cert``/``tls_key``).
-
-    With ``client_ca_file`` the TLS handshake refuses an agent without a certificate
-    signed by that CA, and the API binds the certificate to the agent: its subject CN or
-    a DNS subjectAltName must be the agent's name (docs/deployment.md).
-    """
-
-    client_ca_file: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.client_ca_file == "":
-            raise _fail("tls", "client_ca_file", "must not be empty: give the PEM file of the federation's CA")
 
 
 @dataclass(frozen=True)
