@@ -271,28 +271,36 @@ def _interrupts_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_up(args: argparse.Namespace) -> int:
-    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
+def _check_up_args(args: argparse.Namespace) -> None:
     if args.agents < 1:
         raise ConfigError(f"--agents must be >= 1, got {args.agents}")
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0-65535, got {args.port}")
+
+
+def _issue_tokens(home: Path, names: Sequence[str]) -> dict[str, str]:
+    """One join token per site in the store at ``home``; the first site's is admin (it uploads the model)."""
+    from fedloom.store import SqlStore
+
+    store = SqlStore.open_default(home)
+    try:
+        return {name: store.create_token(name, role="admin" if i == 0 else "agent") for i, name in enumerate(names)}
+    finally:
+        store.close()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
+    _check_up_args(args)
     trainer = find_example(args.example)
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="fedloom-federation-"))
     home.mkdir(parents=True, exist_ok=True)
     home = home.resolve()
     say("federation", f"store home: {home}")
-
-    from fedloom.store import SqlStore
-
     names = [f"site-{i}" for i in range(args.agents)]
-    store = SqlStore.open_default(home)
-    try:
-        tokens = {name: store.create_token(name, role="admin" if i == 0 else "agent") for i, name in enumerate(names)}
-    finally:
-        store.close()
+    tokens = _issue_tokens(home, names)
 
     def echo(name: str, line: str) -> None:
         say(name, line)
