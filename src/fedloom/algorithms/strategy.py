@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,6 +58,18 @@ class Aggregator(Protocol):
     def mergeable(self) -> bool: ...
 
     def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
+
+
+@runtime_checkable
+class SizedAggregator(Aggregator, Protocol):
+    """An aggregator whose maths need N, the number of clients in the federation.
+
+    SCAFFOLD moves its control variate by ``(|S|/N)·mean Δc_i``; only the round engine
+    knows the registered clients, so it hands N over when the round starts
+    (:meth:`Strategy.start_accumulator`).
+    """
+
+    def start_sized(self, reference: Mapping[str, np.ndarray], num_clients: int) -> Accumulator: ...
 
 
 def describe_part(part: object) -> Any:
@@ -153,6 +165,13 @@ class Strategy:
         (SCAFFOLD's control variate, FedCurv's Fisher sums)."""
         initial = getattr(self.aggregator, "initial", None)
         return initial(weights) if initial is not None else dict(weights)
+
+    def start_accumulator(self, reference: Mapping[str, np.ndarray], num_clients: int) -> Accumulator:
+        """The accumulator of a round that starts from ``reference`` in a federation of
+        ``num_clients`` registered clients (passed on only to a :class:`SizedAggregator`)."""
+        if isinstance(self.aggregator, SizedAggregator):
+            return self.aggregator.start_sized(reference, num_clients)
+        return self.aggregator.start(reference)
 
     def shared(self, name: str) -> bool:
         """Whether tensor ``name`` is aggregated (personal keys are not)."""
