@@ -4,6 +4,7 @@ federation's CA, and the API binds that certificate to the agent's name."""
 from __future__ import annotations
 
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,34 @@ def test_client_ca_file_needs_https_and_an_existing_file(tmp_path: Path, pki: Pk
 
     argv = ["server", "--home", str(tmp_path), "--tls-cert", pki.pair("server")[0]]
     assert main([*argv, "--tls-key", pki.pair("server")[1], "--client-ca-file", str(tmp_path / "no-ca.pem")]) == 1
+
+
+def test_mutual_tls_without_a_certificate_in_the_scope_refuses_every_agent(tmp_path: Path, pki: Pki) -> None:
+    """Behind something that drops the certificate (a TLS-terminating proxy, an ASGI test client)
+    the binding cannot be checked, so every registration and request is refused and recorded."""
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    with warnings.catch_warnings():  # Starlette 1.x prefers the httpx2 fork; httpx works the same here
+        warnings.simplefilter("ignore", StarletteDeprecationWarning)
+        from fastapi.testclient import TestClient
+    from fedloom.server.aggregator import Aggregator
+    from fedloom.server.app import create_app
+    from fedloom.server.config import AggregatorConfig
+    from fedloom.store import SqlStore
+
+    cert, key = pki.pair("server")
+    config = AggregatorConfig().replace(tls_cert=cert, tls_key=key, client_ca_file=str(pki.ca))
+    store = SqlStore.open_default(tmp_path)
+    aggregator = Aggregator(config, store)
+    try:
+        token = store.create_token("site-0")
+        with TestClient(create_app(aggregator, background_tick=False)) as http:
+            answer = http.post("/v1/agents/register", json={"name": "site-0", "join_token": token})
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["error"] == "certificate_required"
+            assert "--tls-cert" in answer.json()["detail"]
+        assert store.list_agents(aggregator.run_id) == []
+        assert [r.code for r in store.list_rejections(aggregator.run_id)] == ["certificate_required"]
+    finally:
+        aggregator.close()
+        store.close()
