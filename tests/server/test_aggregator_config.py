@@ -67,9 +67,9 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
+    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls"}
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
-    assert len(FIELDS) == 27 + 20 + 4  # + [server] linger_seconds
+    assert len(FIELDS) == 27 + 20 + 4 + 1  # + [server] linger_seconds and [tls] client_ca_file
 
 
 @pytest.mark.parametrize(

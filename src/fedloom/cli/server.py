@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
         stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
             create_app(aggregator, on_done=None if args.keep_serving else stopper.stop),
-            ssl_certfile=config.server.tls_cert,
-            ssl_keyfile=config.server.tls_key,
+            **tls_arguments(config),
             log_level="warning",
             access_log=False,
             lifespan="on",
@@ -204,6 +204,70 @@ def _check_tls_files(config: AggregatorConfig) -> None:
         value = getattr(config.server, name)
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"[server] {name} {value!r} does not exist (give the PEM file of the certificate/key)")
+    ca = config.tls.client_ca_file
+    if ca is not None and not Path(ca).is_file():
+        raise ConfigError(f"[tls] client_ca_file {ca!r} does not exist (give the PEM file of the federation's CA)")
+    _check_tls_contents(config)
+
+
+def _check_tls_contents(config: AggregatorConfig) -> None:
+    """Load the certificate, key and client CA once before anything starts, so a key that is not the
+    certificate's, or a file that is not PEM, is an error naming the files instead of an ssl traceback."""
+    cert, key, ca = config.server.tls_cert, config.server.tls_key, config.tls.client_ca_file
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[server] tls_cert {cert!r} and tls_key {key!r} cannot be used together ({_reason(exc)}): the key"
+                " must be the private key of that certificate, both PEM, the key unencrypted"
+            ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[tls] client_ca_file {ca!r} holds no usable PEM CA certificate ({_reason(exc)})"
+            ) from None
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def tls_arguments(config: AggregatorConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings: the server's certificate and, with ``[tls] client_ca_file``, mutual TLS
+    (a client certificate of that CA is required, and handed to the app to bind it to the agent)."""
+    arguments: dict[str, Any] = {"ssl_certfile": config.server.tls_cert, "ssl_keyfile": config.server.tls_key}
+    if config.tls.client_ca_file is not None:
+        arguments.update(
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            ssl_ca_certs=config.tls.client_ca_file,
+            http=_peer_certificate_protocol(),
+        )
+    return arguments
+
+
+def _peer_certificate_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, putting each connection's verified client certificate in the ASGI scope.
+
+    uvicorn (0.54) verifies a client certificate but does not pass it to the app (the ASGI
+    TLS extension is not implemented), so this subclass reads it from the TLS transport
+    once per connection and wraps the app with :func:`fedloom.server.peer_identity.with_peer_certificate`.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from fedloom.server.peer_identity import with_peer_certificate
+
+    class PeerCertificateProtocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            certificate = transport.get_extra_info("peercert")
+            if certificate:
+                self.app = with_peer_certificate(self.app, certificate)
+
+    return PeerCertificateProtocol
 
 
 def _write_port_file(path: Path, port: int) -> None:

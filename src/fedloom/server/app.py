@@ -33,6 +33,7 @@ from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
+from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
 log = logging.getLogger("fedloom.aggregator")
@@ -157,6 +158,15 @@ AggregatorDep = Annotated[Aggregator, Depends(get_aggregator)]
 _bearer = HTTPBearer(auto_error=False, description="the agent credential from POST /v1/agents/register")
 
 
+def check_certificate(request: Request, aggregator: Aggregator, name: str, agent_id: str | None) -> None:
+    """With mutual TLS, refuse (403, recorded) a caller whose client certificate is not agent ``name``'s."""
+    if aggregator.config.tls.client_ca_file is None:
+        return
+    problem = identity_refusal(request.scope, name)
+    if problem is not None:
+        raise aggregator.refuse_upload(agent_id, problem[0], f"agent {name!r}: {problem[1]}")
+
+
 def current_agent(
     request: Request,
     aggregator: AggregatorDep,
@@ -179,6 +189,7 @@ def current_agent(
     limited = rate_limited_refusal(request, request.state.rate_key)
     if limited is not None:
         raise limited
+    check_certificate(request, aggregator, agent.name, agent.id)
     return agent
 
 
@@ -222,6 +233,8 @@ async def register(request: Request, aggregator: AggregatorDep) -> RegisterRespo
         body = RegisterRequest.model_validate_json(await read_small_body(request))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
+    if aggregator.config.tls.client_ca_file is not None:  # mutual TLS: the certificate must be this name's
+        await run_in_threadpool(check_certificate, request, aggregator, body.name, None)
     done = await run_in_threadpool(aggregator.register, body.name, body.join_token, body.num_samples)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}

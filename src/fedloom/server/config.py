@@ -16,6 +16,7 @@ The file has five tables::
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
+    [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -36,6 +37,7 @@ from typing import Any
 
 from fedloom.core.errors import ConfigError
 from fedloom.core.redaction import redact_url
+from fedloom.server.tls_settings import TlsSection
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
@@ -260,6 +262,7 @@ class AggregatorConfig:
     client: ClientSection = field(default_factory=ClientSection)
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    tls: TlsSection = field(default_factory=TlsSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -293,6 +296,7 @@ _TABLES = {
     "client": "client",
     "async": "asynchronous",
     "strategy": "strategy",
+    "tls": "tls",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -301,6 +305,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "client": ClientSection,
     "async": AsyncSection,
     "strategy": StrategySection,
+    "tls": TlsSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"
@@ -423,4 +428,7 @@ def load_config(
     base = config_from_mapping(read_config_file(path)) if path is not None else AggregatorConfig()
     env = env_overrides(os.environ if environ is None else environ)
     layered = _build(base.to_dict(), env, "environment")
-    return _build(layered.to_dict(), dict(overrides or {}), "override")
+    config = _build(layered.to_dict(), dict(overrides or {}), "override")
+    if config.tls.client_ca_file is not None and not config.server.tls:  # checked once every layer is in
+        raise _fail("tls", "client_ca_file", "needs HTTPS: set [server] tls_cert and tls_key too")
+    return config
