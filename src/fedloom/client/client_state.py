@@ -72,8 +72,9 @@ def _scaffold_fit(
 ) -> FitResult:
     """Train with the correction ``c − c_i``; update ``c_i`` (option II) and return ``Δc_i`` with the model."""
     saved = store.load(client_id)
-    client_c = {k: saved.get(k, np.zeros_like(v)).astype(np.float64) for k, v in server_c.items()}
-    correction = {k: (server_c[k].astype(np.float64) - client_c[k]).astype(np.float32) for k in server_c}
+    # np.asarray throughout: arithmetic on 0-d arrays returns NumPy scalars, which validate_weights refuses
+    client_c = {k: np.asarray(saved.get(k, np.zeros_like(v)), np.float64) for k, v in server_c.items()}
+    correction = {k: np.asarray(server_c[k].astype(np.float64) - client_c[k], np.float32) for k in server_c}
     corrected = dataclasses.replace(config, extra={**config.extra, GRADIENT_CORRECTION: correction})
     result = trainer.fit(model, corrected)
     steps = float(result.metrics.get("local_steps", 0))
@@ -86,8 +87,8 @@ def _scaffold_fit(
         k: client_c[k] - server_c[k] + scale * (model[k].astype(np.float64) - result.weights[k].astype(np.float64))
         for k in server_c
     }
-    store.save(client_id, {k: v.astype(server_c[k].dtype) for k, v in new_c.items()})
-    deltas = {CONTROL_PREFIX + k: (new_c[k] - client_c[k]).astype(server_c[k].dtype) for k in server_c}
+    store.save(client_id, {k: np.asarray(v, server_c[k].dtype) for k, v in new_c.items()})
+    deltas = {CONTROL_PREFIX + k: np.asarray(new_c[k] - client_c[k], server_c[k].dtype) for k in server_c}
     return FitResult({**result.weights, **deltas}, result.num_samples, result.metrics)
 
 
