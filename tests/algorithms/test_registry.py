@@ -23,7 +23,7 @@ def test_parts_combine():
     strategy = build_strategy(
         "fedprox", aggregator="trimmed_mean", server_opt="fedavgm", params={"proximal_mu": 0.1, "trim_beta": 0.1}
     )
-    assert strategy.client.extra == {"proximal_mu": 0.1}
+    assert strategy.client.extra == {"proximal_mu": 0.1, "client_parts": ["fedprox"]}
     assert strategy.aggregator == TrimmedMean(0.1)
     assert isinstance(strategy.server_opt, FedAvgM)
     assert not strategy.mergeable

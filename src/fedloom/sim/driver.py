@@ -8,7 +8,6 @@ the pieces a deployed aggregator reuses.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any, Literal, TextIO
 
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.client_state import personal_store
-from fedloom.client.personal import STATE_DIR, PersonalStore
+from fedloom.client.personal import PersonalStore
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError, ConfigError, RejectedUpdateError
 from fedloom.core.fit import FitConfig
@@ -346,10 +345,7 @@ class _Loop:
         self.per_client: dict[int, PerClient] = {}
 
     def _fit_config(self, client_id: str) -> FitConfig:
-        config = self.engine.fit_config(client_id)
-        if self.state_dir is None:
-            return config
-        return dataclasses.replace(config, extra={**config.extra, STATE_DIR: self.state_dir})
+        return self.engine.fit_config(client_id)  # the wire's config; the local state_dir goes beside it
 
     def train_round(self) -> _Trained:
         """Open a round, run its clients, submit their results and aggregate."""
@@ -359,7 +355,7 @@ class _Loop:
         configs = {cid: self._fit_config(cid) for cid in selected}
         merge = self.engine.strategy.mergeable and self.poison is None
         results: Iterable[ExecutorResult] = self.executor.run_round(
-            task.round, task.global_weights, configs, self.client_fn, merge
+            task.round, task.global_weights, configs, self.client_fn, merge, state_dir=self.state_dir
         )
         if self.poison is not None:
             results = self._poisoned(task, list(results))
