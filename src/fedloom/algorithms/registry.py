@@ -17,6 +17,7 @@ from typing import Any
 
 from fedloom.algorithms import aggregators as agg
 from fedloom.algorithms.fedcurv import FedCurv, FedCurvClient
+from fedloom.algorithms.feddyn import FedDyn, FedDynClient
 from fedloom.algorithms.fedprox import PROXIMAL_MU, FedProxClient
 from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.sampling import ClientSampler
@@ -42,6 +43,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
     "scaffold": (("fraction",), lambda p: Scaffold(**p)),
     "fedcurv": (("curvature_lambda",), lambda p: FedCurv(**p)),
+    "feddyn": (("feddyn_alpha", "fraction"), lambda p: FedDyn(p.pop("feddyn_alpha", 0.01), **p)),
 }
 
 SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
@@ -70,7 +72,9 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     },
 }
 
-CLIENT_PARTS: dict[str, ClientPart] = {part.name: part for part in (FedProxClient(), ScaffoldClient(), FedCurvClient())}
+CLIENT_PARTS: dict[str, ClientPart] = {
+    part.name: part for part in (FedProxClient(), ScaffoldClient(), FedCurvClient(), FedDynClient())
+}
 #: the wire key (``FitConfig.extra``) naming the client parts a strategy's clients run, in order
 CLIENT_PARTS_KEY = "client_parts"
 
@@ -80,6 +84,7 @@ PARAM_TYPES: dict[str, type] = {
     "server_lr": float, "server_momentum": float, "beta1": float, "beta2": float, "tau": float,
     "proximal_mu": float, "trim_beta": float, "max_iter": int, "byzantine_f": int, "multikrum_m": int,
     "clip_norm": float, "clip_iterations": int, "q": float, "curvature_lambda": float,
+    "feddyn_alpha": float,
     "filter_max_distance": float, "filter_min_cosine": float, "personal_keys": str,
 }  # fmt: skip
 
