@@ -73,7 +73,7 @@ class FedDynAccumulator:
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
-        out = self._models.result()  # integer tensors: the rounded mean
+        out = {k: np.asarray(v) for k, v in self._models.result().items()}  # integers: the rounded mean
         sums, total, _ = self._models.partial_sums()
         for name, h in self._h.items():
             moved = np.asarray(h, np.float64) - self._alpha * self._fraction * self._drift[name] / self.count
