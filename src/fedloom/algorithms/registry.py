@@ -116,6 +116,17 @@ def _coerce(params: Mapping[str, Any]) -> _Params:
     return out
 
 
+def _refuse_unused(left: _Params, name: str) -> None:
+    """A parameter no chosen part takes is an error naming the parts that would."""
+    if left:
+        key = sorted(left)[0]
+        users = _users_of(key)
+        raise ConfigError(
+            f"strategy parameter {key!r} is not used by strategy {name!r}"
+            + (f"; it belongs to {', '.join(users)}" if users else "")
+        )
+
+
 def _pick(name: str, table: Mapping[str, Any], what: str) -> Any:
     if name not in table:
         raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(table))}")
@@ -191,13 +202,7 @@ def build_strategy(
         extra[PERSONAL_PARAM] = list(personal)
     bounds = _take(left, FILTER_PARAMS)
     model_filter = ModelFilter(bounds.get("filter_max_distance"), bounds.get("filter_min_cosine")) if bounds else None
-    if left:
-        key = sorted(left)[0]
-        users = _users_of(key)
-        raise ConfigError(
-            f"strategy parameter {key!r} is not used by strategy {name!r}"
-            + (f"; it belongs to {', '.join(users)}" if users else "")
-        )
+    _refuse_unused(left, name)
     return Strategy(
         name=name,
         sampler=ClientSampler(fraction=fraction, min_clients=min_clients),
