@@ -68,7 +68,7 @@ def test_file_then_environment_then_flags(tmp_path):
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
     assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
-    assert len(FIELDS) == 25 + 20
+    assert len(FIELDS) == 25 + 21
 
 
 @pytest.mark.parametrize(
@@ -131,3 +131,11 @@ def test_replace_revalidates():
     assert config.server.port == 0 and config.run.mode == "async"
     with pytest.raises(ConfigError, match=r"\[rounds\] min_updates"):
         config.replace(min_updates=0)
+
+
+def test_every_strategy_parameter_can_be_set_in_the_strategy_table():
+    from fedloom.algorithms.registry import PARAM_TYPES
+    from fedloom.server.config import StrategySection
+
+    assert set(PARAM_TYPES) <= {f for f in StrategySection.__dataclass_fields__}
+    assert StrategySection(strategy="feddyn", feddyn_alpha=0.05).params() == {"feddyn_alpha": 0.05}
