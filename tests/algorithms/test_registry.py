@@ -75,3 +75,13 @@ def test_curvature_lambda_only_with_fedcurv():
     assert build_strategy("fedcurv", params={"curvature_lambda": 0.5}).client.extra["curvature_lambda"] == 0.5
     with pytest.raises(ConfigError, match=r"'curvature_lambda' is not used by strategy 'fedavg'.*aggregator fedcurv"):
         build_strategy("fedavg", params={"curvature_lambda": 0.5})
+
+
+def test_a_hand_built_strategy_must_name_its_aggregators_client_part():
+    from fedloom.algorithms import ClientSampler, ClientSettings, Strategy
+    from fedloom.algorithms.scaffold import Scaffold
+
+    with pytest.raises(ConfigError, match=r"aggregator 'scaffold' has a client part.*client_parts"):
+        Strategy("mine", ClientSampler(0.5), Scaffold(fraction=0.5), ClientSettings())
+    named = ClientSettings(extra={"client_parts": ["scaffold"]})
+    assert Strategy("mine", ClientSampler(0.5), Scaffold(fraction=0.5), named).keeps_client_state

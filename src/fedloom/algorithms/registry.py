@@ -24,7 +24,7 @@ from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.scaffold import Scaffold, ScaffoldClient
 from fedloom.algorithms.server_opt import AdaptiveServerOpt, FedAvgM, ServerOptimizer
 from fedloom.algorithms.strategy import Aggregator, ClientSettings, RoundCriteria, Strategy, WeightedMean
-from fedloom.algorithms.units import ClientPart, HasClientPart, SendsClientExtra
+from fedloom.algorithms.units import CLIENT_PARTS_KEY, ClientPart, HasClientPart, SendsClientExtra
 from fedloom.core.errors import ConfigError
 
 _Params = dict[str, Any]
@@ -75,8 +75,6 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 CLIENT_PARTS: dict[str, ClientPart] = {
     part.name: part for part in (FedProxClient(), ScaffoldClient(), FedCurvClient(), FedDynClient())
 }
-#: the wire key (``FitConfig.extra``) naming the client parts a strategy's clients run, in order
-CLIENT_PARTS_KEY = "client_parts"
 
 PERSONAL_PARAM = "personal_keys"
 FILTER_PARAMS = ("filter_max_distance", "filter_min_cosine")

@@ -18,7 +18,7 @@ from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.server_opt import ServerOptimizer
-from fedloom.algorithms.units import Describable, HasClientPart, Named, SeedsInitialModel
+from fedloom.algorithms.units import CLIENT_PARTS_KEY, Describable, HasClientPart, Named, SeedsInitialModel
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.rng import stream_key
@@ -145,6 +145,17 @@ class Strategy:
     server_opt: ServerOptimizer | None = None
     update_filter: ModelFilter | None = None
     personal_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """An aggregator with a client part whose clients are not told to run it would refuse
+        every update (they would lack its reserved tensors): refused here, where it is built."""
+        if isinstance(self.aggregator, HasClientPart):
+            part = self.aggregator.client_part().name
+            if part not in self.client.extra.get(CLIENT_PARTS_KEY, ()):
+                raise ConfigError(
+                    f"aggregator {part!r} has a client part, but ClientSettings.extra[{CLIENT_PARTS_KEY!r}] does "
+                    f"not name it; add {part!r} there, or build the strategy with registry.build_strategy"
+                )
 
     @property
     def keeps_client_state(self) -> bool:

@@ -23,6 +23,9 @@ from fedloom.core.fit import FitConfig, FitResult
 from fedloom.core.terms import ClientTerms
 from fedloom.core.weights import Weights
 
+#: the wire key (``FitConfig.extra``) naming the client parts a strategy's clients run, in order
+CLIENT_PARTS_KEY = "client_parts"
+
 
 @dataclass(frozen=True)
 class ClientRound:
