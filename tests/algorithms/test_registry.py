@@ -82,6 +82,6 @@ def test_a_hand_built_strategy_must_name_its_aggregators_client_part():
     from fedloom.algorithms.scaffold import Scaffold
 
     with pytest.raises(ConfigError, match=r"aggregator 'scaffold' has a client part.*client_parts"):
-        Strategy("mine", ClientSampler(0.5), Scaffold(fraction=0.5), ClientSettings())
+        Strategy("mine", ClientSampler(0.5), Scaffold(), ClientSettings())
     named = ClientSettings(extra={"client_parts": ["scaffold"]})
-    assert Strategy("mine", ClientSampler(0.5), Scaffold(fraction=0.5), named).keeps_client_state
+    assert Strategy("mine", ClientSampler(0.5), Scaffold(), named).keeps_client_state

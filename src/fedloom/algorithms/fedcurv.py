@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
 from fedloom.algorithms.units import ClientOutcome, ClientRound
 from fedloom.core.errors import ClientError, ConfigError, ValidationError
 from fedloom.core.fit import FitConfig, FitResult
@@ -56,16 +57,18 @@ class FedCurvAccumulator:
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            sums = {name: float64(total + update.weights[name]) for name, total in self._sums.items()}
+        require_finite(sums, "FedCurv")  # the Fisher sums are true sums: refuse one that would overflow
         self._models.add_weights(model_part(update.weights), float(update.num_samples))
-        for name, total in self._sums.items():
-            total += update.weights[name]
+        self._sums = sums
         self.count += 1
 
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
         out = self._models.result()
-        out.update({k: v.astype(self._reference[k].dtype) for k, v in self._sums.items()})
+        out.update({k: cast_like(v, self._reference[k]) for k, v in self._sums.items()})
         return out
 
 

@@ -41,7 +41,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "centered_clip": (("clip_norm", "clip_iterations"), lambda p: agg.CenteredClip(**p)),
     "fednova": ((), lambda p: agg.FedNova()),
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
-    "scaffold": (("fraction",), lambda p: Scaffold(**p)),
+    "scaffold": ((), lambda p: Scaffold()),
     "fedcurv": (("curvature_lambda",), lambda p: FedCurv(**p)),
     "feddyn": (("feddyn_alpha", "fraction"), lambda p: FedDyn(p.pop("feddyn_alpha", 0.01), **p)),
 }
@@ -183,11 +183,9 @@ def build_strategy(
     left = _coerce(params or {})
     agg_name = aggregator or default_agg
     agg_keys, make_agg = _pick(agg_name, AGGREGATORS, "aggregator")
-    agg_params = _take(left, tuple(k for k in agg_keys if k not in ("lr", "fraction")))
+    agg_params = _take(left, tuple(k for k in agg_keys if k != "lr"))
     if "lr" in agg_keys:
         agg_params["lr"] = lr
-    if "fraction" in agg_keys:
-        agg_params["fraction"] = fraction
     built_agg = make_agg(agg_params)
     opt_name = server_opt or default_opt
     built_opt = None

@@ -62,6 +62,18 @@ class Aggregator(Protocol):
     def start(self, reference: Mapping[str, np.ndarray]) -> Accumulator: ...
 
 
+@runtime_checkable
+class SizedAggregator(Aggregator, Protocol):
+    """An aggregator whose maths need N, the number of clients in the federation.
+
+    SCAFFOLD moves its control variate by ``(|S|/N)·mean Δc_i``; only the round engine
+    knows the registered clients, so it hands N over when the round starts
+    (:meth:`Strategy.start_accumulator`).
+    """
+
+    def start_sized(self, reference: Mapping[str, np.ndarray], num_clients: int) -> Accumulator: ...
+
+
 def describe_part(part: object) -> Any:
     """A strategy part's JSON description: its ``describe()`` when it has one, else its name."""
     if isinstance(part, Describable):
@@ -170,6 +182,13 @@ class Strategy:
         if isinstance(self.aggregator, SeedsInitialModel):
             return self.aggregator.initial(weights)
         return dict(weights)
+
+    def start_accumulator(self, reference: Mapping[str, np.ndarray], num_clients: int) -> Accumulator:
+        """The accumulator of a round that starts from ``reference`` in a federation of
+        ``num_clients`` registered clients (passed on only to a :class:`SizedAggregator`)."""
+        if isinstance(self.aggregator, SizedAggregator):
+            return self.aggregator.start_sized(reference, num_clients)
+        return self.aggregator.start(reference)
 
     def shared(self, name: str) -> bool:
         """Whether tensor ``name`` is aggregated (personal keys are not)."""

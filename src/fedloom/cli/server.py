@@ -140,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
 def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
     """The store of ``[server] db_url`` (default SQLite in the home directory) and the home directory."""
     from fedloom.store import SqlStore, resolve_home
+    from fedloom.store.blobs import make_private_dir
 
     home = resolve_home(config.server.home)
     if config.server.db_url is None:
         return SqlStore.open_default(home), home
     try:
-        (home / "blobs").mkdir(parents=True, exist_ok=True)
+        make_private_dir(home / "blobs")
     except OSError as exc:
         raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
     return SqlStore(config.server.db_url, blob_root=home / "blobs"), home

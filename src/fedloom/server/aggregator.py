@@ -27,12 +27,10 @@ status of docs/protocol.md; a refusal changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -40,8 +38,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.server_opt import ServerOptState
@@ -50,12 +46,14 @@ from fedloom.core.errors import (
     ConfigError,
     IntegrityError,
     PayloadTooLargeError,
+    RegistrationRefusedError,
     RejectedUpdateError,
     SerializationError,
     StoreError,
     ValidationError,
 )
-from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.metrics import usable_metrics
+from fedloom.core.serialization import MAX_ROUND, content_hash, from_bytes, from_plain_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
@@ -64,7 +62,8 @@ from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
 from fedloom.server.engine import EngineState, RoundEngine, RoundTask
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -118,9 +117,9 @@ def load_initial_model(path: str | Path) -> Weights:
         raise ConfigError(f"{where} is corrupt: {exc}") from None
     except SerializationError:
         try:
-            weights = {str(k): v for k, v in load_safetensors(data).items()}
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where} is not a safetensors file: {exc}") from None
+            weights = from_plain_bytes(data)
+        except SerializationError as exc:
+            raise ConfigError(f"{where} is not a safetensors file fedloom can load: {exc}") from None
     try:
         validate_weights(weights)
     except ValidationError as exc:
@@ -128,31 +127,12 @@ def load_initial_model(path: str | Path) -> Weights:
     return weights
 
 
-def _parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
-    """The ``metrics`` header entry (a JSON object of finite numbers), or {}."""
-    text = (extra or {}).get("metrics")
-    if text is None:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"header field 'metrics' is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SerializationError("header field 'metrics' must be a JSON object of name -> number")
-    metrics: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SerializationError(f"metric {key!r} must be a finite number, got {value!r}")
-        metrics[str(key)] = float(value)
-    return metrics
-
-
 def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
     """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
     total = sum(m.num_samples for m in models)
     sums: dict[str, float] = {}
     for model in models:
-        for key, value in model.metrics.items():
+        for key, value in usable_metrics(model.metrics).items():  # rows older than metric validation
             sums[key] = sums.get(key, 0.0) + float(value) * model.num_samples
     return {k: v / total for k, v in sums.items()} if total else {}
 
@@ -200,8 +180,14 @@ class Aggregator:
         self._strategy = deployment_strategy(config)
         self._early = RoundCriteria(threshold=config.rounds.threshold, min_updates=config.rounds.min_updates)
         self.run_id, self.resumed = self._open_run()
-        self._recorder = StoreRecorder(store, self.run_id, keep_local_models=True)
+        self._rejections = RejectionBudget(config.server.max_rejections_per_round)
+        self._recorder = BudgetedRecorder(
+            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        )
         self._agents: dict[str, AgentLike] = {}
+        #: declared data sizes (``POST /v1/agents/register`` num_samples) and revoked agents
+        self._declared: dict[str, int | None] = {}
+        self._revoked: set[str] = set()
         self._latest: _Model | None = None
         self._latest_payload: bytes | None = None
         self._engine: RoundEngine | None = None
@@ -210,15 +196,28 @@ class Aggregator:
         self._async: AsyncRounds | None = None
         self._run_finished = False
         self._stale = False
-        with self._lock:
-            self._load()
-            if self._latest is None:
-                weights = initial_weights
-                if config.run.initial_model is not None:
-                    weights = load_initial_model(config.run.initial_model)
-                if weights is not None:
-                    self._set_initial(weights)
-            self._advance(self._clock())
+        try:
+            with self._lock:
+                self._load()
+                if self._latest is None:
+                    weights = initial_weights
+                    if config.run.initial_model is not None:
+                        weights = load_initial_model(config.run.initial_model)
+                    if weights is not None:
+                        self._set_initial(weights)
+                self._advance(self._clock())
+        except Exception as exc:
+            self._fail_start(exc)
+            raise
+
+    def _fail_start(self, exc: Exception) -> None:
+        """Mark the run ``failed`` with the reason when the start fails after the run was opened
+        (e.g. read-only blobs), instead of leaving it ``running`` with no aggregator behind it."""
+        reason = f"the aggregator failed to start: {type(exc).__name__}: {exc}"
+        try:
+            self.store.finish_run(self.run_id, "failed", {"error": reason})
+        except StoreError:
+            log.exception("could not mark run %s failed", self.run_id)
 
     # ------------------------------------------------------------------ the run
 
@@ -251,7 +250,7 @@ class Aggregator:
             self.store.reopen_run(found.id)
             log.info("resuming run %s (%s)", name, found.id[:8])
             return found.id, True
-        run_id = self.store.create_run(name, RUN_KIND, self.config.to_dict(), self.config.run.seed)
+        run_id = self.store.create_run(name, RUN_KIND, self.config.to_record(), self.config.run.seed)
         log.info("started run %s (%s)", name, run_id[:8])
         return run_id, False
 
@@ -272,6 +271,8 @@ class Aggregator:
         """Rebuild every piece of in-memory state from the store (the commit point)."""
         self._stale = True
         self._agents = {a.id: a for a in self.store.list_agents(self.run_id)}
+        self._revoked = set()
+        self._declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
         self._latest, self._latest_payload = None, None
         self._engine, self._task, self._deadline, self._async = None, None, None, None
         models = self.store.list_global_models(self.run_id)
@@ -283,6 +284,7 @@ class Aggregator:
                 self._load_sync({m.round for m in models})
             else:
                 self._load_async()
+        self.revoked_agents()  # after the open round resumed with its recorded selection
         self._stale = False
 
     def _ensure_loaded(self) -> None:
@@ -383,7 +385,8 @@ class Aggregator:
         for model in self.store.list_local_models(self.run_id, round=record.round):
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, record.round, model.client_id)
-            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, metrics))
         self._deadline = _epoch(record.opened_at) + self.config.rounds.deadline_seconds
         log.info("round %d: resumed with %d update(s) already received", record.round, engine.received())
 
@@ -405,7 +408,8 @@ class Aggregator:
         for model in pending:
             assert model.client_id is not None
             weights = self.store.load_local_model(self.run_id, model.round, model.client_id)
-            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, model.metrics))
+            metrics = usable_metrics(model.metrics)
+            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, metrics))
 
     # ------------------------------------------------------------------ the global model
 
@@ -462,32 +466,82 @@ class Aggregator:
 
     # ------------------------------------------------------------------ agents
 
-    def register(self, name: str, join_token: str) -> Registration:
-        """Exchange a join token for an agent credential; the same name again keeps its agent id."""
+    def register(self, name: str, join_token: str, num_samples: int | None = None) -> Registration:
+        """Exchange a join token for an agent credential; the same name again keeps its agent id.
+
+        A name registered with another token is refused (``name_taken``), as is a new name
+        beyond the token's ``max_agents`` (``agent_limit``) and a declared data size over
+        ``[rounds] max_num_samples``; each refusal is recorded and changes nothing else.
+        ``num_samples`` (optional, fixed at the first registration in a run) caps what the
+        agent's uploads may claim.
+        """
         token = self.store.verify_join_token(join_token)
         if token is None:
             raise refusal("unauthorized", "the join token is unknown or revoked (ask the aggregator's admin)")
+        limit = self.config.rounds.max_num_samples
+        if num_samples is not None and not 1 <= num_samples <= limit:
+            detail = f"agent {name!r} declares {num_samples} samples; [rounds] max_num_samples allows 1 to {limit}"
+            raise self._refuse_registration(name, "bad_num_samples", detail)
         try:
             agent, credential = self.store.register_agent(self.run_id, name, token)
-        except StoreError:
-            if self.store.verify_join_token(join_token) is None:  # revoked meanwhile
-                raise refusal("unauthorized", "the join token was revoked") from None
-            raise
-        self.store.register_client(self.run_id, agent.id)
+        except RegistrationRefusedError as exc:
+            raise self._refuse_registration(name, exc.code, str(exc)) from None
+        self.store.register_client(self.run_id, agent.id, num_samples)
+        declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
         with self._lock:
             self._ensure_loaded()
+            self._declared[agent.id] = declared.get(agent.id)
             self._admit(agent)
             self._advance_quietly()
         log.info("agent %s registered as %s (%s)", name, agent.id, agent.role)
         return Registration(agent.id, credential, agent.role, self.run_id)
 
+    def _refuse_registration(self, name: str, code: str, detail: str) -> RequestRefusedError:
+        """Record a refused registration (client id: the agent name asked for) and return the error."""
+        self.store.record_rejection(self.run_id, None, name, code, detail)
+        log.info("refused to register agent %s: %s (%s)", name, code, detail)
+        return refusal(code, detail)
+
     def _admit(self, agent: AgentLike) -> None:
         new = agent.id not in self._agents
         self._agents[agent.id] = agent
+        self._revoked.discard(agent.id)
         if new:
             if self._engine is not None:
                 self._engine.register_client(agent.id)
             self._changed()
+
+    def revoked_agents(self) -> frozenset[str]:
+        """Agents whose join token was revoked (``fedloom token revoke``, maybe by another process).
+
+        Reads the store (one indexed query) and takes them out of the run: they count no
+        more towards ``min_agents``, are never selected again, and an open round stops
+        waiting for them. The round logic calls it at every tick; a revoked agent that
+        registers again with a re-issued token comes back through :meth:`register`.
+        """
+        revoked = frozenset(self.store.revoked_agent_ids(self.run_id))
+        with self._lock:
+            for agent_id in revoked - self._revoked:
+                self._agents.pop(agent_id, None)
+                if self._engine is not None:
+                    self._engine.unregister_client(agent_id)
+                log.info("agent %s: its join token was revoked; it is out of the run", agent_id)
+                self._changed()
+            self._revoked = set(revoked)
+        return revoked
+
+    def _check_num_samples(self, agent_id: str, update: ClientUpdate) -> None:
+        """Refuse (recorded, ``bad_num_samples``) an upload claiming more than its agent declared
+        or than ``[rounds] max_num_samples``: FedAvg weighs by the claim, so 2**62 would be the model."""
+        limit = self.config.rounds.max_num_samples
+        declared = self._declared.get(agent_id)
+        if declared is not None and update.num_samples > declared:
+            detail = f"the update claims {update.num_samples} samples but agent {agent_id} declared {declared}"
+        elif update.num_samples > limit:
+            detail = f"the update claims {update.num_samples} samples; [rounds] max_num_samples is {limit}"
+        else:
+            return
+        raise self.refuse_upload(agent_id, "bad_num_samples", detail, update.round)
 
     def authenticate(self, credential: str) -> AgentLike | None:
         """The agent of this run holding ``credential``, or None (unknown, replaced, revoked, other run)."""
@@ -496,6 +550,8 @@ class Aggregator:
             return None
         with self._lock:
             if agent.id not in self._agents:  # registered through another process sharing the store
+                declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
+                self._declared[agent.id] = declared.get(agent.id)
                 self._admit(agent)
         return agent
 
@@ -571,24 +627,54 @@ class Aggregator:
     def refuse_upload(
         self, agent_id: str | None, code: str, detail: str, round: int | None = None
     ) -> RequestRefusedError:
-        """Record a refused upload in the rejections table and return the error to raise."""
-        self.store.record_rejection(self.run_id, round if round is None or round >= 0 else None, agent_id, code, detail)
+        """Record a refused upload in the rejections table (within the agent's budget for the round)
+        and return the error to raise."""
+        known = round if round is not None and 0 <= round <= MAX_ROUND else None
+        detail = shorten(detail)
+        with self._lock:
+            current = self._current_round()
+        reason = self._rejections.admit(agent_id, current, detail)
+        if reason is not None:  # at most max_rejections_per_round + 1 rows per agent and round
+            self.store.record_rejection(self.run_id, known, agent_id, code, reason)
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
+
+    def check_may_upload(self, agent_id: str) -> None:
+        """Refuse (recorded) an upload before its body is read when it could not be accepted now.
+
+        Called before an upload slot is taken, so an agent that is not selected, has
+        already uploaded, or finds no round open cannot hold a slot with a body that
+        would be refused anyway. The engine checks again (with the round) on submit.
+        """
+        with self._lock:
+            self._ensure_loaded()
+            problem, round_no = self._upload_problem(agent_id), self._current_round()
+        if problem is not None:
+            raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
+
+    def _upload_problem(self, agent_id: str) -> tuple[str, str] | None:
+        if self._latest is None:
+            return "round_closed", "no round is open: the run has no model yet"
+        if self._finished():
+            return "round_closed", "the run is finished"
+        if self._async is not None:
+            return None if self._open_for_agents() else ("round_closed", "no round is open: waiting for agents")
+        engine, task = self._engine, self._task
+        if engine is None or task is None or engine.state is not EngineState.COLLECTING:
+            return "round_closed", f"round {self._current_round()} is not open"
+        if agent_id not in task.selected:
+            return "not_selected", f"agent {agent_id!r} is not selected in round {task.round}"
+        if agent_id in engine.received_from():
+            return "duplicate", f"agent {agent_id!r} already has an update accepted in round {task.round}"
+        return None
 
     def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
         """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
         try:
-            weights, header = from_bytes(body, max_bytes=self.config.server.max_upload_bytes)
-        except PayloadTooLargeError as exc:
-            raise self.refuse_upload(agent_id, "payload_too_large", str(exc)) from None
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc)) from None
-        try:
-            metrics = _parse_metrics(header.extra)
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc), header.round) from None
-        return weights, header.round, header.num_samples, metrics, header.client_id
+            upload = parse_update(body, self.config.server.max_upload_bytes)
+        except UploadRefusedError as exc:
+            raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
+        return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
     def submit_update(self, agent: AgentLike, body: bytes) -> int:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""
@@ -602,6 +688,7 @@ class Aggregator:
             raise self.refuse_upload(agent.id, "invalid_payload", f"the update header is invalid: {exc}") from None
         with self._lock:
             self._ensure_loaded()
+            self._check_num_samples(agent.id, update)
             if self._async is not None:
                 self._submit_async(update)
             else:
@@ -663,6 +750,7 @@ class Aggregator:
         """Apply deadlines, close rounds whose criteria hold, open the next, finish the run."""
         with self._lock:
             self._ensure_loaded()
+            self.revoked_agents()
             self._advance(self._clock() if now is None else now)
 
     def _advance_quietly(self) -> None:
@@ -683,7 +771,8 @@ class Aggregator:
         assert engine is not None
         if engine.state is EngineState.COLLECTING:
             assert self._task is not None
-            if engine.received() >= self._early.required(len(self._task.selected)):
+            waiting_on = [a for a in self._task.selected if a not in self._revoked]  # revoked agents never upload
+            if engine.received() >= self._early.required(len(waiting_on)) and engine.criteria_met():
                 self._close_round()
             elif self._deadline is not None and now >= self._deadline:
                 self._on_deadline(now)

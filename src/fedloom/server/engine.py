@@ -19,7 +19,7 @@ from typing import Protocol
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
 from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strategy
-from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
+from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
@@ -139,6 +139,10 @@ class RoundEngine:
             raise ValidationError("client_id must be a non-empty string")
         self._clients[client_id] = num_samples
 
+    def unregister_client(self, client_id: str) -> None:
+        """Make a client ineligible for selection from the next round on (e.g. its token was revoked)."""
+        self._clients.pop(client_id, None)
+
     def register_clients(self, clients: Iterable[tuple[str, int | None]]) -> None:
         for client_id, num_samples in clients:
             self.register_client(client_id, num_samples)
@@ -187,7 +191,7 @@ class RoundEngine:
             if unknown:
                 raise ValidationError(f"cannot re-open round {round_no}: clients {unknown} are not registered")
         task = RoundTask(round=round_no, global_weights=self._global, selected=chosen)
-        accumulator = self.strategy.aggregator.start(self._global)
+        accumulator = self.strategy.start_accumulator(self._global, num_clients=len(self._clients))
         self._open = _OpenRound(task=task, accumulator=accumulator, started=time.perf_counter())
         if self.recorder:
             self.recorder.round_opened(round_no, chosen)
@@ -243,7 +247,10 @@ class RoundEngine:
         if problem:
             raise self._reject(update.round, update.client_id, *problem)
         assert self._open is not None
-        self._open.accumulator.add(update)
+        try:
+            self._open.accumulator.add(update)
+        except NonFiniteError as exc:  # its sums would overflow: the accumulator refused it before changing
+            raise self._reject(update.round, update.client_id, "invalid_weights", str(exc)) from None
         self._note_accepted(update.report(), update.weights)
 
     def submit_merged(self, reports: Sequence[UpdateReport], partial: WeightedMeanAccumulator) -> None:
