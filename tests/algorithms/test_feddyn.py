@@ -51,7 +51,7 @@ def test_client_regulariser_and_state_by_hand(tmp_path):
 def test_server_h_and_model_by_hand():
     reference = with_h({"w": np.zeros(2, np.float32), "n": np.array(0)})
     reference[H_PREFIX + "w"] = np.array([0.5, -0.5], np.float32)
-    acc = FedDyn(alpha=0.1, fraction=0.5).start(reference)  # m = 4 clients, 2 per round
+    acc = FedDyn(alpha=0.1).start_sized(reference, num_clients=4)  # m = 4 clients, 2 in this round
     for cid, w, n, samples in (("a", [1.0, 2.0], 2, 10), ("b", [3.0, 0.0], 5, 30)):
         weights = {"w": np.array(w, np.float32), "n": np.array(n), H_PREFIX + "w": np.array(w, np.float32)}
         acc.add(ClientUpdate(cid, 1, weights, samples))
@@ -61,6 +61,22 @@ def test_server_h_and_model_by_hand():
     np.testing.assert_allclose(out["w"], [2.0 - 0.4 / 0.1, 1.0 + 0.55 / 0.1], rtol=1e-6)  # plain mean - h/α
     assert isinstance(out["n"], np.ndarray) and out["n"].dtype == np.int64 and out["n"].shape == ()
     assert out["n"] == 4  # rint(3.5)
+
+
+def test_the_round_engine_hands_m_over():
+    from fedloom.server import RoundEngine
+
+    strategy = build_strategy("feddyn", fraction=0.5, params={"feddyn_alpha": 0.5})
+    engine = RoundEngine(strategy, strategy.initial_weights({"w": np.zeros(1)}), seed=0)
+    engine.register_clients((str(i), None) for i in range(8))  # m = 8, 4 drawn
+    task = engine.open_round()
+    for cid in task.selected:
+        engine.submit(ClientUpdate(cid, 1, {"w": np.ones(1), H_PREFIX + "w": np.ones(1)}, 10))
+    out = engine.close_round().weights
+    np.testing.assert_allclose(out[H_PREFIX + "w"], -0.5 * 4 / 8)  # h - α (1/m) Σ drift
+    np.testing.assert_allclose(out["w"], 1.0 + 0.25 / 0.5)  # mean - h/α
+    with pytest.raises(ConfigError, match="number of registered clients"):
+        FedDyn().start(strategy.initial_weights({"w": np.zeros(1)}))
 
 
 def test_alpha_is_a_positive_number_and_only_feddyn_uses_it():

@@ -10,9 +10,9 @@ The server keeps ``h`` inside the global model as reserved tensors
 (``fedloom.feddyn.h/<name>``, zero at first), so it is sent, stored and restored with the
 model. With m the total number of clients and S the round's participants:
 ``h ← h − α·(1/m)·Σ_{i∈S}(θ_i − θ_prev)`` and ``θ ← mean_{i∈S}(θ_i) − h/α`` (the plain
-mean over participants, as in the paper). ``(1/m)·Σ_{i∈S}`` is computed as
-``fraction · mean_{i∈S}`` with ``fraction`` = |S|/m, the sampler's client fraction (exact
-when fraction·m is a whole number of at least ``min_clients``). Integer tensors (e.g.
+mean over participants, as in the paper). m is the number of clients registered with
+the round engine, handed over when a round opens (a
+:class:`~fedloom.algorithms.strategy.SizedAggregator`, as SCAFFOLD). Integer tensors (e.g.
 BatchNorm's ``num_batches_tracked``) have no ``h`` and take the rounded mean.
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.algorithms.mean import WeightedMeanAccumulator
+from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
 from fedloom.algorithms.units import ClientOutcome, ClientRound
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.fit import FitResult
@@ -53,48 +54,50 @@ def _checked_alpha(alpha: object) -> float:
 class FedDynAccumulator:
     """The plain mean of the client models, ``h`` moved by the clients' drifts, then ``mean − h/α``."""
 
-    def __init__(self, reference: Mapping[str, np.ndarray], alpha: float, fraction: float) -> None:
+    def __init__(self, reference: Mapping[str, np.ndarray], alpha: float, num_clients: int) -> None:
+        if num_clients < 1:
+            raise ValidationError(f"FedDyn needs the number of registered clients m >= 1, got {num_clients}")
         self._reference = dict(reference)
         self._models = WeightedMeanAccumulator(model_part(reference))
         self._h = with_prefix(reference, H_PREFIX)
         if not self._h:
             raise ValidationError("the global model has no FedDyn state h; build it with with_h()")
         self._drift = {k: np.zeros(v.shape, np.float64) for k, v in self._h.items()}
-        self._alpha, self._fraction = alpha, fraction
+        self._alpha, self._num_clients = alpha, num_clients
         self.count = 0
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
+        drifts = with_prefix(update.weights, H_PREFIX)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            sums = {name: float64(total + drifts[name]) for name, total in self._drift.items()}
+        require_finite({H_PREFIX + k: v for k, v in sums.items()}, "FedDyn")
         self._models.add_weights(model_part(update.weights), 1.0)  # the paper's plain mean over S
-        for name, total in self._drift.items():
-            total += np.asarray(update.weights[H_PREFIX + name], np.float64)
+        self._drift = sums
         self.count += 1
 
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
-        out = {k: np.asarray(v) for k, v in self._models.result().items()}  # integers: the rounded mean
-        sums, total, _ = self._models.partial_sums()
+        out = self._models.result()  # integer tensors: the rounded mean, as 0-d arrays too
+        means, _, _ = self._models.partial_sums()  # float64 means of the float tensors
         for name, h in self._h.items():
-            moved = np.asarray(h, np.float64) - self._alpha * self._fraction * self._drift[name] / self.count
-            out[H_PREFIX + name] = np.asarray(moved, h.dtype)
-            out[name] = np.asarray(sums[name] / total - moved / self._alpha, self._reference[name].dtype)
+            moved = float64(h) - self._alpha * self._drift[name] / self._num_clients
+            out[H_PREFIX + name] = cast_like(moved, h)
+            out[name] = cast_like(means[name] - moved / self._alpha, self._reference[name])
         return out
 
 
 @dataclass(frozen=True)
 class FedDyn:
-    """FedDyn's aggregator; ``alpha`` (α, sent to clients) and ``fraction`` (|S|/m)."""
+    """FedDyn's aggregator (α, ``alpha``, is sent to clients); a SizedAggregator: h's step needs m."""
 
     alpha: float = 0.01
-    fraction: float = 0.1
     name: str = "feddyn"
     mergeable: bool = False
 
     def __post_init__(self) -> None:
         _checked_alpha(self.alpha)
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"FedDyn needs the client fraction in (0, 1], got {self.fraction}")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha}
@@ -110,7 +113,13 @@ class FedDyn:
         return FedDynClient()
 
     def start(self, reference: Mapping[str, np.ndarray]) -> FedDynAccumulator:
-        return FedDynAccumulator(reference, self.alpha, self.fraction)
+        raise ConfigError(
+            "FedDyn needs the number of registered clients m: start its rounds with"
+            " Strategy.start_accumulator(reference, num_clients) (RoundEngine does) or start_sized"
+        )
+
+    def start_sized(self, reference: Mapping[str, np.ndarray], num_clients: int) -> FedDynAccumulator:
+        return FedDynAccumulator(reference, self.alpha, num_clients)
 
 
 def _state(step: ClientRound) -> tuple[float, Weights]:

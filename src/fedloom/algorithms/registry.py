@@ -43,7 +43,7 @@ AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[_Params], Aggregator]]] 
     "qfedavg": (("q", "lr"), lambda p: agg.QFedAvg(**p)),
     "scaffold": ((), lambda p: Scaffold()),
     "fedcurv": (("curvature_lambda",), lambda p: FedCurv(**p)),
-    "feddyn": (("feddyn_alpha", "fraction"), lambda p: FedDyn(p.pop("feddyn_alpha", 0.01), **p)),
+    "feddyn": (("feddyn_alpha",), lambda p: FedDyn(p.get("feddyn_alpha", 0.01))),
 }
 
 SERVER_OPTIMIZERS: dict[str, tuple[tuple[str, ...], Callable[[_Params], ServerOptimizer]]] = {
