@@ -148,9 +148,9 @@ def main() -> None:
         args.clients,
         build_strategy(args.strategy, fraction=1.0, epochs=args.epochs, lr=args.lr, batch_size=16),
         rounds=args.rounds,
-        evaluate_fn=evaluate_fn,
         seed=args.seed,
-        store=None,
+        evaluation=fedloom.Evaluation(evaluate_fn),
+        recording=fedloom.Recording(store=None),
     )
     print(f"final accuracy: {result.final_metrics['accuracy']:.4f}")
 

@@ -11,6 +11,9 @@ def test_public_api_is_curated():
         [
             "ClientSampler",
             "ClientUpdate",
+            "Environment",
+            "Evaluation",
+            "Recording",
             "EvalConfig",
             "FedloomError",
             "FitConfig",

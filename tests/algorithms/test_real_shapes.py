@@ -54,11 +54,13 @@ def test_feddyn_simulates_a_batchnorm_model_with_a_0d_parameter():
     # FedDyn's server part keeps 0-d results arrays itself; the other aggregators need the
     # shared mean's 0-d fix (algorithms/mean.py, another engineer's item) for a full run.
     from fedloom import simulate
+    from fedloom.sim.options import Recording
 
     model = net()
     initial = trainer(0, net()).get_weights()
     strategy = build_strategy("feddyn", fraction=0.5, lr=0.1)
-    result = simulate(lambda i: trainer(i, model), 4, strategy, 3, initial_weights=initial, store=None, progress=False)
+    quiet = {"recording": Recording(store=None), "observers": []}
+    result = simulate(lambda i: trainer(i, model), 4, strategy, 3, initial_weights=initial, **quiet)
     final = result.final_weights
     assert all(isinstance(v, np.ndarray) for v in final.values())
     assert final["bn.num_batches_tracked"].dtype == np.int64 and final["bn.num_batches_tracked"] > 0

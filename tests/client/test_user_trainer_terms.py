@@ -10,6 +10,7 @@ from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitResult
 from fedloom.core.terms import NO_TERMS
 from fedloom.sim.config import SimConfig
+from fedloom.sim.options import Evaluation, Recording
 from fedloom.sim.tasks import build_task
 
 
@@ -60,7 +61,8 @@ def run(name, params, make):
         builtin = TASK.client_fn(i)
         return builtin if make is None else make(builtin.x, builtin.y, 10)
 
-    result = simulate(client_fn, 6, strategy, 3, initial_weights=TASK.initial_weights, store=None, progress=False)
+    quiet = {"recording": Recording(store=None), "observers": []}
+    result = simulate(client_fn, 6, strategy, 3, initial_weights=TASK.initial_weights, **quiet)
     return result.final_weights
 
 
@@ -101,8 +103,8 @@ def test_the_example_pytorch_trainer_gets_scaffold_through_the_hook():
         strategy = build_strategy(name, fraction=0.5, lr=0.2, batch_size=16)
         result = simulate(
             lambda i: example.make_trainer(data.train.subset(parts[i]).x, data.train.subset(parts[i]).y), 10,
-            strategy, 10, evaluate_fn=lambda w: evaluator.evaluate(w, fedloom.EvalConfig()), store=None,
-            progress=False,
+            strategy, 10, evaluation=Evaluation(central=lambda w: evaluator.evaluate(w, fedloom.EvalConfig())),
+            recording=Recording(store=None), observers=[],
         )  # fmt: skip
         return result.final_metrics["accuracy"]
 

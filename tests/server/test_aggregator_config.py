@@ -67,10 +67,10 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
+    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls"}
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
-    # + [strategy] feddyn_alpha
-    assert len(FIELDS) == 26 + 21 + 4
+    # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
+    assert len(FIELDS) == 27 + 21 + 4 + 1
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ from fedloom import simulate
 from fedloom.algorithms.registry import build_strategy
 from fedloom.sim.config import SimConfig
 from fedloom.sim.executor import SequentialExecutor
+from fedloom.sim.options import Recording
 from fedloom.sim.tasks import build_task
 
 
-class Recording(SequentialExecutor):
+class RecordingExecutor(SequentialExecutor):
     def __init__(self):
         self.seen = []
 
@@ -21,11 +22,11 @@ class Recording(SequentialExecutor):
 def test_the_fit_config_is_pure_wire_json_and_the_state_folder_travels_beside_it(tmp_path):
     task = build_task(SimConfig(dataset="digits", clients=6, partition="shards", seed=0))
     strategy = build_strategy("scaffold", fraction=0.5, lr=0.5, params={"personal_keys": "bias"})
-    executor = Recording()
+    executor = RecordingExecutor()
     state = tmp_path / "state"
     simulate(
-        task.client_fn, 6, strategy, 2, initial_weights=task.initial_weights, store=None, progress=False,
-        executor=executor, client_state_dir=str(state),
+        task.client_fn, 6, strategy, 2, initial_weights=task.initial_weights, executor=executor,
+        recording=Recording(store=None, client_state_dir=str(state)), observers=[],
     )  # fmt: skip
     for configs, state_dir in executor.seen:
         assert state_dir == str(state)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -40,7 +40,6 @@ from typing import Any, Literal
 import numpy as np
 
 from fedloom.algorithms.registry import build_strategy
-from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import (
     ConfigError,
@@ -52,26 +51,30 @@ from fedloom.core.errors import (
     StoreError,
     ValidationError,
 )
-from fedloom.core.metrics import usable_metrics
 from fedloom.core.serialization import MAX_ROUND, content_hash, from_bytes, from_plain_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
-from fedloom.server.async_rounds import AsyncRounds
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
-from fedloom.server.engine import EngineState, RoundEngine, RoundTask
+from fedloom.server.deployment_store import AgentLike, DeploymentStore
 from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.resume import RunContext, load_async, load_sync
+from fedloom.server.rounds import (
+    AsyncLifecycle,
+    DeadlineExtended,
+    Event,
+    RoundAbandoned,
+    RoundClosed,
+    RoundOpened,
+    RunFinished,
+    SyncRounds,
+)
 from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
 RUN_KIND = "deployment"
-#: a RoundCriteria threshold so small that the engine's criteria are just the ``min_updates``
-#: floor; the aggregator applies ``[rounds] threshold`` itself (early close) and the deadline
-#: policy decides what happens below it
-_FLOOR_THRESHOLD = 1e-9
 #: run settings a restarted aggregator must not change (they decide selection and weighting)
 _FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
 
@@ -99,10 +102,6 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _epoch(moment: datetime) -> float:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
 def load_initial_model(path: str | Path) -> Weights:
     """The weights in ``path``: a fedloom payload (``to_bytes``) or a raw safetensors file."""
     file = Path(path)
@@ -127,19 +126,9 @@ def load_initial_model(path: str | Path) -> Weights:
     return weights
 
 
-def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
-    """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
-    total = sum(m.num_samples for m in models)
-    sums: dict[str, float] = {}
-    for model in models:
-        for key, value in usable_metrics(model.metrics).items():  # rows older than metric validation
-            sums[key] = sums.get(key, 0.0) + float(value) * model.num_samples
-    return {k: v / total for k, v in sums.items()} if total else {}
-
-
 def deployment_strategy(config: AggregatorConfig) -> Strategy:
-    """The ``[strategy]`` with the config's selection and client settings; the engine's criteria
-    are the ``min_updates`` floor (the aggregator closes early at ``threshold`` and applies deadlines)."""
+    """The ``[strategy]`` with the config's selection, client settings and round criteria (the
+    lifecycle's close policy applies them, with the deadline: :func:`fedloom.server.resume.close_policy`)."""
     rounds, client, chosen = config.rounds, config.client, config.strategy
     return build_strategy(
         chosen.strategy,
@@ -148,7 +137,7 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         epochs=client.epochs,
         batch_size=client.batch_size,
         lr=client.lr,
-        criteria=RoundCriteria(threshold=_FLOOR_THRESHOLD, min_updates=rounds.min_updates),
+        criteria=RoundCriteria(threshold=rounds.threshold, min_updates=rounds.min_updates),
         aggregator=chosen.aggregator,
         server_opt=chosen.server_opt,
         params=chosen.params(),
@@ -178,23 +167,22 @@ class Aggregator:
         self._lock = threading.RLock()
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
-        self._early = RoundCriteria(threshold=config.rounds.threshold, min_updates=config.rounds.min_updates)
         self.run_id, self.resumed = self._open_run()
         self._rejections = RejectionBudget(config.server.max_rejections_per_round)
         self._recorder = BudgetedRecorder(
             store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
+        self._run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
         self._agents: dict[str, AgentLike] = {}
         #: declared data sizes (``POST /v1/agents/register`` num_samples) and revoked agents
         self._declared: dict[str, int | None] = {}
         self._revoked: set[str] = set()
         self._latest: _Model | None = None
         self._latest_payload: bytes | None = None
-        self._engine: RoundEngine | None = None
-        self._task: RoundTask | None = None
-        self._deadline: float | None = None
-        self._async: AsyncRounds | None = None
+        self._rounds: SyncRounds | AsyncLifecycle | None = None
         self._run_finished = False
+        self._finished_at: float | None = None
+        self._fetched_final: set[str] = set()
         self._stale = False
         try:
             with self._lock:
@@ -230,6 +218,12 @@ class Aggregator:
         """The open round, or the next one to open."""
         with self._lock:
             return self._current_round()
+
+    @property
+    def round_deadline(self) -> float | None:
+        """The open synchronous round's deadline (clock seconds), or None."""
+        with self._lock:
+            return self._rounds.deadline if isinstance(self._rounds, SyncRounds) else None
 
     def _open_run(self) -> tuple[str, bool]:
         """Resume the newest unfinished run of this name, or start one; returns (run id, resumed)."""
@@ -273,17 +267,16 @@ class Aggregator:
         self._agents = {a.id: a for a in self.store.list_agents(self.run_id)}
         self._revoked = set()
         self._declared = {c.client_id: c.num_samples for c in self.store.list_clients(self.run_id)}
-        self._latest, self._latest_payload = None, None
-        self._engine, self._task, self._deadline, self._async = None, None, None, None
+        self._latest, self._latest_payload, self._rounds = None, None, None
         models = self.store.list_global_models(self.run_id)
         if models:
             newest = models[-1]
             weights = _read_only(self.store.load_global_model(self.run_id, newest.round))
             self._latest = _Model(weights, newest.sha256, newest.round, newest.num_samples)
             if self.mode == "sync":
-                self._load_sync({m.round for m in models})
+                self._rounds = load_sync(self._run, newest, weights, list(self._agents))
             else:
-                self._load_async()
+                self._rounds = load_async(self._run, newest, weights)
         self.revoked_agents()  # after the open round resumed with its recorded selection
         self._stale = False
 
@@ -306,111 +299,6 @@ class Aggregator:
                 log.exception("reloading failed; the next request tries again")
             raise
 
-    def _build_engine(self, weights: Weights, start_round: int) -> RoundEngine:
-        engine = RoundEngine(
-            self._strategy,
-            weights,
-            seed=self.config.run.seed,
-            max_rounds=self.config.rounds.max_rounds,
-            start_round=start_round,
-            recorder=None,
-            server_opt_state=self._replayed_opt_state(),
-        )
-        engine.register_clients((agent_id, None) for agent_id in sorted(self._agents))
-        return engine
-
-    def _replayed_opt_state(self) -> ServerOptState | None:
-        """The server optimiser's state, rebuilt by replaying every stored round.
-
-        The database is the commit point: each closed round left its accepted local
-        models and its global model, so aggregating them again in arrival order and
-        stepping the optimiser reproduces its state exactly, with no extra table.
-        """
-        opt = self._strategy.server_opt
-        if opt is None:
-            return None
-        models = {m.round: m for m in self.store.list_global_models(self.run_id)}
-        if not models:
-            return None
-        start = self.store.load_global_model(self.run_id, min(models))
-        state = opt.init(start)
-        previous = start
-        for number in sorted(models)[1:]:
-            accumulator = self._strategy.aggregator.start(previous)
-            for local in self.store.list_local_models(self.run_id, number):
-                weights = self.store.load_local_model(self.run_id, number, str(local.client_id))
-                accumulator.add(ClientUpdate(str(local.client_id), number, weights, local.num_samples, local.metrics))
-            if accumulator.count == 0:
-                continue
-            _, state = opt.step(previous, accumulator.result(), state)
-            previous = self.store.load_global_model(self.run_id, number)
-        return state
-
-    def _load_sync(self, global_rounds: set[int]) -> None:
-        assert self._latest is not None
-        rounds = {r.round: r for r in self.store.list_rounds(self.run_id)}
-        for number, past in sorted(rounds.items()):
-            if past.status == "open" and number <= self._latest.round:
-                self._repair_round(number, number in global_rounds)
-                rounds.pop(number)
-        done = [n for n, r in rounds.items() if r.status != "open"]
-        next_round = max([self._latest.round, *done]) + 1
-        engine = self._build_engine(self._latest.weights, next_round)
-        current = rounds.get(next_round)
-        if current is not None and current.status == "open":
-            if engine.state is EngineState.FINISHED:  # max_rounds was lowered since the round opened
-                self.store.close_round(self.run_id, next_round, status="abandoned")
-            else:
-                self._resume_round(engine, current)
-        engine.recorder = self._recorder
-        self._engine = engine
-
-    def _repair_round(self, number: int, aggregated: bool) -> None:
-        """Finish recording a round whose global model was saved just before a crash."""
-        locals_ = self.store.list_local_models(self.run_id, round=number)
-        samples = sum(m.num_samples for m in locals_)
-        if aggregated:
-            if not any(m.round == number for m in self.store.metrics(self.run_id, scope="server")):
-                metrics = _weighted_metrics(locals_)
-                if metrics:
-                    self.store.record_metrics(self.run_id, number, metrics, scope="server")
-            self.store.close_round(self.run_id, number, num_updates=len(locals_), num_samples=samples)
-        else:
-            self.store.close_round(self.run_id, number, status="abandoned", num_updates=len(locals_))
-        log.info("round %d: finished recording it after a restart", number)
-
-    def _resume_round(self, engine: RoundEngine, record: RoundLike) -> None:
-        """Re-open the recorded round with its recorded selection and fold its stored updates back in."""
-        self._task = engine.open_round(selected=record.selected)
-        for model in self.store.list_local_models(self.run_id, round=record.round):
-            assert model.client_id is not None
-            weights = self.store.load_local_model(self.run_id, record.round, model.client_id)
-            metrics = usable_metrics(model.metrics)
-            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, metrics))
-        self._deadline = _epoch(record.opened_at) + self.config.rounds.deadline_seconds
-        log.info("round %d: resumed with %d update(s) already received", record.round, engine.received())
-
-    def _load_async(self) -> None:
-        """Version V and the arrivals since: versions are made every ``buffer_size`` arrivals exactly."""
-        assert self._latest is not None
-        size = self.config.asynchronous.buffer_size
-        arrivals = sorted(self.store.list_local_models(self.run_id), key=lambda m: m.id)
-        pending = arrivals[self._latest.round * size :]
-        self._async = AsyncRounds(
-            self._latest.weights,
-            version=self._latest.round,
-            buffer_size=size,
-            staleness_exponent=self.config.asynchronous.staleness_exponent,
-            mixing=self.config.asynchronous.mixing or None,
-            max_versions=self.config.rounds.max_rounds,
-            uploaded=[(m.client_id or "", m.round) for m in arrivals[: len(arrivals) - len(pending)]],
-        )
-        for model in pending:
-            assert model.client_id is not None
-            weights = self.store.load_local_model(self.run_id, model.round, model.client_id)
-            metrics = usable_metrics(model.metrics)
-            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, metrics))
-
     # ------------------------------------------------------------------ the global model
 
     def _set_initial(self, weights: Weights) -> None:
@@ -424,25 +312,19 @@ class Aggregator:
         self.store.save_global_model(self.run_id, 0, stored, 0)
         self._set_latest(_Model(_read_only(stored), content_hash(stored), 0, 0))
         if self.mode == "sync":
-            self._engine = self._build_engine(stored, 1)
-            self._engine.recorder = self._recorder
+            self._rounds = self._run.sync_rounds(stored, 1, list(self._agents))
         else:
-            self._async = AsyncRounds(
-                stored,
-                version=0,
-                buffer_size=self.config.asynchronous.buffer_size,
-                staleness_exponent=self.config.asynchronous.staleness_exponent,
-                mixing=self.config.asynchronous.mixing or None,
-                max_versions=self.config.rounds.max_rounds,
-            )
+            self._rounds = self._run.async_rounds(stored, 0)
         log.info("initial model recorded (%s)", self._latest.sha256[:12] if self._latest else "")
         self._changed()
 
     def _set_latest(self, model: _Model) -> None:
         self._latest, self._latest_payload = model, None
 
-    def global_model_bytes(self, round: int | Literal["latest"]) -> tuple[bytes, str]:
-        """The payload of the global model that starts ``round`` (or the newest), and its content hash."""
+    def global_model_bytes(self, round: int | Literal["latest"], agent_id: str | None = None) -> tuple[bytes, str]:
+        """The payload of the global model that starts ``round`` (or the newest), and its content hash.
+
+        ``agent_id`` (who asks) lets a finished run know which agents have its final model."""
         with self._lock:
             self._ensure_loaded()
             latest = self._latest
@@ -453,6 +335,8 @@ class Aggregator:
                 raise refusal("not_found", f"round {round} has not started (rounds run from 1 to {current})")
             row = latest.round if round == "latest" else round - 1
             if row >= latest.round:
+                if self._run_finished and agent_id is not None:
+                    self._fetched_final.add(agent_id)
                 if self._latest_payload is None:
                     self._latest_payload = latest.payload()
                 return self._latest_payload, latest.sha256
@@ -507,8 +391,8 @@ class Aggregator:
         self._agents[agent.id] = agent
         self._revoked.discard(agent.id)
         if new:
-            if self._engine is not None:
-                self._engine.register_client(agent.id)
+            if isinstance(self._rounds, SyncRounds):
+                self._rounds.add_client(agent.id)
             self._changed()
 
     def revoked_agents(self) -> frozenset[str]:
@@ -523,8 +407,8 @@ class Aggregator:
         with self._lock:
             for agent_id in revoked - self._revoked:
                 self._agents.pop(agent_id, None)
-                if self._engine is not None:
-                    self._engine.unregister_client(agent_id)
+                if isinstance(self._rounds, SyncRounds):
+                    self._rounds.remove_client(agent_id)
                 log.info("agent %s: its join token was revoked; it is out of the run", agent_id)
                 self._changed()
             self._revoked = set(revoked)
@@ -574,29 +458,18 @@ class Aggregator:
             return self._task_unlocked(agent_id), self._changes.version
 
     def _task_unlocked(self, agent_id: str) -> AgentTask:
-        latest = self._latest
-        if latest is None:
+        latest, rounds = self._latest, self._rounds
+        if latest is None or rounds is None:
             return AgentTask("wait", 1)
-        current = self._current_round()
-        if self._finished():
-            last = min(current - 1, self.config.rounds.max_rounds)
-            return AgentTask("finished", last, current, latest.sha256)
-        if self._async is not None:
-            rounds = self._async
-            if self._open_for_agents() and not rounds.ready and not rounds.has_uploaded(agent_id, current):
-                config = asdict(self._strategy.client.fit_config(current, agent_id, self.config.run.seed))
-                return AgentTask("train", current, current, latest.sha256, config)
+        current = rounds.current_round
+        if rounds.finished:
+            return AgentTask("finished", rounds.rounds_completed, current, latest.sha256)
+        task = rounds.task_for(agent_id)
+        if task.state == "train" and not self._open_for_agents():
             return AgentTask("wait", current, current, latest.sha256)
-        engine = self._engine
-        assert engine is not None
-        deadline = None if self._deadline is None else _iso(self._deadline)
-        task = self._task
-        if engine.state is EngineState.COLLECTING and task is not None:
-            if agent_id in task.selected and agent_id not in engine.received_from():
-                fit = asdict(engine.fit_config(agent_id))
-                return AgentTask("train", current, current, latest.sha256, fit, deadline)
-            return AgentTask("wait", current, current, latest.sha256, None, deadline)
-        return AgentTask("wait", current, current, latest.sha256)
+        deadline = None if task.deadline is None else _iso(task.deadline)
+        fit = None if task.fit is None else asdict(task.fit)
+        return AgentTask(task.state, task.round, current, latest.sha256, fit, deadline)
 
     async def wait_for_change(self, agent_id: str, timeout: float) -> AgentTask:
         """The agent's task as soon as it differs from the current one, or after ``timeout`` seconds.
@@ -653,18 +526,19 @@ class Aggregator:
             raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
 
     def _upload_problem(self, agent_id: str) -> tuple[str, str] | None:
-        if self._latest is None:
+        rounds = self._rounds
+        if self._latest is None or rounds is None:
             return "round_closed", "no round is open: the run has no model yet"
-        if self._finished():
+        if rounds.finished:
             return "round_closed", "the run is finished"
-        if self._async is not None:
+        if isinstance(rounds, AsyncLifecycle):
             return None if self._open_for_agents() else ("round_closed", "no round is open: waiting for agents")
-        engine, task = self._engine, self._task
-        if engine is None or task is None or engine.state is not EngineState.COLLECTING:
-            return "round_closed", f"round {self._current_round()} is not open"
+        task = rounds.open_task
+        if task is None:
+            return "round_closed", f"round {rounds.current_round} is not open"
         if agent_id not in task.selected:
             return "not_selected", f"agent {agent_id!r} is not selected in round {task.round}"
-        if agent_id in engine.received_from():
+        if agent_id in rounds.engine.received_from():
             return "duplicate", f"agent {agent_id!r} already has an update accepted in round {task.round}"
         return None
 
@@ -689,36 +563,21 @@ class Aggregator:
         with self._lock:
             self._ensure_loaded()
             self._check_num_samples(agent.id, update)
-            if self._async is not None:
-                self._submit_async(update)
-            else:
-                self._submit_sync(update)
+            self._submit(update)
             self._changed()
             self._advance_quietly()
         return round_no
 
-    def _submit_sync(self, update: ClientUpdate) -> None:
-        engine = self._engine
-        if engine is None:
+    def _submit(self, update: ClientUpdate) -> None:
+        rounds = self._rounds
+        if rounds is None:
             raise self.refuse_upload(update.client_id, "round_closed", "no round is open: the run has no model yet")
         try:
             with self._recording():
-                engine.submit(update)  # the engine records its own refusals
+                rounds.submit(update)  # the lifecycle records its own refusals
         except RejectedUpdateError as exc:
             log.info("refused an update from %s: %s (%s)", update.client_id, exc.code, exc)
             raise refusal(exc.code, str(exc)) from None
-
-    def _submit_async(self, update: ClientUpdate) -> None:
-        rounds = self._async
-        assert rounds is not None
-        if rounds.ready:
-            raise refusal("busy", "the previous buffer is still being aggregated: send again shortly")
-        problem = rounds.check(update)
-        if problem:
-            raise self.refuse_upload(update.client_id, problem[0], problem[1], update.round)
-        with self._recording():
-            self._recorder.update_accepted(update.report(), update.weights)  # stored before it counts
-        rounds.add(update)
 
     def upload_initial(self, agent: AgentLike, body: bytes) -> str:
         """Accept the initial model from an admin agent while the run has none; returns its hash."""
@@ -761,144 +620,94 @@ class Aggregator:
             log.exception("advancing the run failed; the next tick tries again")
 
     def _advance(self, now: float) -> None:
-        if self._async is not None:
-            self._advance_async()
-        elif self._engine is not None:
-            self._advance_sync(now)
-
-    def _advance_sync(self, now: float) -> None:
-        engine = self._engine
-        assert engine is not None
-        if engine.state is EngineState.COLLECTING:
-            assert self._task is not None
-            waiting_on = [a for a in self._task.selected if a not in self._revoked]  # revoked agents never upload
-            if engine.received() >= self._early.required(len(waiting_on)) and engine.criteria_met():
-                self._close_round()
-            elif self._deadline is not None and now >= self._deadline:
-                self._on_deadline(now)
-        engine = self._engine  # abandoning a round builds a new engine
-        assert engine is not None
-        if engine.state is EngineState.IDLE and self._open_for_agents():
-            with self._recording():
-                self._task = engine.open_round()
-            self._deadline = now + self.config.rounds.deadline_seconds
-            log.info("round %d: opened, selected %s", self._task.round, ", ".join(self._task.selected))
-            self._changed()
-        if engine.state is EngineState.FINISHED and not self._run_finished:
-            self._finish_run()
-
-    def _close_round(self) -> None:
-        engine = self._engine
-        assert engine is not None
+        """Tick the lifecycle at ``now`` and apply what happened (a new global model, the finish)."""
+        rounds = self._rounds
+        if rounds is None:
+            return
         with self._recording():
-            outcome = engine.close_round()  # the recorder saves the global model: the commit point
-        weights = _read_only(outcome.weights)
-        self._set_latest(_Model(weights, content_hash(weights), outcome.round, outcome.num_samples))
-        self._task, self._deadline = None, None
-        missing = f", missing {', '.join(outcome.missing)}" if outcome.missing else ""
-        log.info("round %d: aggregated %d update(s)%s", outcome.round, outcome.num_updates, missing)
-        self._changed()
-
-    def _on_deadline(self, now: float) -> None:
-        engine = self._engine
-        assert engine is not None and self._deadline is not None
-        policy = self.config.rounds.deadline_policy
-        if policy == "aggregate" and engine.criteria_met():
-            log.info("round %d: deadline passed, aggregating what arrived", engine.current_round)
-            self._close_round()
-        elif policy == "abandon":
-            self._abandon_round()
-        else:
-            step = self.config.rounds.deadline_seconds
-            self._deadline = self._deadline + step if self._deadline + step > now else now + step
-            log.info("round %d: deadline passed with %d update(s); extended", engine.current_round, engine.received())
+            events = rounds.tick(now, may_open=self._open_for_agents())
+        for event in events:
+            self._apply(event)
+        if events:
             self._changed()
 
-    def _abandon_round(self) -> None:
-        """Close the open round without a model and start the next from the same global model."""
-        engine, latest = self._engine, self._latest
-        assert engine is not None and latest is not None
-        number = engine.current_round
-        samples = sum(m.num_samples for m in self.store.list_local_models(self.run_id, round=number))
-        with self._recording():
-            self.store.close_round(self.run_id, number, "abandoned", num_updates=engine.received(), num_samples=samples)
-        engine = self._build_engine(latest.weights, number + 1)
-        engine.recorder = self._recorder
-        self._engine, self._task, self._deadline = engine, None, None
-        log.info("round %d: abandoned at its deadline", number)
-        self._changed()
-
-    def _advance_async(self) -> None:
-        rounds = self._async
-        assert rounds is not None
-        while rounds.ready and not rounds.finished:
-            version = rounds.result()
-            with self._recording():
-                self.store.save_global_model(self.run_id, version.version, version.weights, version.num_samples)
-                if version.client_metrics:
-                    self.store.record_metrics(self.run_id, version.version, version.client_metrics)
-            rounds.advance(version)
-            weights = _read_only(version.weights)
-            self._set_latest(_Model(weights, content_hash(weights), version.version, version.num_samples))
-            log.info("version %d: aggregated %d buffered update(s)", version.version, version.num_updates)
-            self._changed()
-        if rounds.finished and not self._run_finished:
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, RoundClosed):
+            outcome = event.outcome
+            weights = _read_only(outcome.weights)
+            self._set_latest(_Model(weights, content_hash(weights), outcome.round, outcome.num_samples))
+            missing = f", missing {', '.join(outcome.missing)}" if outcome.missing else ""
+            log.info("round %d: aggregated %d update(s)%s", outcome.round, outcome.num_updates, missing)
+        elif isinstance(event, RoundOpened):
+            log.info("round %d: opened, selected %s", event.round, ", ".join(event.selected))
+        elif isinstance(event, RoundAbandoned):
+            log.info("round %d: abandoned at its deadline with %d update(s)", event.round, event.num_updates)
+        elif isinstance(event, DeadlineExtended):
+            log.info("round %d: deadline passed with %d update(s); extended", event.round, event.received)
+        elif isinstance(event, RunFinished) and not self._run_finished:
             self._finish_run()
 
     def _finish_run(self) -> None:
         completed = self._rounds_completed()
         self.store.finish_run(self.run_id, "finished", {"rounds_completed": completed})
         self._run_finished = True
+        self._finished_at = self._clock()
         log.info("run finished after %d round(s)", completed)
-        self._changed()
 
     # ------------------------------------------------------------------ status
 
+    def may_stop(self, now: float | None = None) -> bool:
+        """Whether a finished run's server may exit: every agent has downloaded the final model, or
+        ``[server] linger_seconds`` passed since the finish (for agents that never ask again)."""
+        with self._lock:
+            if not self._run_finished or self._finished_at is None:
+                return False
+            moment = self._clock() if now is None else now
+            everyone = set(self._agents) <= self._fetched_final
+            return everyone or moment - self._finished_at >= self.config.server.linger_seconds
+
     def _current_round(self) -> int:
-        if self._async is not None:
-            return self._async.current_round
-        return self._engine.current_round if self._engine is not None else 1
+        return self._rounds.current_round if self._rounds is not None else 1
 
     def _rounds_completed(self) -> int:
-        return self._current_round() - 1
+        return self._rounds.rounds_completed if self._rounds is not None else 0
 
     def _finished(self) -> bool:
-        if self._async is not None:
-            return self._async.finished
-        return self._engine is not None and self._engine.state is EngineState.FINISHED
+        return self._rounds is not None and self._rounds.finished
 
     def _open_for_agents(self) -> bool:
         return len(self._agents) >= self.config.rounds.min_agents
 
     def _state_name(self) -> str:
-        if self._latest is None:
+        rounds = self._rounds
+        if self._latest is None or rounds is None:
             return "waiting_for_model"
-        if self._finished():
+        if rounds.finished:
             return "finished"
-        if self._async is not None:
+        if isinstance(rounds, AsyncLifecycle):
             return "collecting" if self._open_for_agents() else "waiting_for_agents"
-        assert self._engine is not None
-        return "collecting" if self._engine.state is EngineState.COLLECTING else "waiting_for_agents"
+        return "collecting" if rounds.open_task is not None else "waiting_for_agents"
+
+    def _selected(self) -> list[str]:
+        rounds = self._rounds
+        if isinstance(rounds, AsyncLifecycle):
+            return sorted(self._agents) if self._state_name() == "collecting" else []
+        task = rounds.open_task if rounds is not None else None
+        return list(task.selected) if task is not None else []
 
     def status(self) -> dict[str, Any]:
         """The run's state for ``GET /v1/status``."""
         with self._lock:
             self._ensure_loaded()
-            if self._async is not None:
-                selected = sorted(self._agents) if self._state_name() == "collecting" else []
-                received = len(self._async.buffered)
-            else:
-                collecting = self._engine is not None and self._engine.state is EngineState.COLLECTING
-                selected = list(self._task.selected) if collecting and self._task else []
-                received = self._engine.received() if self._engine is not None else 0
+            finished = self._finished()
             return {
                 "run_id": self.run_id,
-                "round": self._current_round(),
+                "round": self._rounds_completed() if finished else self._current_round(),
                 "state": self._state_name(),
                 "mode": self.mode,
                 "agents": len(self._agents),
-                "selected": selected,
-                "received": received,
+                "selected": self._selected(),
+                "received": self._rounds.received_count() if self._rounds is not None else 0,
                 "rounds_completed": self._rounds_completed(),
                 "max_rounds": self.config.rounds.max_rounds,
             }

@@ -20,6 +20,8 @@ STATUS_OF: dict[str, int] = {
     "forbidden": 403,
     "client_id_mismatch": 403,
     "unknown_client": 403,
+    "certificate_required": 403,
+    "certificate_mismatch": 403,
     "not_found": 404,
     "upload_timeout": 408,
     "wrong_round": 409,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
@@ -33,6 +33,7 @@ from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
+from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
 log = logging.getLogger("fedloom.aggregator")
@@ -157,6 +158,15 @@ AggregatorDep = Annotated[Aggregator, Depends(get_aggregator)]
 _bearer = HTTPBearer(auto_error=False, description="the agent credential from POST /v1/agents/register")
 
 
+def check_certificate(request: Request, aggregator: Aggregator, name: str, agent_id: str | None) -> None:
+    """With mutual TLS, refuse (403, recorded) a caller whose client certificate is not agent ``name``'s."""
+    if aggregator.config.tls.client_ca_file is None:
+        return
+    problem = identity_refusal(request.scope, name)
+    if problem is not None:
+        raise aggregator.refuse_upload(agent_id, problem[0], f"agent {name!r}: {problem[1]}")
+
+
 def current_agent(
     request: Request,
     aggregator: AggregatorDep,
@@ -179,6 +189,7 @@ def current_agent(
     limited = rate_limited_refusal(request, request.state.rate_key)
     if limited is not None:
         raise limited
+    check_certificate(request, aggregator, agent.name, agent.id)
     return agent
 
 
@@ -222,6 +233,8 @@ async def register(request: Request, aggregator: AggregatorDep) -> RegisterRespo
         body = RegisterRequest.model_validate_json(await read_small_body(request))
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
+    if aggregator.config.tls.client_ca_file is not None:  # mutual TLS: the certificate must be this name's
+        await run_in_threadpool(check_certificate, request, aggregator, body.name, None)
     done = await run_in_threadpool(aggregator.register, body.name, body.join_token, body.num_samples)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
@@ -253,7 +266,7 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
         which = int(round)
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
-    payload, sha256 = aggregator.global_model_bytes(which)
+    payload, sha256 = aggregator.global_model_bytes(which, agent.id)
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
 
@@ -325,13 +338,22 @@ def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
 UPLOAD_SLOTS = 4
 
 
-def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_slots: int = UPLOAD_SLOTS) -> FastAPI:
-    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests)."""
+def create_app(
+    aggregator: Aggregator,
+    *,
+    background_tick: bool = True,
+    upload_slots: int = UPLOAD_SLOTS,
+    on_done: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests).
+
+    ``on_done`` is called once, from the ticker, when the run is finished and the server
+    may stop (:meth:`Aggregator.may_stop`): ``fedloom server`` exits then."""
     interval = aggregator.config.rounds.check_interval_seconds
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(_tick_forever(aggregator, interval)) if background_tick else None
+        ticker = asyncio.create_task(_tick_forever(aggregator, interval, on_done)) if background_tick else None
         try:
             yield
         finally:
@@ -397,7 +419,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
-async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
+async def _tick_forever(aggregator: Aggregator, interval: float, on_done: Callable[[], None] | None) -> None:
     """Call ``tick`` every ``interval`` seconds; a failing tick is logged and tried again."""
     while True:
         await asyncio.sleep(interval)
@@ -405,3 +427,6 @@ async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
             await run_in_threadpool(aggregator.tick)
         except Exception:  # a supervisor loop: one failed tick must not stop deadlines for good
             log.exception("aggregator tick failed; trying again in %.1f s", interval)
+        if on_done is not None and await run_in_threadpool(aggregator.may_stop):
+            on_done()
+            on_done = None

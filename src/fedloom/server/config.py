@@ -16,6 +16,7 @@ The file has five tables::
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
+    [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -36,6 +37,7 @@ from typing import Any
 
 from fedloom.core.errors import ConfigError
 from fedloom.core.redaction import redact_url
+from fedloom.server.tls_settings import TlsSection
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
@@ -98,6 +100,9 @@ class ServerSection:
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
     home: str | None = None
+    #: once the run is finished, how long to keep serving so agents can fetch the final model
+    #: (the server exits earlier when every agent has been told); ``fedloom server --keep-serving`` never exits
+    linger_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -112,6 +117,8 @@ class ServerSection:
         _positive("server", "rate_limit_per_second", self.rate_limit_per_second)
         _at_least("server", "rate_limit_burst", self.rate_limit_burst, 1)
         _at_least("server", "max_rejections_per_round", self.max_rejections_per_round, 0)
+        if not (math.isfinite(self.linger_seconds) and self.linger_seconds >= 0):
+            raise _fail("server", "linger_seconds", f"must be a number >= 0, got {self.linger_seconds!r}")
 
     @property
     def tls(self) -> bool:
@@ -256,6 +263,7 @@ class AggregatorConfig:
     client: ClientSection = field(default_factory=ClientSection)
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    tls: TlsSection = field(default_factory=TlsSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -289,6 +297,7 @@ _TABLES = {
     "client": "client",
     "async": "asynchronous",
     "strategy": "strategy",
+    "tls": "tls",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -297,6 +306,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "client": ClientSection,
     "async": AsyncSection,
     "strategy": StrategySection,
+    "tls": TlsSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"
@@ -419,4 +429,7 @@ def load_config(
     base = config_from_mapping(read_config_file(path)) if path is not None else AggregatorConfig()
     env = env_overrides(os.environ if environ is None else environ)
     layered = _build(base.to_dict(), env, "environment")
-    return _build(layered.to_dict(), dict(overrides or {}), "override")
+    config = _build(layered.to_dict(), dict(overrides or {}), "override")
+    if config.tls.client_ca_file is not None and not config.server.tls:  # checked once every layer is in
+        raise _fail("tls", "client_ca_file", "needs HTTPS: set [server] tls_cert and tls_key too")
+    return config

@@ -78,6 +78,10 @@ class RoundRecorder(Protocol):
 
     def round_closed(self, outcome: RoundOutcome) -> None: ...
 
+    def round_abandoned(self, round: int, num_updates: int, num_samples: int) -> None: ...
+
+    def version_made(self, outcome: RoundOutcome) -> None: ...
+
 
 @dataclass
 class _OpenRound:
@@ -139,13 +143,19 @@ class RoundEngine:
             raise ValidationError("client_id must be a non-empty string")
         self._clients[client_id] = num_samples
 
-    def unregister_client(self, client_id: str) -> None:
-        """Make a client ineligible for selection from the next round on (e.g. its token was revoked)."""
-        self._clients.pop(client_id, None)
-
     def register_clients(self, clients: Iterable[tuple[str, int | None]]) -> None:
         for client_id, num_samples in clients:
             self.register_client(client_id, num_samples)
+
+    def unregister_client(self, client_id: str) -> None:
+        """Never select ``client_id`` again (its token was revoked); if the open round selected it
+        and has no update from it yet, the round stops waiting for it."""
+        self._clients.pop(client_id, None)
+        open_round = self._open
+        if open_round is None or client_id in open_round.received or client_id not in open_round.task.selected:
+            return
+        kept = tuple(c for c in open_round.task.selected if c != client_id)
+        open_round.task = replace(open_round.task, selected=kept)
 
     @property
     def clients(self) -> tuple[str, ...]:
@@ -162,6 +172,11 @@ class RoundEngine:
     def global_weights(self) -> Weights:
         """A copy of the current global model."""
         return copy_weights(self._global)
+
+    @property
+    def open_task(self) -> RoundTask | None:
+        """The collecting round's task (its selection shrinks when a client is unregistered)."""
+        return self._open.task if self._open else None
 
     @property
     def current_round(self) -> int:
@@ -314,12 +329,16 @@ class RoundEngine:
             return False
         return len(self._open.received) >= self.strategy.criteria.required(len(self._open.task.selected))
 
-    def close_round(self) -> RoundOutcome:
-        """Aggregate the accepted updates into the new global model and advance."""
+    def close_round(self, min_updates: int | None = None) -> RoundOutcome:
+        """Aggregate the accepted updates into the new global model and advance.
+
+        The strategy's criteria must hold, unless a close policy decided and passes its own
+        ``min_updates`` (the lifecycle closes at a deadline with fewer than the threshold)."""
         self._require(EngineState.COLLECTING, "close a round")
         assert self._open is not None
-        if not self.criteria_met():
-            need = self.strategy.criteria.required(len(self._open.task.selected))
+        selected = len(self._open.task.selected)
+        need = self.strategy.criteria.required(selected) if min_updates is None else max(1, min(selected, min_updates))
+        if self.received() < need:
             raise EngineStateError(
                 f"round {self._open.task.round} has {self.received()} of the {need} updates it needs"
             )
@@ -338,6 +357,19 @@ class RoundEngine:
         if self.recorder:
             self.recorder.round_closed(outcome)
         return outcome
+
+    def abandon_round(self) -> int:
+        """Close the open round without a model (its deadline passed); the next round starts
+        from the same global model. Returns the abandoned round's number."""
+        self._require(EngineState.COLLECTING, "abandon a round")
+        assert self._open is not None
+        number, received = self._open.task.round, self._open.received
+        self._open = None
+        self._next_round = number + 1
+        self._finished = self.max_rounds is not None and self._next_round > self.max_rounds
+        if self.recorder:
+            self.recorder.round_abandoned(number, len(received), int(sum(received.values())))
+        return number
 
     def _aggregate(self, open_round: _OpenRound) -> RoundOutcome:
         weights = open_round.accumulator.result()
