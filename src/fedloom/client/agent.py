@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeVar
 
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.backoff import Backoff
-from fedloom.client.client_state import fit_with_state
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.client.loading import check_trainer
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
@@ -58,6 +58,7 @@ from fedloom.client.transport import (
 from fedloom.core.errors import ClientError, ConfigError, ValidationError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.serialization import content_hash
+from fedloom.core.terms import NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_finite, check_structure
 
 __all__ = ["OBSOLETE_CODES", "Agent", "AgentInterrupted", "AgentOutcome", "default_agent_name"]
@@ -542,7 +543,7 @@ class Agent:
 
 class _WithState:
     """The user's Trainer, trained with the state this site keeps between rounds
-    (personal tensors, SCAFFOLD's control variate) in the agent's directory."""
+    (personal tensors, the client parts' state) in the agent's directory."""
 
     def __init__(self, trainer: Trainer, directory: Path) -> None:
         self.trainer, self.directory = trainer, directory
@@ -550,8 +551,10 @@ class _WithState:
     def get_weights(self) -> Weights:
         return self.trainer.get_weights()
 
-    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
-        return fit_with_state(self.trainer, weights, config, "agent", self.directory)
+    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
+        """The round's fit through the one client-side function the simulation uses too (``terms``
+        come from the client parts the config names, not from the caller)."""
+        return fit_with_state(self.trainer, weights, config, LocalContext("agent", self.directory))
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
         return dict(self.trainer.evaluate(weights, config))
