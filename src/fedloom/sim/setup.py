@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.weights import Weights
-from fedloom.server.engine import RoundEngine
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.engine import RoundEngine, RoundRecorder
 from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.async_loop import AsyncLoop
@@ -51,10 +51,13 @@ class LoopFactory:
     weights: Weights
     rounds: int
     seed: int
-    recorder: StoreRecorder | None
+    recorder: RoundRecorder | None
     executor: Executor
     client_fn: ClientFn
     on_client_error: str
+    start_round: int = 1
+    server_opt_state: ServerOptState | None = None
+    sim_seconds: float = 0.0
 
     def sync_loop(
         self,
@@ -65,7 +68,13 @@ class LoopFactory:
         poison: tuple[Adversary, frozenset[int]] | None,
     ) -> SyncLoop:
         engine = RoundEngine(
-            self.strategy, self.weights, seed=self.seed, max_rounds=self.rounds, recorder=self.recorder
+            self.strategy,
+            self.weights,
+            seed=self.seed,
+            max_rounds=self.rounds,
+            start_round=self.start_round,
+            recorder=self.recorder,
+            server_opt_state=self.server_opt_state,
         )
         engine.register_clients(clients)
         return SyncLoop(
@@ -76,6 +85,7 @@ class LoopFactory:
             environment,
             self.on_client_error == "fail",
             Poison(poison[0], poison[1], self.seed) if poison else None,
+            self.sim_seconds,
         )
 
     def async_loop(
