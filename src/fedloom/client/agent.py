@@ -29,13 +29,12 @@ signal stops at once; the saved state is still consistent.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -44,6 +43,7 @@ from typing import Any, Literal, TypeVar
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.backoff import Backoff
 from fedloom.client.client_state import LocalContext, fit_with_state
+from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.loading import check_trainer
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
@@ -564,15 +564,12 @@ def _fit(trainer: Trainer, weights: Weights, config: Any) -> tuple[Weights, int,
     """Run ``trainer.fit`` and check what it returned; any problem becomes a ClientError naming the round."""
     try:
         result = trainer.fit(weights, config)
+    except ClientError:
+        raise
     except Exception as exc:
         raise ClientError(f"round {config.round}: trainer.fit raised {type(exc).__name__}: {exc}") from exc
-    new_weights = _checked_weights(getattr(result, "weights", None), f"round {config.round}: trainer.fit")
-    num_samples = getattr(result, "num_samples", None)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ClientError(
-            f"round {config.round}: trainer.fit returned num_samples={num_samples!r}; it must be an int >= 1"
-        )
-    return new_weights, num_samples, _clean_metrics(getattr(result, "metrics", None) or {})
+    checked = checked_fit_result(result, config.round)  # the same check as the simulation's
+    return checked.weights, checked.num_samples, dict(checked.metrics)
 
 
 def _checked_weights(weights: Any, what: str) -> Weights:
@@ -582,18 +579,3 @@ def _checked_weights(weights: Any, what: str) -> Weights:
     except ValidationError as exc:
         raise ClientError(f"{what} returned unusable weights: {exc}") from None
     return dict(weights)
-
-
-def _clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Metrics as finite floats (JSON has no NaN); anything else is dropped with a warning."""
-    clean: dict[str, float] = {}
-    for key, value in metrics.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if math.isfinite(number):
-            clean[str(key)] = number
-        else:
-            log.warning("dropping metric %r = %r: not a finite number", key, value)
-    return clean

@@ -13,9 +13,9 @@ from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.client.client_state import LocalContext, fit_with_state
+from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.trainer import Trainer
-from fedloom.core.errors import ClientError
-from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
 
@@ -75,16 +75,10 @@ def fit_one(
     see fedloom.client.client_state.
     """
     trainer = client_fn(int(client_id))
-    result = fit_with_state(trainer, weights, config, LocalContext(client_id, state_dir))
-    if not isinstance(result, FitResult):
-        raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
-    return ClientUpdate(
-        client_id=client_id,
-        round=config.round,
-        weights=result.weights,
-        num_samples=int(result.num_samples),
-        metrics=dict(result.metrics),
+    result = checked_fit_result(
+        fit_with_state(trainer, weights, config, LocalContext(client_id, state_dir)), config.round
     )
+    return ClientUpdate(client_id, config.round, result.weights, result.num_samples, dict(result.metrics))
 
 
 class SequentialExecutor:
