@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 import fedloom
-from fedloom.algorithms.registry import build_strategy
-from fedloom.core.terms import NO_TERMS, ClientTerms
+from fedloom.algorithms import build_strategy
+from fedloom.core import NO_TERMS, ClientTerms
 from fedloom.data import load_digits
-from fedloom.sim.partition import partition
+from fedloom.sim import partition
 
 
 class DigitsMLP(nn.Module):

@@ -13,7 +13,12 @@ from fedloom.algorithms.strategy import (
     fedavg,
 )
 
+from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES, build_strategy
+
 __all__ = [
+    "AGGREGATORS",
+    "SERVER_OPTIMIZERS",
+    "STRATEGIES",
     "Accumulator",
     "Aggregator",
     "ClientSampler",
@@ -23,6 +28,7 @@ __all__ = [
     "Strategy",
     "WeightedMean",
     "WeightedMeanAccumulator",
+    "build_strategy",
     "fedavg",
     "weighted_mean",
 ]

@@ -30,8 +30,16 @@ from fedloom.core.weights import (
     weights_equal,
 )
 
+from fedloom.core.metrics import validate_metrics
+from fedloom.core.observe import RoundObserver, RoundSummary, RunEnd, RunInfo
+from fedloom.core.reserved import model_part
+from fedloom.core.terms import NO_TERMS, AffineTerm, ClientTerms
+
 __all__ = [
+    "NO_TERMS",
+    "AffineTerm",
     "ClientError",
+    "ClientTerms",
     "ClientUpdate",
     "ConfigError",
     "DataError",
@@ -44,6 +52,10 @@ __all__ = [
     "NonFiniteError",
     "PayloadTooLargeError",
     "RejectedUpdateError",
+    "RoundObserver",
+    "RoundSummary",
+    "RunEnd",
+    "RunInfo",
     "SerializationError",
     "StoreError",
     "UpdateReport",
@@ -56,11 +68,13 @@ __all__ = [
     "content_hash",
     "copy_weights",
     "from_bytes",
+    "model_part",
     "nbytes",
     "num_parameters",
     "rng_for",
     "stream_key",
     "to_bytes",
+    "validate_metrics",
     "validate_weights",
     "weights_equal",
 ]

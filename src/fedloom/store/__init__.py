@@ -22,7 +22,10 @@ from fedloom.store.records import (
 from fedloom.store.schema import SCHEMA_VERSION
 from fedloom.store.sql import SqlStore, resolve_home
 
+from fedloom.store.sql import BLOBS_DIRNAME
+
 __all__ = [
+    "BLOBS_DIRNAME",
     "SCHEMA_VERSION",
     "AgentRecord",
     "BlobStore",
