@@ -276,6 +276,14 @@ class Federation:
         wait_until(lambda: self.status(agents[0])["rounds_completed"] >= closed, 20, "the round to close")
         return int(round_no)
 
+    def wait_out_rate_limit(self, agent: Agent | None = None, timeout: float = 90.0) -> None:
+        """Wait until ``agent`` is answered again: a flood from loopback may rate-limit every local client."""
+        who = agent or self.admin
+        assert who is not None
+        wait_until(
+            lambda: self.get("/v1/status", who.credential).status_code != 429, timeout, "the rate limit to lapse"
+        )
+
     def wait_for_rounds(self, count: int) -> None:
         wait_until(lambda: self.status()["rounds_completed"] >= count, 20, f"{count} round(s) to close")
 

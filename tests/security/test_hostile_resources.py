@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from security_helpers import Agent, Federation, error_code, update_bytes, wait_until
+from security_helpers import Federation, error_code, update_bytes
 
 #: more slow uploads than any sensible number of concurrent upload slots
 SLOW_UPLOADS = 16
@@ -105,10 +105,6 @@ def _flood(federation: Federation, send: str) -> list[httpx.Response]:
     return answers
 
 
-def _wait_out_the_limit(federation: Federation, agent: Agent) -> None:
-    wait_until(lambda: federation.get("/v1/status", agent.credential).status_code != 429, 90, "the rate limit to lapse")
-
-
 @pytest.mark.parametrize("send", ["bad_token", "bad_credential"])
 def test_guessing_tokens_and_credentials_is_rate_limited(federation: Federation, send: str) -> None:
     (admin,) = federation.open_run()
@@ -117,7 +113,7 @@ def test_guessing_tokens_and_credentials_is_rate_limited(federation: Federation,
     assert codes[-1] == 429, f"{len(codes)} guesses in a row were all answered ({sorted(set(codes))}), none limited"
     assert error_code(answers[-1]) == (429, "rate_limited")
     assert all(code in (401, 422, 429) for code in codes), sorted(set(codes))
-    _wait_out_the_limit(federation, admin)
+    federation.wait_out_rate_limit(admin)
     federation.assert_still_works()
 
 
