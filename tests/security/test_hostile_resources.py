@@ -117,39 +117,45 @@ def test_guessing_tokens_and_credentials_is_rate_limited(federation: Federation,
     federation.assert_still_works()
 
 
-@pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
-def test_huge_request_header_is_refused_without_a_server_error(federation: Federation, size: int) -> None:
+def test_huge_request_headers_are_refused_without_a_server_error(federation: Federation) -> None:
     federation.open_run()
-    try:
-        answer = httpx.get(f"{federation.url}/v1/status", headers={"Authorization": "Bearer " + "x" * size}, timeout=30)
-    except httpx.TransportError:
-        answer = None  # closing the connection on an oversized header is a refusal too
-    if answer is not None:
-        assert 400 <= answer.status_code < 500, f"{answer.status_code}: {answer.text[:200]}"
+    answers: dict[int, int | str] = {}
+    for size in (64 * 1024, 1024 * 1024):
+        try:
+            answer = httpx.get(
+                f"{federation.url}/v1/status", headers={"Authorization": "Bearer " + "x" * size}, timeout=30
+            )
+            answers[size] = answer.status_code
+        except httpx.TransportError:
+            answers[size] = "closed"  # closing the connection on an oversized header is a refusal too
+    assert all(a == "closed" or 400 <= int(a) < 500 for a in answers.values()), answers
     assert federation.get("/v1/health").status_code == 200
     federation.assert_still_works()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "../../etc/passwd",
-        "..%2F..%2Fx",
-        "a/b",
-        "a\\b",
-        "site-a\x00",
-        "site a",
-        "x" * 65,
-        "",
-        "\uff53\uff49\uff54\uff45",
-    ],
-)
-def test_agent_names_that_are_not_slugs_are_refused(federation: Federation, name: str) -> None:
+#: names that could climb out of a directory, hide in a log line or pose as another site
+NOT_SLUGS = [
+    "../../etc/passwd",
+    "..%2F..%2Fx",
+    "a/b",
+    "a\\b",
+    "site-a\x00",
+    "site a",
+    "x" * 65,
+    "",
+    "\uff53\uff49\uff54\uff45",
+]
+
+
+def test_agent_names_that_are_not_slugs_are_refused(federation: Federation) -> None:
     federation.open_run()
     token = federation.issue_tokens("site-x")["site-x"]
-    answer = federation.register(name, token)
-    assert error_code(answer) == (422, "invalid_request"), answer.text[:300]
-    assert "name" in answer.json()["detail"]
+    wrong = {}
+    for name in NOT_SLUGS:
+        answer = federation.register(name, token)
+        if answer.status_code != 422 or error_code(answer)[1] != "invalid_request" or "name" not in answer.text:
+            wrong[name] = (answer.status_code, answer.text[:100])
+    assert not wrong, f"names not refused with 422 invalid_request: {wrong}"
     assert federation.status()["agents"] == 1
     federation.assert_still_works()
 
