@@ -52,7 +52,11 @@ def _fuzz(url: str, report: Path, credential: str | None) -> tuple[subprocess.Co
     if credential is not None:
         command += ["--header", f"Authorization: Bearer {credential}"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False)
+        # in the report's folder: schemathesis keeps a crash cache (.schemathesis/) in its working
+        # directory, which would leak into the checkout and carry state from one run to the next
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False, cwd=report.parent
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"schemathesis ran past its bound of {RUN_TIMEOUT_SECONDS} s")
     return done, _interactions(report)
