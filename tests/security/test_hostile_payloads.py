@@ -236,3 +236,36 @@ def test_odd_round_in_the_model_path_is_404(federation: Federation) -> None:
     wrong = {text: answer for text, answer in answers.items() if answer[1] != "ok"}
     assert not wrong, f"odd rounds not answered 404/422: {wrong}"
     federation.assert_still_works()
+
+
+# --------------------------------------------------------------------- the initial model
+
+
+def test_hostile_initial_models_are_refused_and_a_good_one_still_opens_the_run(federation: Federation) -> None:
+    """The admin's initial upload goes through the same parser: every hostile one leaves the run without a model."""
+    federation.start()
+    admin = federation.join("site-0", admin=True)
+    weights = real_shaped_model()
+    metadata = fedloom_metadata(weights, round_no=0, client_id="", num_samples=0)
+    deep = '{"__metadata__": ' + json.dumps(metadata) + ', "deep": ' + "[" * NESTING + "]" * NESTING + "}"
+    nan = real_shaped_model()
+    nan["fc.weight"][0, 0] = np.nan
+    cases = {
+        "nested header": safetensors_bytes(deep.encode(), b""),
+        "BF16 tensor": hand_made_update(
+            {**weights, "fc.bias": np.zeros(10, dtype=np.uint16)}, metadata, dtypes={"fc.bias": "BF16"}
+        ),
+        "NaN": to_bytes(nan),
+        "header length": (2**63 - 1).to_bytes(8, "little") + b"{}",
+        "no tensors": safetensors_bytes({"__metadata__": metadata}, b""),
+    }
+    answers = {}
+    for case, body in cases.items():
+        response = federation.post("/v1/models/initial", body, admin.credential)
+        ok = response.status_code in (400, 422) and error_code(response)[1] in ("invalid_payload", "invalid_weights")
+        answers[case] = "ok" if ok else f"{response.status_code} {response.text[:100]}"
+    wrong = {case: answer for case, answer in answers.items() if answer != "ok"}
+    assert not wrong, f"hostile initial models not refused with 400/422: {wrong}"
+    assert federation.get("/v1/models/global/latest", admin.credential).status_code == 404
+    assert federation.post("/v1/models/initial", to_bytes(weights), admin.credential).status_code == 200
+    federation.assert_still_works()

@@ -192,6 +192,22 @@ def test_agent_names_that_are_not_slugs_are_refused(federation: Federation) -> N
     federation.assert_still_works()
 
 
+#: long-poll waits that are not a number of seconds from 0 to 60
+ODD_WAITS = ["nan", "NaN", "inf", "-inf", "-1", "1e309", "61", "0x10", ""]
+
+
+def test_odd_long_poll_waits_are_422(federation: Federation) -> None:
+    """A NaN or infinite wait must not reach the long-poll timer (it could hang a worker or never answer)."""
+    (admin,) = federation.open_run()
+    wrong = {}
+    for wait in ODD_WAITS:
+        answer = federation.get(f"/v1/task?wait={wait}", admin.credential)
+        if answer.status_code != 422 or error_code(answer)[1] != "invalid_request":
+            wrong[wait] = (answer.status_code, answer.text[:100])
+    assert not wrong, f"waits not refused with 422: {wrong}"
+    federation.assert_still_works()
+
+
 def test_secrets_never_appear_in_answers_or_logs(federation: Federation) -> None:
     (admin,) = federation.open_run()
     good_token = federation.issue_tokens("site-1")["site-1"]
