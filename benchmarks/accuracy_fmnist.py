@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from fedloom import fedavg, simulate
+from fedloom import Environment, Evaluation, Recording, fedavg, simulate
 from fedloom.sim.config import SimConfig
+from fedloom.sim.progress import ProgressPrinter
 from fedloom.sim.tasks import build_task
 
 PARTITIONS = {
@@ -69,12 +70,12 @@ def run_one(label: str, args: argparse.Namespace) -> dict[str, object]:
         config.clients,
         strategy,
         config.rounds,
-        evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights,
-        client_sizes=task.client_sizes,
         seed=config.seed,
-        store=None,
-        progress=sys.stderr,
+        initial_weights=task.initial_weights,
+        environment=Environment(client_sizes=task.client_sizes),
+        evaluation=Evaluation(task.evaluate_fn),
+        recording=Recording(store=None),
+        observers=[ProgressPrinter(config.rounds, sys.stderr)],
     )
     accuracy = [a for _, a in result.series("accuracy")]
     return {

@@ -92,12 +92,12 @@ def run_one(clients: int, rounds: int, workers: int, fraction: float) -> dict[st
         clients,
         fedloom.fedavg(fraction=fraction, epochs=1, batch_size=10, lr=0.1),
         rounds,
-        evaluate_fn=evaluate,
         initial_weights=evaluator.get_weights(),
-        client_sizes=[len(p) for p in parts],
+        environment=fedloom.Environment(client_sizes=[len(p) for p in parts]),
+        evaluation=fedloom.Evaluation(evaluate),
         executor=ParallelExecutor(workers or None),
-        store=None,
-        progress=False,
+        recording=fedloom.Recording(store=None),
+        observers=[],
     )
     return {
         "clients": clients,

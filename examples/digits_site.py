@@ -11,11 +11,11 @@ Arguments arrive from the command line as strings (``--trainer-arg key=value``),
 ``make_trainer`` takes strings and converts them itself. Start three sites against an
 aggregator (each in its own shell, or on its own machine)::
 
-    fedloom agent --server http://localhost:8080 --token flj_... --name site-0 \\
+    FEDLOOM_AGENT_TOKEN=flj_... fedloom agent --server http://localhost:8080 --name site-0 \\
         --trainer examples/digits_site.py:make_trainer --trainer-arg site=0 --upload-initial
-    fedloom agent --server http://localhost:8080 --token flj_... --name site-1 \\
+    FEDLOOM_AGENT_TOKEN=flj_... fedloom agent --server http://localhost:8080 --name site-1 \\
         --trainer examples/digits_site.py:make_trainer --trainer-arg site=1
-    fedloom agent --server http://localhost:8080 --token flj_... --name site-2 \\
+    FEDLOOM_AGENT_TOKEN=flj_... fedloom agent --server http://localhost:8080 --name site-2 \\
         --trainer examples/digits_site.py:make_trainer --trainer-arg site=2
 
 (``--upload-initial`` needs an admin token: ``fedloom token create --name site-0 --admin``.)

@@ -53,7 +53,8 @@ def record_quick_run(store: SqlStore, data: DatasetSplits) -> str:
         return fedloom.NumpyLogisticTrainer(shard.x, shard.y, data.num_classes)
 
     strategy = fedloom.fedavg(fraction=0.5, lr=0.5, batch_size=16)
-    result = fedloom.simulate(client_fn, 20, strategy, rounds=20, store=store, run_name=RUN_NAME, progress=False)
+    keep = fedloom.Recording(store=store, run_name=RUN_NAME)
+    result = fedloom.simulate(client_fn, 20, strategy, rounds=20, recording=keep, observers=[])
     assert result.run_id is not None
     return result.run_id
 

@@ -69,10 +69,9 @@ def main() -> None:
         args.clients,
         fedloom.fedavg(fraction=args.fraction, lr=args.lr, batch_size=16),
         rounds=args.rounds,
-        evaluate_fn=make_evaluate_fn(data),
         seed=args.seed,
-        store=store,
-        run_name="quickstart-numpy",
+        evaluation=fedloom.Evaluation(make_evaluate_fn(data)),
+        recording=fedloom.Recording(store=store, run_name="quickstart-numpy"),
     )
     print(f"final accuracy: {result.final_metrics['accuracy']:.4f}")
     if store is not None:

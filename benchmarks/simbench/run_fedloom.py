@@ -7,7 +7,7 @@ import json
 import tempfile
 
 from benchmarks.simbench import plain
-from fedloom import fedavg, simulate
+from fedloom import Environment, Evaluation, Recording, fedavg, simulate
 from fedloom.sim.config import SimConfig
 from fedloom.sim.parallel import ParallelExecutor
 from fedloom.sim.tasks import build_task
@@ -45,13 +45,12 @@ def main() -> None:
             clients,
             fedavg(config.fraction, per_round, config.epochs, config.batch_size, config.lr),
             config.rounds,
-            evaluate_fn=task.evaluate_fn,
-            initial_weights=task.initial_weights,
-            client_sizes=task.client_sizes,
             seed=config.seed,
+            initial_weights=task.initial_weights,
+            environment=Environment(client_sizes=task.client_sizes),
+            evaluation=Evaluation(task.evaluate_fn, overlap=args.overlap),
             executor=ParallelExecutor(args.workers or None),
-            store=store,
-            overlap_evaluation=args.overlap,
+            recording=Recording(store=store),
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))
 

@@ -13,17 +13,21 @@ from fedloom.client import EvalConfig, FitConfig, FitResult, NumpyLogisticTraine
 from fedloom.core import ClientUpdate, FedloomError, Weights, from_bytes, to_bytes
 from fedloom.sim.driver import simulate
 from fedloom.sim.history import SimulationResult
+from fedloom.sim.options import Environment, Evaluation, Recording
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClientSampler",
     "ClientUpdate",
+    "Environment",
     "EvalConfig",
+    "Evaluation",
     "FedloomError",
     "FitConfig",
     "FitResult",
     "NumpyLogisticTrainer",
+    "Recording",
     "RoundCriteria",
     "SimulationResult",
     "Strategy",

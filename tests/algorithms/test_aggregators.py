@@ -5,7 +5,7 @@ import pytest
 
 from fedloom.algorithms import aggregators as agg
 from fedloom.core import ClientUpdate
-from fedloom.core.errors import ValidationError
+from fedloom.core.errors import NonFiniteError, ValidationError
 
 G = {"w": np.zeros(2, np.float32), "count": np.array(0, np.int64)}
 
@@ -85,3 +85,51 @@ def test_flatten_round_trip():
     w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int32)}
     back = agg.unflatten(agg.flatten(w, list(w)), w)
     assert all(np.array_equal(back[k], w[k]) and back[k].dtype == w[k].dtype for k in w)
+
+
+BIG = {"m": np.zeros(2, np.float64)}
+
+
+def big(cid, value, n=1, **metrics):
+    return ClientUpdate(cid, 1, {"m": np.full(2, value, np.float64)}, n, metrics)
+
+
+def test_fednova_weights_huge_values_without_overflow():
+    out = run(agg.FedNova(), [big("a", 1e300, 10**9, local_steps=1), big("b", 1e300, 10**9, local_steps=1)], BIG)
+    np.testing.assert_allclose(out["m"], 1e300, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "metrics"),
+    [(agg.QFedAvg(q=1.0, lr=0.1), {"initial_loss": 1.0}), (agg.FedNova(), {"local_steps": 1})],
+)
+def test_an_update_whose_sums_would_overflow_is_refused_and_changes_nothing(aggregator, metrics):
+    reference = {"m": np.full(2, -1e308, np.float64)}  # q-FedAvg squares the move; FedNova's move is 2e308
+    acc = aggregator.start(reference)
+    acc.add(big("ok", -1e308, 10, **metrics))
+    before = acc.result()
+    with pytest.raises(NonFiniteError, match=r"'.*' contains .* after adding this update"):
+        acc.add(big("bad", 1e308, 10, **metrics))
+    assert acc.count == 1
+    np.testing.assert_array_equal(acc.result()["m"], before["m"])
+
+
+def test_a_large_counter_difference_does_not_change_krums_pick():
+    # floats alone: scores a .05, b .02, c .02, d .05, e huge -> Krum picks b (ties by index)
+    values, counts = [0.0, 0.1, 0.2, 0.3, 5.0], [0, 1000, 0, 0, 0]
+    updates = [upd(str(i), [v, 0.0], count=c) for i, (v, c) in enumerate(zip(values, counts, strict=True))]
+    out = run(agg.Krum(byzantine_f=1), updates)
+    np.testing.assert_allclose(out["w"], [0.1, 0.0])  # the counter used to push b away: c was picked
+    assert out["count"] == 0 and out["count"].dtype == np.int64  # the round's median counter
+    three = run(agg.MultiKrum(byzantine_f=1, multikrum_m=3), updates)
+    np.testing.assert_allclose(three["w"], [0.1, 0.0], rtol=1e-6)  # mean of a, b, c (b's counter kept it out)
+
+
+@pytest.mark.parametrize(
+    "aggregator", [agg.NormBounded(clip_norm=1.0), agg.CenteredClip(clip_norm=1.0, clip_iterations=3)]
+)
+def test_counters_are_not_clipped_and_do_not_shrink_the_float_update(aggregator):
+    updates = [upd("a", [0.3, 0.0], count=100), upd("b", [0.5, 0.0], count=102), upd("c", [0.4, 0.0], count=100)]
+    out = run(aggregator, updates)
+    np.testing.assert_allclose(out["w"], [0.4, 0.0], rtol=1e-6)  # every float move is within the clip radius
+    assert out["count"] == 100

@@ -79,3 +79,58 @@ def test_sampler_is_uniform_over_many_rounds():
             counts[c] += 1
     # each client expected 2000 * 5/20 = 500 times; binomial sd ~ 19
     assert all(420 < v < 580 for v in counts.values())
+
+
+HUGE = {"m": np.zeros(3, np.float64)}
+
+
+def huge(cid, value, n):
+    return ClientUpdate(cid, 1, {"m": np.full(3, value, np.float64)}, n)
+
+
+def test_finite_huge_values_with_many_samples_do_not_overflow():
+    # the old Σ n·w was 1e300 · 1e9 = Inf: the round could never close
+    got = weighted_mean([huge("a", 1e300, 10**9), huge("b", -3e299, 10**9), huge("c", 1.0, 10)], HUGE)
+    assert np.isfinite(got["m"]).all()
+    np.testing.assert_allclose(got["m"], (1e300 - 3e299) / 2 * (2e9 / (2e9 + 10)), rtol=1e-12)
+    top = np.finfo(np.float64).max
+    at_the_top = weighted_mean([huge("a", top, 3), huge("b", top, 5)], HUGE)["m"]
+    assert np.isfinite(at_the_top).all()  # not Inf, even where rounding would cross the top
+    np.testing.assert_allclose(at_the_top, top, rtol=1e-15)
+    tiny = weighted_mean([huge("a", 5e-324, 10**12), huge("b", 5e-324, 1)], HUGE)["m"]
+    assert (tiny == 5e-324).all()
+
+
+def test_huge_partial_results_merge_without_overflow():
+    parts = [WeightedMeanAccumulator(HUGE) for _ in range(2)]
+    parts[0].add(huge("a", 1e308, 10**9))
+    parts[1].add(huge("b", 1e308, 10**9))
+    merged = WeightedMeanAccumulator(HUGE)
+    for part in parts:
+        merged.merge(WeightedMeanAccumulator.from_partial_sums(HUGE, *part.partial_sums()))
+    np.testing.assert_allclose(merged.result()["m"], 1e308, rtol=1e-15)
+    assert merged.total_weight == 2e9 and merged.count == 2
+
+
+def test_a_non_finite_model_is_refused_before_anything_changes():
+    acc = WeightedMeanAccumulator(HUGE)
+    acc.add(huge("a", 2.0, 1))
+    with pytest.raises(ValidationError, match="'m' contains"):
+        acc.add_weights({"m": np.array([1.0, np.inf, 0.0])}, 1.0)
+    assert acc.count == 1 and acc.total_weight == 1.0 and (acc.result()["m"] == 2.0).all()
+
+
+def test_zero_dimensional_tensors_stay_arrays():
+    """A BatchNorm ``num_batches_tracked`` (0-d int64) and a 0-d float64 come back as 0-d arrays."""
+    reference = {"bn.num_batches_tracked": np.array(0, np.int64), "scale": np.array(0.0, np.float64)}
+    acc = WeightedMeanAccumulator(reference)
+    for batches, weight in ((3, 1), (6, 2)):
+        acc.add(
+            ClientUpdate(
+                "c", 1, {"bn.num_batches_tracked": np.array(batches, np.int64), "scale": np.array(1e-300)}, weight
+            )
+        )
+    out = acc.result()
+    assert isinstance(out["bn.num_batches_tracked"], np.ndarray) and out["bn.num_batches_tracked"].shape == ()
+    assert out["bn.num_batches_tracked"].dtype == np.int64 and int(out["bn.num_batches_tracked"]) == 5
+    assert isinstance(out["scale"], np.ndarray) and out["scale"].dtype == np.float64 and float(out["scale"]) == 1e-300

@@ -87,3 +87,60 @@ def test_centered_clipping_one_iteration_by_hand():
 def test_empty_input_is_refused():
     with pytest.raises(ValidationError, match="non-empty"):
         robust.coordinate_median(np.zeros((0, 3)))
+
+
+# Models at norm 1e7 with a spread of ~1: the exact scores (of the offsets) are
+# [28.8539, 1.733, 0.5662, 0.5596, 0.4966], so Krum must pick index 4. The expansion
+# ||x||² + ||y||² - 2x·y (the old computation) ranked them by rounding noise and picked 3.
+FAR_CENTER = np.array([6e6, 8e6])
+FAR_OFFSETS = np.array([[0.98, 2.71], [0.35, -0.74], [-0.11, -1.21], [-0.66, -1.32], [-0.31, -1.67]])
+
+
+def test_krum_picks_right_when_the_norm_is_1e7_times_the_spread():
+    models = FAR_CENTER + FAR_OFFSETS
+    assert robust.krum_select(models, 1).tolist() == [4]  # direct differences alone get it right
+    assert robust.krum_select(models, 1, center=FAR_CENTER).tolist() == [4]
+    np.testing.assert_allclose(
+        robust.krum_scores(models, 1, center=FAR_CENTER), [28.8539, 1.733, 0.5662, 0.5596, 0.4966], rtol=1e-6
+    )
+    np.testing.assert_array_equal(robust.krum(models, 1, center=FAR_CENTER), models[4])
+
+
+def test_the_krum_aggregator_measures_distances_from_the_global_model():
+    from fedloom.algorithms.aggregators import Krum
+    from fedloom.core import ClientUpdate
+
+    acc = Krum(byzantine_f=1).start({"w": FAR_CENTER.copy()})
+    for i, offset in enumerate(FAR_OFFSETS):
+        acc.add(ClientUpdate(str(i), 1, {"w": FAR_CENTER + offset}, 10))
+    np.testing.assert_array_equal(acc.result()["w"], FAR_CENTER + FAR_OFFSETS[4])
+
+
+def test_krum_scores_of_values_near_the_float64_limit_stay_finite():
+    # 2, 3 and 4 cluster (2 is their middle); squared, every distance used to be Inf (a tie: index 0)
+    models = np.array([[-1e308, 1e308], [1e308, 1e308], [1e308, -1e308], [0.9e308, -1e308], [1e308, -0.9e308]])
+    assert robust.krum_select(models, 1).tolist() == [2]
+    assert robust.krum_select(models, 1, center=np.array([-1e308, 1e308])).tolist() == [2]
+
+
+HUGE_ROWS = np.array([[1.7e308, -1.7e308], [1.6e308, -1.7e308], [-1.7e308, 1.7e308], [1.7e308, 1.7e308]])
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        robust.coordinate_median,
+        lambda m: robust.trimmed_mean(m, 0.0),
+        robust.geometric_median,
+        lambda m: robust.norm_bounded_mean(m, -m[0], 1.0, np.ones(len(m))),
+        lambda m: robust.centered_clip(m, -m[0], 1.0),
+    ],
+)
+def test_robust_rules_stay_finite_near_the_float64_limit(rule):
+    assert np.isfinite(rule(HUGE_ROWS)).all()
+
+
+def test_clipping_near_the_limit_still_clips_to_the_radius():
+    # the update's norm is 2.4e308 (Inf when squared and summed): clipped to length 2, not to 0
+    out = robust.norm_bounded_mean(np.array([[1.7e308, 1.7e308]]), np.zeros(2), 2.0, np.ones(1))
+    np.testing.assert_allclose(out, [np.sqrt(2), np.sqrt(2)], rtol=1e-12)

@@ -195,3 +195,25 @@ def test_export_of_a_deployed_agent_by_name(tmp_path: Path, capsys: pytest.Captu
     assert _run(capsys, *argv)[0] == 0
     _weights_read, header = from_bytes(out_file.read_bytes())
     assert header.client_id == agent.id and header.num_samples == 7
+
+
+def test_export_with_a_database_url_finds_the_blobs_the_aggregator_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database URL (PostgreSQL in production) does not say where the filesystem blobs are:
+    the aggregator records its home in the run's config, and export reads it (no --home needed)."""
+    server_home = tmp_path / "aggregator-home"
+    url = sqlite_url(tmp_path / "shared.db")
+    with SqlStore(url, blob_root=server_home / "blobs") as store:
+        run_id = store.create_run("prod", "deployment", {"server": {"home": str(server_home)}}, seed=0)
+        store.save_global_model(run_id, 1, _weights(1), num_samples=10)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("FEDLOOM_HOME", raising=False)
+    out = tmp_path / "model.safetensors"
+    code, _ = _run(capsys, "models", "export", "--db-url", url, "--run", "prod", "--round", "1", "--out", str(out))
+    assert code == 0
+    np.testing.assert_array_equal(load_file(str(out))["fc.weight"], _weights(1)["fc.weight"])
+    code, listing = _run(capsys, "models", "list", "prod", "--db-url", url, "--json")
+    assert json.loads(listing)["global_models"][0]["size_bytes"] > 0

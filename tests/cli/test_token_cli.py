@@ -31,7 +31,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 def _list_rows(out: str) -> list[list[str]]:
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "ROLE", "CREATED", "REVOKED"]
+    assert lines[0].split() == ["NAME", "ROLE", "AGENTS", "CREATED", "REVOKED"]
     return [line.split() for line in lines[1:]]
 
 
@@ -60,7 +60,7 @@ def test_admin_tokens_and_the_list_table(tmp_path: Path, capsys: pytest.CaptureF
     assert not TOKEN.search(out)  # listing never shows a secret
     rows = _list_rows(out)
     assert [(r[0], r[1], r[-1]) for r in rows] == [("site-a", "agent", "-"), ("ops", "admin", "-")]
-    assert rows[0][4] == "UTC"  # CREATED is "YYYY-MM-DD HH:MM:SS UTC"
+    assert rows[0][5] == "UTC"  # CREATED is "YYYY-MM-DD HH:MM:SS UTC"
 
 
 def test_revoke_marks_the_token_and_locks_out_its_agents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,3 +148,28 @@ def test_fedloom_main_runs_token(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert TOKEN.search(capsys.readouterr().out)
     assert main(["token", "create", "--name", "site-a", "--home", str(tmp_path)]) == 1
     assert "fedloom: error:" in capsys.readouterr().err
+
+
+def test_max_agents_limits_a_token_and_list_shows_used_of_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = str(tmp_path)
+    _, out = _run(capsys, "token", "create", "--name", "lab", "--max-agents", "2", "--home", home)
+    assert "up to 2 agents" in out
+    (lab_token,) = TOKEN.findall(out)
+    _, out = _run(capsys, "token", "create", "--name", "site-a", "--home", home)
+    assert "(1 agent)" in out
+    with SqlStore.open_default(home) as store:
+        run_id = store.create_run("deploy", "deployment", {}, seed=0)
+        lab = store.verify_join_token(lab_token)
+        assert lab is not None
+        store.register_agent(run_id, "lab-1", lab)
+        store.register_agent(run_id, "lab-2", lab)
+        with pytest.raises(StoreError, match="at most 2 agent name"):
+            store.register_agent(run_id, "lab-3", lab)
+    rows = _list_rows(_run(capsys, "token", "list", "--home", home)[1])
+    assert [(r[0], r[2]) for r in rows] == [("lab", "2/2"), ("site-a", "0/1")]
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["token", "create", "--name", "x", "--max-agents", bad])
+        assert "--max-agents: must be a whole number >= 1" in capsys.readouterr().err

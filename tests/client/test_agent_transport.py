@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import random
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from fedloom.client.tls import TlsHandshakeError
 from fedloom.client.transport import (
     AggregatorClient,
     AggregatorError,
@@ -323,12 +325,18 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-def https_server(self_signed: tuple[Path, Path]) -> Iterator[str]:
-    """A real HTTPS server on 127.0.0.1 answering /v1/health, with the self-signed certificate."""
+@contextlib.contextmanager
+def serve_https(self_signed: tuple[Path, Path], hang_ups: int = 0) -> Iterator[str]:
+    """A real HTTPS server on 127.0.0.1 answering /v1/health, with the self-signed certificate;
+    the first ``hang_ups`` requests get no answer (the connection is just closed)."""
+    left = {"hang_ups": hang_ups}
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if left["hang_ups"] > 0:
+                left["hang_ups"] -= 1
+                self.close_connection = True
+                return
             body = json.dumps({"ok": True}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -351,6 +359,12 @@ def https_server(self_signed: tuple[Path, Path]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def https_server(self_signed: tuple[Path, Path]) -> Iterator[str]:
+    with serve_https(self_signed) as url:
+        yield url
 
 
 def test_ca_file_builds_a_verifying_ssl_context(self_signed: tuple[Path, Path]) -> None:
@@ -378,8 +392,23 @@ def test_tls_with_the_ca_file_connects_and_without_it_is_refused(
 ) -> None:
     with AggregatorClient(https_server, ca_file=self_signed[0], retry=RetryPolicy(max_attempts=1)) as client:
         assert client.health() is True
+    delays: list[float] = []
     with (
-        AggregatorClient(https_server, retry=RetryPolicy(max_attempts=1)) as client,
-        pytest.raises(AggregatorUnavailableError, match="CERTIFICATE_VERIFY_FAILED"),
+        AggregatorClient(https_server, retry=RetryPolicy(max_attempts=None), sleep=delays.append) as client,
+        pytest.raises(TlsHandshakeError, match=r"not signed by a CA the agent trusts.*--ca-file"),
     ):
-        client.health()
+        client.health()  # a configuration problem: raised at once, never retried
+    assert delays == []
+
+
+def test_a_server_that_hangs_up_once_is_a_network_error_retried_not_a_tls_error(
+    self_signed: tuple[Path, Path],
+) -> None:
+    """Over HTTPS a hang-up could be a refused client certificate; the probe tells it apart."""
+    delays: list[float] = []
+    with (
+        serve_https(self_signed, hang_ups=1) as url,
+        AggregatorClient(url, ca_file=self_signed[0], retry=RetryPolicy(max_attempts=3), sleep=delays.append) as client,
+    ):
+        assert client.health() is True
+    assert len(delays) == 1  # retried once, as a network error

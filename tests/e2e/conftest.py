@@ -19,6 +19,7 @@ from fedloom.cli.federation import (
     RUN_KIND,
     Child,
     agent_command,
+    agent_env,
     read_credential,
     start_aggregator,
     stop_all,
@@ -107,6 +108,7 @@ class Cluster:
         *,
         upload_initial: bool = False,
         delay: float = 0.0,
+        extra_args: tuple[str, ...] = (),
     ) -> Child:
         argv = agent_command(
             self.url,
@@ -114,11 +116,11 @@ class Cluster:
             self.home / "agents" / name,
             SLOW_SITE,
             {"site": str(site), "sites": str(sites), "delay": f"{delay:g}"},
-            token=token,
             upload_initial=upload_initial,
             poll_wait=2.0,
+            extra_args=extra_args,
         )
-        agent = Child(name, argv, log_file=self.home / f"{name}.log")
+        agent = Child(name, argv, log_file=self.home / f"{name}.log", env=agent_env(token))
         self.children.insert(0, agent)  # agents stop before the aggregator
         return agent
 

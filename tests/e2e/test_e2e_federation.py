@@ -23,8 +23,10 @@ def test_three_agents_reach_90_percent(cluster: Cluster) -> None:
     agents = cluster.start_agents(3)
     for agent in agents:
         assert cluster.wait_exit(agent, 90) == 0, agent.output()[-3000:]
-    status = cluster.status(cluster.credential("site-0") or "")
-    assert status["state"] == "finished"
+    assert cluster.server is not None  # every agent has the final model: the server exits by itself
+    assert cluster.wait_exit(cluster.server, 20) == 0, cluster.server.output()[-3000:]
+    assert "the run is finished and its agents were told; exiting" in cluster.server.output()
+    assert cluster.query(lambda s, r: s.get_run(r).status) == "finished"
     assert cluster.global_rounds() == list(range(9))
     round_no, accuracy = final_accuracy(cluster.home)
     assert round_no == 8

@@ -24,9 +24,9 @@ def test_the_deployed_trainer_factory_runs_unchanged_in_simulation():
         sites,
         fedloom.fedavg(fraction=1.0, epochs=2, batch_size=16, lr=0.5),
         5,
-        evaluate_fn=lambda w: evaluator.evaluate(w, fedloom.EvalConfig()),
-        store=None,
-        progress=False,
+        evaluation=fedloom.Evaluation(lambda w: evaluator.evaluate(w, fedloom.EvalConfig())),
+        recording=fedloom.Recording(store=None),
+        observers=[],
     )
     assert result.final_metrics["accuracy"] >= 0.90
     assert isinstance(client_fn(0), fedloom.NumpyLogisticTrainer)

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from aggregator_helpers import INIT, join, payload, weights_of
+from aggregator_helpers import INIT, agent_of, join, payload, weights_of
 
 from fedloom.core import from_bytes, to_bytes
 from fedloom.core.errors import ConfigError
@@ -407,3 +407,23 @@ def test_run_config_must_match_to_resume(make_aggregator, store):
     with pytest.raises(ConfigError, match=r"\[run\] seed"):
         make_aggregator(seed=5)
     assert isinstance(make_aggregator(max_rounds=5), Aggregator)
+
+
+def test_a_finished_run_may_stop_once_every_agent_has_the_final_model(make_aggregator, store, clock):
+    agg = make_aggregator(max_rounds=1, min_agents=2, linger_seconds=30.0)
+    a, b = (join(agg, store, name).agent_id for name in ("site-a", "site-b"))
+    for agent_id in (a, b):
+        agg.submit_update(agent_of(store, agent_id), payload(agent_id, 1))
+    assert agg.status()["state"] == "finished" and not agg.may_stop()
+    agg.global_model_bytes("latest", a)
+    assert not agg.may_stop()  # site-b has not fetched the final model yet
+    agg.global_model_bytes("latest", b)
+    assert agg.may_stop()
+
+
+def test_a_finished_run_stops_after_its_linger_time_anyway(make_aggregator, store, clock):
+    agg = make_aggregator(max_rounds=1, min_agents=1, linger_seconds=30.0)
+    agent_id = join(agg, store, "site-a").agent_id
+    agg.submit_update(agent_of(store, agent_id), payload(agent_id, 1))
+    assert not agg.may_stop(clock.now + 29.0)
+    assert agg.may_stop(clock.now + 30.0)

@@ -67,8 +67,10 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy"}
-    assert len(FIELDS) == 25 + 20
+    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls"}
+    # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
+    # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
+    assert len(FIELDS) == 27 + 21 + 4 + 1
 
 
 @pytest.mark.parametrize(
@@ -131,3 +133,19 @@ def test_replace_revalidates():
     assert config.server.port == 0 and config.run.mode == "async"
     with pytest.raises(ConfigError, match=r"\[rounds\] min_updates"):
         config.replace(min_updates=0)
+
+
+def test_max_num_samples_has_a_bounded_default_and_is_checked():
+    assert AggregatorConfig().rounds.max_num_samples == 1_000_000_000
+    assert AggregatorConfig().replace(max_num_samples=50).rounds.max_num_samples == 50
+    for bad in (0, -5, 2**63):
+        with pytest.raises(ConfigError, match=r"\[rounds\] max_num_samples must be in 1-"):
+            AggregatorConfig().replace(max_num_samples=bad)
+
+
+def test_every_strategy_parameter_can_be_set_in_the_strategy_table():
+    from fedloom.algorithms.registry import PARAM_TYPES
+    from fedloom.server.config import StrategySection
+
+    assert set(PARAM_TYPES) <= {f for f in StrategySection.__dataclass_fields__}
+    assert StrategySection(strategy="feddyn", feddyn_alpha=0.05).params() == {"feddyn_alpha": 0.05}

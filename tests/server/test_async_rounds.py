@@ -96,3 +96,10 @@ def test_fedasync_mixing_by_hand():
 def test_mixing_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="mixing"):
         make(mixing=1.5)
+
+
+def test_huge_values_with_huge_sample_counts_make_a_finite_version():
+    rounds = AsyncRounds({"m": np.zeros(2)}, version=0, buffer_size=2, staleness_exponent=0.5)
+    rounds.add(ClientUpdate("a", 1, {"m": np.full(2, 1e300)}, 10**9))
+    rounds.add(ClientUpdate("b", 1, {"m": np.full(2, 1e300)}, 10**9))
+    np.testing.assert_allclose(rounds.result().weights["m"], 1e300, rtol=1e-12)

@@ -5,10 +5,12 @@ import pytest
 
 from fedloom.algorithms.strategy import ClientSettings
 from fedloom.core.errors import ConfigError
-from fedloom.sim.async_sim import AsyncSettings, _AsyncState, simulate_async
+from fedloom.core.update import ClientUpdate
+from fedloom.server.rounds import AsyncLifecycle, AsyncSettings
 from fedloom.sim.clock import ClientSpeeds, training_seconds
 from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import build_task, simulate_config
+from fedloom.sim.tasks import simulate_config
+from fedloom.store import SqlStore
 
 
 def test_speeds_are_seeded_and_heavy_tailed():
@@ -31,41 +33,62 @@ def test_dropout_is_seeded_per_round_and_client():
     assert drops == [speeds.drops(r, "7", seed=1) for r in range(1000)]
 
 
+def _digits(**changes):
+    return SimConfig(
+        **{"dataset": "digits", "clients": 20, "rounds": 12, "lr": 0.5, "batch_size": 16, "speeds": "pareto", **changes}
+    )
+
+
 def test_fedasync_mixing_by_hand():
-    state = _AsyncState({"w": np.zeros(2)}, AsyncSettings("fedasync", mixing=0.5, staleness_exponent=1.0))
-    state.arrive({"w": np.full(2, 4.0)}, 10, trained_from=0, client_id="a", metrics={})
-    np.testing.assert_allclose(state.weights["w"], 2.0)  # staleness 0: alpha = 0.5
-    state.arrive({"w": np.full(2, 8.0)}, 10, trained_from=0, client_id="b", metrics={})
-    np.testing.assert_allclose(state.weights["w"], 0.75 * 2.0 + 0.25 * 8.0)  # staleness 1: alpha = 0.5 / 2
+    settings = AsyncSettings.fedasync(mixing=0.5, staleness_exponent=1.0)
+    rounds = settings.start({"w": np.zeros(2)}, version=0, max_versions=None)
+    lifecycle = AsyncLifecycle(rounds, ClientSettings(), seed=0)
+    lifecycle.submit(ClientUpdate("a", 1, {"w": np.full(2, 4.0)}, 10))
+    lifecycle.tick(0.0)
+    np.testing.assert_allclose(lifecycle.global_weights["w"], 2.0)  # staleness 0: alpha = 0.5
+    lifecycle.submit(ClientUpdate("b", 1, {"w": np.full(2, 8.0)}, 10))  # trained from version 0
+    lifecycle.tick(0.0)
+    np.testing.assert_allclose(lifecycle.global_weights["w"], 0.75 * 2.0 + 0.25 * 8.0)  # staleness 1: alpha = 0.25
 
 
-def test_fedbuff_uses_the_deployment_buffer():
-    state = _AsyncState({"w": np.zeros(1)}, AsyncSettings("fedbuff", buffer_size=2, staleness_exponent=0.0))
-    state.arrive({"w": np.array([1.0])}, 10, 0, "a", {})
-    assert state.version == 0
-    state.arrive({"w": np.array([3.0])}, 30, 0, "b", {})
-    assert state.version == 1
-    np.testing.assert_allclose(state.weights["w"], [2.5])
+def test_fedbuff_makes_a_version_per_full_buffer():
+    rounds = AsyncSettings(buffer_size=2, staleness_exponent=0.0).start({"w": np.zeros(1)}, 0, None)
+    lifecycle = AsyncLifecycle(rounds, ClientSettings(), seed=0)
+    lifecycle.submit(ClientUpdate("a", 1, {"w": np.array([1.0])}, 10))
+    assert lifecycle.tick(0.0) == [] and lifecycle.rounds_completed == 0
+    lifecycle.submit(ClientUpdate("b", 1, {"w": np.array([3.0])}, 30))
+    (event,) = lifecycle.tick(0.0)
+    assert event.outcome.round == 1 and lifecycle.task_for("a").round == 2
+    np.testing.assert_allclose(lifecycle.global_weights["w"], [2.5])
 
 
 @pytest.mark.parametrize("mode", ["fedbuff", "fedasync"])
-def test_async_learns_digits_and_reports_simulated_time(mode):
-    cfg = SimConfig(dataset="digits", clients=20, lr=0.5, batch_size=16)
-    task = build_task(cfg)
-    points = simulate_async(
-        task.client_fn, 20, task.initial_weights, ClientSettings(lr=0.5, batch_size=16),
-        client_sizes=task.client_sizes, total_updates=60, evaluate_fn=task.evaluate_fn,
-        settings=AsyncSettings(mode=mode, concurrency=5, buffer_size=5), speeds=ClientSpeeds("pareto", 1.5),
-    )  # fmt: skip
-    assert points[-1].updates == 60
-    times = [p.sim_seconds for p in points]
-    assert times == sorted(times) and times[-1] > 0
-    assert points[-1].metrics["accuracy"] >= 0.85
+def test_async_learns_digits_and_reports_simulated_time(mode, tmp_path):
+    store = SqlStore.open_default(tmp_path)
+    versions = 12 if mode == "fedbuff" else 60  # 60 arrivals either way: FedAsync makes a version of each
+    result = simulate_config(_digits(mode=mode, rounds=versions, concurrency=5, buffer_size=5), store=store)
+    times = [h.metrics["sim_seconds"] for h in result.history]
+    assert len(result.history) == versions and times == sorted(times) and times[-1] > 0
+    assert result.final_metrics["accuracy"] >= 0.85
+    # recorded like any run: one global model per version and every arrival as a local model
+    assert [m.round for m in store.list_global_models(result.run_id)] == list(range(1, versions + 1))
+    arrivals = store.list_local_models(result.run_id)
+    assert len(arrivals) >= sum(h.num_updates for h in result.history)
+    assert store.get_run(result.run_id).status == "finished"
+
+
+def test_async_runs_on_the_parallel_executor_with_the_same_models():
+    sequential = simulate_config(_digits(mode="fedbuff", rounds=4, buffer_size=4))
+    parallel = simulate_config(_digits(mode="fedbuff", rounds=4, buffer_size=4, executor="parallel", workers=2))
+    for name, value in sequential.final_weights.items():
+        np.testing.assert_allclose(parallel.final_weights[name], value, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ConfigError, match="async mode"):
-        AsyncSettings(mode="fedsgd")
+    with pytest.raises(ConfigError, match="mode"):
+        SimConfig(mode="fedsgd")
+    with pytest.raises(ConfigError, match="mixing"):
+        AsyncSettings(mixing=1.5)
     with pytest.raises(ConfigError, match="dropout"):
         ClientSpeeds(dropout=1.0)
 

@@ -6,6 +6,7 @@ import pytest
 import fedloom
 from fedloom.core import ClientError, weights_equal
 from fedloom.sim.config import SimConfig
+from fedloom.sim.progress import ProgressPrinter
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
 
@@ -17,24 +18,26 @@ def store(tmp_path):
     s.close()
 
 
-def run_digits(store, seed=0, rounds=10, model="logreg", clients=10, partition="iid", **kw):
+def run_digits(store, seed=0, rounds=10, model="logreg", clients=10, partition="iid", progress=None, **kw):
     cfg = SimConfig(
         dataset="digits", model=model, clients=clients, partition=partition, rounds=rounds, seed=seed, lr=0.5
     )
     task = build_task(cfg)
     strategy = fedloom.fedavg(fraction=kw.pop("fraction", 1.0), epochs=1, batch_size=16, lr=cfg.lr)
+    evaluation = fedloom.Evaluation(
+        task.evaluate_fn, client_fraction=kw.pop("client_fraction", 0.0), overlap=kw.pop("overlap", False)
+    )
     return fedloom.simulate(
         task.client_fn,
         cfg.clients,
         strategy,
         cfg.rounds,
-        evaluate_fn=task.evaluate_fn,
-        initial_weights=task.initial_weights,
-        client_sizes=task.client_sizes,
         seed=seed,
-        store=store,
-        config=cfg.to_dict(),
-        progress=kw.pop("progress", False),
+        initial_weights=task.initial_weights,
+        environment=fedloom.Environment(client_sizes=task.client_sizes),
+        evaluation=evaluation,
+        recording=fedloom.Recording(store=store, config=cfg.to_dict()),
+        observers=[] if progress is None else [ProgressPrinter(rounds, progress)],
         **kw,
     )
 
@@ -97,16 +100,16 @@ class Exploding:
 def test_crashing_client_fails_clearly_or_is_skipped(store):
     task = build_task(SimConfig(clients=4, rounds=2))
     client_fn = lambda i: Exploding(task.client_fn(i), fail=(i == 2))  # noqa: E731
+    keep = fedloom.Recording(store=store)
     with pytest.raises(ClientError, match=r"client 2 failed in round 1: RuntimeError: disk on fire(.|\n)*Traceback"):
-        fedloom.simulate(client_fn, 4, fedloom.fedavg(fraction=1.0), 2, store=store, progress=False)
+        fedloom.simulate(client_fn, 4, fedloom.fedavg(fraction=1.0), 2, recording=keep, observers=[])
     failed = store.list_runs()[0]
     assert failed.status == "failed"
+    skip = fedloom.Environment(on_client_error="skip")
     with pytest.raises(ClientError, match="only 3 of 4 clients returned a usable update; the strategy needs 4"):
-        fedloom.simulate(
-            client_fn, 4, fedloom.fedavg(fraction=1.0), 2, store=store, progress=False, on_client_error="skip"
-        )
+        fedloom.simulate(client_fn, 4, fedloom.fedavg(fraction=1.0), 2, environment=skip, recording=keep, observers=[])
     tolerant = fedloom.fedavg(fraction=1.0, criteria=fedloom.RoundCriteria(threshold=0.5))
-    result = fedloom.simulate(client_fn, 4, tolerant, 2, store=store, progress=False, on_client_error="skip")
+    result = fedloom.simulate(client_fn, 4, tolerant, 2, environment=skip, recording=keep, observers=[])
     assert [s.num_updates for s in result.history] == [3, 3]
     rejections = store.list_rejections(result.run_id)
     assert [(r.client_id, r.code) for r in rejections] == [("2", "client_failed"), ("2", "client_failed")]
@@ -121,7 +124,7 @@ def test_progress_lines_and_summary_table(store):
 
 
 def test_client_side_evaluation_is_reported(store):
-    result = run_digits(store, rounds=1, client_eval_fraction=0.5)
+    result = run_digits(store, rounds=1, client_fraction=0.5)
     assert 0.0 <= result.final_metrics["client_accuracy"] <= 1.0
     assert "client_loss" in result.final_metrics
 
@@ -138,7 +141,7 @@ def test_overlapped_evaluation_gives_the_same_history(store):
     from fedloom.sim.executor import SequentialExecutor
 
     inline = run_digits(store, rounds=4, fraction=0.5)
-    overlapped = run_digits(store, rounds=4, fraction=0.5, executor=SequentialExecutor(), overlap_evaluation=True)
+    overlapped = run_digits(store, rounds=4, fraction=0.5, executor=SequentialExecutor(), overlap=True)
     assert weights_equal(inline.final_weights, overlapped.final_weights)
     assert [s.round for s in overlapped.history] == [1, 2, 3, 4]
     assert [s.metrics["accuracy"] for s in overlapped.history] == [s.metrics["accuracy"] for s in inline.history]

@@ -71,12 +71,12 @@ def test_ten_thousand_clients_fit_in_little_memory_that_does_not_grow():
         NUM_CLIENTS,
         fedloom.fedavg(fraction=0.01, epochs=1, batch_size=10, lr=0.1),
         ROUNDS,
-        evaluate_fn=evaluate,
         initial_weights=evaluator.get_weights(),
-        client_sizes=[len(p) for p in parts],
+        environment=fedloom.Environment(client_sizes=[len(p) for p in parts]),
+        evaluation=fedloom.Evaluation(evaluate),
         executor=ParallelExecutor(2),
-        store=None,
-        progress=False,
+        recording=fedloom.Recording(store=None),
+        observers=[],
     )
 
     assert [s.num_updates for s in result.history] == [100] * ROUNDS

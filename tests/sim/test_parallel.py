@@ -30,6 +30,9 @@ from fedloom.sim.parallel import ParallelExecutor, default_workers
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
 
+#: record nothing, print nothing
+QUIET = {"recording": fedloom.Recording(store=None), "observers": []}
+
 MODEL_SIZE = 1000  # float32 entries of the tiny model (big enough for payload sizes to tell)
 Hook = Callable[[int, int], None]  # (client index, round)
 
@@ -156,13 +159,13 @@ def run_digits(store, executor, seed=3, rounds=5, evaluate_hook=None):
         cfg.clients,
         fedloom.fedavg(fraction=0.5, epochs=1, batch_size=16, lr=cfg.lr),
         rounds,
-        evaluate_fn=evaluate,
-        initial_weights=task.initial_weights,
-        client_sizes=task.client_sizes,
         seed=seed,
-        store=store,
+        initial_weights=task.initial_weights,
+        environment=fedloom.Environment(client_sizes=task.client_sizes),
+        evaluation=fedloom.Evaluation(evaluate),
+        recording=fedloom.Recording(store=store),
         executor=executor,
-        progress=False,
+        observers=[],
     )
 
 
@@ -310,7 +313,7 @@ def test_unmergeable_aggregator_receives_one_update_per_client():
 def test_unmergeable_strategy_through_simulate_matches_sequential():
     strategy = dataclasses.replace(fedloom.fedavg(fraction=0.5), aggregator=NeedsEveryUpdate())
     runs = [
-        fedloom.simulate(shift_fn(), 8, strategy, 3, seed=1, store=None, progress=False, executor=executor)
+        fedloom.simulate(shift_fn(), 8, strategy, 3, seed=1, **QUIET, executor=executor)
         for executor in (None, ParallelExecutor(2))
     ]
     assert [s.num_updates for s in runs[1].history] == [4, 4, 4]
@@ -363,11 +366,9 @@ def test_simulate_fails_clearly_on_a_raising_trainer_and_stops_its_workers():
             6,
             fedloom.fedavg(fraction=1.0),
             3,
-            evaluate_fn=evaluate,
+            evaluation=fedloom.Evaluation(evaluate),
             executor=ParallelExecutor(2),
-            store=None,
-            progress=False,
-            on_client_error="fail",
+            **QUIET,
         )
     assert len(seen) == 1 and len(seen[0]) == 2
     assert multiprocessing.active_children() == []
@@ -397,7 +398,7 @@ def test_a_failing_run_does_not_wait_on_workers_blocked_sending_results():
     strategy = dataclasses.replace(fedloom.fedavg(fraction=1.0), aggregator=NeedsEveryUpdate())
     started = time.monotonic()
     with pytest.raises(ClientError, match="client 0 failed in round 1"):
-        fedloom.simulate(BigModel, 3, strategy, 1, executor=ParallelExecutor(3), store=None, progress=False)
+        fedloom.simulate(BigModel, 3, strategy, 1, executor=ParallelExecutor(3), **QUIET)
     assert time.monotonic() - started < 3  # was 5 s per blocked worker before close() closed the sockets
 
 
@@ -456,7 +457,7 @@ def test_simulate_survives_a_killed_worker_with_the_sequential_aggregate_of_the_
             raise RuntimeError("client 5 died")
 
     tolerant = fedloom.fedavg(fraction=1.0, criteria=fedloom.RoundCriteria(threshold=0.5))
-    common = {"seed": 2, "store": None, "progress": False, "on_client_error": "skip"}
+    common = {"seed": 2, "environment": fedloom.Environment(on_client_error="skip"), **QUIET}
     reference = fedloom.simulate(shift_fn(raise_instead), 8, tolerant, 2, **common)
     survived = fedloom.simulate(shift_fn(kill_myself), 8, tolerant, 2, executor=ParallelExecutor(2), **common)
     assert [s.num_updates for s in survived.history] == [7, 7]
@@ -476,10 +477,8 @@ def test_a_worker_dying_on_first_attempt_is_retried(tmp_path):
             os._exit(3)
 
     strategy = fedloom.fedavg(fraction=1.0)
-    reference = fedloom.simulate(shift_fn(), 5, strategy, 2, store=None, progress=False)
-    result = fedloom.simulate(
-        shift_fn(die_once), 5, strategy, 2, executor=ParallelExecutor(2, max_retries=1), store=None, progress=False
-    )
+    reference = fedloom.simulate(shift_fn(), 5, strategy, 2, **QUIET)
+    result = fedloom.simulate(shift_fn(die_once), 5, strategy, 2, executor=ParallelExecutor(2, max_retries=1), **QUIET)
     assert marker.exists()  # it really died once
     assert [s.num_updates for s in result.history] == [5, 5]
     assert_weights_close(result.final_weights, reference.final_weights, atol=1e-5)
@@ -562,8 +561,7 @@ def test_simulate_with_a_hanging_client_fails_within_bounded_time():
             fedloom.fedavg(fraction=1.0),
             2,
             executor=ParallelExecutor(2, client_timeout=2),
-            store=None,
-            progress=False,
+            **QUIET,
         )
     assert time.monotonic() - started < 10
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, event, inspect, select, text, update
 
-from fedloom.core.errors import IntegrityError, StoreError, ValidationError
+from fedloom.core.errors import IntegrityError, RegistrationRefusedError, StoreError, ValidationError
 from fedloom.core.serialization import content_hash
 from fedloom.core.weights import Weights
 from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, Store, TokenRecord, schema
@@ -543,7 +543,7 @@ def test_verify_join_token(store: SqlStore) -> None:
 
 @pytest.fixture
 def token(store: SqlStore) -> TokenRecord:
-    record = store.verify_join_token(store.create_token("site-a"))
+    record = store.verify_join_token(store.create_token("site-a", max_agents=10))
     assert record is not None
     return record
 
@@ -610,6 +610,86 @@ def test_revoking_the_token_locks_its_agents_out(store: SqlStore, run_id: str, t
     again, new_credential = store.register_agent(run_id, "hospital-1", fresh)
     assert (again.id, again.token_id) == (agent.id, fresh.id)
     assert store.authenticate(new_credential) is not None
+
+
+def _verified(store: SqlStore, name: str, role: str = "agent", max_agents: int = 1) -> TokenRecord:
+    record = store.verify_join_token(store.create_token(name, role=role, max_agents=max_agents))
+    assert record is not None
+    return record
+
+
+def test_a_name_is_bound_to_the_token_that_registered_it(store: SqlStore, run_id: str) -> None:
+    victim_token, impostor_token = _verified(store, "site-a"), _verified(store, "site-b", role="admin")
+    victim, credential = store.register_agent(run_id, "site-a", victim_token)
+    with pytest.raises(RegistrationRefusedError, match="already registered with another join token") as refused:
+        store.register_agent(run_id, "site-a", impostor_token)
+    assert refused.value.code == "name_taken"
+    assert store.authenticate(credential) == store.get_agent(victim.id)  # the victim keeps working
+    assert [(a.name, a.role, a.token_id) for a in store.list_agents(run_id)] == [("site-a", "agent", victim_token.id)]
+    assert [t.used for t in store.list_tokens()] == [1, 0]  # the refusal used none of site-b's limit
+
+
+def test_re_registering_never_changes_the_role(store: SqlStore, run_id: str) -> None:
+    first = _verified(store, "site-a")
+    agent, _ = store.register_agent(run_id, "site-a", first)
+    store.revoke_token("site-a")
+    reissued = _verified(store, "site-a", role="admin")  # the same site, its token re-issued
+    again, credential = store.register_agent(run_id, "site-a", reissued)
+    assert (again.id, again.role, again.token_id) == (agent.id, "agent", reissued.id)
+    authenticated = store.authenticate(credential)
+    assert authenticated is not None
+    assert authenticated.role == "agent"
+
+
+def test_a_token_admits_at_most_max_agents_names(store: SqlStore, run_id: str) -> None:
+    token = _verified(store, "lab", max_agents=2)
+    store.register_agent(run_id, "lab-1", token)
+    store.register_agent(run_id, "lab-2", token)
+    with pytest.raises(RegistrationRefusedError, match="at most 2 agent name") as refused:
+        store.register_agent(run_id, "lab-3", token)
+    assert refused.value.code == "agent_limit"
+    assert "--max-agents" in str(refused.value)
+    store.register_agent(run_id, "lab-1", token)  # a known name re-registers freely
+    later_run = store.create_run("deploy-2", "deployment", {}, seed=0)
+    store.register_agent(later_run, "lab-2", token)  # ... in a later run too: names, not rows, count
+    with pytest.raises(RegistrationRefusedError, match="at most 2"):
+        store.register_agent(later_run, "lab-3", token)
+    assert sorted(a.name for a in store.list_agents(run_id)) == ["lab-1", "lab-2"]
+    (listed,) = store.list_tokens()
+    assert (listed.used, listed.max_agents) == (2, 2)
+
+
+def test_the_default_limit_is_one_agent_per_token(store: SqlStore, run_id: str) -> None:
+    token = store.verify_join_token(store.create_token("site-a"))
+    assert token is not None
+    assert token.max_agents == 1
+    store.register_agent(run_id, "site-a", token)
+    with pytest.raises(RegistrationRefusedError, match="at most 1 agent name") as refused:
+        store.register_agent(run_id, "sybil-1", token)
+    assert refused.value.code == "agent_limit"
+    for bad in (0, -1, True, 2.0, 2**31):
+        with pytest.raises(StoreError, match="max_agents"):
+            store.create_token("other", max_agents=bad)  # type: ignore[arg-type]
+
+
+def test_revoked_agent_ids_names_the_agents_of_revoked_tokens(store: SqlStore, run_id: str) -> None:
+    kept, dropped = _verified(store, "site-a"), _verified(store, "site-b")
+    store.register_agent(run_id, "site-a", kept)
+    gone, _ = store.register_agent(run_id, "site-b", dropped)
+    assert store.revoked_agent_ids(run_id) == set()
+    store.revoke_token("site-b")
+    assert store.revoked_agent_ids(run_id) == {gone.id}
+    back, _ = store.register_agent(run_id, "site-b", _verified(store, "site-b"))
+    assert back.id == gone.id
+    assert store.revoked_agent_ids(run_id) == set()  # re-registered with a new token: back in
+
+
+def test_ping(store: SqlStore) -> None:
+    store.ping()
+    store.close()
+    store._engine = create_engine("sqlite:////nonexistent-dir/x.db")
+    with pytest.raises(StoreError, match="reach the database"):
+        store.ping()
 
 
 def test_agents_belong_to_one_run(store: SqlStore, token: TokenRecord) -> None:
@@ -796,11 +876,11 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
         assert upgraded.authenticate(credential) is not None
     with backend.open() as reopened:  # the upgrade ran once; reopening changes nothing
         assert [a.name for a in reopened.list_agents(run_id)] == ["site-a"]
-    assert _schema_snapshot(backend.url) == fresh  # migrated == created at version 2
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 2
+            assert _stamped_version(conn) == SCHEMA_VERSION == 3
     finally:
         engine.dispose()
 

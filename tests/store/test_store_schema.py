@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -91,12 +92,17 @@ V1_RUN_ID = "4b046cd4c972441199e8b9de1ad2fc1d"
 
 
 def _sqlite_schema(path: Path) -> list[tuple[str, str, str]]:
+    """Every object's DDL, whitespace collapsed (``ADD COLUMN`` splices its text in on one line)."""
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
-        return [tuple(row) for row in rows]
+        return [(kind, name, _collapse(sql)) for kind, name, sql in rows]
 
 
-def test_a_real_v1_database_upgrades_to_v2_in_place(tmp_path: Path) -> None:
+def _collapse(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql).replace("( ", "(").replace(" )", ")")
+
+
+def test_a_real_v1_database_upgrades_to_the_current_version_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(_db(tmp_path)) as conn:
         conn.executescript(V1_DUMP.read_text())
     assert _version(_db(tmp_path)) == 1
@@ -121,7 +127,7 @@ def test_a_real_v1_database_upgrades_to_v2_in_place(tmp_path: Path) -> None:
         assert token is not None
         agent, credential = store.register_agent(V1_RUN_ID, "site-a", token)
         assert store.authenticate(credential) == agent
-    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 2
+    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 3
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _open(fresh).close()
@@ -219,3 +225,46 @@ def test_sigkill_mid_run_leaves_a_resumable_store(tmp_path: Path) -> None:
         assert all(r.status == "closed" for r in rounds[:-1])
         assert rounds[-1].round - len(models) in (0, 1)  # at most the last round is still open
         assert store.get_run(run_id).status == "running"  # what a restarted aggregator looks for
+
+
+def test_a_v2_database_gains_token_limits_and_keeps_its_tokens_and_agents(tmp_path: Path) -> None:
+    with _open(tmp_path) as store:
+        run_id = store.create_run("pilot", "deployment", {}, seed=0)
+        join_token = store.create_token("site-a")
+        record = store.verify_join_token(join_token)
+        assert record is not None
+        agent, _ = store.register_agent(run_id, "site-a", record)
+    with sqlite3.connect(_db(tmp_path)) as conn:  # what schema version 2 left: no max_agents column
+        conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
+        conn.execute("UPDATE schema_version SET version = 2")
+    with _open(tmp_path) as store:
+        (token,) = store.list_tokens()
+        assert (token.name, token.max_agents, token.used) == ("site-a", 1, 1)
+        verified = store.verify_join_token(join_token)
+        assert verified is not None
+        again, credential = store.register_agent(run_id, "site-a", verified)
+        assert again.id == agent.id
+        assert store.authenticate(credential) is not None
+    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _open(fresh).close()
+    assert _sqlite_schema(_db(tmp_path)) == _sqlite_schema(_db(fresh))
+
+
+def test_the_v3_upgrade_masks_database_passwords_in_stored_run_configs(tmp_path: Path) -> None:
+    leaked = {"server": {"db_url": "postgresql+psycopg://fedloom:hunter2@db/fl"}, "rounds": {"max_rounds": 3}}
+    with _open(tmp_path) as store:
+        run_id = store.create_run("old", "deployment", leaked, seed=0)
+        other = store.create_run("sim", "simulation", {"lr": 0.1}, seed=0)
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
+        conn.execute("UPDATE schema_version SET version = 2")
+    with _open(tmp_path) as store:
+        assert store.get_run(run_id).config == {
+            "server": {"db_url": "postgresql+psycopg://fedloom:***@db/fl"},
+            "rounds": {"max_rounds": 3},
+        }
+        assert store.get_run(other).config == {"lr": 0.1}
+    with sqlite3.connect(_db(tmp_path)) as conn:
+        assert "hunter2" not in "\n".join(conn.iterdump())

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedloom.algorithms import robust
+from fedloom.algorithms.casting import cast_like, float64
+from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
@@ -23,12 +25,9 @@ Reduce = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 def flatten(weights: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
     """Every tensor named in ``names``, raveled and concatenated, as one float64 vector."""
+    if not names:
+        return np.zeros(0, np.float64)
     return np.concatenate([np.asarray(weights[k], np.float64).ravel() for k in names])
-
-
-def cast_like(value: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``value`` in ``reference``'s dtype; integer tensors (counters) are rounded, not truncated."""
-    return (np.rint(value) if reference.dtype.kind in "iub" else value).astype(reference.dtype)
 
 
 def unflatten(vector: np.ndarray, reference: Mapping[str, np.ndarray]) -> Weights:
@@ -42,20 +41,31 @@ def unflatten(vector: np.ndarray, reference: Mapping[str, np.ndarray]) -> Weight
 
 
 class CollectingAccumulator:
-    """Keeps every update of a round (flattened) and reduces them all at the end."""
+    """Keeps every update of a round (flattened) and reduces them all at the end.
+
+    Only floating-point tensors enter the robust rule: integer and bool tensors (step
+    counters such as BatchNorm's ``num_batches_tracked``) are not coordinates of the
+    model, so they must not decide which model Krum picks, nor be clipped with it. They
+    get the coordinate-wise median of the round's values, rounded to the nearest
+    integer: robust on its own (one client cannot move a counter arbitrarily), and
+    defined for every rule.
+    """
 
     def __init__(self, reference: Mapping[str, np.ndarray], reduce: Reduce) -> None:
         self._reference = {k: np.asarray(v) for k, v in reference.items()}
-        self._names = list(reference)
-        self._center = flatten(reference, self._names)
+        self._floats = [k for k, v in self._reference.items() if v.dtype.kind == "f"]
+        self._counters = [k for k in self._reference if k not in set(self._floats)]
+        self._center = flatten(reference, self._floats)
         self._reduce = reduce
         self._rows: list[np.ndarray] = []
+        self._counter_rows: list[np.ndarray] = []
         self._samples: list[float] = []
         self.count = 0
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
-        self._rows.append(flatten(update.weights, self._names))
+        self._rows.append(flatten(update.weights, self._floats))
+        self._counter_rows.append(flatten(update.weights, self._counters))
         self._samples.append(float(update.num_samples))
         self.count += 1
 
@@ -63,7 +73,11 @@ class CollectingAccumulator:
         if not self._rows:
             raise ValidationError("cannot aggregate: no updates were added")
         vector = self._reduce(np.stack(self._rows), np.asarray(self._samples), self._center)
-        return unflatten(vector, self._reference)
+        out = unflatten(vector, {k: self._reference[k] for k in self._floats})
+        if self._counters:
+            medians = robust.coordinate_median(np.stack(self._counter_rows))
+            out.update(unflatten(medians, {k: self._reference[k] for k in self._counters}))
+        return {k: out[k] for k in self._reference}
 
 
 @dataclass(frozen=True)
@@ -131,7 +145,7 @@ class Krum(_Collecting):
             raise ConfigError(f"byzantine_f must be >= 0, got {self.byzantine_f} (set --byzantine-f)")
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.krum(models, self.byzantine_f)
+        return robust.krum(models, self.byzantine_f, center=center)
 
 
 @dataclass(frozen=True)
@@ -147,7 +161,7 @@ class MultiKrum(Krum):
             raise ConfigError(f"multikrum_m must be >= 1, got {self.multikrum_m} (set --multikrum-m)")
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.krum(models, self.byzantine_f, min(self.multikrum_m, len(models)))
+        return robust.krum(models, self.byzantine_f, min(self.multikrum_m, len(models)), center)
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,7 @@ class Bulyan(_Collecting):
     name: ClassVar[str] = "bulyan"
 
     def reduce(self, models: np.ndarray, samples: np.ndarray, center: np.ndarray) -> np.ndarray:
-        return robust.bulyan(models, self.byzantine_f)
+        return robust.bulyan(models, self.byzantine_f, center)
 
 
 @dataclass(frozen=True)
@@ -204,29 +218,31 @@ class FedNovaAccumulator:
 
     def __init__(self, reference: Mapping[str, np.ndarray]) -> None:
         self._reference = {k: np.asarray(v) for k, v in reference.items()}
-        self._normalised = {k: np.zeros(v.shape, np.float64) for k, v in reference.items()}
-        self._samples = 0.0
+        self._normalised = WeightedMeanAccumulator({k: np.zeros(v.shape, np.float64) for k, v in reference.items()})
         self._weighted_steps = 0.0
         self.count = 0
 
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
         steps = _metric(update, "local_steps", "FedNova")
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            normalised = {
+                name: float64((np.asarray(update.weights[name], np.float64) - ref) / steps)
+                for name, ref in self._reference.items()
+            }
+        require_finite(normalised, "FedNova")
         n = float(update.num_samples)
-        for name, total in self._normalised.items():
-            total += n * (np.asarray(update.weights[name], np.float64) - self._reference[name]) / steps
-        self._samples += n
+        self._normalised.add_weights(normalised, n)  # Σ p_i (x_i - x)/τ_i as a running mean: cannot overflow
         self._weighted_steps += n * steps
         self.count += 1
 
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
-        tau_eff = self._weighted_steps / self._samples
-        return {
-            k: cast_like(self._reference[k] + tau_eff * v / self._samples, self._reference[k])
-            for k, v in self._normalised.items()
-        }
+        tau_eff = self._weighted_steps / self._normalised.total_weight
+        mean = self._normalised.result()
+        with np.errstate(over="ignore"):  # an extrapolation past the dtype's range saturates in cast_like
+            return {k: cast_like(ref + tau_eff * mean[k], ref) for k, ref in self._reference.items()}
 
 
 @dataclass(frozen=True)
@@ -263,22 +279,26 @@ class QFedAvgAccumulator:
     def add(self, update: ClientUpdate) -> None:
         check_compatible(update.weights, self._reference)
         loss = _metric(update, "initial_loss", "q-FedAvg") + 1e-10
-        deltas = {
-            k: self._lipschitz * (ref.astype(np.float64) - np.asarray(update.weights[k], np.float64))
-            for k, ref in self._reference.items()
-        }
-        sq_norm = sum(float(np.sum(d * d)) for d in deltas.values())
-        for name, total in self._numerator.items():
-            total += loss**self._q * deltas[name]
-        self._denominator += self._q * loss ** (self._q - 1) * sq_norm + self._lipschitz * loss**self._q
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            deltas = {
+                k: self._lipschitz * (ref.astype(np.float64) - np.asarray(update.weights[k], np.float64))
+                for k, ref in self._reference.items()
+            }
+            sq_norm = sum(float(np.sum(d * d)) for d in deltas.values())
+            numerator = {k: float64(total + loss**self._q * deltas[k]) for k, total in self._numerator.items()}
+            spread = self._q * loss ** (self._q - 1) * sq_norm
+            denominator = self._denominator + spread + self._lipschitz * loss**self._q
+        require_finite({**numerator, "the denominator (squared update norms)": np.asarray(denominator)}, "q-FedAvg")
+        self._numerator, self._denominator = numerator, denominator  # only once every new total is finite
         self.count += 1
 
     def result(self) -> Weights:
         if not self.count:
             raise ValidationError("cannot aggregate: no updates were added")
         out: Weights = {}
-        for name, ref in self._reference.items():
-            out[name] = cast_like(ref.astype(np.float64) - self._numerator[name] / self._denominator, ref)
+        with np.errstate(over="ignore"):  # a step past the dtype's range saturates in cast_like
+            for name, ref in self._reference.items():
+                out[name] = cast_like(ref.astype(np.float64) - self._numerator[name] / self._denominator, ref)
         return out
 
 

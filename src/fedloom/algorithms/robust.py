@@ -1,7 +1,8 @@
 """Byzantine-robust aggregation as pure functions over stacked, flattened models.
 
 Each function takes ``models`` — an ``(n, d)`` float64 matrix, one flattened client
-model per row — and returns one flattened model. They need every update at once, so the
+model per row (its floating-point tensors only: the aggregators give integer counters
+the round's median instead) — and returns one flattened model. They need every update at once, so the
 aggregators built on them are not mergeable (simulation workers send each update).
 
 References: coordinate-wise median and trimmed mean (Yin et al. 2018); geometric median
@@ -29,9 +30,17 @@ def _rows(models: np.ndarray) -> int:
 
 
 def coordinate_median(models: np.ndarray) -> np.ndarray:
-    """The median of every coordinate (unweighted)."""
-    _rows(models)
-    return _vector(np.median(models, axis=0))
+    """The median of every coordinate (unweighted).
+
+    For an even count the two middle values are halved before they are added (exact for
+    a power of two), so two values near float64's limit do not sum to Inf.
+    """
+    n = _rows(models)
+    ordered = np.sort(models, axis=0)
+    middle = n // 2
+    if n % 2:
+        return _vector(ordered[middle])
+    return _vector(ordered[middle - 1] / 2 + ordered[middle] / 2)
 
 
 def trimmed_mean(models: np.ndarray, beta: float) -> np.ndarray:
@@ -41,7 +50,7 @@ def trimmed_mean(models: np.ndarray, beta: float) -> np.ndarray:
         raise ConfigError(f"trim_beta must be in [0, 0.5), got {beta} (set --trim-beta)")
     k = int(np.floor(beta * n))
     ordered = np.sort(models, axis=0)
-    return _vector(ordered[k : n - k].mean(axis=0))
+    return _vector((ordered[k : n - k] / (n - 2 * k)).sum(axis=0))  # divided first: a sum of 1e308s is Inf
 
 
 def geometric_median(
@@ -50,63 +59,108 @@ def geometric_median(
     """The point minimising the weighted sum of Euclidean distances (smoothed Weiszfeld, RFA).
 
     ``nu`` keeps a model that coincides with the estimate from dividing by zero; the loop
-    stops when the estimate moves less than ``tol`` relative to its norm.
+    stops when the estimate moves less than ``tol`` relative to its norm. Models near
+    float64's limit are first divided by a power of two (:func:`power_of_two_scale`; the
+    geometric median scales with them), so their distances do not square to Inf.
     """
     n = _rows(models)
+    scale = power_of_two_scale(models)
+    scaled = models / scale
     alphas = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     alphas = alphas / alphas.sum()
-    estimate = alphas @ models
+    estimate = alphas @ scaled
     for _ in range(max_iter):
-        distances = np.maximum(nu, np.linalg.norm(models - estimate, axis=1))
+        distances = np.maximum(nu, np.linalg.norm(scaled - estimate, axis=1))
         betas = alphas / distances
-        updated = betas @ models / betas.sum()
+        updated = betas @ scaled / betas.sum()
         moved = float(np.linalg.norm(updated - estimate))
         estimate = updated
         if moved <= tol * max(1.0, float(np.linalg.norm(estimate))):
             break
-    return _vector(estimate)
+    return _vector(estimate * scale)
 
 
-def _pairwise_sq_distances(models: np.ndarray) -> np.ndarray:
-    sq = np.einsum("ij,ij->i", models, models)
-    distances = sq[:, None] + sq[None, :] - 2.0 * (models @ models.T)
-    return _vector(np.maximum(distances, 0.0))
+def power_of_two_scale(*arrays: np.ndarray) -> float:
+    """1, or the power of two that brings the largest magnitude in ``arrays`` down to 2**400.
+
+    Dividing by a power of two is exact, so scaled distances rank models exactly as the
+    true ones do, while squares and sums of up to 2**200 coordinates stay finite even for
+    values near float64's limit (1e308 squared is Inf).
+    """
+    top = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+    if top <= 2.0**400:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.ceil(np.log2(top))) - 400))
 
 
-def krum_scores(models: np.ndarray, f: int) -> np.ndarray:
-    """Each model's sum of squared distances to its ``n - f - 2`` nearest other models."""
-    n = _rows(models)
+def _relative(models: np.ndarray, center: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """``(models - center) / scale`` and the scale: Krum's geometry on the updates, not the models."""
+    origin = np.zeros(models.shape[1]) if center is None else np.asarray(center, np.float64)
+    scale = power_of_two_scale(models, origin)
+    return models / scale - origin / scale, scale
+
+
+def _pairwise_sq_distances(deltas: np.ndarray) -> np.ndarray:
+    """``Σ_k (x_ik - x_jk)²`` for every pair, computed from the differences, one row at a time.
+
+    The expansion ``‖x‖² + ‖y‖² - 2x·y`` cancels catastrophically when the models are far
+    from the origin compared with their spread (at norm 1e7 × spread it ranks them by
+    rounding noise); the differences themselves lose nothing. Memory is O(n·d).
+    """
+    n = len(deltas)
+    distances = np.empty((n, n), np.float64)
+    for i in range(n):
+        diff = deltas - deltas[i]
+        distances[i] = np.einsum("ij,ij->i", diff, diff)
+    return distances
+
+
+def _check_krum(n: int, f: int) -> None:
     if f < 0:
         raise ConfigError(f"byzantine_f must be >= 0, got {f} (set --byzantine-f)")
     if n < 2 * f + 3:  # Blanchard et al.: Krum's guarantee needs n > 2f + 2
         raise ConfigError(
             f"Krum with f={f} needs at least {2 * f + 3} updates, got {n} (lower --byzantine-f or select more clients)"
         )
-    return _scores(models, n - f - 2)
 
 
-def _scores(models: np.ndarray, neighbours: int) -> np.ndarray:
-    distances = _pairwise_sq_distances(models)
+def krum_scores(models: np.ndarray, f: int, center: np.ndarray | None = None) -> np.ndarray:
+    """Each model's sum of squared distances to its ``n - f - 2`` nearest other models.
+
+    ``center`` (the global model) makes the distances be computed on the updates
+    ``model - center``; they are the same distances, with less rounding.
+    """
+    n = _rows(models)
+    _check_krum(n, f)
+    deltas, scale = _relative(models, center)
+    return _vector(_scores(deltas, n - f - 2) * scale * scale)
+
+
+def _scores(deltas: np.ndarray, neighbours: int) -> np.ndarray:
+    distances = _pairwise_sq_distances(deltas)
     np.fill_diagonal(distances, np.inf)
     nearest = np.sort(distances, axis=1)[:, :neighbours]
     scores: np.ndarray = nearest.sum(axis=1)
     return scores
 
 
-def krum_select(models: np.ndarray, f: int, m: int = 1) -> np.ndarray:
+def krum_select(models: np.ndarray, f: int, m: int = 1, center: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``m`` models with the lowest Krum scores (ties broken by index)."""
     n = _rows(models)
     if not 1 <= m <= n:
         raise ConfigError(f"multikrum_m must be between 1 and the number of updates ({n}), got {m}")
-    return np.argsort(krum_scores(models, f), kind="stable")[:m]
+    _check_krum(n, f)
+    deltas, _ = _relative(models, center)  # scaled scores rank exactly as the true ones
+    return np.argsort(_scores(deltas, n - f - 2), kind="stable")[:m]
 
 
-def krum(models: np.ndarray, f: int, m: int = 1) -> np.ndarray:
+def krum(models: np.ndarray, f: int, m: int = 1, center: np.ndarray | None = None) -> np.ndarray:
     """Krum (``m=1``: the best-scored model) or Multi-Krum (the mean of the ``m`` best)."""
-    return _vector(models[krum_select(models, f, m)].mean(axis=0))
+    chosen = models[krum_select(models, f, m, center)]
+    return _vector(chosen[0] if m == 1 else (chosen / m).sum(axis=0))
 
 
-def bulyan(models: np.ndarray, f: int) -> np.ndarray:
+def bulyan(models: np.ndarray, f: int, center: np.ndarray | None = None) -> np.ndarray:
     """Bulyan: pick ``θ = n - 2f`` models by repeated Krum, then per coordinate average the
     ``θ - 2f`` values closest to their median. Requires ``n ≥ 4f + 3``."""
     n = _rows(models)
@@ -115,12 +169,13 @@ def bulyan(models: np.ndarray, f: int) -> np.ndarray:
             f"Bulyan with f={f} needs n >= 4f+3 = {4 * f + 3} updates, got {n}"
             " (lower --byzantine-f or select more clients per round)"
         )
+    deltas, _ = _relative(models, center)
     remaining = list(range(n))
     chosen: list[int] = []
     for _ in range(n - 2 * f):
         # Krum over what is left; near the end fewer than n - f - 2 neighbours remain, so use what there is
         neighbours = max(1, len(remaining) - f - 2)
-        best = int(np.argmin(_scores(models[remaining], neighbours))) if len(remaining) > 1 else 0
+        best = int(np.argmin(_scores(deltas[remaining], neighbours))) if len(remaining) > 1 else 0
         pick = remaining[best]
         chosen.append(pick)
         remaining.remove(pick)
@@ -128,13 +183,21 @@ def bulyan(models: np.ndarray, f: int) -> np.ndarray:
     keep = len(chosen) - 2 * f
     median = np.median(selected, axis=0)
     closest = np.argsort(np.abs(selected - median), axis=0, kind="stable")[:keep]
-    return _vector(np.take_along_axis(selected, closest, axis=0).mean(axis=0))
+    return _vector((np.take_along_axis(selected, closest, axis=0) / keep).sum(axis=0))
 
 
-def _clip_rows(deltas: np.ndarray, max_norm: float) -> np.ndarray:
-    norms = np.linalg.norm(deltas, axis=1, keepdims=True)
-    scale = np.minimum(1.0, max_norm / np.maximum(norms, 1e-12))
-    clipped: np.ndarray = deltas * scale
+def _clipped_updates(models: np.ndarray, origin: np.ndarray, max_norm: float) -> np.ndarray:
+    """Every ``model - origin`` scaled to L2 norm at most ``max_norm``.
+
+    The differences are taken after dividing by a power of two (:func:`power_of_two_scale`),
+    so ``1e308 - (-1e308)`` and the squared norms stay finite; the clipped updates are
+    small, so multiplying back cannot overflow.
+    """
+    scale = power_of_two_scale(models, origin)
+    deltas = models / scale - origin / scale
+    norms = np.sqrt(np.einsum("ij,ij->i", deltas, deltas))[:, None]
+    factor = np.minimum(scale, max_norm / np.maximum(norms, 1e-12 / scale))
+    clipped: np.ndarray = deltas * factor
     return clipped
 
 
@@ -144,7 +207,7 @@ def norm_bounded_mean(models: np.ndarray, center: np.ndarray, max_norm: float, w
     if not max_norm > 0:
         raise ConfigError(f"clip_norm must be > 0, got {max_norm} (set --clip-norm)")
     w = np.asarray(weights, np.float64)
-    mean_delta: np.ndarray = (w / w.sum()) @ _clip_rows(models - center, max_norm)
+    mean_delta: np.ndarray = (w / w.sum()) @ _clipped_updates(models, center, max_norm)
     return _vector(center + mean_delta)
 
 
@@ -157,5 +220,5 @@ def centered_clip(models: np.ndarray, center: np.ndarray, tau: float, iterations
         raise ConfigError(f"clip_iterations must be >= 1, got {iterations}")
     estimate = np.array(center, np.float64, copy=True)
     for _ in range(iterations):
-        estimate = estimate + _clip_rows(models - estimate, tau).mean(axis=0)
+        estimate = estimate + _clipped_updates(models, estimate, tau).mean(axis=0)
     return estimate

@@ -12,8 +12,9 @@ al., "Measuring the Effects of Non-Identical Data Distribution" (2019) for FedAv
 As in the paper there is no bias correction, and ``v`` starts at ``τ²``. Every step is
 a pure function ``(global, aggregate, state) → (new global, new state)``; the state is
 plain named tensors (``m/<name>``, ``v/<name>``) and a step counter, so it is saved and
-restored like a model. Only floating-point tensors are optimised: integer tensors (e.g.
-BatchNorm's ``num_batches_tracked``) take the aggregate as it is.
+restored like a model. Only the model's floating-point tensors are optimised: integer
+tensors (e.g. BatchNorm's ``num_batches_tracked``) and reserved strategy state
+(``fedloom.*``, e.g. SCAFFOLD's control variate) take the aggregate as it is.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like, saturate
 from fedloom.core.errors import ConfigError
+from fedloom.core.reserved import RESERVED_PREFIX
 from fedloom.core.weights import Weights
 
 
@@ -51,17 +54,25 @@ class ServerOptimizer(Protocol):
     ) -> tuple[Weights, ServerOptState]: ...
 
 
-def _is_float(array: np.ndarray) -> bool:
-    return bool(np.asarray(array).dtype.kind == "f")
+def _optimised(name: str, array: np.ndarray) -> bool:
+    """Whether the optimiser steps tensor ``name``: the model's floating-point tensors only.
+
+    Reserved tensors (``fedloom.*``: SCAFFOLD's control variate, FedCurv's Fisher sums) are
+    strategy state with their own update rule, which the aggregate already applied; a
+    momentum or Adam step on them would replace that rule.
+    """
+    return bool(np.asarray(array).dtype.kind == "f") and not name.startswith(RESERVED_PREFIX)
 
 
 def pseudo_gradient(global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray]) -> Weights:
-    """``aggregate - global`` in float64 for every floating-point tensor."""
-    return {
-        name: np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64)
-        for name, value in global_weights.items()
-        if _is_float(value)
-    }
+    """``aggregate - global`` in float64 for every floating-point tensor (saturated: 1e308 - (-1e308)
+    is not Inf but float64's largest value)."""
+    with np.errstate(over="ignore"):
+        return {
+            name: saturate(np.asarray(aggregate[name], np.float64) - np.asarray(value, np.float64))
+            for name, value in global_weights.items()
+            if _optimised(name, value)
+        }
 
 
 def _apply(
@@ -71,9 +82,10 @@ def _apply(
     out: Weights = {}
     for name, value in global_weights.items():
         if name in moves:
-            out[name] = (np.asarray(value, np.float64) + moves[name]).astype(value.dtype)
+            with np.errstate(over="ignore"):  # a step past the dtype's range saturates in cast_like
+                out[name] = cast_like(np.asarray(value, np.float64) + moves[name], value)
         else:
-            out[name] = np.array(aggregate[name], copy=True)
+            out[name] = cast_like(aggregate[name], value)
     return out
 
 
@@ -105,15 +117,16 @@ class FedAvgM:
         return {"name": self.name, "server_lr": self.server_lr, "server_momentum": self.server_momentum}
 
     def init(self, global_weights: Mapping[str, np.ndarray]) -> ServerOptState:
-        zeros = {f"v/{k}": np.zeros(v.shape, np.float64) for k, v in global_weights.items() if _is_float(v)}
+        zeros = {f"v/{k}": np.zeros(v.shape, np.float64) for k, v in global_weights.items() if _optimised(k, v)}
         return ServerOptState(0, zeros)
 
     def step(
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
     ) -> tuple[Weights, ServerOptState]:
         delta = pseudo_gradient(global_weights, aggregate)
-        velocity = {k: self.server_momentum * state.tensors[f"v/{k}"] + d for k, d in delta.items()}
-        moves = {k: self.server_lr * v for k, v in velocity.items()}
+        with np.errstate(over="ignore"):  # momentum may leave float64: it saturates
+            velocity = {k: saturate(self.server_momentum * state.tensors[f"v/{k}"] + d) for k, d in delta.items()}
+            moves = {k: saturate(self.server_lr * v) for k, v in velocity.items()}
         new_state = ServerOptState(state.step + 1, {f"v/{k}": v for k, v in velocity.items()})
         return _apply(global_weights, aggregate, moves), new_state
 
@@ -149,17 +162,17 @@ class AdaptiveServerOpt:
     def init(self, global_weights: Mapping[str, np.ndarray]) -> ServerOptState:
         tensors: Weights = {}
         for k, v in global_weights.items():
-            if _is_float(v):
+            if _optimised(k, v):
                 tensors[f"m/{k}"] = np.zeros(v.shape, np.float64)
                 tensors[f"v/{k}"] = np.full(v.shape, self.tau**2, np.float64)
         return ServerOptState(0, tensors)
 
     def _second_moment(self, v: np.ndarray, squared: np.ndarray) -> np.ndarray:
         if self.variant == "fedadagrad":
-            return np.asarray(v + squared, np.float64)
+            return saturate(v + squared)
         if self.variant == "fedadam":
-            return self.beta2 * v + (1 - self.beta2) * squared
-        return np.asarray(v - (1 - self.beta2) * squared * np.sign(v - squared), np.float64)
+            return saturate(self.beta2 * v + (1 - self.beta2) * squared)
+        return saturate(v - (1 - self.beta2) * squared * np.sign(v - squared))
 
     def step(
         self, global_weights: Mapping[str, np.ndarray], aggregate: Mapping[str, np.ndarray], state: ServerOptState
@@ -167,11 +180,12 @@ class AdaptiveServerOpt:
         delta = pseudo_gradient(global_weights, aggregate)
         tensors: Weights = {}
         moves: Weights = {}
-        for k, d in delta.items():
-            m = self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d
-            v = self._second_moment(state.tensors[f"v/{k}"], d * d)
-            tensors[f"m/{k}"], tensors[f"v/{k}"] = m, v
-            moves[k] = self.server_lr * m / (np.sqrt(v) + self.tau)
+        with np.errstate(over="ignore"):  # squares of huge steps saturate instead of becoming Inf
+            for k, d in delta.items():
+                m = saturate(self.beta1 * state.tensors[f"m/{k}"] + (1 - self.beta1) * d)
+                v = self._second_moment(state.tensors[f"v/{k}"], saturate(d * d))
+                tensors[f"m/{k}"], tensors[f"v/{k}"] = m, v
+                moves[k] = saturate(self.server_lr * m / (np.sqrt(v) + self.tau))
         return _apply(global_weights, aggregate, moves), ServerOptState(state.step + 1, tensors)
 
 

@@ -8,15 +8,21 @@ it loads the site's private data, which never leaves the machine. State (credent
 round, models) lives in ``--state-dir``, so the same command resumes after a restart and
 the join token is needed only the first time. Exit code 0 when the run is finished or
 the agent was stopped with SIGTERM/SIGINT; 1 on an error, which is printed.
+
+The join token comes from ``--token-file`` or ``FEDLOOM_AGENT_TOKEN``: a command-line
+argument can be read by every local user in ``/proc/PID/cmdline``, so ``--token`` still
+works but logs a warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +30,10 @@ if TYPE_CHECKING:
     from fedloom.client.transport import AggregatorClient
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: the environment variable that carries the join token (kept out of the command line)
+TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
+#: environment variables standing in for --ca-file, --tls-cert and --tls-key
+CA_ENV, CERT_ENV, KEY_ENV = "FEDLOOM_AGENT_CA_FILE", "FEDLOOM_AGENT_TLS_CERT", "FEDLOOM_AGENT_TLS_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add = parser.add_argument
     add("--server", required=True, metavar="URL", help="the aggregator's base URL, e.g. https://agg.example.org:8443")
-    add("--token", metavar="T", help="join token from `fedloom token create` (needed until the agent has registered)")
+    add(
+        "--token",
+        metavar="T",
+        help=f"join token (`fedloom token create`); visible to other local users: prefer {TOKEN_ENV} or --token-file",
+    )
+    add("--token-file", metavar="FILE", help="file holding the join token (needed until the agent has registered)")
     add(
         "--trainer",
         required=True,
@@ -46,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add(
         "--state-dir", metavar="DIR", help="where state, credential and models are kept (default: ./fedloom-agent-NAME)"
     )
-    add("--ca-file", metavar="PEM", help="CA certificate that signed the aggregator's TLS certificate")
+    add("--ca-file", metavar="PEM", help=f"CA certificate that signed the aggregator's TLS certificate ({CA_ENV})")
+    add("--tls-cert", metavar="PEM", help=f"this site's client certificate, for mutual TLS ({CERT_ENV})")
+    add("--tls-key", metavar="PEM", help=f"the private key of --tls-cert ({KEY_ENV})")
     add(
         "--trainer-arg",
         action="append",
@@ -85,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("fedloom.agent").warning(
             "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", args.server
         )
+    token = join_token(args, os.environ)
     factory = load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
     with make_client(args) as client:
         agent = Agent(
@@ -92,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             factory,
             args.state_dir or f"fedloom-agent-{name}",
             name,
-            args.token,
+            token,
             discard_stale=not args.keep_stale,
             upload_initial=args.upload_initial,
             poll_wait=args.poll_wait,
@@ -101,12 +119,47 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def join_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The join token from ``--token-file``, ``--token`` (with a warning) or ``FEDLOOM_AGENT_TOKEN``."""
+    from fedloom.core.errors import ConfigError
+
+    token_file = getattr(args, "token_file", None)
+    if token_file is not None and args.token is not None:
+        raise ConfigError("give the join token with --token-file or --token, not both")
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {str(path)!r} cannot be read: {exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file {str(path)!r} is empty (put the token from `fedloom token create` in it)")
+        return token
+    if args.token is not None:
+        logging.getLogger("fedloom.agent").warning(
+            "the join token given with --token is visible to other local users (/proc/PID/cmdline, ps); "
+            "pass it in %s or with --token-file instead",
+            TOKEN_ENV,
+        )
+        return str(args.token)
+    return environ.get(TOKEN_ENV) or None
+
+
 def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:
     """The AggregatorClient for ``args`` (tests pass ``transport=`` through ``overrides``)."""
     from fedloom.client.transport import AggregatorClient, RetryPolicy
 
     attempts = None if args.max_retries is None else args.max_retries + 1
-    return AggregatorClient(args.server, ca_file=args.ca_file, retry=RetryPolicy(max_attempts=attempts), **overrides)
+    ca_file = getattr(args, "ca_file", None) or os.environ.get(CA_ENV) or None
+    cert = getattr(args, "tls_cert", None) or os.environ.get(CERT_ENV) or None
+    key = getattr(args, "tls_key", None) or os.environ.get(KEY_ENV) or None
+    if (cert is None) != (key is None):
+        from fedloom.core.errors import ConfigError
+
+        raise ConfigError(f"--tls-cert and --tls-key ({CERT_ENV}, {KEY_ENV}) go together: give both or neither")
+    client_cert = (cert, key) if cert is not None and key is not None else None
+    retry = RetryPolicy(max_attempts=attempts)
+    return AggregatorClient(args.server, ca_file=ca_file, client_cert=client_cert, retry=retry, **overrides)
 
 
 @contextmanager

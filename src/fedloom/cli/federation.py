@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,12 +28,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from fedloom.cli.children import (
+    Child,
+    agent_env,
+    fedloom_command,
+    stop_all,
+)
 from fedloom.cli.output import print_help
 from fedloom.core.errors import ConfigError, FedloomError
 
 EXAMPLES = ("digits",)
-#: seconds a child gets to stop after SIGINT/SIGTERM before it is killed
-STOP_GRACE_SECONDS = 10.0
 PORT_FILENAME = "aggregator.port"
 RUN_KIND = "deployment"
 _print_lock = threading.Lock()
@@ -108,121 +110,7 @@ def say(name: str, text: str, stream: IO[str] | None = None) -> None:
         _interrupts.deliver_pending()
 
 
-# --------------------------------------------------------------------- processes
-
-
-def fedloom_command(*args: str) -> list[str]:
-    """The command line of ``fedloom ARGS`` run with this interpreter."""
-    return [sys.executable, "-m", "fedloom.cli.main", *args]
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("FEDLOOM_HOME", None)
-    return env
-
-
-class Child:
-    """A child process in its own session (process group), its output pumped line by line."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        on_line: Callable[[str, str], None] | None = None,
-        log_file: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.lines: list[str] = []
-        self._on_line = on_line
-        self._log = log_file.open("a", encoding="utf-8") if log_file is not None else None
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            errors="replace",
-            start_new_session=True,
-            env=env or child_env(),
-        )
-        self._pump = threading.Thread(target=self._read, name=f"pump-{name}", daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.rstrip("\n")
-            self.lines.append(line)
-            if self._log is not None:
-                self._log.write(line + "\n")
-                self._log.flush()
-            if self._on_line is not None:
-                self._on_line(self.name, line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self._pump.join(timeout=5)
-        return code
-
-    def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the child's whole process group (it leads its own session)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL the process group now and reap it."""
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._close()
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> int | None:
-        """Ask the group to stop with ``sig``; SIGKILL it if it is still there after ``grace`` seconds."""
-        if self.proc.poll() is None:
-            self.signal_group(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace)
-        # whatever is left of the group (grandchildren included) goes now
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self._close()
-        return self.proc.returncode
-
-    def _close(self) -> None:
-        self._pump.join(timeout=5)
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def stop_all(children: Sequence[Child], grace: float = STOP_GRACE_SECONDS) -> None:
-    """Stop agents first (SIGINT), then the aggregator (SIGTERM); SIGKILL whatever does not stop in time."""
-    for child in children:
-        if child.poll() is None:
-            child.signal_group(signal.SIGINT if child.name != "aggregator" else signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children:
-        child.stop(signal.SIGTERM, grace=max(0.1, deadline - time.monotonic()))
+# --------------------------------------------------------------------- starting the federation
 
 
 def wait_for_port(home: Path, server: Child, timeout: float) -> int:
@@ -251,7 +139,8 @@ def start_aggregator(
     on_line: Callable[[str, str], None] | None = None,
     timeout: float = 60.0,
 ) -> tuple[Child, str]:
-    """Start ``fedloom server`` on 127.0.0.1 with store ``home``; returns it and its base URL."""
+    """Start ``fedloom server`` on 127.0.0.1 with store ``home``; returns it and its base URL
+    (``https://`` when ``settings`` name a ``tls_cert``)."""
     with contextlib.suppress(FileNotFoundError):
         (home / PORT_FILENAME).unlink()  # a stale one from a killed server would point nowhere
     flags = ["--home", str(home), "--host", "127.0.0.1", "--port", str(port)]
@@ -263,7 +152,8 @@ def start_aggregator(
     except BaseException:
         server.stop()
         raise
-    return server, f"http://127.0.0.1:{bound}"
+    scheme = "https" if (settings or {}).get("tls_cert") else "http"
+    return server, f"{scheme}://127.0.0.1:{bound}"
 
 
 def find_example(name: str) -> Path:
@@ -290,20 +180,18 @@ def agent_command(
     trainer: Path,
     trainer_args: dict[str, str],
     *,
-    token: str | None = None,
     upload_initial: bool = False,
     poll_wait: float = 2.0,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The command line of a ``fedloom agent``."""
+    """The command line of a ``fedloom agent``; its join token goes in :func:`agent_env`, never here."""
     argv = ["agent", "--server", url, "--name", name, "--state-dir", str(state_dir), "--trainer"]
     argv += [f"{trainer}:make_trainer", "--poll-wait", f"{poll_wait:g}"]
-    if token is not None:
-        argv += ["--token", token]
     for key, value in trainer_args.items():
         argv += ["--trainer-arg", f"{key}={value}"]
     if upload_initial:
         argv.append("--upload-initial")
-    return fedloom_command(*argv)
+    return fedloom_command(*argv, *extra_args)
 
 
 def read_credential(state_dir: Path) -> str | None:
@@ -383,28 +271,36 @@ def _interrupts_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_up(args: argparse.Namespace) -> int:
-    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
+def _check_up_args(args: argparse.Namespace) -> None:
     if args.agents < 1:
         raise ConfigError(f"--agents must be >= 1, got {args.agents}")
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0-65535, got {args.port}")
+
+
+def _issue_tokens(home: Path, names: Sequence[str]) -> dict[str, str]:
+    """One join token per site in the store at ``home``; the first site's is admin (it uploads the model)."""
+    from fedloom.store import SqlStore
+
+    store = SqlStore.open_default(home)
+    try:
+        return {name: store.create_token(name, role="admin" if i == 0 else "agent") for i, name in enumerate(names)}
+    finally:
+        store.close()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
+    _check_up_args(args)
     trainer = find_example(args.example)
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="fedloom-federation-"))
     home.mkdir(parents=True, exist_ok=True)
     home = home.resolve()
     say("federation", f"store home: {home}")
-
-    from fedloom.store import SqlStore
-
     names = [f"site-{i}" for i in range(args.agents)]
-    store = SqlStore.open_default(home)
-    try:
-        tokens = {name: store.create_token(name, role="admin" if i == 0 else "agent") for i, name in enumerate(names)}
-    finally:
-        store.close()
+    tokens = _issue_tokens(home, names)
 
     def echo(name: str, line: str) -> None:
         say(name, line)
@@ -431,10 +327,9 @@ def run_up(args: argparse.Namespace) -> int:
                     home / "agents" / name,
                     trainer,
                     {"site": str(i), "sites": str(args.agents)},
-                    token=tokens[name],
                     upload_initial=i == 0,
                 )
-                children.insert(len(children) - 1, Child(name, argv, on_line=echo))
+                children.insert(len(children) - 1, Child(name, argv, on_line=echo, env=agent_env(tokens[name])))
             code = _supervise(args, home, url, server, [c for c in children if c is not server])
             if code != 0:
                 return code
@@ -462,7 +357,7 @@ def _supervise(args: argparse.Namespace, home: Path, url: str, server: Child, ag
         if now >= end:
             say("federation", f"the run did not finish within {args.timeout:g} s", sys.stderr)
             return 1
-        if server.poll() is not None:
+        if server.poll() not in (None, 0):  # 0: it finished the run and exits by itself
             say("federation", f"the aggregator exited with code {server.poll()}", sys.stderr)
             return 1
         failed = [a for a in agents if a.poll() not in (None, 0)]

@@ -13,8 +13,9 @@ Global model rows follow the store's convention: round 0 is the initial model an
 
 The database is the SQLite store under ``--home`` / ``$FEDLOOM_HOME`` / ``./fedloom-runs``,
 or any SQLAlchemy database given with ``--db-url`` (as ``fedloom token``). Model bytes
-always live in the ``blobs/`` directory of the home directory, so with ``--db-url`` pass
-``--home`` too when the aggregator's ``[server] home`` is not the current default.
+live in the ``blobs/`` directory of a home directory: ``--home``, else (with ``--db-url``)
+the home the aggregator recorded in the run's config, so a PostgreSQL store needs no
+``--home``.
 Both actions only read: they never create a SQLite store.
 """
 
@@ -95,6 +96,29 @@ def _open_store(args: argparse.Namespace) -> Iterator[SqlStore]:
         store.close()
 
 
+def _home_of(args: argparse.Namespace, run: RunRecord) -> Path:
+    """Where the run's blobs live: ``--home``, else the home the aggregator recorded in the run's
+    config (a PostgreSQL store does not say where its filesystem blobs are), else the default."""
+    if args.home is None and args.db_url:
+        recorded = (run.config.get("server") or {}).get("home") if isinstance(run.config, dict) else None
+        if isinstance(recorded, str) and recorded:
+            return Path(recorded)
+    return resolve_home(args.home)
+
+
+@contextmanager
+def _run_store(args: argparse.Namespace) -> Iterator[tuple[SqlStore, RunRecord]]:
+    """The store and the run ``args.run``, with the blobs of that run's home."""
+    with _open_store(args) as store:
+        run = _find_run(store, args.run)
+        home = _home_of(args, run)
+        if not args.db_url or home == resolve_home(args.home):
+            yield store, run
+            return
+    with SqlStore(args.db_url, blob_root=home / BLOBS_DIRNAME) as located:
+        yield located, run
+
+
 def _shown(path: Path) -> str:
     return str(path if path.is_absolute() else Path.cwd() / path)
 
@@ -115,12 +139,12 @@ def _find_run(store: SqlStore, ref: str | None) -> RunRecord:
         return max(named, key=lambda run: (run.created_at, run.id))
 
 
-def _blob_size(args: argparse.Namespace, record: ModelRecord) -> int | None:
+def _blob_size(home: Path, record: ModelRecord) -> int | None:
     """The stored payload's size in bytes, or None when the blob was not kept or is not here."""
     if record.blob_key is None:
         return None
     try:
-        path = FileBlobStore(resolve_home(args.home) / BLOBS_DIRNAME).path_for(record.blob_key)
+        path = FileBlobStore(home / BLOBS_DIRNAME).path_for(record.blob_key)
         return path.stat().st_size
     except (OSError, StoreError, ValueError):
         return None
@@ -133,6 +157,7 @@ def run_list(args: argparse.Namespace) -> int:
     """Print a run's global models as a table (or JSON)."""
     with _open_store(args) as store:
         run = _find_run(store, args.run)
+        home = _home_of(args, run)
         globals_ = store.list_global_models(run.id)
         locals_ = Counter(record.round for record in store.list_local_models(run.id))
     entries: list[dict[str, Any]] = [
@@ -141,7 +166,7 @@ def run_list(args: argparse.Namespace) -> int:
             "num_samples": record.num_samples,
             "sha256": record.sha256,
             "created_at": record.created_at,
-            "size_bytes": _blob_size(args, record),
+            "size_bytes": _blob_size(home, record),
             "local_models": locals_.get(record.round, 0),
         }
         for record in globals_
@@ -188,8 +213,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise StoreError(f"--out {str(out)!r} is a directory: give a file name such as model.safetensors")
     if out.exists() and not args.force:
         raise StoreError(f"{str(out)!r} already exists (pass --force to replace it)")
-    with _open_store(args) as store:
-        run = _find_run(store, args.run)
+    with _run_store(args) as (store, run):
         if args.local is None:
             record = _global_record(store, run, args.round)
             weights = model_part(store.load_global_model(run.id, record.round))  # no fedloom.* state tensors

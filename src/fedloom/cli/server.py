@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     for name, (table, kind) in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, type=_TYPES[kind], metavar=name.upper(), help=f"[{table}] {name}")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep serving the final model after the run finishes (default: exit 0 once agents were told)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging()
     _release_model_buffers_promptly()
     store, home = open_store(config)
+    config = config.replace(home=str(home.resolve()))  # recorded: `models export --db-url` finds the blobs
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
@@ -109,17 +116,17 @@ def run(args: argparse.Namespace) -> int:
             f"(run {config.run.name}, round {aggregator.current_round})",
             flush=True,
         )
+        stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
-            create_app(aggregator),
-            ssl_certfile=config.server.tls_cert,
-            ssl_keyfile=config.server.tls_key,
+            create_app(aggregator, on_done=None if args.keep_serving else stopper.stop),
+            **tls_arguments(config),
             log_level="warning",
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
-        server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
+        server = stopper.server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
         with _stop_signals():
             server.run(sockets=[sock])
         print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.current_round})", flush=True)
@@ -137,15 +144,30 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- pieces
 
 
+class _Stopper:
+    """Stops the server when its run is finished and every agent was told (see ``--keep-serving``)."""
+
+    def __init__(self, wake_waiters: Callable[[], None]) -> None:
+        self.wake_waiters = wake_waiters
+        self.server: Any = None
+
+    def stop(self) -> None:
+        print("fedloom aggregator: the run is finished and its agents were told; exiting", flush=True)
+        if self.server is not None:
+            self.server.should_exit = True
+        self.wake_waiters()  # long-polls answer now instead of holding the shutdown
+
+
 def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
     """The store of ``[server] db_url`` (default SQLite in the home directory) and the home directory."""
     from fedloom.store import SqlStore, resolve_home
+    from fedloom.store.blobs import make_private_dir
 
     home = resolve_home(config.server.home)
     if config.server.db_url is None:
         return SqlStore.open_default(home), home
     try:
-        (home / "blobs").mkdir(parents=True, exist_ok=True)
+        make_private_dir(home / "blobs")
     except OSError as exc:
         raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
     return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
@@ -182,6 +204,70 @@ def _check_tls_files(config: AggregatorConfig) -> None:
         value = getattr(config.server, name)
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"[server] {name} {value!r} does not exist (give the PEM file of the certificate/key)")
+    ca = config.tls.client_ca_file
+    if ca is not None and not Path(ca).is_file():
+        raise ConfigError(f"[tls] client_ca_file {ca!r} does not exist (give the PEM file of the federation's CA)")
+    _check_tls_contents(config)
+
+
+def _check_tls_contents(config: AggregatorConfig) -> None:
+    """Load the certificate, key and client CA once before anything starts, so a key that is not the
+    certificate's, or a file that is not PEM, is an error naming the files instead of an ssl traceback."""
+    cert, key, ca = config.server.tls_cert, config.server.tls_key, config.tls.client_ca_file
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[server] tls_cert {cert!r} and tls_key {key!r} cannot be used together ({_reason(exc)}): the key"
+                " must be the private key of that certificate, both PEM, the key unencrypted"
+            ) from None
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"[tls] client_ca_file {ca!r} holds no usable PEM CA certificate ({_reason(exc)})"
+            ) from None
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def tls_arguments(config: AggregatorConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings: the server's certificate and, with ``[tls] client_ca_file``, mutual TLS
+    (a client certificate of that CA is required, and handed to the app to bind it to the agent)."""
+    arguments: dict[str, Any] = {"ssl_certfile": config.server.tls_cert, "ssl_keyfile": config.server.tls_key}
+    if config.tls.client_ca_file is not None:
+        arguments.update(
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            ssl_ca_certs=config.tls.client_ca_file,
+            http=_peer_certificate_protocol(),
+        )
+    return arguments
+
+
+def _peer_certificate_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, putting each connection's verified client certificate in the ASGI scope.
+
+    uvicorn (0.54) verifies a client certificate but does not pass it to the app (the ASGI
+    TLS extension is not implemented), so this subclass reads it from the TLS transport
+    once per connection and wraps the app with :func:`fedloom.server.peer_identity.with_peer_certificate`.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from fedloom.server.peer_identity import with_peer_certificate
+
+    class PeerCertificateProtocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            certificate = transport.get_extra_info("peercert")
+            if certificate:
+                self.app = with_peer_certificate(self.app, certificate)
+
+    return PeerCertificateProtocol
 
 
 def _write_port_file(path: Path, port: int) -> None:

@@ -6,12 +6,14 @@ import argparse
 from typing import Any
 
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
+from fedloom.server.rounds import DEADLINE_POLICIES
 from fedloom.sim.adversary import ATTACKS
 from fedloom.sim.clock import DISTRIBUTIONS
 from fedloom.sim.config import (
     DATASETS,
     EXECUTORS,
     MODELS,
+    MODES,
     PARTITIONS,
     SimConfig,
     config_from_mapping,
@@ -59,8 +61,15 @@ def register(subparsers: Any) -> None:
     clock.add_argument("--speeds", choices=("none", *DISTRIBUTIONS), help="client speed distribution (default none)")
     clock.add_argument("--speed-spread", type=float, help="lognormal sigma or Pareto shape (default 1.0)")
     clock.add_argument("--dropout", type=float, help="probability a selected client drops out of a round")
-    clock.add_argument("--deadline-seconds", type=float, help="simulated round deadline; slower clients are refused")
-    clock.add_argument("--threshold", type=float, help="fraction of selected clients a round needs (default 1.0)")
+    clock.add_argument("--deadline-seconds", type=float, help="simulated round deadline (the deployed close policy)")
+    clock.add_argument("--on-deadline", choices=DEADLINE_POLICIES, help="at the deadline: aggregate, extend, abandon")
+    clock.add_argument("--threshold", type=float, help="fraction of selected clients that closes a round early")
+    modes = parser.add_argument_group("asynchronous rounds (the deployed [async] lifecycle)")
+    modes.add_argument("--mode", choices=MODES, help="sync rounds (default), or fedbuff / fedasync")
+    modes.add_argument("--buffer-size", type=int, help="fedbuff: arrivals per new version (default 10)")
+    modes.add_argument("--staleness-exponent", type=float, help="weight (1 + staleness)^-a (default 0.5)")
+    modes.add_argument("--mixing", type=float, help="fedasync: mixing rate (default 0.6)")
+    modes.add_argument("--concurrency", type=int, help="clients training at once in async mode (default 10)")
     local = parser.add_argument_group("personalisation evaluation")
     local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
     local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
@@ -89,6 +98,7 @@ def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedloom.sim.progress import ProgressPrinter
     from fedloom.sim.tasks import simulate_config
 
     base = load_config_file(args.config) if args.config else SimConfig()
@@ -105,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
         from fedloom.store import SqlStore
 
         store = SqlStore.open_default(args.home)
-    simulate_config(config, store=store, progress=True)
+    simulate_config(config, store=store, observers=[ProgressPrinter(config.rounds)])
     return 0

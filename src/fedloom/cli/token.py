@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from fedloom.cli.output import fmt_time, print_help, table
 from fedloom.core.errors import StoreError
 from fedloom.store import SqlStore, TokenRecord, resolve_home
+from fedloom.store.schema import DEFAULT_MAX_AGENTS
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
 
 
@@ -37,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create = actions.add_parser("create", parents=[common], help="issue a token (printed once)")
     create.add_argument("--name", required=True, help="who the token is for: 1-64 of A-Z a-z 0-9 . _ -")
     create.add_argument("--admin", action="store_true", help="agents joining with it may upload the initial model")
+    create.add_argument(
+        "--max-agents",
+        type=_positive_int,
+        default=DEFAULT_MAX_AGENTS,
+        metavar="N",
+        help=f"distinct agent names that may register with it (default: {DEFAULT_MAX_AGENTS}, one site one agent)",
+    )
     create.set_defaults(func=run_create)
 
     revoke = actions.add_parser("revoke", parents=[common], help="revoke a token and lock out its agents")
@@ -76,8 +84,9 @@ def run_create(args: argparse.Namespace) -> int:
     role = "admin" if args.admin else "agent"
     with _open_store(args, create=True) as store:
         assert store is not None
-        token = store.create_token(args.name, role=role)
-    print(f"Created {role} join token {args.name!r} in {_location(args)}.")
+        token = store.create_token(args.name, role=role, max_agents=args.max_agents)
+    agents = "1 agent" if args.max_agents == 1 else f"up to {args.max_agents} agents"
+    print(f"Created {role} join token {args.name!r} ({agents}) in {_location(args)}.")
     print("It is shown only this once (the store keeps only its hash); copy it now:")
     print()
     print(f"    {token}")
@@ -101,15 +110,27 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print every token as a table: name, role, created, revoked."""
+    """Print every token as a table: name, role, agent names used/limit, created, revoked."""
     with _open_store(args, create=False) as store:
         tokens = [] if store is None else store.list_tokens()
     if not tokens:
         print(f"No tokens in {_location(args)}. Issue one with `fedloom token create --name NAME`.")
         return 0
-    print(table(["NAME", "ROLE", "CREATED", "REVOKED"], [_row(t) for t in tokens]))
+    print(table(["NAME", "ROLE", "AGENTS", "CREATED", "REVOKED"], [_row(t) for t in tokens]))
     return 0
 
 
 def _row(token: TokenRecord) -> list[str]:
-    return [token.name, token.role, fmt_time(token.created_at), fmt_time(token.revoked_at)]
+    usage = f"{token.used}/{token.max_agents}"
+    return [token.name, token.role, usage, fmt_time(token.created_at), fmt_time(token.revoked_at)]
+
+
+def _positive_int(text: str) -> int:
+    """``--max-agents``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value

@@ -42,7 +42,8 @@ from types import FrameType
 from typing import Any, Literal, TypeVar
 
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
-from fedloom.client.client_state import fit_with_state
+from fedloom.client.backoff import Backoff
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.client.loading import check_trainer
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
@@ -57,6 +58,7 @@ from fedloom.client.transport import (
 from fedloom.core.errors import ClientError, ConfigError, ValidationError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.serialization import content_hash
+from fedloom.core.terms import NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_finite, check_structure
 
 __all__ = ["OBSOLETE_CODES", "Agent", "AgentInterrupted", "AgentOutcome", "default_agent_name"]
@@ -98,7 +100,8 @@ class Agent:
     when ``state_dir`` already holds a credential. ``upload_initial`` (for an admin
     agent) uploads ``trainer.get_weights()`` as the initial global model when the server
     has none yet. ``poll_wait`` is the long-poll duration in seconds;
-    ``min_poll_interval`` keeps a server that answers at once from being hammered.
+    ``min_poll_interval`` keeps a server that answers at once from being hammered;
+    ``mismatch_backoff`` spaces out re-downloads of a model whose hash is not the task's.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class Agent:
         poll_wait: float = 30.0,
         min_poll_interval: float = 1.0,
         handle_signals: bool = True,
+        mismatch_backoff: Backoff | None = None,
     ) -> None:
         if not NAME_PATTERN.fullmatch(name):
             raise ConfigError(f"agent name {name!r} must be 1-64 characters from A-Z a-z 0-9 . _ - (set --name)")
@@ -127,6 +131,7 @@ class Agent:
         self.poll_wait = poll_wait
         self.min_poll_interval = min_poll_interval
         self.handle_signals = handle_signals
+        self.mismatch_backoff = mismatch_backoff or Backoff()
         self._state = AgentState()
         self._stop_requested = False
         self._interruptible = False
@@ -253,7 +258,7 @@ class Agent:
         if not self.join_token:
             raise ConfigError(
                 f"no credential in {str(self.store.directory)!r} and no join token: "
-                "pass --token (made by `fedloom token create`)"
+                "set FEDLOOM_AGENT_TOKEN or pass --token-file (the token made by `fedloom token create`)"
             )
         self._register()
 
@@ -400,9 +405,9 @@ class Agent:
             self._save(self._state.with_(global_sha256=sha, global_round=source))
             log.info("round %d: downloaded global model %s (%s)", task.round, source, sha[:12])
             if task.global_sha256 is not None and sha != task.global_sha256:
-                log.warning("round %d: the global model changed during the download; asking again", task.round)
-                self._look_now = True
+                self._back_off_mismatch(task, sha)
                 return
+            self.mismatch_backoff.reset()
         self._transition(
             AgentPhase.GM_READY,
             why=f"selected for round {task.round}",
@@ -411,6 +416,22 @@ class Agent:
             config=dict(task.config),
             pending=None,
         )
+
+    def _back_off_mismatch(self, task: TaskInfo, served: str) -> None:
+        """The served model is not the one the task names: it may have changed during the
+        download, or the aggregator is broken. Ask again, after a growing wait."""
+        delay = self.mismatch_backoff.next_delay()
+        log.warning(
+            "round %d: the served global model %s differs from the task's %s (attempt %d); "
+            "backing off %.2f s before asking again",
+            task.round,
+            served[:12],
+            (task.global_sha256 or "")[:12],
+            self.mismatch_backoff.attempts,
+            delay,
+        )
+        self._pause(delay)
+        self._look_now = True
 
     def _train(self, trainer: Trainer) -> None:
         state = self._state
@@ -522,7 +543,7 @@ class Agent:
 
 class _WithState:
     """The user's Trainer, trained with the state this site keeps between rounds
-    (personal tensors, SCAFFOLD's control variate) in the agent's directory."""
+    (personal tensors, the client parts' state) in the agent's directory."""
 
     def __init__(self, trainer: Trainer, directory: Path) -> None:
         self.trainer, self.directory = trainer, directory
@@ -530,8 +551,10 @@ class _WithState:
     def get_weights(self) -> Weights:
         return self.trainer.get_weights()
 
-    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
-        return fit_with_state(self.trainer, weights, config, "agent", self.directory)
+    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
+        """The round's fit through the one client-side function the simulation uses too (``terms``
+        come from the client parts the config names, not from the caller)."""
+        return fit_with_state(self.trainer, weights, config, LocalContext("agent", self.directory))
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
         return dict(self.trainer.evaluate(weights, config))

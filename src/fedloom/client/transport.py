@@ -7,14 +7,20 @@ Everything docs/protocol.md defines for agents is a method here; the agent runti
   5xx answers are retried with exponential backoff and full jitter
   (``uniform(0, min(max_delay, base_delay * 2**attempt))``), up to
   ``RetryPolicy.max_attempts`` or forever. A 4xx answer is never retried: it will not
-  change by asking again.
+  change by asking again. Nor is a TLS failure that asking again cannot fix (unknown CA,
+  wrong host name, refused client certificate): it raises
+  :class:`~fedloom.client.tls.TlsHandshakeError` naming the cause and the fix.
 * A refusal becomes an exception carrying the server's ``error`` code and ``detail``:
   :class:`AuthError` (401/403), :class:`NotFoundError` (404),
   :class:`UploadRejectedError` (an upload refused with 400/409/413/422; it is a
   :class:`fedloom.core.RejectedUpdateError`, so ``.code`` is e.g. ``duplicate``), else
   :class:`AggregatorError`. When retries run out: :class:`AggregatorUnavailableError`.
-* Models are checked on the way in: the payload must parse (which verifies its own
-  content hash) and the ``X-Fedloom-Sha256`` header must equal that content hash.
+  (They live in :mod:`fedloom.client.answers`; this module re-exports them.)
+* Models are checked on the way in: the body is streamed and refused
+  (:class:`~fedloom.core.errors.PayloadTooLargeError`) as soon as it passes
+  ``max_download_bytes``, so memory stays bounded whatever the server sends; the payload
+  must parse (which verifies its own content hash) and the ``X-Fedloom-Sha256`` header
+  must equal that content hash.
 
 Tests pass ``transport=httpx.MockTransport(handler)``; nothing else needs patching.
 """
@@ -24,17 +30,26 @@ from __future__ import annotations
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from fedloom.core.errors import ConfigError, FedloomError, IntegrityError, RejectedUpdateError
-from fedloom.core.fit import FitConfig
+from fedloom.client.answers import (
+    AggregatorError,
+    AggregatorUnavailableError,
+    AuthError,
+    NotFoundError,
+    RequestInterruptedError,
+    TaskInfo,
+    UploadRejectedError,
+    fit_config_from,
+)
+from fedloom.client.tls import TlsHandshakeError, make_ssl_context, tls_problem
+from fedloom.core.errors import ConfigError, IntegrityError, PayloadTooLargeError
 from fedloom.core.serialization import DEFAULT_MAX_BYTES, from_bytes, to_bytes
 from fedloom.core.weights import Weights
 
@@ -48,7 +63,9 @@ __all__ = [
     "RequestInterruptedError",
     "RetryPolicy",
     "TaskInfo",
+    "TlsHandshakeError",
     "UploadRejectedError",
+    "fit_config_from",
     "make_ssl_context",
 ]
 
@@ -57,103 +74,13 @@ log = logging.getLogger("fedloom.agent")
 SHA256_HEADER = "X-Fedloom-Sha256"
 #: the longest long-poll the protocol allows
 MAX_WAIT_SECONDS = 60
-TASK_STATES = ("train", "wait", "finished")
 _OCTET = "application/octet-stream"
 _UPLOAD_PATHS = ("/v1/updates", "/v1/models/initial")
-_FIT_FIELDS = frozenset(f.name for f in fields(FitConfig))
+#: headers that describe the body on the wire, not the decoded bytes a streamed read kept
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
-# --------------------------------------------------------------------- errors
-
-
-class AggregatorError(FedloomError):
-    """The aggregator refused a request. ``status`` is the HTTP status (0 when none came back),
-    ``code`` the server's machine-readable ``error``, ``detail`` its explanation in words."""
-
-    def __init__(self, status: int, code: str, detail: str, *, what: str = "") -> None:
-        prefix = f"{what}: " if what else ""
-        where = f"HTTP {status}" if status else "no answer"
-        FedloomError.__init__(self, f"{prefix}aggregator said {code} ({where}): {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-
-class AuthError(AggregatorError):
-    """401 (credential or join token missing, invalid or revoked) or 403 (not allowed to do this)."""
-
-
-class NotFoundError(AggregatorError):
-    """404: e.g. no global model exists yet."""
-
-
-class UploadRejectedError(AggregatorError, RejectedUpdateError):
-    """An uploaded model was refused (``wrong_round``, ``duplicate``, ``round_closed``,
-    ``not_selected``, ``invalid_weights``, ``invalid_payload``, ``payload_too_large``, ...)."""
-
-
-class AggregatorUnavailableError(AggregatorError):
-    """The aggregator could not be reached, or kept answering 5xx, for every allowed attempt."""
-
-
-class RequestInterruptedError(FedloomError):
-    """:meth:`AggregatorClient.interrupt` was called while a request was waiting to be retried."""
-
-
-# --------------------------------------------------------------------- task
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What ``GET /v1/task`` says this agent should do now (see docs/protocol.md)."""
-
-    state: str
-    round: int
-    global_round: int | None = None
-    global_sha256: str | None = None
-    config: Mapping[str, Any] = field(default_factory=dict)
-    deadline: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> TaskInfo:
-        """Parse the server's JSON, refusing anything that is not a task with a clear message."""
-        if not isinstance(data, Mapping) or data.get("state") not in TASK_STATES:
-            raise AggregatorError(200, "invalid_task", f"task answer is not a TaskInfo: {str(data)[:200]}")
-        config = data.get("config") or {}
-        if not isinstance(config, Mapping):
-            raise AggregatorError(200, "invalid_task", f"task config must be an object, got {config!r}")
-        try:
-            global_round = None if data.get("global_round") is None else int(data["global_round"])
-            return cls(
-                state=str(data["state"]),
-                round=int(data.get("round") or 0),
-                global_round=global_round,
-                global_sha256=data.get("global_sha256") or None,
-                config=dict(config),
-                deadline=data.get("deadline"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise AggregatorError(200, "invalid_task", f"task answer has a bad field: {exc}") from None
-
-    def fit_config(self) -> FitConfig:
-        """The round's :class:`FitConfig`; keys this fedloom does not know are ignored (with a log line)."""
-        return fit_config_from(self.config, self.round)
-
-
-def fit_config_from(config: Mapping[str, Any], round: int) -> FitConfig:
-    """Build a FitConfig from a task's ``config`` object (``round`` fills in a missing round)."""
-    unknown = sorted(set(config) - _FIT_FIELDS)
-    if unknown:
-        log.debug("ignoring unknown fit config keys %s", unknown)
-    known = {k: v for k, v in config.items() if k in _FIT_FIELDS}
-    known.setdefault("round", round)
-    try:
-        return FitConfig(**known)
-    except TypeError as exc:
-        raise AggregatorError(200, "invalid_task", f"task config does not make a FitConfig: {exc}") from None
-
-
-# --------------------------------------------------------------------- retries and TLS
+# --------------------------------------------------------------------- retries
 
 
 @dataclass(frozen=True)
@@ -185,26 +112,14 @@ class RetryPolicy:
         return rng.uniform(0.0, self.cap(retry))
 
 
-def make_ssl_context(ca_file: str | Path) -> ssl.SSLContext:
-    """A verifying TLS context that trusts the certificates in the PEM file ``ca_file``.
-
-    Use it when the aggregator's certificate is signed by a private CA (or is self-signed):
-    hostname checking and certificate verification stay on.
-    """
-    path = Path(ca_file)
-    if not path.is_file():
-        raise ConfigError(f"CA file {str(path)!r} does not exist (pass --ca-file the aggregator's CA certificate, PEM)")
-    try:
-        return ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"CA file {str(path)!r} holds no usable PEM certificate: {exc}") from None
-
-
 # --------------------------------------------------------------------- the client
 
 
 class AggregatorClient:
     """A synchronous client for one aggregator (``base_url`` like ``https://agg.example.org:8443``).
+
+    ``ca_file`` is the CA that signed the aggregator's certificate (None: the system's);
+    ``client_cert`` = (certificate, key) PEM files of this site, for mutual TLS.
 
     ``register`` (or ``authenticate`` with a stored credential) must come before the other
     calls. ``sleep`` and ``rng`` exist for tests; by default backoff waits can be cut short
@@ -216,6 +131,7 @@ class AggregatorClient:
         base_url: str,
         *,
         ca_file: str | Path | None = None,
+        client_cert: tuple[str | Path, str | Path] | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
@@ -236,7 +152,10 @@ class AggregatorClient:
         self._interrupted = False
         self._sleep = sleep
         self._rng = rng or random.Random()
-        verify: ssl.SSLContext | bool = make_ssl_context(ca_file) if ca_file is not None else True
+        verify = make_ssl_context(ca_file, *(client_cert or (None, None)))
+        #: the context to tell TLS misconfiguration from network errors with (real HTTPS only)
+        self._tls = verify if self.base_url.startswith("https://") and transport is None else None
+        self._has_cert = client_cert is not None
         self._http = httpx.Client(
             base_url=self.base_url,
             verify=verify,
@@ -304,7 +223,8 @@ class AggregatorClient:
 
     def download_global(self, round: int | str = "latest") -> tuple[Weights, str]:
         """The global model that starts ``round`` (or ``"latest"``) and its content hash, verified."""
-        response = self._request("GET", f"/v1/models/global/{round}", what=f"download of global model {round}")
+        what = f"download of global model {round}"
+        response = self._request("GET", f"/v1/models/global/{round}", what=what, max_body=self.max_download_bytes)
         weights, header = from_bytes(response.content, max_bytes=self.max_download_bytes)
         claimed = response.headers.get(SHA256_HEADER)
         if claimed is not None and claimed != header.sha256:
@@ -355,8 +275,13 @@ class AggregatorClient:
             raise AggregatorError(response.status_code, "invalid_answer", f"{what}: answer is not a JSON object")
         return data
 
-    def _request(self, method: str, path: str, *, what: str, auth: bool = True, **kwargs: Any) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise the matching :class:`AggregatorError`."""
+    def _request(
+        self, method: str, path: str, *, what: str, auth: bool = True, max_body: int | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with retries; return a 2xx response or raise the matching :class:`AggregatorError`.
+
+        With ``max_body`` the answer is streamed and refused as soon as it passes that many bytes.
+        """
         headers = dict(kwargs.pop("headers", None) or {})
         if auth:
             if self._credential is None:
@@ -365,8 +290,11 @@ class AggregatorClient:
         retry = 0
         while True:
             try:
-                response = self._http.request(method, path, headers=headers, **kwargs)
+                response = self._send(method, path, headers, max_body, what, kwargs)
             except httpx.TransportError as exc:
+                problem = None if self._tls is None else tls_problem(exc, self.base_url, self._tls, self._has_cert)
+                if problem is not None:
+                    raise TlsHandshakeError(f"{what}: {problem}") from None
                 failure = AggregatorUnavailableError(0, type(exc).__name__, str(exc) or repr(exc), what=what)
             else:
                 if response.status_code < 400:
@@ -382,6 +310,22 @@ class AggregatorClient:
             log.warning("%s failed (%s: %s); retry %d in %.1f s", what, failure.code, failure.detail, retry, delay)
             self._wait(delay)
 
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], max_body: int | None, what: str, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        """One try. With ``max_body`` the body is read chunk by chunk, so a hostile or broken
+        aggregator cannot make the agent hold more than the limit (plus one chunk) in memory."""
+        if max_body is None:
+            return self._http.request(method, path, headers=headers, **kwargs)
+        request = self._http.build_request(method, path, headers=headers, **kwargs)
+        response = self._http.send(request, stream=True)
+        try:
+            body = _read_limited(response, max_body, what)
+        finally:
+            response.close()
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=body, request=request)
+
     def _wait(self, delay: float) -> None:
         """Back off for ``delay`` seconds, in short slices so :meth:`interrupt` is noticed quickly."""
         if self._sleep is not None:
@@ -392,6 +336,25 @@ class AggregatorClient:
                 time.sleep(min(0.1, left))
         if self._interrupted:
             raise RequestInterruptedError("stopping: request not retried")
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The (decoded) body of a streamed ``response``, refused once it is over ``limit`` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"{what}: the aggregator announced {declared} bytes (Content-Length), more than the download limit"
+            f" of {limit} bytes (max_download_bytes); not reading it"
+        )
+    buffer = bytearray()
+    for chunk in response.iter_bytes():
+        buffer += chunk
+        if len(buffer) > limit:
+            raise PayloadTooLargeError(
+                f"{what}: the aggregator sent more than {limit} bytes, the download limit (max_download_bytes);"
+                " stopped reading"
+            )
+    return bytes(buffer)
 
 
 def _error_for(response: httpx.Response, what: str) -> AggregatorError:

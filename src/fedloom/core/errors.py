@@ -14,6 +14,7 @@ can catch the whole family in one place, and the sub-classes say which layer ref
     │   └── IntegrityError         content hash does not match the header
     ├── RejectedUpdateError    the round engine refused a client update (has a reason code)
     ├── StoreError             the persistent store failed or holds no such record
+    │   └── RegistrationRefusedError  an agent registration the store refused (has a reason code)
     └── ClientError            a user Trainer raised or returned something unusable
 """
 
@@ -71,6 +72,19 @@ class RejectedUpdateError(FedloomError):
 
 class StoreError(FedloomError):
     """The persistent store failed, or holds no record with the requested id."""
+
+
+class RegistrationRefusedError(StoreError):
+    """The store refused to register an agent: nothing was written.
+
+    ``code`` is the protocol's machine-readable reason (``name_taken``: the name is bound
+    to another join token; ``agent_limit``: the token admits no more agent names;
+    ``unauthorized``: the token was revoked meanwhile), the message says the fix.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ClientError(FedloomError):

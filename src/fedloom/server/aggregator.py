@@ -1,18 +1,13 @@
 """The deployment aggregator: the state behind the HTTP API of docs/protocol.md.
 
-:class:`Aggregator` owns a store, a :class:`RoundEngine` (synchronous mode) or an
-:class:`AsyncRounds` buffer (asynchronous mode), and a clock. The HTTP layer
-(:mod:`fedloom.server.app`) only authenticates, reads bodies and maps errors; every
-decision is taken here, under one lock.
+:class:`Aggregator` is a facade: it drives the round lifecycle shared with simulation
+(:mod:`fedloom.server.rounds`) with the wall clock, holds its in-memory state in a
+:class:`~fedloom.server.run_state.RunState`, and answers the HTTP layer
+(:mod:`fedloom.server.app`, which only authenticates, reads bodies and maps errors).
+Every decision is taken under one lock.
 
-**The database is the commit point.** A global model is written only after its
-aggregation succeeded, a local model before it counts, and at start the aggregator
-rebuilds its state from what the store holds: the newest global model, the open
-round (its recorded selection, its recorded local models re-submitted to the engine
-without being recorded again), the agents and their credentials. So a process killed
-at any moment resumes at the last completed round with exactly one global model per
-round. The same reload runs if a store write fails half-way through a state change,
-so memory never stays ahead of the database.
+**The database is the commit point** (:mod:`fedloom.server.run_driver`): a process
+killed at any moment, or a store write failing half-way, ends in a reload from the store.
 
 Global model rows: round 0 holds the initial model and round ``r`` the model that
 round ``r`` produced, which is the model that *starts* round ``r + 1`` (what
@@ -27,152 +22,38 @@ status of docs/protocol.md; a refusal changes nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
-
-from fedloom.algorithms.registry import build_strategy
-from fedloom.algorithms.server_opt import ServerOptState
-from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import (
-    ConfigError,
-    IntegrityError,
     PayloadTooLargeError,
     RejectedUpdateError,
     SerializationError,
-    StoreError,
     ValidationError,
 )
-from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.serialization import MAX_ROUND, from_bytes, to_bytes
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
-from fedloom.server.async_rounds import AsyncRounds
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import AgentLike, DeploymentStore, ModelLike, RoundLike
-from fedloom.server.engine import EngineState, RoundEngine, RoundTask
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.deployment_store import AgentLike, DeploymentStore
+from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.registration import Registrar
+from fedloom.server.resume import RunContext
+from fedloom.server.rounds import (
+    SyncRounds,
+)
+from fedloom.server.run_driver import RunDriver
+from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
+from fedloom.server.run_state import RunState
+from fedloom.server.served_model import load_initial_model
+from fedloom.server.uploads import UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
-
-RUN_KIND = "deployment"
-#: a RoundCriteria threshold so small that the engine's criteria are just the ``min_updates``
-#: floor; the aggregator applies ``[rounds] threshold`` itself (early close) and the deadline
-#: policy decides what happens below it
-_FLOOR_THRESHOLD = 1e-9
-#: run settings a restarted aggregator must not change (they decide selection and weighting)
-_FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
-
-
-@dataclass(frozen=True)
-class _Model:
-    """A global model held in memory: the newest one, which most downloads ask for."""
-
-    weights: Weights
-    sha256: str
-    round: int
-    num_samples: int
-
-    def payload(self) -> bytes:
-        return to_bytes(self.weights, round=self.round, num_samples=self.num_samples)
-
-
-def _read_only(weights: Weights) -> Weights:
-    for array in weights.values():
-        array.flags.writeable = False
-    return weights
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(moment: datetime) -> float:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def load_initial_model(path: str | Path) -> Weights:
-    """The weights in ``path``: a fedloom payload (``to_bytes``) or a raw safetensors file."""
-    file = Path(path)
-    where = f"[run] initial_model {str(file)!r}"
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc} (set initial_model to a safetensors file)") from None
-    try:
-        weights, _ = from_bytes(data)
-    except IntegrityError as exc:
-        raise ConfigError(f"{where} is corrupt: {exc}") from None
-    except SerializationError:
-        try:
-            weights = {str(k): v for k, v in load_safetensors(data).items()}
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{where} is not a safetensors file: {exc}") from None
-    try:
-        validate_weights(weights)
-    except ValidationError as exc:
-        raise ConfigError(f"{where} holds an unusable model: {exc}") from None
-    return weights
-
-
-def _parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
-    """The ``metrics`` header entry (a JSON object of finite numbers), or {}."""
-    text = (extra or {}).get("metrics")
-    if text is None:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"header field 'metrics' is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SerializationError("header field 'metrics' must be a JSON object of name -> number")
-    metrics: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SerializationError(f"metric {key!r} must be a finite number, got {value!r}")
-        metrics[str(key)] = float(value)
-    return metrics
-
-
-def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
-    """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
-    total = sum(m.num_samples for m in models)
-    sums: dict[str, float] = {}
-    for model in models:
-        for key, value in model.metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * model.num_samples
-    return {k: v / total for k, v in sums.items()} if total else {}
-
-
-def deployment_strategy(config: AggregatorConfig) -> Strategy:
-    """The ``[strategy]`` with the config's selection and client settings; the engine's criteria
-    are the ``min_updates`` floor (the aggregator closes early at ``threshold`` and applies deadlines)."""
-    rounds, client, chosen = config.rounds, config.client, config.strategy
-    return build_strategy(
-        chosen.strategy,
-        fraction=rounds.fraction,
-        min_clients=rounds.min_agents,
-        epochs=client.epochs,
-        batch_size=client.batch_size,
-        lr=client.lr,
-        criteria=RoundCriteria(threshold=_FLOOR_THRESHOLD, min_updates=rounds.min_updates),
-        aggregator=chosen.aggregator,
-        server_opt=chosen.server_opt,
-        params=chosen.params(),
-    )
 
 
 class Aggregator:
@@ -198,27 +79,32 @@ class Aggregator:
         self._lock = threading.RLock()
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
-        self._early = RoundCriteria(threshold=config.rounds.threshold, min_updates=config.rounds.min_updates)
-        self.run_id, self.resumed = self._open_run()
-        self._recorder = StoreRecorder(store, self.run_id, keep_local_models=True)
-        self._agents: dict[str, AgentLike] = {}
-        self._latest: _Model | None = None
-        self._latest_payload: bytes | None = None
-        self._engine: RoundEngine | None = None
-        self._task: RoundTask | None = None
-        self._deadline: float | None = None
-        self._async: AsyncRounds | None = None
-        self._run_finished = False
-        self._stale = False
-        with self._lock:
-            self._load()
-            if self._latest is None:
-                weights = initial_weights
-                if config.run.initial_model is not None:
-                    weights = load_initial_model(config.run.initial_model)
-                if weights is not None:
-                    self._set_initial(weights)
-            self._advance(self._clock())
+        self.run_id, self.resumed = open_run(config, store)
+        self._rejections = RejectionBudget(config.server.max_rejections_per_round)
+        self._recorder = BudgetedRecorder(
+            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        )
+        run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
+        self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
+        self._driver = RunDriver(run, self._strategy, clock, self._changes.bump)
+        try:
+            with self._lock:
+                self._driver.load()
+                if self._state.latest is None:
+                    weights = initial_weights
+                    if config.run.initial_model is not None:
+                        weights = load_initial_model(config.run.initial_model)
+                    if weights is not None:
+                        self._driver.set_initial(weights)
+                self._driver.advance(self._clock())
+        except Exception as exc:
+            fail_start(store, self.run_id, exc)
+            raise
+
+    @property
+    def _state(self) -> RunState:
+        """The in-memory state (replaced on every reload, so always read through the driver)."""
+        return self._driver.state
 
     # ------------------------------------------------------------------ the run
 
@@ -232,226 +118,43 @@ class Aggregator:
         with self._lock:
             return self._current_round()
 
-    def _open_run(self) -> tuple[str, bool]:
-        """Resume the newest unfinished run of this name, or start one; returns (run id, resumed)."""
-        name = self.config.run.name
-        found = self.store.find_run(name, kind=RUN_KIND)
-        if found is not None and found.status != "finished":
-            stored = found.config or {}
-            for table, key in _FIXED_SETTINGS:
-                if table == "async" and self.mode != "async":
-                    continue
-                before = (stored.get(table) or {}).get(key)
-                now = self.config.to_dict()[table][key]
-                if before is not None and before != now:
-                    raise ConfigError(
-                        f"run {name!r} was started with [{table}] {key} = {before!r}; it cannot resume with {now!r}"
-                        f" (set {key} back, or start a new run with another [run] name)"
-                    )
-            self.store.reopen_run(found.id)
-            log.info("resuming run %s (%s)", name, found.id[:8])
-            return found.id, True
-        run_id = self.store.create_run(name, RUN_KIND, self.config.to_dict(), self.config.run.seed)
-        log.info("started run %s (%s)", name, run_id[:8])
-        return run_id, False
+    @property
+    def round_deadline(self) -> float | None:
+        """The open synchronous round's deadline (clock seconds), or None."""
+        with self._lock:
+            rounds = self._state.rounds
+            return rounds.deadline if isinstance(rounds, SyncRounds) else None
 
     def close(self, status: str = "interrupted") -> None:
         """Stop: wake every long-poll and mark an unfinished run ``interrupted`` (a restart resumes it)."""
         self._changes.close()
         with self._lock:
-            if not self._run_finished:
-                self.store.finish_run(self.run_id, status, {"rounds_completed": self._rounds_completed()})
+            if self._driver.finished_at is None:
+                self.store.finish_run(self.run_id, status, {"rounds_completed": self._state.rounds_completed()})
 
     def wake_waiters(self) -> None:
         """Make every long-poll answer now (used when the server shuts down)."""
         self._changes.close()
 
-    # ------------------------------------------------------------------ loading (start and recovery)
+    def global_model_bytes(self, round: int | Literal["latest"], agent_id: str | None = None) -> tuple[bytes, str]:
+        """The payload of the global model that starts ``round`` (or the newest), and its content hash.
 
-    def _load(self) -> None:
-        """Rebuild every piece of in-memory state from the store (the commit point)."""
-        self._stale = True
-        self._agents = {a.id: a for a in self.store.list_agents(self.run_id)}
-        self._latest, self._latest_payload = None, None
-        self._engine, self._task, self._deadline, self._async = None, None, None, None
-        models = self.store.list_global_models(self.run_id)
-        if models:
-            newest = models[-1]
-            weights = _read_only(self.store.load_global_model(self.run_id, newest.round))
-            self._latest = _Model(weights, newest.sha256, newest.round, newest.num_samples)
-            if self.mode == "sync":
-                self._load_sync({m.round for m in models})
-            else:
-                self._load_async()
-        self._stale = False
-
-    def _ensure_loaded(self) -> None:
-        """Reload after a failed store write left memory possibly ahead of the database."""
-        if self._stale:
-            self._load()
-
-    @contextmanager
-    def _recording(self) -> Iterator[None]:
-        """Around a state change that writes to the store: if a write fails, reload from the store."""
-        try:
-            yield
-        except StoreError:
-            log.exception("a store write failed; reloading the state from the store")
-            self._stale = True
-            try:
-                self._load()
-            except StoreError:
-                log.exception("reloading failed; the next request tries again")
-            raise
-
-    def _build_engine(self, weights: Weights, start_round: int) -> RoundEngine:
-        engine = RoundEngine(
-            self._strategy,
-            weights,
-            seed=self.config.run.seed,
-            max_rounds=self.config.rounds.max_rounds,
-            start_round=start_round,
-            recorder=None,
-            server_opt_state=self._replayed_opt_state(),
-        )
-        engine.register_clients((agent_id, None) for agent_id in sorted(self._agents))
-        return engine
-
-    def _replayed_opt_state(self) -> ServerOptState | None:
-        """The server optimiser's state, rebuilt by replaying every stored round.
-
-        The database is the commit point: each closed round left its accepted local
-        models and its global model, so aggregating them again in arrival order and
-        stepping the optimiser reproduces its state exactly, with no extra table.
-        """
-        opt = self._strategy.server_opt
-        if opt is None:
-            return None
-        models = {m.round: m for m in self.store.list_global_models(self.run_id)}
-        if not models:
-            return None
-        start = self.store.load_global_model(self.run_id, min(models))
-        state = opt.init(start)
-        previous = start
-        for number in sorted(models)[1:]:
-            accumulator = self._strategy.aggregator.start(previous)
-            for local in self.store.list_local_models(self.run_id, number):
-                weights = self.store.load_local_model(self.run_id, number, str(local.client_id))
-                accumulator.add(ClientUpdate(str(local.client_id), number, weights, local.num_samples, local.metrics))
-            if accumulator.count == 0:
-                continue
-            _, state = opt.step(previous, accumulator.result(), state)
-            previous = self.store.load_global_model(self.run_id, number)
-        return state
-
-    def _load_sync(self, global_rounds: set[int]) -> None:
-        assert self._latest is not None
-        rounds = {r.round: r for r in self.store.list_rounds(self.run_id)}
-        for number, past in sorted(rounds.items()):
-            if past.status == "open" and number <= self._latest.round:
-                self._repair_round(number, number in global_rounds)
-                rounds.pop(number)
-        done = [n for n, r in rounds.items() if r.status != "open"]
-        next_round = max([self._latest.round, *done]) + 1
-        engine = self._build_engine(self._latest.weights, next_round)
-        current = rounds.get(next_round)
-        if current is not None and current.status == "open":
-            if engine.state is EngineState.FINISHED:  # max_rounds was lowered since the round opened
-                self.store.close_round(self.run_id, next_round, status="abandoned")
-            else:
-                self._resume_round(engine, current)
-        engine.recorder = self._recorder
-        self._engine = engine
-
-    def _repair_round(self, number: int, aggregated: bool) -> None:
-        """Finish recording a round whose global model was saved just before a crash."""
-        locals_ = self.store.list_local_models(self.run_id, round=number)
-        samples = sum(m.num_samples for m in locals_)
-        if aggregated:
-            if not any(m.round == number for m in self.store.metrics(self.run_id, scope="server")):
-                metrics = _weighted_metrics(locals_)
-                if metrics:
-                    self.store.record_metrics(self.run_id, number, metrics, scope="server")
-            self.store.close_round(self.run_id, number, num_updates=len(locals_), num_samples=samples)
-        else:
-            self.store.close_round(self.run_id, number, status="abandoned", num_updates=len(locals_))
-        log.info("round %d: finished recording it after a restart", number)
-
-    def _resume_round(self, engine: RoundEngine, record: RoundLike) -> None:
-        """Re-open the recorded round with its recorded selection and fold its stored updates back in."""
-        self._task = engine.open_round(selected=record.selected)
-        for model in self.store.list_local_models(self.run_id, round=record.round):
-            assert model.client_id is not None
-            weights = self.store.load_local_model(self.run_id, record.round, model.client_id)
-            engine.submit(ClientUpdate(model.client_id, record.round, weights, model.num_samples, model.metrics))
-        self._deadline = _epoch(record.opened_at) + self.config.rounds.deadline_seconds
-        log.info("round %d: resumed with %d update(s) already received", record.round, engine.received())
-
-    def _load_async(self) -> None:
-        """Version V and the arrivals since: versions are made every ``buffer_size`` arrivals exactly."""
-        assert self._latest is not None
-        size = self.config.asynchronous.buffer_size
-        arrivals = sorted(self.store.list_local_models(self.run_id), key=lambda m: m.id)
-        pending = arrivals[self._latest.round * size :]
-        self._async = AsyncRounds(
-            self._latest.weights,
-            version=self._latest.round,
-            buffer_size=size,
-            staleness_exponent=self.config.asynchronous.staleness_exponent,
-            mixing=self.config.asynchronous.mixing or None,
-            max_versions=self.config.rounds.max_rounds,
-            uploaded=[(m.client_id or "", m.round) for m in arrivals[: len(arrivals) - len(pending)]],
-        )
-        for model in pending:
-            assert model.client_id is not None
-            weights = self.store.load_local_model(self.run_id, model.round, model.client_id)
-            self._async.add(ClientUpdate(model.client_id, model.round, weights, model.num_samples, model.metrics))
-
-    # ------------------------------------------------------------------ the global model
-
-    def _set_initial(self, weights: Weights) -> None:
-        """Record the initial model as global model 0 (the commit point), then start rounds.
-
-        State a strategy keeps inside the model (SCAFFOLD's control variate, FedCurv's
-        Fisher sums) joins it here, so it is stored, sent and restored with every global model."""
-        validate_weights(weights)
-        weights = self._strategy.initial_weights(weights)
-        stored = {k: np.array(v, copy=True) for k, v in weights.items()}
-        self.store.save_global_model(self.run_id, 0, stored, 0)
-        self._set_latest(_Model(_read_only(stored), content_hash(stored), 0, 0))
-        if self.mode == "sync":
-            self._engine = self._build_engine(stored, 1)
-            self._engine.recorder = self._recorder
-        else:
-            self._async = AsyncRounds(
-                stored,
-                version=0,
-                buffer_size=self.config.asynchronous.buffer_size,
-                staleness_exponent=self.config.asynchronous.staleness_exponent,
-                mixing=self.config.asynchronous.mixing or None,
-                max_versions=self.config.rounds.max_rounds,
-            )
-        log.info("initial model recorded (%s)", self._latest.sha256[:12] if self._latest else "")
-        self._changed()
-
-    def _set_latest(self, model: _Model) -> None:
-        self._latest, self._latest_payload = model, None
-
-    def global_model_bytes(self, round: int | Literal["latest"]) -> tuple[bytes, str]:
-        """The payload of the global model that starts ``round`` (or the newest), and its content hash."""
+        ``agent_id`` (who asks) lets a finished run know which agents have its final model."""
         with self._lock:
-            self._ensure_loaded()
-            latest = self._latest
+            self._driver.ensure_loaded()
+            latest = self._state.latest
             if latest is None:
                 raise refusal("not_found", "the run has no global model yet")
-            current = self._current_round()
+            current = self._state.current_round()
             if round != "latest" and not 1 <= round <= current:
                 raise refusal("not_found", f"round {round} has not started (rounds run from 1 to {current})")
             row = latest.round if round == "latest" else round - 1
             if row >= latest.round:
-                if self._latest_payload is None:
-                    self._latest_payload = latest.payload()
-                return self._latest_payload, latest.sha256
+                if self._driver.finished_at is not None and agent_id is not None:
+                    self._driver.fetched_final.add(agent_id)
+                if self._state.latest_payload is None:
+                    self._state.latest_payload = latest.payload()
+                return self._state.latest_payload, latest.sha256
         # an older model: the newest row at or before ``row`` (abandoned rounds wrote none)
         models = [m for m in self.store.list_global_models(self.run_id) if m.round <= row]
         if not models:
@@ -462,85 +165,68 @@ class Aggregator:
 
     # ------------------------------------------------------------------ agents
 
-    def register(self, name: str, join_token: str) -> Registration:
-        """Exchange a join token for an agent credential; the same name again keeps its agent id."""
-        token = self.store.verify_join_token(join_token)
-        if token is None:
-            raise refusal("unauthorized", "the join token is unknown or revoked (ask the aggregator's admin)")
-        try:
-            agent, credential = self.store.register_agent(self.run_id, name, token)
-        except StoreError:
-            if self.store.verify_join_token(join_token) is None:  # revoked meanwhile
-                raise refusal("unauthorized", "the join token was revoked") from None
-            raise
-        self.store.register_client(self.run_id, agent.id)
+    def register(self, name: str, join_token: str, num_samples: int | None = None) -> Registration:
+        """Exchange a join token for an agent credential; the same name again keeps its agent id
+        (refusals: :mod:`fedloom.server.registration`)."""
+        agent, credential, declared = self._registrar.register(name, join_token, num_samples)
         with self._lock:
-            self._ensure_loaded()
+            self._driver.ensure_loaded()
+            self._state.declared[agent.id] = declared
             self._admit(agent)
-            self._advance_quietly()
+            self._driver.advance_quietly()
         log.info("agent %s registered as %s (%s)", name, agent.id, agent.role)
         return Registration(agent.id, credential, agent.role, self.run_id)
 
     def _admit(self, agent: AgentLike) -> None:
-        new = agent.id not in self._agents
-        self._agents[agent.id] = agent
-        if new:
-            if self._engine is not None:
-                self._engine.register_client(agent.id)
+        if self._state.admit(agent):
             self._changed()
+
+    def revoked_agents(self) -> frozenset[str]:
+        """Agents whose join token was revoked (``fedloom token revoke``, maybe by another process).
+
+        Reads the store (one indexed query) and takes them out of the run: they count no
+        more towards ``min_agents``, are never selected again, and an open round stops
+        waiting for them. The round logic calls it at every tick; a revoked agent that
+        registers again with a re-issued token comes back through :meth:`register`.
+        """
+        with self._lock:
+            return self._driver.drop_revoked()
+
+    def _check_num_samples(self, agent_id: str, update: ClientUpdate) -> None:
+        """Refuse (recorded, ``bad_num_samples``) an upload claiming more than its agent declared
+        or than ``[rounds] max_num_samples``."""
+        detail = self._state.claim_problem(agent_id, update.num_samples, self.config.rounds.max_num_samples)
+        if detail is not None:
+            raise self.refuse_upload(agent_id, "bad_num_samples", detail, update.round)
 
     def authenticate(self, credential: str) -> AgentLike | None:
         """The agent of this run holding ``credential``, or None (unknown, replaced, revoked, other run)."""
-        agent = self.store.authenticate(credential)
-        if agent is None or agent.run_id != self.run_id:
+        agent = self._registrar.authenticate(credential)
+        if agent is None:
             return None
         with self._lock:
-            if agent.id not in self._agents:  # registered through another process sharing the store
+            if agent.id not in self._state.agents:  # registered through another process sharing the store
+                self._state.declared[agent.id] = self._registrar.declared_size(agent.id)
                 self._admit(agent)
         return agent
 
     @property
     def agents(self) -> tuple[str, ...]:
         with self._lock:
-            return tuple(sorted(self._agents))
+            return tuple(sorted(self._state.agents))
 
     # ------------------------------------------------------------------ tasks and long-poll
 
     def task_for(self, agent_id: str) -> AgentTask:
         """What ``agent_id`` should do now."""
         with self._lock:
-            self._ensure_loaded()
-            return self._task_unlocked(agent_id)
+            self._driver.ensure_loaded()
+            return self._state.task_for(agent_id)
 
     def _task_and_version(self, agent_id: str) -> tuple[AgentTask, int]:
         with self._lock:
-            self._ensure_loaded()
-            return self._task_unlocked(agent_id), self._changes.version
-
-    def _task_unlocked(self, agent_id: str) -> AgentTask:
-        latest = self._latest
-        if latest is None:
-            return AgentTask("wait", 1)
-        current = self._current_round()
-        if self._finished():
-            last = min(current - 1, self.config.rounds.max_rounds)
-            return AgentTask("finished", last, current, latest.sha256)
-        if self._async is not None:
-            rounds = self._async
-            if self._open_for_agents() and not rounds.ready and not rounds.has_uploaded(agent_id, current):
-                config = asdict(self._strategy.client.fit_config(current, agent_id, self.config.run.seed))
-                return AgentTask("train", current, current, latest.sha256, config)
-            return AgentTask("wait", current, current, latest.sha256)
-        engine = self._engine
-        assert engine is not None
-        deadline = None if self._deadline is None else _iso(self._deadline)
-        task = self._task
-        if engine.state is EngineState.COLLECTING and task is not None:
-            if agent_id in task.selected and agent_id not in engine.received_from():
-                fit = asdict(engine.fit_config(agent_id))
-                return AgentTask("train", current, current, latest.sha256, fit, deadline)
-            return AgentTask("wait", current, current, latest.sha256, None, deadline)
-        return AgentTask("wait", current, current, latest.sha256)
+            self._driver.ensure_loaded()
+            return self._state.task_for(agent_id), self._changes.version
 
     async def wait_for_change(self, agent_id: str, timeout: float) -> AgentTask:
         """The agent's task as soon as it differs from the current one, or after ``timeout`` seconds.
@@ -571,24 +257,38 @@ class Aggregator:
     def refuse_upload(
         self, agent_id: str | None, code: str, detail: str, round: int | None = None
     ) -> RequestRefusedError:
-        """Record a refused upload in the rejections table and return the error to raise."""
-        self.store.record_rejection(self.run_id, round if round is None or round >= 0 else None, agent_id, code, detail)
+        """Record a refused upload in the rejections table (within the agent's budget for the round)
+        and return the error to raise."""
+        known = round if round is not None and 0 <= round <= MAX_ROUND else None
+        detail = shorten(detail)
+        with self._lock:
+            current = self._current_round()
+        reason = self._rejections.admit(agent_id, current, detail)
+        if reason is not None:  # at most max_rejections_per_round + 1 rows per agent and round
+            self.store.record_rejection(self.run_id, known, agent_id, code, reason)
         log.info("refused an upload from %s: %s (%s)", agent_id, code, detail)
         return refusal(code, detail)
+
+    def check_may_upload(self, agent_id: str) -> None:
+        """Refuse (recorded) an upload before its body is read when it could not be accepted now.
+
+        Called before an upload slot is taken, so an agent that is not selected, has
+        already uploaded, or finds no round open cannot hold a slot with a body that
+        would be refused anyway. The engine checks again (with the round) on submit.
+        """
+        with self._lock:
+            self._driver.ensure_loaded()
+            problem, round_no = self._state.upload_problem(agent_id), self._state.current_round()
+        if problem is not None:
+            raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
 
     def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
         """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
         try:
-            weights, header = from_bytes(body, max_bytes=self.config.server.max_upload_bytes)
-        except PayloadTooLargeError as exc:
-            raise self.refuse_upload(agent_id, "payload_too_large", str(exc)) from None
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc)) from None
-        try:
-            metrics = _parse_metrics(header.extra)
-        except SerializationError as exc:
-            raise self.refuse_upload(agent_id, "invalid_payload", str(exc), header.round) from None
-        return weights, header.round, header.num_samples, metrics, header.client_id
+            upload = parse_update(body, self.config.server.max_upload_bytes)
+        except UploadRefusedError as exc:
+            raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
+        return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
     def submit_update(self, agent: AgentLike, body: bytes) -> int:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""
@@ -601,37 +301,23 @@ class Aggregator:
         except ValidationError as exc:
             raise self.refuse_upload(agent.id, "invalid_payload", f"the update header is invalid: {exc}") from None
         with self._lock:
-            self._ensure_loaded()
-            if self._async is not None:
-                self._submit_async(update)
-            else:
-                self._submit_sync(update)
+            self._driver.ensure_loaded()
+            self._check_num_samples(agent.id, update)
+            self._submit(update)
             self._changed()
-            self._advance_quietly()
+            self._driver.advance_quietly()
         return round_no
 
-    def _submit_sync(self, update: ClientUpdate) -> None:
-        engine = self._engine
-        if engine is None:
+    def _submit(self, update: ClientUpdate) -> None:
+        rounds = self._state.rounds
+        if rounds is None:
             raise self.refuse_upload(update.client_id, "round_closed", "no round is open: the run has no model yet")
         try:
-            with self._recording():
-                engine.submit(update)  # the engine records its own refusals
+            with self._driver.recording():
+                rounds.submit(update)  # the lifecycle records its own refusals
         except RejectedUpdateError as exc:
             log.info("refused an update from %s: %s (%s)", update.client_id, exc.code, exc)
             raise refusal(exc.code, str(exc)) from None
-
-    def _submit_async(self, update: ClientUpdate) -> None:
-        rounds = self._async
-        assert rounds is not None
-        if rounds.ready:
-            raise refusal("busy", "the previous buffer is still being aggregated: send again shortly")
-        problem = rounds.check(update)
-        if problem:
-            raise self.refuse_upload(update.client_id, problem[0], problem[1], update.round)
-        with self._recording():
-            self._recorder.update_accepted(update.report(), update.weights)  # stored before it counts
-        rounds.add(update)
 
     def upload_initial(self, agent: AgentLike, body: bytes) -> str:
         """Accept the initial model from an admin agent while the run has none; returns its hash."""
@@ -648,174 +334,42 @@ class Aggregator:
         except ValidationError as exc:
             raise self.refuse_upload(agent.id, "invalid_weights", str(exc)) from None
         with self._lock:
-            self._ensure_loaded()
-            if self._latest is not None:
+            self._driver.ensure_loaded()
+            if self._state.latest is not None:
                 raise self.refuse_upload(agent.id, "model_exists", "the run already has a global model", 0)
-            with self._recording():
-                self._set_initial(weights)
-            self._advance_quietly()
-            assert self._latest is not None
-            return self._latest.sha256
+            with self._driver.recording():
+                sha256 = self._driver.set_initial(weights)
+            self._driver.advance_quietly()
+            return sha256
 
     # ------------------------------------------------------------------ rounds
 
     def tick(self, now: float | None = None) -> None:
         """Apply deadlines, close rounds whose criteria hold, open the next, finish the run."""
         with self._lock:
-            self._ensure_loaded()
-            self._advance(self._clock() if now is None else now)
-
-    def _advance_quietly(self) -> None:
-        """Advance after a request's own change succeeded: a failure here must not fail that request."""
-        try:
-            self._advance(self._clock())
-        except StoreError:
-            log.exception("advancing the run failed; the next tick tries again")
-
-    def _advance(self, now: float) -> None:
-        if self._async is not None:
-            self._advance_async()
-        elif self._engine is not None:
-            self._advance_sync(now)
-
-    def _advance_sync(self, now: float) -> None:
-        engine = self._engine
-        assert engine is not None
-        if engine.state is EngineState.COLLECTING:
-            assert self._task is not None
-            if engine.received() >= self._early.required(len(self._task.selected)):
-                self._close_round()
-            elif self._deadline is not None and now >= self._deadline:
-                self._on_deadline(now)
-        engine = self._engine  # abandoning a round builds a new engine
-        assert engine is not None
-        if engine.state is EngineState.IDLE and self._open_for_agents():
-            with self._recording():
-                self._task = engine.open_round()
-            self._deadline = now + self.config.rounds.deadline_seconds
-            log.info("round %d: opened, selected %s", self._task.round, ", ".join(self._task.selected))
-            self._changed()
-        if engine.state is EngineState.FINISHED and not self._run_finished:
-            self._finish_run()
-
-    def _close_round(self) -> None:
-        engine = self._engine
-        assert engine is not None
-        with self._recording():
-            outcome = engine.close_round()  # the recorder saves the global model: the commit point
-        weights = _read_only(outcome.weights)
-        self._set_latest(_Model(weights, content_hash(weights), outcome.round, outcome.num_samples))
-        self._task, self._deadline = None, None
-        missing = f", missing {', '.join(outcome.missing)}" if outcome.missing else ""
-        log.info("round %d: aggregated %d update(s)%s", outcome.round, outcome.num_updates, missing)
-        self._changed()
-
-    def _on_deadline(self, now: float) -> None:
-        engine = self._engine
-        assert engine is not None and self._deadline is not None
-        policy = self.config.rounds.deadline_policy
-        if policy == "aggregate" and engine.criteria_met():
-            log.info("round %d: deadline passed, aggregating what arrived", engine.current_round)
-            self._close_round()
-        elif policy == "abandon":
-            self._abandon_round()
-        else:
-            step = self.config.rounds.deadline_seconds
-            self._deadline = self._deadline + step if self._deadline + step > now else now + step
-            log.info("round %d: deadline passed with %d update(s); extended", engine.current_round, engine.received())
-            self._changed()
-
-    def _abandon_round(self) -> None:
-        """Close the open round without a model and start the next from the same global model."""
-        engine, latest = self._engine, self._latest
-        assert engine is not None and latest is not None
-        number = engine.current_round
-        samples = sum(m.num_samples for m in self.store.list_local_models(self.run_id, round=number))
-        with self._recording():
-            self.store.close_round(self.run_id, number, "abandoned", num_updates=engine.received(), num_samples=samples)
-        engine = self._build_engine(latest.weights, number + 1)
-        engine.recorder = self._recorder
-        self._engine, self._task, self._deadline = engine, None, None
-        log.info("round %d: abandoned at its deadline", number)
-        self._changed()
-
-    def _advance_async(self) -> None:
-        rounds = self._async
-        assert rounds is not None
-        while rounds.ready and not rounds.finished:
-            version = rounds.result()
-            with self._recording():
-                self.store.save_global_model(self.run_id, version.version, version.weights, version.num_samples)
-                if version.client_metrics:
-                    self.store.record_metrics(self.run_id, version.version, version.client_metrics)
-            rounds.advance(version)
-            weights = _read_only(version.weights)
-            self._set_latest(_Model(weights, content_hash(weights), version.version, version.num_samples))
-            log.info("version %d: aggregated %d buffered update(s)", version.version, version.num_updates)
-            self._changed()
-        if rounds.finished and not self._run_finished:
-            self._finish_run()
-
-    def _finish_run(self) -> None:
-        completed = self._rounds_completed()
-        self.store.finish_run(self.run_id, "finished", {"rounds_completed": completed})
-        self._run_finished = True
-        log.info("run finished after %d round(s)", completed)
-        self._changed()
+            self._driver.ensure_loaded()
+            self._driver.drop_revoked()
+            self._driver.advance(self._clock() if now is None else now)
 
     # ------------------------------------------------------------------ status
 
+    def may_stop(self, now: float | None = None) -> bool:
+        """Whether a finished run's server may exit (:meth:`RunDriver.may_stop`)."""
+        with self._lock:
+            return self._driver.may_stop(self._clock() if now is None else now)
+
     def _current_round(self) -> int:
-        if self._async is not None:
-            return self._async.current_round
-        return self._engine.current_round if self._engine is not None else 1
-
-    def _rounds_completed(self) -> int:
-        return self._current_round() - 1
-
-    def _finished(self) -> bool:
-        if self._async is not None:
-            return self._async.finished
-        return self._engine is not None and self._engine.state is EngineState.FINISHED
-
-    def _open_for_agents(self) -> bool:
-        return len(self._agents) >= self.config.rounds.min_agents
-
-    def _state_name(self) -> str:
-        if self._latest is None:
-            return "waiting_for_model"
-        if self._finished():
-            return "finished"
-        if self._async is not None:
-            return "collecting" if self._open_for_agents() else "waiting_for_agents"
-        assert self._engine is not None
-        return "collecting" if self._engine.state is EngineState.COLLECTING else "waiting_for_agents"
+        return self._state.current_round()
 
     def status(self) -> dict[str, Any]:
         """The run's state for ``GET /v1/status``."""
         with self._lock:
-            self._ensure_loaded()
-            if self._async is not None:
-                selected = sorted(self._agents) if self._state_name() == "collecting" else []
-                received = len(self._async.buffered)
-            else:
-                collecting = self._engine is not None and self._engine.state is EngineState.COLLECTING
-                selected = list(self._task.selected) if collecting and self._task else []
-                received = self._engine.received() if self._engine is not None else 0
-            return {
-                "run_id": self.run_id,
-                "round": self._current_round(),
-                "state": self._state_name(),
-                "mode": self.mode,
-                "agents": len(self._agents),
-                "selected": selected,
-                "received": received,
-                "rounds_completed": self._rounds_completed(),
-                "max_rounds": self.config.rounds.max_rounds,
-            }
+            self._driver.ensure_loaded()
+            return self._state.status(self.run_id, self.mode, self.config.rounds.max_rounds)
 
 
 __all__ = [
+    "RUN_KIND",
     "AgentTask",
     "Aggregator",
     "Registration",

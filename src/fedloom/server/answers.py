@@ -15,19 +15,27 @@ from fedloom.core.errors import FedloomError
 #: HTTP status of every refusal code (docs/protocol.md)
 STATUS_OF: dict[str, int] = {
     "invalid_payload": 400,
+    "upload_incomplete": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "client_id_mismatch": 403,
     "unknown_client": 403,
+    "certificate_required": 403,
+    "certificate_mismatch": 403,
     "not_found": 404,
+    "upload_timeout": 408,
     "wrong_round": 409,
     "not_selected": 409,
     "duplicate": 409,
     "round_closed": 409,
     "model_exists": 409,
+    "upload_in_progress": 409,
+    "name_taken": 409,
+    "agent_limit": 403,
     "payload_too_large": 413,
     "invalid_weights": 422,
     "bad_num_samples": 422,
+    "rate_limited": 429,
     "busy": 503,
 }
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import math
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
@@ -22,13 +24,17 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedloom.core.errors import StoreError
+from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
 from fedloom.server.deployment_store import AgentLike
+from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
+from fedloom.server.peer_identity import identity_refusal
+from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -41,7 +47,11 @@ _BINARY_BODY: dict[str, Any] = {
         "content": {_OCTET: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
+#: a round in a path: 1-10 ASCII digits (rounds are below 2**31)
+_ROUND_PATH = re.compile(r"[0-9]{1,10}")
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+#: what an agent is told when the store fails (the reason is logged on the aggregator)
+STORE_UNAVAILABLE_DETAIL = "the aggregator's database is unavailable; try again later (details are in its log)"
 
 
 # --------------------------------------------------------------------- JSON bodies
@@ -55,6 +65,8 @@ class ErrorBody(BaseModel):
 class RegisterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     join_token: str = Field(min_length=1, max_length=256)
+    #: the agent's data size; optional, and then its uploads may claim at most this many samples
+    num_samples: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
 
 class RegisterResponse(BaseModel):
@@ -108,8 +120,9 @@ class HealthResponse(BaseModel):
     ok: bool
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -120,11 +133,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "missing, invalid or revoked credential",
         403: "not allowed",
         404: "not found",
+        408: "the upload body did not arrive in time",
         409: "conflict with the round state",
         413: "payload too large",
         422: "invalid weights or request",
+        429: "too many refused requests: wait Retry-After seconds",
     }.items()
 }
+
+
+_ERRORS_503: dict[str, Any] = {"model": ErrorBody, "description": "the database is unavailable"}
 
 
 # --------------------------------------------------------------------- dependencies
@@ -140,38 +158,42 @@ AggregatorDep = Annotated[Aggregator, Depends(get_aggregator)]
 _bearer = HTTPBearer(auto_error=False, description="the agent credential from POST /v1/agents/register")
 
 
+def check_certificate(request: Request, aggregator: Aggregator, name: str, agent_id: str | None) -> None:
+    """With mutual TLS, refuse (403, recorded) a caller whose client certificate is not agent ``name``'s."""
+    if aggregator.config.tls.client_ca_file is None:
+        return
+    problem = identity_refusal(request.scope, name)
+    if problem is not None:
+        raise aggregator.refuse_upload(agent_id, problem[0], f"agent {name!r}: {problem[1]}")
+
+
 def current_agent(
+    request: Request,
     aggregator: AggregatorDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AgentLike:
-    """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread."""
+    """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread.
+
+    An address whose refusals used up its rate limit gets 429 instead of 401; an agent that
+    used up its own gets 429 before its request does any work."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise refusal("unauthorized", "send 'Authorization: Bearer <credential>' (from POST /v1/agents/register)")
+        raise rate_limited_refusal(request, address_key(request)) or refusal(
+            "unauthorized", "send 'Authorization: Bearer <credential>' (from POST /v1/agents/register)"
+        )
     agent = aggregator.authenticate(credentials.credentials)
     if agent is None:
-        raise refusal("unauthorized", "the credential is unknown, replaced or revoked: register again")
+        raise rate_limited_refusal(request, address_key(request)) or refusal(
+            "unauthorized", "the credential is unknown, replaced or revoked: register again"
+        )
+    request.state.rate_key = f"agent:{agent.id}"
+    limited = rate_limited_refusal(request, request.state.rate_key)
+    if limited is not None:
+        raise limited
+    check_certificate(request, aggregator, agent.name, agent.id)
     return agent
 
 
 AgentDep = Annotated[AgentLike, Depends(current_agent)]
-
-
-async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
-    """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit."""
-    limit = aggregator.config.server.max_upload_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        detail = f"request body of {declared} bytes is over the limit of {limit} bytes"
-        raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            detail = f"request body is over the limit of {limit} bytes"
-            raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # --------------------------------------------------------------------- endpoints
@@ -179,16 +201,41 @@ async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) 
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=HealthResponse, tags=["meta"])
-async def health() -> HealthResponse:
-    """Liveness check; needs no credential."""
+@router.get("/health", response_model=HealthResponse, responses={503: _ERRORS_503}, tags=["meta"])
+def health(aggregator: AggregatorDep) -> HealthResponse:
+    """Readiness check, no credential needed: 200 only while the database answers (503 ``store_unavailable``
+    otherwise), so a load balancer or monitor sees an aggregator that cannot record anything as down."""
+    aggregator.store.ping()
     return HealthResponse(ok=True)
 
 
-@router.post("/agents/register", response_model=RegisterResponse, responses=_ERRORS, tags=["agents"])
-def register(body: RegisterRequest, aggregator: AggregatorDep) -> RegisterResponse:
-    """Exchange a join token for an agent credential (same name again: same agent id, new credential)."""
-    done = aggregator.register(body.name, body.join_token)
+@router.post(
+    "/agents/register",
+    response_model=RegisterResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RegisterRequest.model_json_schema()}},
+        }
+    },
+    tags=["agents"],
+)
+async def register(request: Request, aggregator: AggregatorDep) -> RegisterResponse:
+    """Exchange a join token for an agent credential (same name again: same agent id, new credential).
+
+    Unauthenticated, so every call spends a token of its address's rate limit and its body is
+    read with a small size limit (413) before it is parsed."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not limiter.spend(address_key(request)):
+        raise rate_limited_refusal(request, address_key(request)) or refusal("rate_limited", "too many registrations")
+    try:
+        body = RegisterRequest.model_validate_json(await read_small_body(request))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    if aggregator.config.tls.client_ca_file is not None:  # mutual TLS: the certificate must be this name's
+        await run_in_threadpool(check_certificate, request, aggregator, body.name, None)
+    done = await run_in_threadpool(aggregator.register, body.name, body.join_token, body.num_samples)
     return RegisterResponse.model_validate(
         {"agent_id": done.agent_id, "credential": done.credential, "role": done.role, "run_id": done.run_id}
     )
@@ -215,11 +262,11 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
     """The global model that starts ``round`` (1 = the initial model), or ``latest``."""
     if round == "latest":
         which: int | Literal["latest"] = "latest"
-    elif round.isdigit():
+    elif _ROUND_PATH.fullmatch(round):  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
         which = int(round)
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
-    payload, sha256 = aggregator.global_model_bytes(which)
+    payload, sha256 = aggregator.global_model_bytes(which, agent.id)
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
 
@@ -249,7 +296,8 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
     if agent.role != "admin":  # refuse before reading a body that would be thrown away
         detail = "only admin agents may upload the initial model"
         raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "forbidden", detail)
-    body = await read_body(request, aggregator, agent)
+    async with upload_slot(request, aggregator, agent):
+        body = await read_body(request, aggregator, agent)
     sha256 = await run_in_threadpool(aggregator.upload_initial, agent, body)
     return InitialModelResponse(accepted=True, sha256=sha256)
 
@@ -263,7 +311,11 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
 )
 async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> UploadResponse:
     """Upload a local model (a fedloom safetensors payload naming this agent and the round)."""
-    async with request.app.state.upload_slots:  # at most UPLOAD_SLOTS bodies in memory at once
+    # identity (the dependency), the right to upload now and the declared size are checked before a
+    # slot is taken, so an agent that would be refused anyway never holds one
+    await run_in_threadpool(aggregator.check_may_upload, agent.id)
+    await refuse_declared_oversize(request, aggregator, agent)
+    async with upload_slot(request, aggregator, agent):
         body = await read_body(request, aggregator, agent)
         round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
     return UploadResponse(accepted=True, round=round_no)
@@ -281,17 +333,27 @@ def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
 #: uploads read and folded in at the same time. Each holds one model body while it is
 #: parsed and streamed into the round's accumulator, so the aggregator's memory is
 #: O(UPLOAD_SLOTS x model) however many agents upload at once; the others wait with
-#: their bytes in the kernel's socket buffers.
+#: their bytes in the kernel's socket buffers. One agent holds at most one slot, and
+#: only after its credential and its right to upload now were checked.
 UPLOAD_SLOTS = 4
 
 
-def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_slots: int = UPLOAD_SLOTS) -> FastAPI:
-    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests)."""
+def create_app(
+    aggregator: Aggregator,
+    *,
+    background_tick: bool = True,
+    upload_slots: int = UPLOAD_SLOTS,
+    on_done: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests).
+
+    ``on_done`` is called once, from the ticker, when the run is finished and the server
+    may stop (:meth:`Aggregator.may_stop`): ``fedloom server`` exits then."""
     interval = aggregator.config.rounds.check_interval_seconds
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(_tick_forever(aggregator, interval)) if background_tick else None
+        ticker = asyncio.create_task(_tick_forever(aggregator, interval, on_done)) if background_tick else None
         try:
             yield
         finally:
@@ -309,7 +371,9 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_s
         redoc_url=None,
     )
     app.state.aggregator = aggregator
-    app.state.upload_slots = asyncio.Semaphore(upload_slots)
+    app.state.upload_slots = UploadSlots(upload_slots)
+    server = aggregator.config.server
+    app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
     _install_error_handlers(app)
     app.include_router(router)
     return app
@@ -318,24 +382,34 @@ def create_app(aggregator: Aggregator, *, background_tick: bool = True, upload_s
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as ``{"error": CODE, "detail": TEXT}``."""
 
-    async def on_refusal(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestRefusedError)
+        key = rate_key(request)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        if exc.code == "rate_limited":
+            wait = max(1, math.ceil(limiter.retry_after(key)))
+            return _error(exc.status, exc.code, exc.detail, {"Retry-After": str(wait)})
+        if exc.status < 500:
+            limiter.spend(key)
         return _error(exc.status, exc.code, exc.detail)
 
-    async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("store error while answering a request: %s", exc)
-        return _error(503, "store_unavailable", f"the aggregator's database failed: {exc}")
+    async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
+        # the real reason names database hosts, ports and blob paths: it goes to the log only
+        log.error("store error while answering %s %s: %s", request.method, request.url.path, redact_url(exc))
+        return _error(503, "store_unavailable", STORE_UNAVAILABLE_DETAIL)
 
-    async def on_invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        request.app.state.rate_limiter.spend(rate_key(request))
         parts = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
         return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
 
-    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        request.app.state.rate_limiter.spend(rate_key(request))
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return _error(exc.status_code, code, str(exc.detail))
 
@@ -345,7 +419,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
-async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
+async def _tick_forever(aggregator: Aggregator, interval: float, on_done: Callable[[], None] | None) -> None:
     """Call ``tick`` every ``interval`` seconds; a failing tick is logged and tried again."""
     while True:
         await asyncio.sleep(interval)
@@ -353,3 +427,6 @@ async def _tick_forever(aggregator: Aggregator, interval: float) -> None:
             await run_in_threadpool(aggregator.tick)
         except Exception:  # a supervisor loop: one failed tick must not stop deadlines for good
             log.exception("aggregator tick failed; trying again in %.1f s", interval)
+        if on_done is not None and await run_in_threadpool(aggregator.may_stop):
+            on_done()
+            on_done = None

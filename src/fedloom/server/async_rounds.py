@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedloom.algorithms.casting import cast_like
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ConfigError, ValidationError
 from fedloom.core.update import ClientUpdate
@@ -177,7 +178,7 @@ class AsyncRounds:
             if current.dtype.kind != "f":
                 out[name] = mean[name]
                 continue
-            out[name] = ((1 - alpha) * current.astype(np.float64) + alpha * mean[name]).astype(current.dtype)
+            out[name] = cast_like((1 - alpha) * current.astype(np.float64) + alpha * mean[name], current)
         return out
 
     def advance(self, version: AsyncVersion) -> None:

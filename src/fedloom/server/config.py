@@ -7,14 +7,16 @@ errors, so a typo never silently falls back to a default.
 
 The file has five tables::
 
-    [server]  host, port, tls_cert, tls_key, max_upload_mb, db_url, home
+    [server]  host, port, tls_cert, tls_key, max_upload_mb, upload_timeout_seconds,
+              rate_limit_per_second, rate_limit_burst, max_rejections_per_round, db_url, home
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
-              deadline_seconds, deadline_policy, check_interval_seconds
+              deadline_seconds, deadline_policy, check_interval_seconds, max_num_samples
     [client]  epochs, batch_size, lr
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
+    [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -34,11 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.core.errors import ConfigError
+from fedloom.core.redaction import redact_url
+from fedloom.server.tls_settings import TlsSection
 
 ENV_PREFIX = "FEDLOOM_SERVER_"
 MODES = ("sync", "async")
 DEADLINE_POLICIES = ("aggregate", "extend", "abandon")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: ``[rounds] max_num_samples`` by default: far above any one site's dataset, far below 2**62
+DEFAULT_MAX_NUM_SAMPLES = 1_000_000_000
+_INT64_MAX = 2**63 - 1
 
 
 def _fix(section: str, name: str) -> str:
@@ -81,10 +88,21 @@ class ServerSection:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_upload_mb: float = 64.0
+    #: seconds an upload body may take to arrive once it holds an upload slot; a slower one is refused (408)
+    upload_timeout_seconds: float = 120.0
+    #: refusals (and registrations) answered per second per agent, or per address before authentication;
+    #: beyond the burst, requests of that agent or address are answered 429 rate_limited
+    rate_limit_per_second: float = 2.0
+    rate_limit_burst: int = 60
+    #: rejection rows one agent can add per round: the first N, then one summary row
+    max_rejections_per_round: int = 20
     #: SQLAlchemy URL; None means SQLite at ``HOME/fedloom.db``
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
     home: str | None = None
+    #: once the run is finished, how long to keep serving so agents can fetch the final model
+    #: (the server exits earlier when every agent has been told); ``fedloom server --keep-serving`` never exits
+    linger_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -95,6 +113,12 @@ class ServerSection:
             missing = "tls_key" if self.tls_key is None else "tls_cert"
             raise _fail("server", missing, "is missing: HTTPS needs both tls_cert and tls_key")
         _positive("server", "max_upload_mb", self.max_upload_mb)
+        _positive("server", "upload_timeout_seconds", self.upload_timeout_seconds)
+        _positive("server", "rate_limit_per_second", self.rate_limit_per_second)
+        _at_least("server", "rate_limit_burst", self.rate_limit_burst, 1)
+        _at_least("server", "max_rejections_per_round", self.max_rejections_per_round, 0)
+        if not (math.isfinite(self.linger_seconds) and self.linger_seconds >= 0):
+            raise _fail("server", "linger_seconds", f"must be a number >= 0, got {self.linger_seconds!r}")
 
     @property
     def tls(self) -> bool:
@@ -135,6 +159,9 @@ class RoundsSection:
     deadline_seconds: float = 300.0
     deadline_policy: str = "aggregate"
     check_interval_seconds: float = 1.0
+    #: the most samples one update (or an agent's declared data size) may claim: FedAvg
+    #: weighs by the claim, so an unbounded one lets a single agent become the model
+    max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES
 
     def __post_init__(self) -> None:
         _at_least("rounds", "max_rounds", self.max_rounds, 1)
@@ -145,6 +172,8 @@ class RoundsSection:
         _positive("rounds", "deadline_seconds", self.deadline_seconds)
         _choice("rounds", "deadline_policy", self.deadline_policy, DEADLINE_POLICIES)
         _positive("rounds", "check_interval_seconds", self.check_interval_seconds)
+        if not 1 <= self.max_num_samples <= _INT64_MAX:
+            raise _fail("rounds", "max_num_samples", f"must be in 1-{_INT64_MAX}, got {self.max_num_samples!r}")
 
 
 @dataclass(frozen=True)
@@ -208,6 +237,7 @@ class StrategySection:
     filter_min_cosine: float | None = None
     personal_keys: str | None = None
     curvature_lambda: float | None = None
+    feddyn_alpha: float | None = None
 
     def __post_init__(self) -> None:
         from fedloom.algorithms.registry import build_strategy
@@ -233,6 +263,7 @@ class AggregatorConfig:
     client: ClientSection = field(default_factory=ClientSection)
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    tls: TlsSection = field(default_factory=TlsSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -245,6 +276,13 @@ class AggregatorConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped view (table name -> fields), as stored with the run."""
         return {table: dataclasses.asdict(getattr(self, attr)) for table, attr in _TABLES.items()}
+
+    def to_record(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without secrets (the ``db_url`` password): what is stored with the run."""
+        tables = self.to_dict()
+        if self.server.db_url is not None:
+            tables["server"]["db_url"] = redact_url(self.server.db_url)
+        return tables
 
     def replace(self, **fields: Any) -> AggregatorConfig:
         """A copy with the named fields (flat names, as for flags) changed and re-validated."""
@@ -259,6 +297,7 @@ _TABLES = {
     "client": "client",
     "async": "asynchronous",
     "strategy": "strategy",
+    "tls": "tls",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -267,6 +306,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "client": ClientSection,
     "async": AsyncSection,
     "strategy": StrategySection,
+    "tls": TlsSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"
@@ -389,4 +429,7 @@ def load_config(
     base = config_from_mapping(read_config_file(path)) if path is not None else AggregatorConfig()
     env = env_overrides(os.environ if environ is None else environ)
     layered = _build(base.to_dict(), env, "environment")
-    return _build(layered.to_dict(), dict(overrides or {}), "override")
+    config = _build(layered.to_dict(), dict(overrides or {}), "override")
+    if config.tls.client_ca_file is not None and not config.server.tls:  # checked once every layer is in
+        raise _fail("tls", "client_ca_file", "needs HTTPS: set [server] tls_cert and tls_key too")
+    return config

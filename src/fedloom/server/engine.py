@@ -18,8 +18,8 @@ from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
-from fedloom.algorithms.strategy import Accumulator, Strategy
-from fedloom.core.errors import FedloomError, RejectedUpdateError, ValidationError
+from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strategy
+from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
@@ -77,6 +77,10 @@ class RoundRecorder(Protocol):
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None: ...
 
     def round_closed(self, outcome: RoundOutcome) -> None: ...
+
+    def round_abandoned(self, round: int, num_updates: int, num_samples: int) -> None: ...
+
+    def version_made(self, outcome: RoundOutcome) -> None: ...
 
 
 @dataclass
@@ -143,6 +147,16 @@ class RoundEngine:
         for client_id, num_samples in clients:
             self.register_client(client_id, num_samples)
 
+    def unregister_client(self, client_id: str) -> None:
+        """Never select ``client_id`` again (its token was revoked); if the open round selected it
+        and has no update from it yet, the round stops waiting for it."""
+        self._clients.pop(client_id, None)
+        open_round = self._open
+        if open_round is None or client_id in open_round.received or client_id not in open_round.task.selected:
+            return
+        kept = tuple(c for c in open_round.task.selected if c != client_id)
+        open_round.task = replace(open_round.task, selected=kept)
+
     @property
     def clients(self) -> tuple[str, ...]:
         return tuple(self._clients)
@@ -158,6 +172,11 @@ class RoundEngine:
     def global_weights(self) -> Weights:
         """A copy of the current global model."""
         return copy_weights(self._global)
+
+    @property
+    def open_task(self) -> RoundTask | None:
+        """The collecting round's task (its selection shrinks when a client is unregistered)."""
+        return self._open.task if self._open else None
 
     @property
     def current_round(self) -> int:
@@ -187,7 +206,7 @@ class RoundEngine:
             if unknown:
                 raise ValidationError(f"cannot re-open round {round_no}: clients {unknown} are not registered")
         task = RoundTask(round=round_no, global_weights=self._global, selected=chosen)
-        accumulator = self.strategy.aggregator.start(self._global)
+        accumulator = self.strategy.start_accumulator(self._global, num_clients=len(self._clients))
         self._open = _OpenRound(task=task, accumulator=accumulator, started=time.perf_counter())
         if self.recorder:
             self.recorder.round_opened(round_no, chosen)
@@ -243,7 +262,10 @@ class RoundEngine:
         if problem:
             raise self._reject(update.round, update.client_id, *problem)
         assert self._open is not None
-        self._open.accumulator.add(update)
+        try:
+            self._open.accumulator.add(update)
+        except NonFiniteError as exc:  # its sums would overflow: the accumulator refused it before changing
+            raise self._reject(update.round, update.client_id, "invalid_weights", str(exc)) from None
         self._note_accepted(update.report(), update.weights)
 
     def submit_merged(self, reports: Sequence[UpdateReport], partial: WeightedMeanAccumulator) -> None:
@@ -257,8 +279,8 @@ class RoundEngine:
         """
         self._require(EngineState.COLLECTING, "accept merged updates")
         assert self._open is not None
-        merge = getattr(self._open.accumulator, "merge", None)
-        if merge is None or self.strategy.update_filter is not None:
+        accumulator = self._open.accumulator
+        if not isinstance(accumulator, MergeableAccumulator) or self.strategy.update_filter is not None:
             raise EngineStateError(f"strategy {self.strategy.name!r} cannot take pre-merged partial results")
         seen: set[str] = set()
         for report in reports:
@@ -268,7 +290,7 @@ class RoundEngine:
             seen.add(report.client_id)
         if partial.count != len(reports) or partial.total_weight != sum(r.num_samples for r in reports):
             raise EngineStateError("merged partial sum does not match its reports (count or total samples differ)")
-        merge(partial)
+        accumulator.merge(partial)
         for report in reports:
             self._note_accepted(report, None)
 
@@ -307,12 +329,16 @@ class RoundEngine:
             return False
         return len(self._open.received) >= self.strategy.criteria.required(len(self._open.task.selected))
 
-    def close_round(self) -> RoundOutcome:
-        """Aggregate the accepted updates into the new global model and advance."""
+    def close_round(self, min_updates: int | None = None) -> RoundOutcome:
+        """Aggregate the accepted updates into the new global model and advance.
+
+        The strategy's criteria must hold, unless a close policy decided and passes its own
+        ``min_updates`` (the lifecycle closes at a deadline with fewer than the threshold)."""
         self._require(EngineState.COLLECTING, "close a round")
         assert self._open is not None
-        if not self.criteria_met():
-            need = self.strategy.criteria.required(len(self._open.task.selected))
+        selected = len(self._open.task.selected)
+        need = self.strategy.criteria.required(selected) if min_updates is None else max(1, min(selected, min_updates))
+        if self.received() < need:
             raise EngineStateError(
                 f"round {self._open.task.round} has {self.received()} of the {need} updates it needs"
             )
@@ -331,6 +357,19 @@ class RoundEngine:
         if self.recorder:
             self.recorder.round_closed(outcome)
         return outcome
+
+    def abandon_round(self) -> int:
+        """Close the open round without a model (its deadline passed); the next round starts
+        from the same global model. Returns the abandoned round's number."""
+        self._require(EngineState.COLLECTING, "abandon a round")
+        assert self._open is not None
+        number, received = self._open.task.round, self._open.received
+        self._open = None
+        self._next_round = number + 1
+        self._finished = self.max_rounds is not None and self._next_round > self.max_rounds
+        if self.recorder:
+            self.recorder.round_abandoned(number, len(received), int(sum(received.values())))
+        return number
 
     def _aggregate(self, open_round: _OpenRound) -> RoundOutcome:
         weights = open_round.accumulator.result()

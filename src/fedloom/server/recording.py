@@ -72,6 +72,15 @@ class StoreRecorder:
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None:
         self.store.record_rejection(self.run_id, round, client_id, code, reason)
 
+    def round_abandoned(self, round: int, num_updates: int, num_samples: int) -> None:
+        self.store.close_round(self.run_id, round, "abandoned", num_updates=num_updates, num_samples=num_samples)
+
+    def version_made(self, outcome: RoundOutcome) -> None:
+        """An asynchronous version: its global model and metrics (async runs have no round rows)."""
+        self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
+        if outcome.client_metrics:
+            self.store.record_metrics(self.run_id, outcome.round, outcome.client_metrics, scope="server")
+
     def round_closed(self, outcome: RoundOutcome) -> None:
         self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
         if outcome.client_metrics:

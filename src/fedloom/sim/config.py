@@ -16,6 +16,7 @@ from typing import Any
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
+from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 
@@ -23,6 +24,8 @@ MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
 DATASETS = ("digits", "fmnist")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 EXECUTORS = ("sequential", "parallel")
+#: ``sync`` rounds, or the asynchronous lifecycle (FedBuff, FedAsync)
+MODES = ("sync", "fedbuff", "fedasync")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class SimConfig:
     dropout: float = 0.0
     deadline_seconds: float = 0.0
     threshold: float = 1.0
+    on_deadline: str = "aggregate"
+    mode: str = "sync"
+    buffer_size: int = 10
+    staleness_exponent: float = 0.5
+    mixing: float = 0.6
+    concurrency: int = 10
     local_test_fraction: float = 0.0
     finetune_epochs: int = 0
 
@@ -70,6 +79,9 @@ class SimConfig:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
         self.adversary()
         self.client_speeds()
+        self.asynchronous()
+        _one_of("mode", self.mode, MODES)
+        _one_of("on_deadline", self.on_deadline, DEADLINE_POLICIES)
         if not 0 <= self.local_test_fraction < 1 or self.finetune_epochs < 0:
             raise ConfigError(
                 f"local_test_fraction must be in [0, 1) and finetune_epochs >= 0, got {self.local_test_fraction}"
@@ -85,7 +97,7 @@ class SimConfig:
         _one_of("speeds", self.speeds, ("none", *DISTRIBUTIONS))
         if self.workers < 0 or self.max_retries < 0:
             raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")
-        for name in ("clients", "rounds", "epochs", "batch_size", "min_clients", "classes_per_client"):
+        for name in ("clients", "rounds", "epochs", "batch_size", "min_clients", "classes_per_client", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.fraction <= 1:
@@ -101,6 +113,14 @@ class SimConfig:
     def adversary(self) -> Adversary:
         """The simulated attack these settings ask for (``none`` by default)."""
         return Adversary(self.attack, self.attack_fraction, self.attack_scale)
+
+    def asynchronous(self) -> AsyncSettings | None:
+        """The asynchronous lifecycle's settings (``mode`` fedbuff / fedasync), None for sync rounds."""
+        if self.mode == "fedasync":
+            return AsyncSettings.fedasync(self.mixing, self.staleness_exponent)
+        if self.mode == "fedbuff":
+            return AsyncSettings(self.buffer_size, self.staleness_exponent)
+        return None
 
     def client_speeds(self) -> ClientSpeeds | None:
         """Simulated client speeds and dropouts, or None when neither is asked for."""

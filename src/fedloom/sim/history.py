@@ -1,25 +1,12 @@
-"""What a simulation returns: per-round summaries and the final model."""
+"""What a simulation returns: per-round summaries (:class:`~fedloom.core.observe.RoundSummary`) and the final model."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fedloom.core.observe import RoundSummary
 from fedloom.core.weights import Weights
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    """One round: how many clients took part and every metric measured (train and eval)."""
-
-    round: int
-    num_selected: int
-    num_updates: int
-    num_samples: int
-    metrics: Mapping[str, float]
-    seconds: float
-    #: client id -> that client's evaluation (when clients are evaluated)
-    per_client: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,3 +25,6 @@ class SimulationResult:
     @property
     def final_metrics(self) -> Mapping[str, float]:
         return self.history[-1].metrics if self.history else {}
+
+
+__all__ = ["RoundSummary", "SimulationResult"]

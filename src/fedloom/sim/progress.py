@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from fedloom.sim.history import RoundSummary
+from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 
 _BAR_WIDTH = 30
 
@@ -32,12 +33,29 @@ def round_line(summary: RoundSummary, total_rounds: int, elapsed: float) -> str:
 
 
 class ProgressPrinter:
-    """Rewrites one line on a terminal; prints one line per round when output is a file or pipe."""
+    """A round observer: rewrites one line on a terminal (one line per round into a file or
+    pipe), and prints the summary table and where the run is stored when it finishes."""
 
     def __init__(self, total_rounds: int, stream: TextIO | None = None) -> None:
         self.total_rounds = total_rounds
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
+        self._history: list[RoundSummary] = []
+        self._started = time.perf_counter()
+
+    def on_start(self, run: RunInfo) -> None:
+        self.total_rounds = run.rounds
+        self._history = []
+        self._started = time.perf_counter()
+
+    def on_round(self, summary: RoundSummary) -> None:
+        self._history.append(summary)
+        self.update(summary, time.perf_counter() - self._started)
+
+    def on_finish(self, run: RunInfo, end: RunEnd) -> None:
+        self.close()
+        if end.status == "finished" and self._history:
+            self.report(self._history, run.run_id, run.store_hint)
 
     def update(self, summary: RoundSummary, elapsed: float) -> None:
         line = round_line(summary, self.total_rounds, elapsed)

@@ -24,6 +24,7 @@ from fedloom.sim.config import SimConfig
 from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
+from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.partition import partition
 
 
@@ -134,26 +135,32 @@ def simulate_config(config: SimConfig, *, store: Any = None, **overrides: Any) -
 
     Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
     attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
-    its keyword arguments (e.g. ``progress=False``). ``store=None`` records nothing.
+    its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``). ``store=None``
+    records nothing.
     """
     task = build_task(config)
     kwargs: dict[str, Any] = {
-        "evaluate_fn": task.evaluate_fn,
-        "initial_weights": task.initial_weights,
-        "client_sizes": task.client_sizes,
         "seed": config.seed,
-        "store": store,
-        "run_name": config.name or f"{config.dataset}-{config.model}-{config.partition}",
-        "config": config.to_dict(),
-        "on_client_error": config.on_client_error,
-        "client_eval_fraction": config.client_eval_fraction,
-        "keep_local_models": config.keep_local_models,
+        "initial_weights": task.initial_weights,
+        "environment": Environment(
+            client_sizes=task.client_sizes,
+            speeds=config.client_speeds(),
+            deadline_seconds=config.deadline_seconds or None,
+            on_deadline=config.on_deadline,  # type: ignore[arg-type]  # checked by SimConfig
+            adversary=config.adversary(),
+            asynchronous=config.asynchronous(),
+            concurrency=config.concurrency,
+            on_client_error=config.on_client_error,  # type: ignore[arg-type]  # checked by SimConfig
+        ),
+        "evaluation": Evaluation(task.evaluate_fn, config.client_eval_fraction, config.finetune_epochs),
+        "recording": Recording(
+            store=store,
+            run_name=config.name or f"{config.dataset}-{config.model}-{config.partition}",
+            config=config.to_dict(),
+            keep_local_models=config.keep_local_models,
+        ),
         "executor": make_executor(config),
-        "adversary": config.adversary(),
-        "speeds": config.client_speeds(),
-        "deadline_seconds": config.deadline_seconds or None,
-        "finetune_epochs": config.finetune_epochs,
-        "progress": False,
+        "observers": [],
         **overrides,
     }
     return simulate(task.client_fn, config.clients, config.build_strategy(), config.rounds, **kwargs)

@@ -36,6 +36,16 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by its owner only: model blobs are as
+    sensitive as the data they were trained on. An existing directory keeps its mode."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        with contextlib.suppress(FileExistsError):
+            missing.mkdir(mode=0o700)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+
+
 def blob_key(data: bytes) -> str:
     """The key a blob is stored under: the lowercase SHA-256 hex digest of its bytes."""
     return hashlib.sha256(data).hexdigest()

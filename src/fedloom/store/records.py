@@ -129,6 +129,10 @@ class TokenRecord:
     role: str
     created_at: datetime
     revoked_at: datetime | None = None
+    #: distinct agent names that may register with the token (``fedloom token create --max-agents``)
+    max_agents: int = 1
+    #: distinct agent names registered with it so far (filled by ``list_tokens``)
+    used: int = 0
 
     @property
     def active(self) -> bool:

@@ -15,19 +15,14 @@ than guessed at.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import PurePath
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    DateTime,
-    Dialect,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -43,88 +38,19 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.schema import CreateColumn
 
 from fedloom.core.errors import StoreError
+from fedloom.core.redaction import redact_url
+from fedloom.store.types import JsonText, NanFloat, UtcDateTime, dump_json
 
-#: the schema version this code writes and reads (2 added ``tokens`` and ``agents``)
-SCHEMA_VERSION = 2
+#: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
+#: 3 added ``tokens.max_agents``)
+SCHEMA_VERSION = 3
+#: agents a join token admits when its creator names no limit: one site, one agent
+DEFAULT_MAX_AGENTS = 1
 
 Migration = Callable[[Connection], None]
-
-
-def utcnow() -> datetime:
-    """The current time as a timezone-aware UTC datetime (the only kind the store keeps)."""
-    return datetime.now(UTC)
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend.
-
-    SQLite keeps no zone, so values are normalised to UTC on the way in and marked
-    UTC on the way out; naive datetimes are refused because their zone is a guess.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise StoreError(f"refusing naive datetime {value!r}: the store keeps timezone-aware UTC times")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _json_default(value: Any) -> Any:
-    """Convert the few non-JSON types configs commonly hold (NumPy scalars/arrays, paths)."""
-    if isinstance(value, PurePath):
-        return str(value)
-    if hasattr(value, "tolist"):  # NumPy arrays and scalars
-        return value.tolist()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def dump_json(value: Any) -> str:
-    """Canonical JSON text (sorted keys) so equal configs are stored identically."""
-    try:
-        return json.dumps(value, sort_keys=True, default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"value cannot be stored as JSON: {exc}") from None
-
-
-class JsonText(TypeDecorator[Any]):
-    """A JSON document kept as text: portable to any SQL backend and readable with sqlite3."""
-
-    impl = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any | None, dialect: Dialect) -> str | None:
-        return None if value is None else dump_json(value)
-
-    def process_result_value(self, value: Any | None, dialect: Dialect) -> Any | None:
-        return None if value is None else json.loads(value)
-
-
-class NanFloat(TypeDecorator[float]):
-    """A float whose NaN survives the round trip (SQLite stores NaN as NULL)."""
-
-    impl = Float
-    cache_ok = True
-
-    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
-        return None if value is None or math.isnan(value) else float(value)
-
-    def process_result_value(self, value: Any | None, dialect: Dialect) -> float | None:
-        return math.nan if value is None else float(value)
 
 
 class Base(DeclarativeBase):
@@ -276,6 +202,9 @@ class TokenRow(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: distinct agent names that may register with this token (a Sybil bound); last, so the
+    #: column a migration adds sits where a fresh ``CREATE TABLE`` puts it
+    max_agents: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_MAX_AGENTS)))
 
 
 class AgentRow(Base):
@@ -344,8 +273,37 @@ def _to_v2(conn: Connection) -> None:
         table.create(conn)
 
 
+def _to_v3(conn: Connection) -> None:
+    """Version 3: ``tokens.max_agents`` (tokens issued before it admit the default one agent name),
+    and no database password left in a stored run config.
+
+    The column is rendered by SQLAlchemy's own DDL compiler, so the altered table is
+    exactly what a fresh ``CREATE TABLE`` makes (SQLite keeps the DDL text verbatim).
+    """
+    column = Column("max_agents", Integer, nullable=False, server_default=text(str(DEFAULT_MAX_AGENTS)))
+    Table("tokens", MetaData(), column)
+    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE tokens ADD COLUMN {ddl}"))
+    _redact_stored_db_urls(conn)
+
+
+def _redact_stored_db_urls(conn: Connection) -> None:
+    """Runs recorded before version 3 kept ``[server] db_url`` with its password: mask it."""
+    for run_id, stored in conn.execute(text("SELECT id, config FROM runs")).all():
+        config = json.loads(stored) if stored else None
+        server = config.get("server") if isinstance(config, dict) else None
+        if not isinstance(server, dict):
+            continue
+        url = server.get("db_url")
+        if isinstance(url, str) and redact_url(url) != url:
+            server["db_url"] = redact_url(url)
+            conn.execute(
+                text("UPDATE runs SET config = :config WHERE id = :id"), {"config": dump_json(config), "id": run_id}
+            )
+
+
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3}
 
 
 def current_version(conn: Connection) -> int | None:

@@ -17,6 +17,7 @@ guessable passwords) and compares digests with :func:`hmac.compare_digest`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -53,9 +54,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fedloom.core.errors import IntegrityError, StoreError
+from fedloom.core.redaction import redact_url
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights, check_structure
-from fedloom.store.blobs import FileBlobStore
+from fedloom.store.blobs import FileBlobStore, make_private_dir
 from fedloom.store.records import (
     METRIC_SCOPES,
     ROLES,
@@ -69,7 +71,13 @@ from fedloom.store.records import (
     RunRecord,
     TokenRecord,
 )
+from fedloom.store.registration import (
+    revoked_agent_ids,
+    usage_by_token,
+    write_agent,
+)
 from fedloom.store.schema import (
+    DEFAULT_MAX_AGENTS,
     AgentRow,
     ClientRow,
     GlobalModelRow,
@@ -79,10 +87,9 @@ from fedloom.store.schema import (
     RoundRow,
     RunRow,
     TokenRow,
-    dump_json,
     upgrade,
-    utcnow,
 )
+from fedloom.store.types import dump_json, utcnow
 
 #: environment variable naming the default store directory
 HOME_ENV = "FEDLOOM_HOME"
@@ -104,8 +111,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: prefix of a join token (``fedloom token create``) and of an agent credential
 JOIN_TOKEN_PREFIX = "flj_"  # noqa: S105 (a public prefix, not a secret)
 CREDENTIAL_PREFIX = "fla_"
-#: prefix of an agent id
-AGENT_ID_PREFIX = "ag_"
 #: token and agent names: what is safe in a URL, a file name and a log line
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: strings longer than this cannot be one of our secrets; refused before hashing
@@ -117,6 +122,13 @@ def resolve_home(home: Path | str | None = None) -> Path:
     if home is not None and str(home):
         return Path(home)
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty database file readable by its owner only (SQLite would make it 0644 under
+    the usual umask, and its -wal and -shm files copy the database's mode); an existing one is kept."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def sqlite_url(path: Path | str) -> URL:
@@ -147,7 +159,8 @@ class SqlStore:
         """Open (creating if needed) ``home/fedloom.db`` with blobs in ``home/blobs/``."""
         root = resolve_home(home)
         try:
-            (root / BLOBS_DIRNAME).mkdir(parents=True, exist_ok=True)
+            make_private_dir(root / BLOBS_DIRNAME)
+            _create_private_file(root / DB_FILENAME)
         except OSError as exc:
             raise StoreError(f"could not create the store directory {root}: {exc}") from exc
         store = cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
@@ -176,7 +189,8 @@ class SqlStore:
             with self._engine.begin() as conn:
                 upgrade(conn)
         except sa_exc.SQLAlchemyError as exc:
-            raise StoreError(f"could not open the store at {self._engine.url}: {_reason(exc)}") from exc
+            where = self._engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"could not open the store at {where}: {redact_url(_reason(exc))}") from exc
 
     @contextmanager
     def _session(self, action: str, run_id: str | None = None, conflict: str | None = None) -> Iterator[Session]:
@@ -427,15 +441,17 @@ class SqlStore:
 
     # ----------------------------------------------------------------- join tokens
 
-    def create_token(self, name: str, role: str = "agent") -> str:
+    def create_token(self, name: str, role: str = "agent", max_agents: int = DEFAULT_MAX_AGENTS) -> str:
         """Issue a join token and return its text (``flj_…``), which is never stored and never shown again.
 
         At most one token of a name is active at a time; a revoked token's name can be reused.
+        ``max_agents`` bounds the distinct agent names that may register with it.
         """
         _check_slug("token name", name)
         _check_choice("role", role, ROLES)
+        limit = _check_int("max_agents", max_agents, minimum=1, maximum=_INT32_MAX)
         token = JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = TokenRow(name=name, sha256=_digest(token), role=role, created_at=utcnow())
+        row = TokenRow(name=name, sha256=_digest(token), role=role, created_at=utcnow(), max_agents=limit)
         conflict = f"a token named {name!r} is already active: revoke it first (`fedloom token revoke --name {name}`)"
         # the partial unique index on active names refuses a twin, concurrent or not; no read
         # first, so SQLite takes its write lock at once (waits, instead of a stale-snapshot error)
@@ -454,9 +470,12 @@ class SqlStore:
                 raise StoreError(f"no token named {name!r} (see `fedloom token list`)")
 
     def list_tokens(self) -> list[TokenRecord]:
-        """Every token ever issued, revoked ones included, oldest first (no secrets, no hashes)."""
+        """Every token ever issued, revoked ones included, oldest first (no secrets, no hashes),
+        each with how many distinct agent names it has registered."""
         with self._session("list tokens") as session:
-            return [_token_record(r) for r in session.scalars(select(TokenRow).order_by(TokenRow.id))]
+            used = usage_by_token(session)
+            rows = session.scalars(select(TokenRow).order_by(TokenRow.id))
+            return [dataclasses.replace(_token_record(r), used=used.get(r.id, 0)) for r in rows]
 
     def verify_join_token(self, token: str) -> TokenRecord | None:
         """The active token with this text, or None (unknown, revoked, or not a token at all)."""
@@ -474,9 +493,10 @@ class SqlStore:
     def register_agent(self, run_id: str, name: str, token: TokenRecord) -> tuple[AgentRecord, str]:
         """Register agent ``name`` in the run and return it with a fresh credential (``fla_…``).
 
-        Registering the same name again keeps the agent id and replaces the credential
-        (the old one stops working); the agent takes the role and token of this call.
-        Refused if ``token`` has been revoked meanwhile.
+        Registering the same name again with a token of the same name keeps the agent id
+        and its role and replaces the credential (the old one stops working). The rules of
+        :mod:`fedloom.store.registration` refuse (``RegistrationRefusedError``, nothing
+        written) a name bound to another token, a token over its agent limit, a revoked token.
         """
         _check_slug("agent name", name)
         credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
@@ -485,7 +505,8 @@ class SqlStore:
         for attempt in (1, 2):
             try:
                 with self._session(action, run_id=run_id) as session:
-                    return self._write_agent(session, run_id, name, token, digest), credential
+                    row = write_agent(session, run_id, name, token, digest, utcnow())
+                    return _agent_record(row), credential
             except StoreError as exc:
                 # two first registrations of one name raced: the loser's insert hit the unique
                 # constraint; its second attempt updates the winner's row instead
@@ -494,20 +515,15 @@ class SqlStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write_agent(self, session: Session, run_id: str, name: str, token: TokenRecord, digest: str) -> AgentRecord:
-        """Update-or-insert the agent row, then check the token; writing first takes SQLite's write lock
-        before any read, so a concurrent writer makes this wait (busy timeout) instead of failing."""
-        now = utcnow()
-        values = {"token_id": token.id, "role": token.role, "credential_sha256": digest, "last_seen_at": now}
-        where = (AgentRow.run_id == run_id, AgentRow.name == name)
-        if _rowcount(session, update(AgentRow).where(*where).values(**values)) == 0:
-            new_id = AGENT_ID_PREFIX + uuid.uuid4().hex
-            session.add(AgentRow(id=new_id, run_id=run_id, name=name, created_at=now, **values))
-            session.flush()
-        token_row = session.get(TokenRow, token.id)
-        if token_row is None or token_row.revoked_at is not None:
-            raise StoreError(f"cannot register agent {name!r}: the join token {token.name!r} has been revoked")
-        return _agent_record(session.scalars(select(AgentRow).where(*where)).one())
+    def revoked_agent_ids(self, run_id: str) -> set[str]:
+        """The run's agents whose token is revoked (``fedloom token revoke``, maybe from another process)."""
+        with self._session(f"list revoked agents of run {run_id}") as session:
+            return revoked_agent_ids(session, run_id)
+
+    def ping(self) -> None:
+        """Raise ``StoreError`` unless the database answers a trivial query (``GET /v1/health``)."""
+        with self._session("reach the database") as session:
+            session.execute(select(1))
 
     def _agent_id(self, run_id: str, name: str) -> str | None:
         with self._session("look up an agent") as session:
@@ -691,10 +707,11 @@ def _make_engine(url: str | URL) -> Engine:
     """
     try:
         engine = create_engine(url, pool_pre_ping=not _is_sqlite(url))
-    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, ValueError) as exc:
+        shown = redact_url(url.render_as_string(hide_password=True) if isinstance(url, URL) else url)
         raise StoreError(
-            f"cannot use database URL {url!r}: {exc} (PostgreSQL needs `pip install fedloom[postgres]`)"
-        ) from exc
+            f"cannot use database URL {shown!r}: {redact_url(exc)} (PostgreSQL needs `pip install fedloom[postgres]`)"
+        ) from None  # the chained exception would print the URL, password included
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -929,7 +946,14 @@ def _metric_record(row: MetricRow) -> MetricRecord:
 
 
 def _token_record(row: TokenRow) -> TokenRecord:
-    return TokenRecord(id=row.id, name=row.name, role=row.role, created_at=row.created_at, revoked_at=row.revoked_at)
+    return TokenRecord(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+        max_agents=row.max_agents,
+    )
 
 
 def _agent_record(row: AgentRow) -> AgentRecord:

@@ -1,0 +1,71 @@
+"""Reading an uploaded update: bytes in, a checked :class:`ParsedUpload` or an :class:`UploadRefusedError` out.
+
+Everything an agent sends is parsed and range-checked here, before the aggregator's
+lock is taken and before anything reaches the round engine or the database, so a
+hostile or broken upload is refused with a code and a reason naming the field
+instead of failing later in a store write (where it would look like an outage).
+Kept apart from :mod:`fedloom.server.aggregator` so the round logic and the
+parsing of untrusted bytes can change independently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedloom.core.errors import PayloadTooLargeError, SerializationError, ValidationError
+from fedloom.core.metrics import metrics_from_json
+from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, from_bytes
+from fedloom.core.weights import Weights
+
+
+class UploadRefusedError(Exception):
+    """An upload that cannot be accepted: ``code`` (protocol), ``detail`` (words), ``round`` if known."""
+
+    def __init__(self, code: str, detail: str, round: int | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.round = round
+
+
+@dataclass(frozen=True)
+class ParsedUpload:
+    """An update's parts after every check that needs no round state."""
+
+    weights: Weights
+    round: int
+    num_samples: int
+    metrics: dict[str, float]
+    client_id: str
+
+
+def parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
+    """The ``metrics`` header field (a JSON object, see :func:`fedloom.core.metrics.validate_metrics`), or {}."""
+    text = (extra or {}).get("metrics")
+    if text is None:
+        return {}
+    try:
+        return metrics_from_json(text)
+    except ValidationError as exc:
+        raise SerializationError(f"header field 'metrics' is invalid: {exc}") from None
+
+
+def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
+    """The checked parts of an update upload, or :class:`UploadRefusedError`."""
+    try:
+        weights, header = from_bytes(body, max_bytes=max_bytes)
+    except PayloadTooLargeError as exc:
+        raise UploadRefusedError("payload_too_large", str(exc)) from None
+    except SerializationError as exc:
+        raise UploadRefusedError("invalid_payload", str(exc)) from None
+    if header.round < 0:
+        raise UploadRefusedError("invalid_payload", f"header field 'round' must be in [0, {MAX_ROUND}], got -1")
+    if header.num_samples < 1:
+        detail = f"header field 'num_samples' must be in [1, {MAX_NUM_SAMPLES}], got {header.num_samples}"
+        raise UploadRefusedError("invalid_payload", detail, header.round)
+    try:
+        metrics = parse_metrics(header.extra)
+    except SerializationError as exc:
+        raise UploadRefusedError("invalid_payload", str(exc), header.round) from None
+    return ParsedUpload(weights, header.round, header.num_samples, metrics, header.client_id)

@@ -1,0 +1,61 @@
+"""The store writes of one simulated run: the run row, its clients, per-round metrics, the finish.
+
+:class:`RunLog` is a round observer like the progress printer. Every method is a no-op
+when no store is given (``store=None``), so the driver never branches on it. Round
+events (rounds, local and global models, rejections) are written by the lifecycle's
+recorder (:class:`~fedloom.server.recording.StoreRecorder`), the same one the deployed
+aggregator uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
+from fedloom.server.recording import StoreRecorder
+
+
+def resolve_store(store: Any) -> Any:
+    if store == "default":
+        from fedloom.store import SqlStore
+
+        return SqlStore.open_default()
+    return store
+
+
+class RunLog:
+    """The store writes of one run; every method is a no-op when no store is given."""
+
+    def __init__(self, store: Any, name: str, config: Mapping[str, Any], seed: int, keep_local_models: bool) -> None:
+        self.store = resolve_store(store)
+        self.run_id: str | None = self.store.create_run(name, "simulation", config, seed) if self.store else None
+        self.recorder = (
+            StoreRecorder(self.store, self.run_id, keep_local_models=keep_local_models) if self.run_id else None
+        )
+
+    def register_clients(self, clients: Sequence[tuple[str, int | None]]) -> None:
+        if self.run_id:
+            self.store.register_clients(self.run_id, clients)
+
+    def on_start(self, run: RunInfo) -> None:
+        """The run row was written when the log was made (the recorder needs its id first)."""
+
+    def on_round(self, summary: RoundSummary) -> None:
+        if self.run_id:
+            evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
+            self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
+            for client_id, values in summary.per_client.items():
+                self.store.record_metrics(self.run_id, summary.round, values, scope="client", client_id=client_id)
+
+    def home_hint(self) -> str:
+        """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""
+        from fedloom.store.sql import resolve_home
+
+        home = getattr(self.store, "home", None)
+        return str(home) if home is not None and home.resolve() != resolve_home().resolve() else ""
+
+    def on_finish(self, run: RunInfo, end: RunEnd) -> None:
+        if self.run_id:
+            summary = {"rounds_completed": end.rounds_completed, **end.metrics}
+            self.store.finish_run(self.run_id, end.status, summary)
