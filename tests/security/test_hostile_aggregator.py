@@ -13,7 +13,7 @@ import pytest
 from hostile_aggregator import PUSH_CAP_BYTES, HostileAggregator
 from security_helpers import wait_until
 
-from fedloom.cli.federation import Child, agent_command
+from fedloom.cli.federation import Child, agent_command, agent_env
 
 BOOSTED_SITE = Path(__file__).resolve().parent / "boosted_site.py"
 #: seconds the agent is watched against an aggregator that never gives it a usable model
@@ -31,9 +31,10 @@ def agent_against(tmp_path: Path) -> Iterator[Callable[[str], Child]]:
     started: list[Child] = []
 
     def start(url: str) -> Child:
-        argv = agent_command(url, "victim", tmp_path / "victim", BOOSTED_SITE, {"site": "0", "sites": "3"})
-        argv += ["--token", "flj_" + "t" * 43, "--poll-wait", "1"]
-        agent = Child("victim", argv, log_file=tmp_path / "victim.log")
+        argv = agent_command(
+            url, "victim", tmp_path / "victim", BOOSTED_SITE, {"site": "0", "sites": "3"}, poll_wait=1.0
+        )
+        agent = Child("victim", argv, log_file=tmp_path / "victim.log", env=agent_env("flj_" + "t" * 43))
         started.append(agent)
         return agent
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fedloom.cli.federation import Child, agent_command, final_accuracy, start_aggregator, stop_all
+from fedloom.cli.federation import Child, agent_command, agent_env, final_accuracy, start_aggregator, stop_all
 from fedloom.store import SqlStore
 
 BOOSTED_SITE = Path(__file__).resolve().parent / "boosted_site.py"
@@ -52,8 +52,8 @@ def _federation(home: Path, strategy: str, attacker: bool) -> float:
         for i, name in enumerate(names):
             boost = BOOST if attacker and i == SITES - 1 else 1.0
             args = {"site": str(i), "sites": str(SITES), "boost": f"{boost:g}"}
-            argv = agent_command(url, name, home / name, BOOSTED_SITE, args, token=tokens[name], upload_initial=i == 0)
-            children.insert(0, Child(name, argv, log_file=home / f"{name}.log"))
+            argv = agent_command(url, name, home / name, BOOSTED_SITE, args, upload_initial=i == 0)
+            children.insert(0, Child(name, argv, log_file=home / f"{name}.log", env=agent_env(tokens[name])))
         for agent in children[:-1]:
             code = agent.wait(120)
             assert code == 0, f"{agent.name} exited with {code}:\n{agent.output()[-3000:]}"
