@@ -8,7 +8,6 @@ from fedloom.server.engine import (
     RoundRecorder,
     RoundTask,
 )
-
 from fedloom.server.rounds import (
     AsyncLifecycle,
     AsyncSettings,
