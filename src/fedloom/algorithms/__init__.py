@@ -1,6 +1,7 @@
 """fedloom.algorithms — aggregation maths and strategy composition; imports only fedloom.core."""
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator, weighted_mean
+from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES, build_strategy
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.strategy import (
     Accumulator,
@@ -12,8 +13,6 @@ from fedloom.algorithms.strategy import (
     WeightedMean,
     fedavg,
 )
-
-from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES, build_strategy
 
 __all__ = [
     "AGGREGATORS",

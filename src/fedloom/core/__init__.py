@@ -15,8 +15,12 @@ from fedloom.core.errors import (
     WeightsMismatchError,
 )
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.metrics import validate_metrics
+from fedloom.core.observe import RoundObserver, RoundSummary, RunEnd, RunInfo
+from fedloom.core.reserved import model_part
 from fedloom.core.rng import rng_for, stream_key
 from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
+from fedloom.core.terms import NO_TERMS, AffineTerm, ClientTerms
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import (
     Weights,
@@ -29,11 +33,6 @@ from fedloom.core.weights import (
     validate_weights,
     weights_equal,
 )
-
-from fedloom.core.metrics import validate_metrics
-from fedloom.core.observe import RoundObserver, RoundSummary, RunEnd, RunInfo
-from fedloom.core.reserved import model_part
-from fedloom.core.terms import NO_TERMS, AffineTerm, ClientTerms
 
 __all__ = [
     "NO_TERMS",

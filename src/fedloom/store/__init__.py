@@ -20,9 +20,7 @@ from fedloom.store.records import (
     TokenRecord,
 )
 from fedloom.store.schema import SCHEMA_VERSION
-from fedloom.store.sql import SqlStore, resolve_home
-
-from fedloom.store.sql import BLOBS_DIRNAME
+from fedloom.store.sql import BLOBS_DIRNAME, SqlStore, resolve_home
 
 __all__ = [
     "BLOBS_DIRNAME",
