@@ -291,21 +291,16 @@ def _issue_tokens(home: Path, names: Sequence[str]) -> dict[str, str]:
         store.close()
 
 
-def run_up(args: argparse.Namespace) -> int:
-    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
-    _check_up_args(args)
-    trainer = find_example(args.example)
+def _store_home(args: argparse.Namespace) -> Path:
+    """``--home``, or a new temporary directory, created and made absolute (children get paths under it)."""
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="fedloom-federation-"))
     home.mkdir(parents=True, exist_ok=True)
-    home = home.resolve()
-    say("federation", f"store home: {home}")
-    names = [f"site-{i}" for i in range(args.agents)]
-    tokens = _issue_tokens(home, names)
+    return home.resolve()
 
-    def echo(name: str, line: str) -> None:
-        say(name, line)
 
-    settings = {
+def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The aggregator settings the command's flags choose (every round waits for all the agents)."""
+    return {
         "max_rounds": args.rounds,
         "min_agents": args.agents,
         "lr": args.lr,
@@ -314,6 +309,21 @@ def run_up(args: argparse.Namespace) -> int:
         "deadline_seconds": args.deadline_seconds,
         "deadline_policy": "aggregate",
     }
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Start the federation, wait for the run to finish, print the final accuracy, tear down."""
+    _check_up_args(args)
+    trainer = find_example(args.example)
+    home = _store_home(args)
+    say("federation", f"store home: {home}")
+    names = [f"site-{i}" for i in range(args.agents)]
+    tokens = _issue_tokens(home, names)
+
+    def echo(name: str, line: str) -> None:
+        say(name, line)
+
+    settings = _server_settings(args)
     children: list[Child] = []
     with _sigterm_as_interrupt():
         try:

@@ -24,42 +24,41 @@ SIGTERM/SIGINT stop the agent cleanly (exit code 0): an HTTP call in flight (upl
 download, registration) is finished and the state saved; a long poll, a retry wait or
 training in progress is abandoned (training is repeated after a restart). A second
 signal stops at once; the saved state is still consistent.
+
+This module is the state machine; registration and the credential are in
+:mod:`fedloom.client.agent_identity`, stopping and signals in
+:mod:`fedloom.client.agent_stop`, the Trainer call and its checks in
+:mod:`fedloom.client.agent_fit`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import signal
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from fedloom.client.agent_fit import WithSiteState, fit_checked
+from fedloom.client.agent_identity import AgentIdentity, RunChanged
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
+from fedloom.client.agent_stop import AgentInterrupted, StopControl
 from fedloom.client.backoff import Backoff
-from fedloom.client.client_state import LocalContext, fit_with_state
-from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.loading import check_trainer
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
     AggregatorClient,
-    AuthError,
     NotFoundError,
     RequestInterruptedError,
     TaskInfo,
     UploadRejectedError,
     fit_config_from,
 )
-from fedloom.core.errors import ClientError, ConfigError, ValidationError
-from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.errors import ConfigError
 from fedloom.core.serialization import content_hash
-from fedloom.core.terms import NO_TERMS, ClientTerms
-from fedloom.core.weights import Weights, check_finite, check_structure
 
 __all__ = ["OBSOLETE_CODES", "Agent", "AgentInterrupted", "AgentOutcome", "default_agent_name"]
 
@@ -69,21 +68,9 @@ log = logging.getLogger("fedloom.agent")
 OBSOLETE_CODES = frozenset({"duplicate", "round_closed", "wrong_round", "not_selected"})
 #: names the aggregator accepts (docs/protocol.md)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 AgentOutcome = Literal["finished", "stopped"]
-_T = TypeVar("_T")
-
-
-class AgentInterrupted(BaseException):
-    """Raised from the signal handler to abandon an interruptible step (long poll, training).
-
-    A BaseException, like KeyboardInterrupt, so that a Trainer's ``except Exception``
-    does not swallow it.
-    """
-
-
-class _RunChanged(Exception):  # noqa: N818 - internal control flow
-    """Re-registration revealed a different run: drop the step in progress and start over."""
+#: the trainer/fit helper under the name the tests (tests/client/test_fit_check.py) import
+_fit = fit_checked
 
 
 def default_agent_name() -> str:
@@ -92,7 +79,7 @@ def default_agent_name() -> str:
     return name or "agent"
 
 
-class Agent:
+class Agent(AgentIdentity):
     """Runs one site's Trainer against one aggregator until the run finishes or it is stopped.
 
     ``trainer_factory`` is called once, before anything is sent; ``state_dir`` holds the
@@ -133,8 +120,7 @@ class Agent:
         self.handle_signals = handle_signals
         self.mismatch_backoff = mismatch_backoff or Backoff()
         self._state = AgentState()
-        self._stop_requested = False
-        self._interruptible = False
+        self._stop = StopControl(self._interrupt_client)
         self._reregistered = False
         self._last_wait: tuple[int, str] | None = None
         self._mode = "sync"
@@ -149,48 +135,19 @@ class Agent:
 
     def stop(self) -> None:
         """Ask the agent to stop after the current step. Safe from other threads and signal handlers."""
-        self._stop_requested = True  # plain flags only: no locks, so a signal handler cannot deadlock
-        self.client.interrupt()
+        self._stop.stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stop_requested
+        return self._stop.requested
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        now = self._stop_requested or self._interruptible
-        log.info("received %s: stopping %s", signal.Signals(signum).name, "now" if now else "after this step")
-        self.stop()
-        if now:
-            raise AgentInterrupted(signal.Signals(signum).name)
-
-    @contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    @contextmanager
-    def _interruptible_step(self) -> Iterator[None]:
-        """A step a stop signal may abandon at once (nothing in it needs finishing)."""
-        if self._stop_requested:
-            raise AgentInterrupted("stop requested")
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
+    def _interrupt_client(self) -> None:
+        """Cut short the HTTP call of whichever client the agent holds when the stop comes."""
+        self.client.interrupt()
 
     def _pause(self, seconds: float) -> None:
         """Sleep in short slices so that a stop request is noticed quickly."""
-        deadline = time.monotonic() + seconds
-        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(0.1, left))
+        self._stop.pause(seconds)
 
     # ---------------------------------------------------------------- main loop
 
@@ -198,7 +155,7 @@ class Agent:
         """Work until the run is ``finished`` or the agent is stopped (``stopped``); state is saved either way."""
         with self.store.locked():
             self._state = self.store.load()
-            with self._signal_handlers():
+            with self._stop.signal_handlers(self.handle_signals):
                 try:
                     return self._run()
                 except (AgentInterrupted, RequestInterruptedError):
@@ -212,18 +169,18 @@ class Agent:
         self._connect()
         try:
             self._learn_mode()
-        except _RunChanged:  # the stored credential belonged to an older run: registered afresh
+        except RunChanged:  # the stored credential belonged to an older run: registered afresh
             self._learn_mode()
         if self.upload_initial:
-            with suppress(_RunChanged):
+            with suppress(RunChanged):
                 self._offer_initial_model(trainer)
         if self._state.phase is AgentPhase.FINISHED:
             self._transition(AgentPhase.WAITING_GM, why="asking the aggregator again after a restart")
-        while not self._stop_requested:
+        while not self._stop.requested:
             try:
                 if self._step(trainer):
                     return "finished"
-            except _RunChanged:
+            except RunChanged:
                 continue
         raise AgentInterrupted("stop requested")
 
@@ -241,120 +198,6 @@ class Agent:
             return True
         return False
 
-    # ---------------------------------------------------------------- identity
-
-    def _connect(self) -> None:
-        state = self._state
-        if state.agent_id and state.credential:
-            self.client.authenticate(state.agent_id, state.credential)
-            log.info(
-                "agent %s (id %s) resuming in state %s%s",
-                state.name or self.name,
-                state.agent_id,
-                state.phase,
-                "" if state.round is None else f", round {state.round}",
-            )
-            return
-        if not self.join_token:
-            raise ConfigError(
-                f"no credential in {str(self.store.directory)!r} and no join token: "
-                "set FEDLOOM_AGENT_TOKEN or pass --token-file (the token made by `fedloom token create`)"
-            )
-        self._register()
-
-    def _register(self) -> None:
-        """Exchange the join token for a credential and save it at once; raise _RunChanged if the run is new."""
-        assert self.join_token is not None
-        try:
-            reg = self.client.register(self.name, self.join_token)
-        except AuthError as exc:
-            raise AuthError(
-                exc.status, exc.code, f"{exc.detail} (the join token was refused: is it revoked or mistyped?)"
-            ) from None
-        old = self._state
-        identity: dict[str, Any] = {
-            "agent_id": reg["agent_id"],
-            "credential": reg["credential"],
-            "role": reg.get("role"),
-            "run_id": reg.get("run_id"),
-            "name": self.name,
-        }
-        changed = old.agent_id is not None and (old.agent_id != reg["agent_id"] or old.run_id != reg.get("run_id"))
-        if changed:
-            log.warning(
-                "the aggregator now knows this agent as %s in run %s (was %s in run %s): starting afresh",
-                reg["agent_id"],
-                reg.get("run_id"),
-                old.agent_id,
-                old.run_id,
-            )
-            self.store.clear_models()
-            self._save(AgentState(**identity))
-            raise _RunChanged
-        self._save(old.with_(**identity))
-        log.info(
-            "registered as %s (agent id %s, role %s, run %s)",
-            self.name,
-            reg["agent_id"],
-            reg.get("role"),
-            reg.get("run_id"),
-        )
-
-    def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Call the server; on a 401 to the stored credential, register again once and retry."""
-        try:
-            return method(*args, **kwargs)
-        except AuthError as exc:
-            if exc.status != 401:
-                raise
-            if self._reregistered or not self.join_token:
-                raise AuthError(
-                    exc.status,
-                    exc.code,
-                    f"{exc.detail} (the agent credential was refused"
-                    + (" even after registering again" if self._reregistered else " and no join token was given")
-                    + ")",
-                ) from None
-            log.warning("the aggregator refused the stored credential (%s); registering again", exc.detail)
-            self._reregistered = True
-            self._register()
-            return method(*args, **kwargs)
-
-    def _learn_mode(self) -> None:
-        """Ask the run's mode once: in an asynchronous run a stale update is down-weighted, not wasted."""
-        status = self._call(self.client.status)
-        self._mode = str(status.get("mode") or "sync")
-        log.info(
-            "aggregator run %s: %s mode, round %s of %s",
-            status.get("run_id"),
-            self._mode,
-            status.get("round"),
-            status.get("max_rounds"),
-        )
-
-    def _offer_initial_model(self, trainer: Trainer) -> None:
-        if self._state.role not in (None, "admin"):
-            log.warning("not uploading the initial model: only admin agents may (this one is %r)", self._state.role)
-            return
-        try:
-            weights, sha = self._call(self.client.download_global, "latest")
-        except NotFoundError:
-            pass
-        else:
-            log.info("the aggregator already has a global model (%s); no initial upload", sha[:12])
-            self.store.save_global(weights, -1)
-            self._save(self._state.with_(global_sha256=sha, global_round=None))
-            return
-        weights = _checked_weights(trainer.get_weights(), "trainer.get_weights()")
-        try:
-            self._call(self.client.upload_initial, weights)
-        except UploadRejectedError as exc:
-            if exc.status != 409:
-                raise
-            log.info("another agent uploaded the initial model first (%s)", exc.detail)
-            return
-        log.info("uploaded the initial global model (%s)", content_hash(weights)[:12])
-
     # ---------------------------------------------------------------- phases
 
     def _poll(self) -> None:
@@ -365,7 +208,7 @@ class Agent:
         """
         quick, self._look_now = self._look_now, False
         started = time.monotonic()
-        with self._interruptible_step():
+        with self._stop.interruptible_step():
             task = self._call(self.client.task, wait=0 if quick else self.poll_wait)
         if task.state == "finished":
             self._transition(AgentPhase.FINISHED, why="the run is finished")
@@ -448,8 +291,8 @@ class Agent:
         self._transition(AgentPhase.TRAINING, why=f"round {state.round}")
         config = fit_config_from(state.config, state.round)
         started = time.monotonic()
-        with self._interruptible_step():
-            weights, num_samples, metrics = _fit(_WithState(trainer, self.store.directory), held[0], config)
+        with self._stop.interruptible_step():
+            weights, num_samples, metrics = _fit(WithSiteState(trainer, self.store.directory), held[0], config)
         payload = self.client.update_payload(state.round, weights, num_samples, metrics)
         self.store.save_local(payload)
         log.info(
@@ -530,52 +373,8 @@ class Agent:
 
     # ---------------------------------------------------------------- persistence
 
-    def _save(self, state: AgentState) -> None:
-        self.store.save(state)
-        self._state = state
-
     def _transition(self, phase: AgentPhase, *, why: str = "", **changes: Any) -> None:
         before = self._state.phase
         self._save(self._state.with_(phase=phase, **changes))
         self._look_now = self._look_now or phase is AgentPhase.WAITING_GM
         log.info("state %s → %s%s", before, phase, f" ({why})" if why else "")
-
-
-class _WithState:
-    """The user's Trainer, trained with the state this site keeps between rounds
-    (personal tensors, the client parts' state) in the agent's directory."""
-
-    def __init__(self, trainer: Trainer, directory: Path) -> None:
-        self.trainer, self.directory = trainer, directory
-
-    def get_weights(self) -> Weights:
-        return self.trainer.get_weights()
-
-    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
-        """The round's fit through the one client-side function the simulation uses too (``terms``
-        come from the client parts the config names, not from the caller)."""
-        return fit_with_state(self.trainer, weights, config, LocalContext("agent", self.directory))
-
-    def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
-        return dict(self.trainer.evaluate(weights, config))
-
-
-def _fit(trainer: Trainer, weights: Weights, config: Any) -> tuple[Weights, int, dict[str, float]]:
-    """Run ``trainer.fit`` and check what it returned; any problem becomes a ClientError naming the round."""
-    try:
-        result = trainer.fit(weights, config)
-    except ClientError:
-        raise
-    except Exception as exc:
-        raise ClientError(f"round {config.round}: trainer.fit raised {type(exc).__name__}: {exc}") from exc
-    checked = checked_fit_result(result, config.round)  # the same check as the simulation's
-    return checked.weights, checked.num_samples, dict(checked.metrics)
-
-
-def _checked_weights(weights: Any, what: str) -> Weights:
-    try:
-        check_structure(weights)
-        check_finite(weights)
-    except ValidationError as exc:
-        raise ClientError(f"{what} returned unusable weights: {exc}") from None
-    return dict(weights)

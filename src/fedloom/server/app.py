@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -22,17 +21,26 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedloom.core.errors import StoreError
-from fedloom.core.redaction import redact_url
-from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
+from fedloom.server.aggregator import Aggregator, refusal
 from fedloom.server.deployment_store import AgentLike
-from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
+from fedloom.server.http_errors import install_error_handlers
+from fedloom.server.http_models import (
+    ERROR_RESPONSES,
+    STORE_ERROR_RESPONSE,
+    HealthResponse,
+    InitialModelResponse,
+    RegisterRequest,
+    RegisterResponse,
+    StatusResponse,
+    TaskInfo,
+    UploadResponse,
+)
+from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_limited_refusal
 from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
@@ -49,100 +57,6 @@ _BINARY_BODY: dict[str, Any] = {
 }
 #: a round in a path: 1-10 ASCII digits (rounds are below 2**31)
 _ROUND_PATH = re.compile(r"[0-9]{1,10}")
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-#: what an agent is told when the store fails (the reason is logged on the aggregator)
-STORE_UNAVAILABLE_DETAIL = "the aggregator's database is unavailable; try again later (details are in its log)"
-
-
-# --------------------------------------------------------------------- JSON bodies
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
-
-
-class RegisterRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    join_token: str = Field(min_length=1, max_length=256)
-    #: the agent's data size; optional, and then its uploads may claim at most this many samples
-    num_samples: int | None = Field(default=None, ge=1, le=2**63 - 1)
-
-
-class RegisterResponse(BaseModel):
-    agent_id: str
-    credential: str
-    role: Literal["agent", "admin"]
-    run_id: str
-
-
-class FitConfigBody(BaseModel):
-    round: int
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-class TaskInfo(BaseModel):
-    state: Literal["train", "wait", "finished"]
-    round: int
-    global_round: int | None = None
-    global_sha256: str | None = None
-    config: FitConfigBody | None = None
-    deadline: str | None = None
-
-
-class UploadResponse(BaseModel):
-    accepted: bool
-    round: int
-
-
-class InitialModelResponse(BaseModel):
-    accepted: bool
-    sha256: str
-
-
-class StatusResponse(BaseModel):
-    run_id: str
-    round: int
-    state: str
-    mode: str
-    agents: int
-    selected: list[str]
-    received: int
-    rounds_completed: int
-    max_rounds: int
-
-
-class HealthResponse(BaseModel):
-    ok: bool
-
-
-def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "invalid payload",
-        401: "missing, invalid or revoked credential",
-        403: "not allowed",
-        404: "not found",
-        408: "the upload body did not arrive in time",
-        409: "conflict with the round state",
-        413: "payload too large",
-        422: "invalid weights or request",
-        429: "too many refused requests: wait Retry-After seconds",
-    }.items()
-}
-
-
-_ERRORS_503: dict[str, Any] = {"model": ErrorBody, "description": "the database is unavailable"}
 
 
 # --------------------------------------------------------------------- dependencies
@@ -201,7 +115,7 @@ AgentDep = Annotated[AgentLike, Depends(current_agent)]
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: _ERRORS_503}, tags=["meta"])
+@router.get("/health", response_model=HealthResponse, responses={503: STORE_ERROR_RESPONSE}, tags=["meta"])
 def health(aggregator: AggregatorDep) -> HealthResponse:
     """Readiness check, no credential needed: 200 only while the database answers (503 ``store_unavailable``
     otherwise), so a load balancer or monitor sees an aggregator that cannot record anything as down."""
@@ -212,7 +126,7 @@ def health(aggregator: AggregatorDep) -> HealthResponse:
 @router.post(
     "/agents/register",
     response_model=RegisterResponse,
-    responses=_ERRORS,
+    responses=ERROR_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -241,7 +155,7 @@ async def register(request: Request, aggregator: AggregatorDep) -> RegisterRespo
     )
 
 
-@router.get("/task", response_model=TaskInfo, responses=_ERRORS, tags=["rounds"])
+@router.get("/task", response_model=TaskInfo, responses=ERROR_RESPONSES, tags=["rounds"])
 async def task(
     aggregator: AggregatorDep,
     agent: AgentDep,
@@ -255,7 +169,7 @@ async def task(
 @router.get(
     "/models/global/{round}",
     response_class=Response,
-    responses={200: {"content": {_OCTET: {}}, "description": "safetensors bytes"}, **_ERRORS},
+    responses={200: {"content": {_OCTET: {}}, "description": "safetensors bytes"}, **ERROR_RESPONSES},
     tags=["models"],
 )
 def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Response:
@@ -287,7 +201,7 @@ async def _chunks(payload: bytes) -> AsyncIterator[memoryview]:
 @router.post(
     "/models/initial",
     response_model=InitialModelResponse,
-    responses=_ERRORS,
+    responses=ERROR_RESPONSES,
     openapi_extra=_BINARY_BODY,
     tags=["models"],
 )
@@ -305,7 +219,7 @@ async def initial_model(request: Request, aggregator: AggregatorDep, agent: Agen
 @router.post(
     "/updates",
     response_model=UploadResponse,
-    responses=_ERRORS,
+    responses=ERROR_RESPONSES,
     openapi_extra=_BINARY_BODY,
     tags=["rounds"],
 )
@@ -321,7 +235,7 @@ async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) 
     return UploadResponse(accepted=True, round=round_no)
 
 
-@router.get("/status", response_model=StatusResponse, responses=_ERRORS, tags=["meta"])
+@router.get("/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["meta"])
 def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
     """The run's round, state, mode and counts."""
     return StatusResponse(**aggregator.status())
@@ -374,49 +288,9 @@ def create_app(
     app.state.upload_slots = UploadSlots(upload_slots)
     server = aggregator.config.server
     app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.include_router(router)
     return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as ``{"error": CODE, "detail": TEXT}``."""
-
-    async def on_refusal(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestRefusedError)
-        key = rate_key(request)
-        limiter: RateLimiter = request.app.state.rate_limiter
-        if exc.code == "rate_limited":
-            wait = max(1, math.ceil(limiter.retry_after(key)))
-            return _error(exc.status, exc.code, exc.detail, {"Retry-After": str(wait)})
-        if exc.status < 500:
-            limiter.spend(key)
-        return _error(exc.status, exc.code, exc.detail)
-
-    async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
-        # the real reason names database hosts, ports and blob paths: it goes to the log only
-        log.error("store error while answering %s %s: %s", request.method, request.url.path, redact_url(exc))
-        return _error(503, "store_unavailable", STORE_UNAVAILABLE_DETAIL)
-
-    async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        request.app.state.rate_limiter.spend(rate_key(request))
-        parts = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
-            parts.append(f"{where}: {error.get('msg', 'invalid')}")
-        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
-
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        request.app.state.rate_limiter.spend(rate_key(request))
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    app.add_exception_handler(RequestRefusedError, on_refusal)
-    app.add_exception_handler(StoreError, on_store_error)
-    app.add_exception_handler(RequestValidationError, on_invalid_request)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
 
 
 async def _tick_forever(aggregator: Aggregator, interval: float, on_done: Callable[[], None] | None) -> None:
