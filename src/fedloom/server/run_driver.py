@@ -130,6 +130,7 @@ class RunDriver:
         rounds = self.state.rounds
         if rounds is None:
             return
+        self.drop_revoked()  # a round must never open with an agent revoked since the last tick
         with self.recording():
             events = rounds.tick(now, may_open=self.state.open_for_agents())
         for event in events:
