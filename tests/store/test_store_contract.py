@@ -24,8 +24,9 @@ from sqlalchemy import Connection, create_engine, event, inspect, select, text, 
 
 from fedloom.core.errors import IntegrityError, RegistrationRefusedError, StoreError, ValidationError
 from fedloom.core.serialization import content_hash
+from fedloom.core.store_protocols import RunWriter
 from fedloom.core.weights import Weights
-from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, Store, TokenRecord, schema
+from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, TokenRecord, schema
 from fedloom.store.schema import AgentRow, Base, SchemaVersionRow
 from fedloom.store.sql import sqlite_url
 
@@ -125,7 +126,7 @@ def _files_under(root: Path) -> list[Path]:
 
 
 def test_store_satisfies_the_protocol(store: SqlStore) -> None:
-    assert isinstance(store, Store)
+    assert isinstance(store, RunWriter)
 
 
 def test_run_lifecycle(store: SqlStore) -> None:

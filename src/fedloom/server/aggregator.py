@@ -51,13 +51,14 @@ from fedloom.core.errors import (
     StoreError,
     ValidationError,
 )
+from fedloom.core.records import AgentRecord as AgentLike  # the stored agent record (was a mirror protocol)
 from fedloom.core.serialization import MAX_ROUND, content_hash, from_bytes, from_plain_bytes, to_bytes
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import AgentLike, DeploymentStore
 from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
 from fedloom.server.resume import RunContext, load_async, load_sync
 from fedloom.server.rounds import (

@@ -29,9 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedloom.core.errors import StoreError
+from fedloom.core.records import AgentRecord
 from fedloom.core.redaction import redact_url
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
-from fedloom.server.deployment_store import AgentLike
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_key, rate_limited_refusal
 from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
@@ -171,7 +171,7 @@ def current_agent(
     request: Request,
     aggregator: AggregatorDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> AgentLike:
+) -> AgentRecord:
     """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread.
 
     An address whose refusals used up its rate limit gets 429 instead of 401; an agent that
@@ -193,7 +193,7 @@ def current_agent(
     return agent
 
 
-AgentDep = Annotated[AgentLike, Depends(current_agent)]
+AgentDep = Annotated[AgentRecord, Depends(current_agent)]
 
 
 # --------------------------------------------------------------------- endpoints

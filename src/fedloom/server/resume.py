@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.metrics import usable_metrics
+from fedloom.core.records import ModelRecord
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import DeploymentStore, ModelLike
 from fedloom.server.engine import RoundEngine
 from fedloom.server.recording import StoreRecorder
 from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
@@ -93,7 +94,7 @@ def replayed_opt_state(run: RunContext, num_clients: int) -> ServerOptState | No
     return state
 
 
-def _stored_updates(run: RunContext, models: Sequence[ModelLike]) -> list[ClientUpdate]:
+def _stored_updates(run: RunContext, models: Sequence[ModelRecord]) -> list[ClientUpdate]:
     updates = []
     for model in models:
         assert model.client_id is not None
@@ -103,7 +104,7 @@ def _stored_updates(run: RunContext, models: Sequence[ModelLike]) -> list[Client
     return updates
 
 
-def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
+def _weighted_metrics(models: Sequence[ModelRecord]) -> dict[str, float]:
     """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
     total = sum(m.num_samples for m in models)
     sums: dict[str, float] = {}
@@ -129,7 +130,7 @@ def repair_round(run: RunContext, number: int, aggregated: bool) -> None:
     log.info("round %d: finished recording it after a restart", number)
 
 
-def load_sync(run: RunContext, latest: ModelLike, weights: Weights, agents: Sequence[str]) -> SyncRounds:
+def load_sync(run: RunContext, latest: ModelRecord, weights: Weights, agents: Sequence[str]) -> SyncRounds:
     """The synchronous rounds after ``latest``: the open round resumed, or the next one to open."""
     global_rounds = {m.round for m in run.store.list_global_models(run.run_id)}
     rounds = {r.round: r for r in run.store.list_rounds(run.run_id)}
@@ -151,7 +152,7 @@ def load_sync(run: RunContext, latest: ModelLike, weights: Weights, agents: Sequ
     return lifecycle
 
 
-def load_async(run: RunContext, latest: ModelLike, weights: Weights) -> AsyncLifecycle:
+def load_async(run: RunContext, latest: ModelRecord, weights: Weights) -> AsyncLifecycle:
     """Version V and the arrivals since: versions are made every ``buffer_size`` arrivals exactly."""
     size = run.config.asynchronous.buffer_size
     arrivals = sorted(run.store.list_local_models(run.run_id), key=lambda m: m.id)

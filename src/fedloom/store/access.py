@@ -20,9 +20,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, or_, select, update
 
 from fedloom.core.errors import StoreError
+from fedloom.core.records import ROLES, AgentRecord, TokenRecord
 from fedloom.store.checks import INT32_MAX, check_choice, check_int
 from fedloom.store.connection import SqlCore, rowcount
-from fedloom.store.records import ROLES, AgentRecord, TokenRecord
 from fedloom.store.registration import revoked_agent_ids, usage_by_token, write_agent
 from fedloom.store.row_records import agent_record, token_record
 from fedloom.store.schema import DEFAULT_MAX_AGENTS, AgentRow, TokenRow

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from sqlalchemy import insert, select
 
 from fedloom.core.errors import StoreError
+from fedloom.core.records import METRIC_SCOPES, MetricRecord, RejectionRecord
 from fedloom.store.checks import (
     INT32_MAX,
     MAX_CODE_LENGTH,
@@ -20,7 +21,6 @@ from fedloom.store.checks import (
     printable,
 )
 from fedloom.store.connection import SqlCore
-from fedloom.store.records import METRIC_SCOPES, MetricRecord, RejectionRecord
 from fedloom.store.row_records import metric_record, rejection_record
 from fedloom.store.schema import MetricRow, RejectionRow
 from fedloom.store.types import utcnow

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from sqlalchemy import select
 
 from fedloom.core.errors import IntegrityError, StoreError
+from fedloom.core.records import ModelRecord
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights, check_structure
 from fedloom.store.checks import INT32_MAX, check_int, check_name
 from fedloom.store.connection import SqlCore
-from fedloom.store.records import ModelRecord
 from fedloom.store.row_records import global_record, local_record
 from fedloom.store.schema import GlobalModelRow, LocalModelRow
 from fedloom.store.types import utcnow

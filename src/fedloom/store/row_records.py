@@ -6,7 +6,7 @@ caller never holds an object bound to a database session.
 
 from __future__ import annotations
 
-from fedloom.store.records import (
+from fedloom.core.records import (
     AgentRecord,
     ClientRecord,
     MetricRecord,

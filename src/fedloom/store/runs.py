@@ -13,9 +13,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from fedloom.core.errors import StoreError
+from fedloom.core.records import RUN_KINDS, ClientRecord, RoundRecord, RunRecord
 from fedloom.store.checks import INT32_MAX, check_choice, check_int, check_name, check_text, plain_json
 from fedloom.store.connection import SqlCore, rowcount
-from fedloom.store.records import RUN_KINDS, ClientRecord, RoundRecord, RunRecord
 from fedloom.store.row_records import client_record, round_record, run_record
 from fedloom.store.schema import ClientRow, RoundRow, RunRow
 from fedloom.store.types import utcnow
