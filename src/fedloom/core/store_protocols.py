@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from fedloom.core.records import (
     AgentRecord,
     ClientRecord,
@@ -64,8 +66,20 @@ class RunWriter(Protocol):
         """Mark an open round ``closed`` (aggregated) or ``abandoned``."""
         ...
 
-    def save_global_model(self, run_id: str, round: int, weights: Weights, num_samples: int) -> int:
-        """Store the round's single global model; returns its id."""
+    def save_global_model(
+        self,
+        run_id: str,
+        round: int,
+        weights: Weights,
+        num_samples: int,
+        server_state: tuple[Mapping[str, np.ndarray], int] | None = None,
+    ) -> int:
+        """Store the round's single global model, with the server optimiser's ``(tensors, step)``
+        after the round in the same transaction when given; returns the model's id."""
+        ...
+
+    def save_server_state(self, run_id: str, round: int, state_tensors: Mapping[str, np.ndarray], step: int) -> None:
+        """Store the server optimiser's state after ``round`` (whose global model is already stored)."""
         ...
 
     def save_local_model(
@@ -127,6 +141,10 @@ class RunReader(Protocol):
 
     def metrics(self, run_id: str, scope: str | None = None) -> Sequence[MetricRecord]:
         """Every metric of the run (of one scope if given)."""
+        ...
+
+    def load_server_state(self, run_id: str, round: int) -> tuple[Weights, int] | None:
+        """The server optimiser's ``(tensors, step)`` stored with ``round``'s global model, or None."""
         ...
 
 

@@ -214,7 +214,7 @@ class StrategySection:
 
     Unset parameters keep the algorithm's defaults; a parameter the chosen strategy does
     not use is an error. Server optimisers keep state between rounds; a restarted
-    aggregator rebuilds it by replaying the stored rounds (docs/deployment.md).
+    aggregator continues from the state stored with the newest global model (docs/deployment.md).
     """
 
     strategy: str = "fedavg"

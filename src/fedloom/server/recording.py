@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from fedloom.core.store_protocols import RunWriter
 from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
@@ -51,7 +53,19 @@ class StoreRecorder:
             self.store.record_metrics(self.run_id, outcome.round, outcome.client_metrics, scope="server")
 
     def round_closed(self, outcome: RoundOutcome) -> None:
-        self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
+        """The global model, with the server optimiser's state in the same write; metrics; the round row."""
+        state = outcome.server_opt_state
+        if state is None:
+            self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
+        else:
+            self.store.save_global_model(
+                self.run_id,
+                outcome.round,
+                outcome.weights,
+                outcome.num_samples,
+                # an optimiser's step on a 0-d tensor yields a NumPy scalar: stored as the 0-d array it is
+                server_state=({name: np.asarray(value) for name, value in state.tensors.items()}, state.step),
+            )
         if outcome.client_metrics:
             self.store.record_metrics(self.run_id, outcome.round, outcome.client_metrics, scope="server")
         self.store.close_round(

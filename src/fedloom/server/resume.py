@@ -58,7 +58,7 @@ class RunContext:
             max_rounds=self.config.rounds.max_rounds,
             start_round=start_round,
             recorder=self.recorder,
-            server_opt_state=replayed_opt_state(self, len(agents)),
+            server_opt_state=stored_opt_state(self, len(agents)),
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(agents))
         return SyncRounds(engine, close_policy(self.config))
@@ -70,12 +70,30 @@ class RunContext:
         return AsyncLifecycle(rounds, self.strategy.client, self.config.run.seed, self.recorder)
 
 
+def stored_opt_state(run: RunContext, num_clients: int) -> ServerOptState | None:
+    """The server optimiser's state stored with the newest global model (schema version 4 on).
+
+    A run recorded before version 4 has no stored states: its state is rebuilt by
+    :func:`replayed_opt_state`, the fallback, which needs every local model's blob.
+    """
+    if run.strategy.server_opt is None:
+        return None
+    rounds = [m.round for m in run.store.list_global_models(run.run_id)]
+    stored = run.store.load_server_state(run.run_id, max(rounds)) if rounds else None
+    if stored is None:
+        if rounds and max(rounds) > min(rounds):
+            log.info("round %d: no stored server-optimiser state, replaying the stored rounds", max(rounds))
+        return replayed_opt_state(run, num_clients)
+    tensors, step = stored
+    return ServerOptState(step, tensors)
+
+
 def replayed_opt_state(run: RunContext, num_clients: int) -> ServerOptState | None:
-    """The server optimiser's state, rebuilt by replaying every stored round.
+    """The server optimiser's state, rebuilt by replaying every stored round (runs before schema v4).
 
     Each closed round left its accepted local models and its global model, so
     aggregating them again in arrival order and stepping the optimiser reproduces its
-    state exactly, with no extra table.
+    state exactly.
     """
     opt = run.strategy.server_opt
     models = {m.round: m for m in run.store.list_global_models(run.run_id)}

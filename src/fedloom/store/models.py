@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import numpy as np
 from sqlalchemy import select
 
 from fedloom.core.errors import IntegrityError, StoreError
@@ -18,25 +19,38 @@ from fedloom.core.records import ModelRecord
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights, check_structure
 from fedloom.store.checks import INT32_MAX, check_int, check_name
-from fedloom.store.connection import SqlCore
 from fedloom.store.row_records import global_record, local_record
 from fedloom.store.schema import GlobalModelRow, LocalModelRow
+from fedloom.store.server_states import ServerStatesMixin
 from fedloom.store.types import utcnow
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class ModelsMixin(SqlCore):
-    """Save and load the one global model per round and the clients' local models."""
+class ModelsMixin(ServerStatesMixin):
+    """Save and load the one global model per round (with its server-optimiser state) and the local models."""
 
-    def save_global_model(self, run_id: str, round: int, weights: Weights, num_samples: int) -> int:
-        """Store the round's single global model (blob first, then row); returns its id."""
+    def save_global_model(
+        self,
+        run_id: str,
+        round: int,
+        weights: Weights,
+        num_samples: int,
+        server_state: tuple[Mapping[str, np.ndarray], int] | None = None,
+    ) -> int:
+        """Store the round's single global model (blob first, then row); returns its id.
+
+        ``server_state`` — the server optimiser's ``(tensors, step)`` after the round — is
+        stored in the same transaction, so a crash never leaves a global model whose
+        optimiser state is missing; a state that is refused refuses the model too.
+        """
         check_int("round", round, maximum=INT32_MAX)
         check_int("num_samples", num_samples)
         check_structure(weights)
         conflict = f"run {run_id} already has a global model for round {round}: exactly one is allowed per round"
         if self._global_row_id(run_id, round) is not None:
             raise StoreError(conflict)
+        state = None if server_state is None else self.server_state_row(run_id, round, *server_state)
         sha256 = content_hash(weights)
         key = (
             self._put_blob(to_bytes(weights, round=round, num_samples=num_samples)) if self._blobs is not None else None
@@ -47,6 +61,8 @@ class ModelsMixin(SqlCore):
         action = f"save the global model of run {run_id} round {round}"
         with self._session(action, run_id=run_id, conflict=conflict) as session:
             session.add(row)
+            if state is not None:
+                session.add(state)
             session.flush()
         return row.id
 

@@ -6,6 +6,7 @@ one-transaction sessions, the schema upgrade):
 
 - :mod:`fedloom.store.runs` — runs, clients, rounds;
 - :mod:`fedloom.store.models` — global and local models and their blobs;
+- :mod:`fedloom.store.server_states` — the server optimiser's state stored with each global model;
 - :mod:`fedloom.store.metrics` — metrics and rejections;
 - :mod:`fedloom.store.access` — join tokens, agents, credentials.
 
@@ -30,6 +31,7 @@ from fedloom.store.blobs import make_private_dir
 from fedloom.store.metrics import MetricsMixin
 from fedloom.store.models import ModelsMixin
 from fedloom.store.runs import RunsMixin
+from fedloom.store.server_states import ServerStatesMixin
 
 __all__ = [
     "BLOBS_DIRNAME",
@@ -70,7 +72,7 @@ def sqlite_url(path: Path | str) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-class SqlStore(RunsMixin, ModelsMixin, MetricsMixin, AccessMixin):
+class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
     @classmethod
