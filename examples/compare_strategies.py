@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import simulate_config
+from fedloom.sim import SimConfig, simulate_config
 
 DRIFT = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}, "scaffold": {}, "fedcurv": {}}
 ATTACK = {"fedavg": {}, "median": {}, "geometric_median": {}, "krum": {"byzantine_f": 2}}

@@ -5,9 +5,12 @@ to show exactly what the :class:`fedloom.Trainer` protocol asks of you. A Traine
 three methods over ``Weights``, a plain ``dict[str, numpy.ndarray]``:
 
 * ``get_weights()`` -- the model's current weights (the initial global model);
-* ``fit(weights, config)`` -- load the global weights, train locally with the round's
-  :class:`fedloom.FitConfig` (epochs, batch size, learning rate, seed) and return a
-  :class:`fedloom.FitResult` (new weights, number of samples, metrics);
+* ``fit(weights, config, terms)`` -- load the global weights, train locally with the
+  round's :class:`fedloom.FitConfig` (epochs, batch size, learning rate, seed) and return
+  a :class:`fedloom.FitResult` (new weights, number of samples, metrics). ``terms`` is
+  the optional hook for client-side algorithms (FedProx, SCAFFOLD, FedCurv, FedDyn):
+  adding ``terms.gradient(name, value)`` to each parameter's gradient is all it takes
+  (``--strategy scaffold``);
 * ``evaluate(weights, config)`` -- load weights, return metrics (``loss``, ``accuracy``,
   ``num_samples``).
 
@@ -33,8 +36,10 @@ import torch
 from torch import nn
 
 import fedloom
+from fedloom.algorithms import build_strategy
+from fedloom.core import NO_TERMS, ClientTerms
 from fedloom.data import load_digits
-from fedloom.sim.partition import partition
+from fedloom.sim import partition
 
 
 class DigitsMLP(nn.Module):
@@ -64,7 +69,9 @@ class MyTrainer:
         state = {name: torch.from_numpy(np.array(array, copy=True)) for name, array in weights.items()}
         self.model.load_state_dict(state, strict=True)
 
-    def fit(self, weights: fedloom.Weights, config: fedloom.FitConfig) -> fedloom.FitResult:
+    def fit(
+        self, weights: fedloom.Weights, config: fedloom.FitConfig, terms: ClientTerms = NO_TERMS
+    ) -> fedloom.FitResult:
         self.set_weights(weights)
         generator = torch.Generator().manual_seed(config.seed)  # reproducible shuffling per (run, round, client)
         optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
@@ -75,9 +82,19 @@ class MyTrainer:
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(self.model(self.x[batch]), self.y[batch])
                 loss.backward()
+                self.add_terms(terms)
                 optimizer.step()
                 losses.append(loss.item())
-        return fedloom.FitResult(self.get_weights(), len(self.y), {"train_loss": float(np.mean(losses))})
+        metrics = {"train_loss": float(np.mean(losses)), "local_steps": float(len(losses))}
+        return fedloom.FitResult(self.get_weights(), len(self.y), metrics)
+
+    @torch.no_grad()
+    def add_terms(self, terms: ClientTerms) -> None:
+        """The client-side algorithms' hook: their extra gradient, per parameter (None: nothing)."""
+        for name, param in self.model.named_parameters():
+            extra = terms.gradient(name, param.detach().numpy())
+            if extra is not None and param.grad is not None:
+                param.grad += torch.from_numpy(extra)
 
     def evaluate(self, weights: fedloom.Weights, config: fedloom.EvalConfig) -> dict[str, float]:
         self.set_weights(weights)
@@ -107,6 +124,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.2, help="client learning rate (default: 0.2)")
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for partition, sampling and shuffling")
+    parser.add_argument("--strategy", default="fedavg", help="fedavg, fedprox, scaffold, feddyn, ... (default: fedavg)")
     return parser.parse_args()
 
 
@@ -128,7 +146,7 @@ def main() -> None:
     result = fedloom.simulate(
         client_fn,
         args.clients,
-        fedloom.fedavg(fraction=1.0, epochs=args.epochs, lr=args.lr, batch_size=16),
+        build_strategy(args.strategy, fraction=1.0, epochs=args.epochs, lr=args.lr, batch_size=16),
         rounds=args.rounds,
         seed=args.seed,
         evaluation=fedloom.Evaluation(evaluate_fn),

@@ -32,7 +32,7 @@ import argparse
 
 import fedloom
 from fedloom.data import load_digits
-from fedloom.sim.partition import iid
+from fedloom.sim import iid
 
 
 def make_trainer(site: str = "0", sites: str = "3", seed: str = "0") -> fedloom.NumpyLogisticTrainer:

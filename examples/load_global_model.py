@@ -30,9 +30,8 @@ from safetensors import safe_open
 
 import fedloom
 from fedloom.data import DatasetSplits, load_digits
-from fedloom.sim.partition import partition
-from fedloom.store import FileBlobStore, ModelRecord, SqlStore, resolve_home
-from fedloom.store.sql import BLOBS_DIRNAME
+from fedloom.sim import partition
+from fedloom.store import BLOBS_DIRNAME, FileBlobStore, ModelRecord, SqlStore, resolve_home
 
 RUN_NAME = "quickstart-numpy"  # the run name examples/quickstart_numpy.py records under
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 import fedloom
 from fedloom.data import DatasetSplits, load_digits
-from fedloom.sim.partition import partition
+from fedloom.sim import partition
 from fedloom.store import SqlStore
 
 

@@ -2,13 +2,14 @@
 
 import numpy as np
 
-from fedloom.algorithms.fedcurv import FedCurv, with_curvature
-from fedloom.client.client_state import fit_with_state
-from fedloom.client.terms import FISHER_PREFIX, Curvature
+from fedloom.algorithms.fedcurv import FISHER_SUM_PREFIX as U
+from fedloom.algorithms.fedcurv import WEIGHTED_SUM_PREFIX as V
+from fedloom.algorithms.fedcurv import FedCurv, FedCurvClient, with_curvature
+from fedloom.algorithms.units import ClientRound
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.core import ClientUpdate
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.reserved import FISHER_SUM_PREFIX as U
-from fedloom.core.reserved import WEIGHTED_SUM_PREFIX as V
+from fedloom.core.terms import FISHER_PREFIX
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import simulate_config
 
@@ -22,9 +23,9 @@ class Recorder:
     def get_weights(self):
         return {"w": np.zeros(1, np.float32)}
 
-    def fit(self, weights, config):
-        self.penalties.append(config.extra["curvature"])
-        assert config.extra["report_fisher"] is True
+    def fit(self, weights, config, terms):
+        self.penalties.append(terms.term("w"))
+        assert terms.report_fisher is True
         return FitResult({"w": np.full(1, 0.5, np.float32), FISHER_PREFIX + "w": np.full(1, 4.0, np.float32)}, 10, {})
 
     def evaluate(self, weights, config):
@@ -35,25 +36,38 @@ def model(u, v):
     return {"w": np.ones(1, np.float32), U + "w": np.full(1, u, np.float32), V + "w": np.full(1, v, np.float32)}
 
 
+def fedcurv_config(round, **extra):
+    return FitConfig(round=round, extra={"client_parts": ["fedcurv"], **extra})
+
+
+def a_b(term, weight):
+    """The penalty's (a, b) back from its gradient 2λ(aθ − b) = scale θ + offset."""
+    return term.scale[0] / (2 * weight), -term.offset[0] / (2 * weight)
+
+
 def test_penalty_uses_the_others_sums_and_subtracts_the_clients_own(tmp_path):
-    trainer = Recorder()
-    out = fit_with_state(trainer, model(2.0, 3.0), FitConfig(round=1, extra={"curvature_lambda": 0.5}), "3", tmp_path)
-    first = trainer.penalties[0]
-    assert (first.a["w"][0], first.b["w"][0], first.weight) == (2.0, 3.0, 0.5)  # nothing of its own yet
+    trainer, here = Recorder(), LocalContext("3", tmp_path)
+    out = fit_with_state(trainer, model(2.0, 3.0), fedcurv_config(1, curvature_lambda=0.5), here)
+    assert a_b(trainer.penalties[0], 0.5) == (2.0, 3.0)  # nothing of its own yet
     np.testing.assert_allclose(out.weights[U + "w"], [4.0])  # F_i
     np.testing.assert_allclose(out.weights[V + "w"], [2.0])  # F_i * theta_i = 4 * 0.5
     assert FISHER_PREFIX + "w" not in out.weights
-    fit_with_state(trainer, model(6.0, 5.0), FitConfig(round=2), "3", tmp_path)
-    second = trainer.penalties[1]
-    assert (second.a["w"][0], second.b["w"][0]) == (2.0, 3.0)  # 6 - 4 and 5 - 2: its own round-1 share removed
-    fit_with_state(trainer, model(6.0, 5.0), FitConfig(round=4), "3", tmp_path)
-    assert trainer.penalties[2].a["w"][0] == 6.0  # it missed round 3: the sums hold none of its share
+    fit_with_state(trainer, model(6.0, 5.0), fedcurv_config(2), here)
+    assert a_b(trainer.penalties[1], 1.0) == (2.0, 3.0)  # 6 - 4 and 5 - 2: its own round-1 share removed
+    fit_with_state(trainer, model(6.0, 5.0), fedcurv_config(4), here)
+    assert a_b(trainer.penalties[2], 1.0)[0] == 6.0  # it missed round 3: the sums hold none of its share
 
 
 def test_penalty_gradient_by_hand():
-    curvature = Curvature({"w": np.array([2.0])}, {"w": np.array([3.0])}, 0.5)
-    np.testing.assert_allclose(curvature.gradient("w", np.array([1.0])), [2 * 0.5 * (2 * 1 - 3)])
-    assert curvature.gradient("other", np.array([1.0])) is None
+    step = ClientRound(
+        {"w": np.ones(1)},
+        {U + "w": np.array([2.0]), V + "w": np.array([3.0])},
+        {},
+        fedcurv_config(1, curvature_lambda=0.5),
+    )
+    terms = FedCurvClient().terms(step)
+    np.testing.assert_allclose(terms.gradient("w", np.array([1.0])), [2 * 0.5 * (2 * 1 - 3)])
+    assert terms.gradient("other", np.array([1.0])) is None
 
 
 def test_server_sums_the_fisher_tensors():

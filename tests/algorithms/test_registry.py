@@ -23,7 +23,7 @@ def test_parts_combine():
     strategy = build_strategy(
         "fedprox", aggregator="trimmed_mean", server_opt="fedavgm", params={"proximal_mu": 0.1, "trim_beta": 0.1}
     )
-    assert strategy.client.extra == {"proximal_mu": 0.1}
+    assert strategy.client.extra == {"proximal_mu": 0.1, "client_parts": ["fedprox"]}
     assert strategy.aggregator == TrimmedMean(0.1)
     assert isinstance(strategy.server_opt, FedAvgM)
     assert not strategy.mergeable
@@ -75,3 +75,13 @@ def test_curvature_lambda_only_with_fedcurv():
     assert build_strategy("fedcurv", params={"curvature_lambda": 0.5}).client.extra["curvature_lambda"] == 0.5
     with pytest.raises(ConfigError, match=r"'curvature_lambda' is not used by strategy 'fedavg'.*aggregator fedcurv"):
         build_strategy("fedavg", params={"curvature_lambda": 0.5})
+
+
+def test_a_hand_built_strategy_must_name_its_aggregators_client_part():
+    from fedloom.algorithms import ClientSampler, ClientSettings, Strategy
+    from fedloom.algorithms.scaffold import Scaffold
+
+    with pytest.raises(ConfigError, match=r"aggregator 'scaffold' has a client part.*client_parts"):
+        Strategy("mine", ClientSampler(0.5), Scaffold(), ClientSettings())
+    named = ClientSettings(extra={"client_parts": ["scaffold"]})
+    assert Strategy("mine", ClientSampler(0.5), Scaffold(), named).keeps_client_state

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from fedloom.algorithms.scaffold import Scaffold, with_controls
-from fedloom.client.client_state import fit_with_state
+from fedloom.algorithms.scaffold import CONTROL_PREFIX, Scaffold, with_controls
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.core import ClientUpdate
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.reserved import CONTROL_PREFIX, model_part
+from fedloom.core.reserved import model_part
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import simulate_config
 
@@ -22,8 +22,8 @@ class MovesToZero:
     def get_weights(self):
         return {"w": np.zeros(1, np.float32)}
 
-    def fit(self, weights, config):
-        self.corrections.append(config.extra["gradient_correction"]["w"].copy())
+    def fit(self, weights, config, terms):
+        self.corrections.append(terms.gradient("w", np.zeros(1)))  # at theta = 0: the offset c - c_i
         return FitResult({"w": np.zeros(1, np.float32)}, 10, {"local_steps": 4.0})
 
     def evaluate(self, weights, config):
@@ -32,14 +32,14 @@ class MovesToZero:
 
 def test_client_control_variate_update_by_hand(tmp_path):
     trainer = MovesToZero()
-    config = FitConfig(round=1, lr=0.5)
+    config = FitConfig(round=1, lr=0.5, extra={"client_parts": ["scaffold"]})
     global_model = {"w": np.ones(1, np.float32), CONTROL_PREFIX + "w": np.full(1, 0.2, np.float32)}
-    first = fit_with_state(trainer, global_model, config, "7", tmp_path)
+    first = fit_with_state(trainer, global_model, config, LocalContext("7", tmp_path))
     # c_i starts at 0: correction c - c_i = 0.2; c_i+ = 0 - 0.2 + (1 - 0) / (4 * 0.5) = 0.3 = delta
     np.testing.assert_allclose(trainer.corrections[0], [0.2])
     np.testing.assert_allclose(first.weights[CONTROL_PREFIX + "w"], [0.3], rtol=1e-6)
     np.testing.assert_array_equal(first.weights["w"], [0.0])
-    fit_with_state(trainer, global_model, config, "7", tmp_path)
+    fit_with_state(trainer, global_model, config, LocalContext("7", tmp_path))
     # c_i = 0.3 now: correction 0.2 - 0.3 = -0.1; c_i+ = 0.3 - 0.2 + 0.5 = 0.6, delta 0.3
     np.testing.assert_allclose(trainer.corrections[1], [-0.1], rtol=1e-6)
 
@@ -78,6 +78,52 @@ def test_scaffold_corrects_drift_on_two_class_shards():
 
 def test_scaffold_with_the_parallel_executor():
     assert final_accuracy("scaffold", "parallel") == pytest.approx(final_accuracy("scaffold"), abs=0.02)
+
+
+class BatchNormLike:
+    """A model with a 0-d float parameter and BatchNorm's 0-d int64 counter; ends at fixed values."""
+
+    def get_weights(self):
+        return {
+            "w": np.zeros(2, np.float32),
+            "scale": np.array(1.0, np.float32),
+            "bn.num_batches_tracked": np.array(0, np.int64),
+        }
+
+    def fit(self, weights, config, terms=None):
+        trained = {
+            "w": np.full(2, 0.5, np.float32),
+            "scale": np.array(0.25, np.float32),
+            "bn.num_batches_tracked": np.array(int(weights["bn.num_batches_tracked"]) + 4, np.int64),
+        }
+        return FitResult(trained, 10, {"local_steps": 4.0})
+
+    def evaluate(self, weights, config):
+        return {}
+
+
+def test_client_step_keeps_0d_tensors_arrays(tmp_path):
+    from fedloom.algorithms.registry import build_strategy
+    from fedloom.core.weights import validate_weights
+
+    strategy = build_strategy("scaffold", lr=0.5)
+    global_model = strategy.initial_weights(BatchNormLike().get_weights())
+    assert CONTROL_PREFIX + "bn.num_batches_tracked" not in global_model  # integer counters get no control
+    global_model[CONTROL_PREFIX + "scale"] = np.array(0.2, np.float32)
+    config = strategy.client.fit_config(1, "7", seed=0)
+    out = fit_with_state(BatchNormLike(), global_model, config, LocalContext("7", tmp_path))
+    validate_weights(out.weights, global_model)  # every tensor an array of the global model's shape and dtype
+    assert out.weights[CONTROL_PREFIX + "scale"].shape == ()
+    # c_i = 0: c_i+ = 0 - 0.2 + (1 - 0.25) / (4 * 0.5) = 0.175 = delta
+    np.testing.assert_allclose(out.weights[CONTROL_PREFIX + "scale"], 0.175, rtol=1e-6)
+    np.testing.assert_allclose(out.weights[CONTROL_PREFIX + "w"], 0.0 - 0.0 + (0 - 0.5) / 2, rtol=1e-6)
+    assert out.weights["bn.num_batches_tracked"] == 4
+    again = fit_with_state(
+        BatchNormLike(), global_model, config, LocalContext("7", tmp_path)
+    )  # c_i read back from its file
+    # c_i = 0.175: c_i+ = 0.175 - 0.2 + 0.375 = 0.35, delta 0.175
+    np.testing.assert_allclose(again.weights[CONTROL_PREFIX + "scale"], 0.175, rtol=1e-6)
+    validate_weights(again.weights, global_model)
 
 
 def scaffold_round(num_clients, fraction, deltas, threshold=1.0):

@@ -1,12 +1,17 @@
-"""Client-side strategy terms in the built-in trainers: FedProx, local steps, initial loss."""
+"""Client-side strategy terms in the built-in trainers: FedProx, local steps, initial loss.
+
+The terms reach the trainers the way they reach every trainer: through the client parts
+the config names (fit_with_state) or a ClientTerms object passed to fit."""
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from fedloom.client import NumpyLogisticTrainer
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
+from fedloom.core.terms import FISHER_PREFIX, AffineTerm, ClientTerms
 
 X, Y = load_digits(return_X_y=True)
 X = (X[:200] / 16.0).astype(np.float32)
@@ -17,8 +22,14 @@ def distance(a, b):
     return float(np.sqrt(sum(np.sum((a[k] - b[k]) ** 2) for k in a)))
 
 
+CONFIG = FitConfig(round=1, epochs=2, batch_size=20, lr=0.5, seed=3)
+
+
 def fit(trainer, weights, **extra):
-    return trainer.fit(weights, FitConfig(round=1, epochs=2, batch_size=20, lr=0.5, seed=3, extra=extra))
+    """A fit as the simulation and the agent run it; ``proximal_mu`` turns on FedProx's client part."""
+    parts = {"client_parts": ["fedprox"]} if "proximal_mu" in extra else {}
+    config = FitConfig(round=1, epochs=2, batch_size=20, lr=0.5, seed=3, extra={**extra, **parts})
+    return fit_with_state(trainer, weights, config, LocalContext("0"))
 
 
 def test_fedprox_pulls_the_local_model_toward_the_global_one():
@@ -73,22 +84,19 @@ def test_torch_fedprox_and_metrics():
 
 @pytest.mark.torch
 def test_torch_fisher_and_curvature():
-    from fedloom.client.terms import FISHER_PREFIX, Curvature
-
     trainer = torch_linear_trainer()
     start = trainer.get_weights()
-    plain = fit(trainer, start, report_fisher=True)
+    plain = trainer.fit(start, CONFIG, ClientTerms(report_fisher=True))
     assert {FISHER_PREFIX + "weight", FISHER_PREFIX + "bias"} <= set(plain.weights)
     assert all(np.all(plain.weights[FISHER_PREFIX + k] >= 0) for k in ("weight", "bias"))
-    anchor = Curvature({k: np.ones_like(v) for k, v in start.items()}, dict(start), weight=0.5)  # pulls to start
-    held = fit(trainer, start, curvature=anchor)
+    # FedCurv's 2λ(aθ − b) with a = 1, b = start, λ = 0.5: pulls to start
+    anchor = ClientTerms({k: AffineTerm(1.0, -np.asarray(v, np.float64)) for k, v in start.items()})
+    held = trainer.fit(start, CONFIG, anchor)
     assert distance(held.weights, start) < distance({k: plain.weights[k] for k in start}, start)
 
 
 def test_numpy_fisher():
-    from fedloom.client.terms import FISHER_PREFIX
-
     trainer = NumpyLogisticTrainer(X, Y, 10)
-    result = fit(trainer, trainer.get_weights(), report_fisher=True)
+    result = trainer.fit(trainer.get_weights(), CONFIG, ClientTerms(report_fisher=True))
     assert result.weights[FISHER_PREFIX + "weight"].shape == (10, 64)
     assert result.weights[FISHER_PREFIX + "bias"].min() >= 0

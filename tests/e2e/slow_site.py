@@ -19,9 +19,9 @@ def make_trainer(site: str = "0", sites: str = "3", delay: str = "0") -> Any:
     fit = trainer.fit
     pause = float(delay)
 
-    def slow_fit(weights: Any, config: Any) -> Any:
+    def slow_fit(weights: Any, config: Any, *terms: Any) -> Any:  # passes the client-side terms hook on
         time.sleep(pause)
-        return fit(weights, config)
+        return fit(weights, config, *terms)
 
     trainer.fit = slow_fit
     return trainer

@@ -69,7 +69,8 @@ def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
     assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls"}
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
-    assert len(FIELDS) == 27 + 20 + 4 + 1  # + [server] linger_seconds and [tls] client_ca_file
+    # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
+    assert len(FIELDS) == 27 + 21 + 4 + 1
 
 
 @pytest.mark.parametrize(
@@ -140,3 +141,11 @@ def test_max_num_samples_has_a_bounded_default_and_is_checked():
     for bad in (0, -5, 2**63):
         with pytest.raises(ConfigError, match=r"\[rounds\] max_num_samples must be in 1-"):
             AggregatorConfig().replace(max_num_samples=bad)
+
+
+def test_every_strategy_parameter_can_be_set_in_the_strategy_table():
+    from fedloom.algorithms.registry import PARAM_TYPES
+    from fedloom.server.config import StrategySection
+
+    assert set(PARAM_TYPES) <= {f for f in StrategySection.__dataclass_fields__}
+    assert StrategySection(strategy="feddyn", feddyn_alpha=0.05).params() == {"feddyn_alpha": 0.05}

@@ -60,8 +60,8 @@ def test_the_strategy_cannot_change_when_a_run_resumes(store, clock):
 
 
 def test_scaffold_control_variate_lives_in_the_global_model(store, clock):
+    from fedloom.algorithms.scaffold import CONTROL_PREFIX
     from fedloom.core import to_bytes
-    from fedloom.core.reserved import CONTROL_PREFIX
 
     cfg = config(min_agents=2, max_rounds=2, strategy="scaffold", fraction=1.0)
     aggregator = Aggregator(cfg, store, clock=clock, initial_weights=INIT)

@@ -43,7 +43,7 @@ def test_out_of_range_header_integers_are_refused_before_the_database(
     agg = make_aggregator(min_agents=1)
     agent = store.get_agent(join(agg, store, "site-a").agent_id)
     reloads = []
-    monkeypatch.setattr(agg, "_load", lambda: reloads.append(1))
+    monkeypatch.setattr(agg._driver, "load", lambda: reloads.append(1))
     with pytest.raises(RequestRefusedError) as info:
         agg.submit_update(agent, body(agent.id, round, num_samples))
     assert (info.value.status, info.value.code) == (400, "invalid_payload")

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedloom.client.client_state import fit_with_state
+from fedloom.client.client_state import LocalContext, fit_with_state
 from fedloom.core.fit import FitConfig
 from fedloom.core.serialization import from_bytes, to_bytes
 from fedloom.server.aggregator import Aggregator, RequestRefusedError
@@ -102,7 +102,9 @@ class Deployed:
         if task.state != "train":
             return None
         weights, _ = self._global()
-        result = fit_with_state(self.task.client_fn(int(client_id)), weights, FitConfig(**task.config), client_id, None)
+        result = fit_with_state(
+            self.task.client_fn(int(client_id)), weights, FitConfig(**task.config), LocalContext(client_id)
+        )
         extra = {"metrics": json.dumps(dict(result.metrics))}
         return to_bytes(
             result.weights, round=task.round, client_id=client_id, num_samples=result.num_samples, extra=extra

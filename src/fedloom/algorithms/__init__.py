@@ -1,6 +1,7 @@
 """fedloom.algorithms — aggregation maths and strategy composition; imports only fedloom.core."""
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator, weighted_mean
+from fedloom.algorithms.registry import AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES, build_strategy
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.strategy import (
     Accumulator,
@@ -14,6 +15,9 @@ from fedloom.algorithms.strategy import (
 )
 
 __all__ = [
+    "AGGREGATORS",
+    "SERVER_OPTIMIZERS",
+    "STRATEGIES",
     "Accumulator",
     "Aggregator",
     "ClientSampler",
@@ -23,6 +27,7 @@ __all__ = [
     "Strategy",
     "WeightedMean",
     "WeightedMeanAccumulator",
+    "build_strategy",
     "fedavg",
     "weighted_mean",
 ]

@@ -13,7 +13,8 @@ actually drawn, not the nominal fraction: 10 clients at fraction 0.25 draw 2, so
 by 0.2 of the mean). This keeps ``c`` the mean of all N clients' ``c_i``.
 
 Reserved tensors (any name starting ``fedloom.``) are not part of the user's model:
-evaluation and export strip them (:func:`model_part`).
+evaluation and export strip them (:func:`model_part`). The client part
+(:class:`ScaffoldClient`) is the same code in the simulation and in a deployed agent.
 """
 
 from __future__ import annotations
@@ -26,10 +27,21 @@ import numpy as np
 
 from fedloom.algorithms.casting import cast_like, float64
 from fedloom.algorithms.mean import WeightedMeanAccumulator, require_finite
-from fedloom.core.errors import ConfigError, ValidationError
-from fedloom.core.reserved import CONTROL_PREFIX, controls, model_part, with_zeros
+from fedloom.algorithms.units import ClientOutcome, ClientRound
+from fedloom.core.errors import ClientError, ConfigError, ValidationError
+from fedloom.core.fit import FitResult
+from fedloom.core.reserved import model_part, with_prefix, with_zeros
+from fedloom.core.terms import AffineTerm, ClientTerms
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, check_compatible
+
+#: the server's control variate ``c`` of model tensor ``<name>`` is ``CONTROL_PREFIX + <name>``
+CONTROL_PREFIX = "fedloom.scaffold.c/"
+
+
+def controls(weights: Mapping[str, np.ndarray]) -> Weights:
+    """SCAFFOLD's control-variate tensors, keyed by model tensor name."""
+    return with_prefix(weights, CONTROL_PREFIX)
 
 
 def with_controls(weights: Mapping[str, np.ndarray]) -> Weights:
@@ -79,7 +91,6 @@ class Scaffold:
 
     name: str = "scaffold"
     mergeable: bool = False
-    client_state: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -87,6 +98,9 @@ class Scaffold:
     def initial(self, weights: Mapping[str, np.ndarray]) -> Weights:
         """The first global model, with the server's (zero) control variate in it."""
         return with_controls(weights)
+
+    def client_part(self) -> ScaffoldClient:
+        return ScaffoldClient()
 
     def start(self, reference: Mapping[str, np.ndarray]) -> ScaffoldAccumulator:
         raise ConfigError(
@@ -96,3 +110,41 @@ class Scaffold:
 
     def start_sized(self, reference: Mapping[str, np.ndarray], num_clients: int) -> ScaffoldAccumulator:
         return ScaffoldAccumulator(reference, num_clients)
+
+
+def _client_controls(step: ClientRound) -> tuple[Weights, Weights]:
+    """(c, c_i) in float64 as arrays (0-d included); c_i starts at zero."""
+    server_c = controls(step.reserved)
+    client_c = {k: np.asarray(step.kept.get(k, np.zeros_like(v)), np.float64) for k, v in server_c.items()}
+    return {k: np.asarray(v, np.float64) for k, v in server_c.items()}, client_c
+
+
+@dataclass(frozen=True)
+class ScaffoldClient:
+    """SCAFFOLD's client part: train with ``c − c_i``, then ``c_i ← c_i − c + (x − y_i)/(K·lr)``."""
+
+    name: str = "scaffold"
+    keeps_state: bool = True
+
+    def terms(self, step: ClientRound) -> ClientTerms:
+        server_c, client_c = _client_controls(step)
+        # np.asarray throughout: arithmetic on 0-d arrays returns NumPy scalars, which validate_weights refuses
+        return ClientTerms({k: AffineTerm(offset=np.asarray(server_c[k] - client_c[k], np.float32)) for k in server_c})
+
+    def outcome(self, step: ClientRound, trained: FitResult) -> ClientOutcome:
+        """``c_i``'s new value is kept; ``Δc_i`` goes back in the reserved slots."""
+        steps = float(trained.metrics.get("local_steps", 0))
+        if not steps > 0:
+            raise ClientError(
+                "SCAFFOLD needs the metric local_steps > 0 from Trainer.fit (the built-in trainers report it)"
+            )
+        server_c, client_c = _client_controls(step)
+        dtypes = {k: v.dtype for k, v in controls(step.reserved).items()}
+        scale = 1.0 / (steps * step.config.lr)
+        new_c = {
+            k: client_c[k] - server_c[k] + scale * (np.asarray(step.model[k], np.float64) - trained.weights[k])
+            for k in server_c
+        }
+        kept = {k: np.asarray(v, dtypes[k]) for k, v in new_c.items()}
+        sent = {CONTROL_PREFIX + k: np.asarray(new_c[k] - client_c[k], dtypes[k]) for k in server_c}
+        return ClientOutcome(sent, kept)

@@ -18,6 +18,7 @@ from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.server_opt import ServerOptimizer
+from fedloom.algorithms.units import CLIENT_PARTS_KEY, Describable, HasClientPart, Named, SeedsInitialModel
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.rng import stream_key
@@ -35,6 +36,7 @@ class Accumulator(Protocol):
     def result(self) -> Weights: ...
 
 
+@runtime_checkable
 class MergeableAccumulator(Accumulator, Protocol):
     """An accumulator whose partial results can be combined (sum-type aggregates)."""
 
@@ -74,8 +76,9 @@ class SizedAggregator(Aggregator, Protocol):
 
 def describe_part(part: object) -> Any:
     """A strategy part's JSON description: its ``describe()`` when it has one, else its name."""
-    describe = getattr(part, "describe", None)
-    return describe() if describe is not None else getattr(part, "name", None)
+    if isinstance(part, Describable):
+        return part.describe()
+    return part.name if isinstance(part, Named) else None
 
 
 @dataclass(frozen=True)
@@ -155,16 +158,30 @@ class Strategy:
     update_filter: ModelFilter | None = None
     personal_keys: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """An aggregator with a client part whose clients are not told to run it would refuse
+        every update (they would lack its reserved tensors): refused here, where it is built."""
+        if isinstance(self.aggregator, HasClientPart):
+            part = self.aggregator.client_part().name
+            if part not in self.client.extra.get(CLIENT_PARTS_KEY, ()):
+                raise ConfigError(
+                    f"aggregator {part!r} has a client part, but ClientSettings.extra[{CLIENT_PARTS_KEY!r}] does "
+                    f"not name it; add {part!r} there, or build the strategy with registry.build_strategy"
+                )
+
     @property
     def keeps_client_state(self) -> bool:
-        """Whether clients keep state between rounds (personal keys, SCAFFOLD, FedCurv)."""
-        return bool(self.personal_keys) or bool(getattr(self.aggregator, "client_state", False))
+        """Whether clients keep state between rounds (personal keys, or a client part that keeps state)."""
+        if isinstance(self.aggregator, HasClientPart) and self.aggregator.client_part().keeps_state:
+            return True
+        return bool(self.personal_keys)
 
     def initial_weights(self, weights: Mapping[str, np.ndarray]) -> Weights:
         """The first global model: the user's, plus any state the aggregator keeps inside it
         (SCAFFOLD's control variate, FedCurv's Fisher sums)."""
-        initial = getattr(self.aggregator, "initial", None)
-        return initial(weights) if initial is not None else dict(weights)
+        if isinstance(self.aggregator, SeedsInitialModel):
+            return self.aggregator.initial(weights)
+        return dict(weights)
 
     def start_accumulator(self, reference: Mapping[str, np.ndarray], num_clients: int) -> Accumulator:
         """The accumulator of a round that starts from ``reference`` in a federation of

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
+from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES
 from fedloom.sim.adversary import ATTACKS
 from fedloom.sim.clock import DISTRIBUTIONS
@@ -53,6 +54,18 @@ def register(subparsers: Any) -> None:
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
+    _add_world_flags(parser)
+    local = parser.add_argument_group("personalisation evaluation")
+    local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
+    local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
+    add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
+    add("--no-store", action="store_true", help="do not record the run")
+    add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
+    parser.set_defaults(func=run)
+
+
+def _add_world_flags(parser: argparse.ArgumentParser) -> None:
+    """Adversaries, unreliable clients on the simulated clock, and the asynchronous lifecycle."""
     attack = parser.add_argument_group("simulated adversaries (docs/algorithms.md)")
     attack.add_argument("--attack", choices=ATTACKS, help="attack by a fraction of clients (default none)")
     attack.add_argument("--attack-fraction", type=float, help="fraction of malicious clients (default 0.2)")
@@ -70,15 +83,9 @@ def register(subparsers: Any) -> None:
     modes.add_argument("--staleness-exponent", type=float, help="weight (1 + staleness)^-a (default 0.5)")
     modes.add_argument("--mixing", type=float, help="fedasync: mixing rate (default 0.6)")
     modes.add_argument("--concurrency", type=int, help="clients training at once in async mode (default 10)")
-    local = parser.add_argument_group("personalisation evaluation")
-    local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
-    local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
-    add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
-    add("--no-store", action="store_true", help="do not record the run")
-    parser.set_defaults(func=run)
 
 
-_NOT_CONFIG = {"config", "home", "no_store", "func", "command", *PARAM_TYPES}
+_NOT_CONFIG = {"config", "home", "no_store", "resume", "func", "command", *PARAM_TYPES}
 
 
 def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from fedloom.sim.progress import ProgressPrinter
     from fedloom.sim.tasks import simulate_config
 
+    if args.resume:
+        return _resume(args)
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
@@ -116,4 +125,22 @@ def run(args: argparse.Namespace) -> int:
 
         store = SqlStore.open_default(args.home)
     simulate_config(config, store=store, observers=[ProgressPrinter(config.rounds)])
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``fedloom sim --resume RUN_ID``: continue an interrupted run with the settings it was started with."""
+    from fedloom.sim.progress import ProgressPrinter
+    from fedloom.sim.tasks import resume_config, simulate_config
+    from fedloom.store import SqlStore
+
+    given = sorted(k for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None)
+    if args.no_store or args.config or given:
+        extra = ", ".join(["--no-store"] * bool(args.no_store) + ["--config"] * bool(args.config) + given)
+        raise ConfigError(f"--resume continues a run with its recorded settings; drop {extra}")
+    with SqlStore.open_default(args.home) as store:
+        run_id = store.get_run(args.resume).id
+        config = resume_config(store, run_id)
+        print(f"fedloom sim: resuming run {run_id[:8]} ({config.dataset} / {config.model}, {config.rounds} rounds)")
+        simulate_config(config, store=store, resume=run_id, observers=[ProgressPrinter(config.rounds)])
     return 0

@@ -29,13 +29,12 @@ signal stops at once; the saved state is still consistent.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -43,7 +42,8 @@ from typing import Any, Literal, TypeVar
 
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.backoff import Backoff
-from fedloom.client.client_state import fit_with_state
+from fedloom.client.client_state import LocalContext, fit_with_state
+from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.loading import check_trainer
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
@@ -58,6 +58,7 @@ from fedloom.client.transport import (
 from fedloom.core.errors import ClientError, ConfigError, ValidationError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.serialization import content_hash
+from fedloom.core.terms import NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_finite, check_structure
 
 __all__ = ["OBSOLETE_CODES", "Agent", "AgentInterrupted", "AgentOutcome", "default_agent_name"]
@@ -542,7 +543,7 @@ class Agent:
 
 class _WithState:
     """The user's Trainer, trained with the state this site keeps between rounds
-    (personal tensors, SCAFFOLD's control variate) in the agent's directory."""
+    (personal tensors, the client parts' state) in the agent's directory."""
 
     def __init__(self, trainer: Trainer, directory: Path) -> None:
         self.trainer, self.directory = trainer, directory
@@ -550,8 +551,10 @@ class _WithState:
     def get_weights(self) -> Weights:
         return self.trainer.get_weights()
 
-    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
-        return fit_with_state(self.trainer, weights, config, "agent", self.directory)
+    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
+        """The round's fit through the one client-side function the simulation uses too (``terms``
+        come from the client parts the config names, not from the caller)."""
+        return fit_with_state(self.trainer, weights, config, LocalContext("agent", self.directory))
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
         return dict(self.trainer.evaluate(weights, config))
@@ -561,15 +564,12 @@ def _fit(trainer: Trainer, weights: Weights, config: Any) -> tuple[Weights, int,
     """Run ``trainer.fit`` and check what it returned; any problem becomes a ClientError naming the round."""
     try:
         result = trainer.fit(weights, config)
+    except ClientError:
+        raise
     except Exception as exc:
         raise ClientError(f"round {config.round}: trainer.fit raised {type(exc).__name__}: {exc}") from exc
-    new_weights = _checked_weights(getattr(result, "weights", None), f"round {config.round}: trainer.fit")
-    num_samples = getattr(result, "num_samples", None)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ClientError(
-            f"round {config.round}: trainer.fit returned num_samples={num_samples!r}; it must be an int >= 1"
-        )
-    return new_weights, num_samples, _clean_metrics(getattr(result, "metrics", None) or {})
+    checked = checked_fit_result(result, config.round)  # the same check as the simulation's
+    return checked.weights, checked.num_samples, dict(checked.metrics)
 
 
 def _checked_weights(weights: Any, what: str) -> Weights:
@@ -579,18 +579,3 @@ def _checked_weights(weights: Any, what: str) -> Weights:
     except ValidationError as exc:
         raise ClientError(f"{what} returned unusable weights: {exc}") from None
     return dict(weights)
-
-
-def _clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Metrics as finite floats (JSON has no NaN); anything else is dropped with a warning."""
-    clean: dict[str, float] = {}
-    for key, value in metrics.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if math.isfinite(number):
-            clean[str(key)] = number
-        else:
-            log.warning("dropping metric %r = %r: not a finite number", key, value)
-    return clean

@@ -1,39 +1,42 @@
-"""Local training with the state a client keeps between rounds.
+"""Local training with the state a client keeps between rounds: the one client-side function.
 
 Both the simulation's ``fit_one`` and the deployed agent train through
-:func:`fit_with_state`, so personal keys (FedPer/FedBN) and SCAFFOLD's client control
-variate behave the same in both: the state lives in a local directory (per-run folder in
-simulation, the agent's own directory in deployment), written atomically.
+:func:`fit_with_state`, so personal keys (FedPer/FedBN) and every algorithm's client part
+(FedProx, SCAFFOLD, FedCurv, FedDyn, ...) behave the same in both. What it needs comes in
+two separate types: the wire's :class:`~fedloom.core.fit.FitConfig` (JSON the server sent,
+naming the client parts to run) and a :class:`LocalContext` (what this runtime adds in
+process: the client id and the local state directory, never sent anywhere). State lives
+in that directory (per-run folder in simulation, the agent's own directory in
+deployment), one subdirectory per part, written atomically.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from fedloom.algorithms.registry import client_parts
+from fedloom.algorithms.units import ClientPart, ClientRound
 from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
-from fedloom.client.terms import (
-    CURVATURE,
-    CURVATURE_LAMBDA,
-    FISHER_PREFIX,
-    GRADIENT_CORRECTION,
-    REPORT_FISHER,
-    Curvature,
-)
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.reserved import (
-    CONTROL_PREFIX,
-    FISHER_SUM_PREFIX,
-    WEIGHTED_SUM_PREFIX,
-    controls,
-    curvature_sums,
-    model_part,
-)
+from fedloom.core.reserved import model_part, reserved_part
+from fedloom.core.terms import REPORT_INITIAL_LOSS, ClientTerms
 from fedloom.core.weights import Weights
+
+
+@dataclass(frozen=True)
+class LocalContext:
+    """What a local runtime adds to a fit, in process: who this client is and where its state lives.
+
+    ``state_dir`` is needed only when the strategy keeps client state (personal keys, or
+    a client part that keeps state); None otherwise.
+    """
+
+    client_id: str
+    state_dir: str | Path | None = None
 
 
 def personal_store(state_dir: str | Path) -> PersonalStore:
@@ -41,82 +44,65 @@ def personal_store(state_dir: str | Path) -> PersonalStore:
     return PersonalStore(Path(state_dir) / "personal")
 
 
-def fit_with_state(
-    trainer: Trainer, weights: Weights, config: FitConfig, client_id: str, state_dir: str | Path | None
-) -> FitResult:
-    """``trainer.fit`` with this client's personal tensors, SCAFFOLD control variate or FedCurv penalty."""
-    patterns = personal_patterns(config.extra)
+def part_store(state_dir: str | Path, part: ClientPart) -> PersonalStore:
+    """Where a client part keeps its state under a client-state directory (one folder per part)."""
+    return PersonalStore(Path(state_dir) / part.name)
+
+
+def fit_with_state(trainer: Trainer, weights: Weights, config: FitConfig, context: LocalContext) -> FitResult:
+    """``trainer.fit`` with this client's personal tensors and the client parts the config names."""
+    patterns, parts = personal_patterns(config.extra), client_parts(config.extra)
     model = model_part(weights)
-    server_c, fisher_sums = controls(weights), curvature_sums(weights)
-    if not (patterns or server_c or fisher_sums[0]):  # FedAvg and friends: nothing kept between rounds
-        return trainer.fit(model, config)
-    if state_dir is None:
+    if (patterns or any(p.keeps_state for p in parts)) and context.state_dir is None:
         raise ClientError("this strategy keeps client state, but no client state directory was given")
-    root = Path(str(state_dir))
-    personal = personal_store(root) if patterns else None
+    personal = personal_store(context.state_dir) if patterns and context.state_dir is not None else None
     if personal is not None:
-        model = with_personal(model, client_id, patterns, personal)
-    if server_c:
-        result = _scaffold_fit(trainer, model, server_c, config, client_id, PersonalStore(root / "scaffold"))
-    elif fisher_sums[0]:
-        result = _fedcurv_fit(trainer, model, fisher_sums, config, client_id, PersonalStore(root / "fedcurv"))
-    else:
-        result = trainer.fit(model, config)
+        model = with_personal(model, context.client_id, patterns, personal)
+    steps = [(part, ClientRound(model, reserved_part(weights), _kept(part, context), config)) for part in parts]
+    terms = ClientTerms(report_initial_loss=bool(config.extra.get(REPORT_INITIAL_LOSS, False)))
+    for part, step in steps:
+        terms = terms.plus(part.terms(step))
+    result = _train(trainer, model, config, terms)
     if personal is not None and isinstance(result, FitResult):
-        keep_personal(result.weights, client_id, patterns, personal)
+        keep_personal(result.weights, context.client_id, patterns, personal)
+    if not parts:
+        return result  # checked by the caller (fit_one, the agent), as a plain fit's result is
+    if not isinstance(result, FitResult):
+        raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
+    sent: Weights = {}
+    for part, step in steps:
+        outcome = part.outcome(step, result)
+        if part.keeps_state and context.state_dir is not None:
+            part_store(context.state_dir, part).save(context.client_id, outcome.kept)
+        sent |= outcome.sent
+    return FitResult({**model_part(result.weights), **sent}, result.num_samples, result.metrics)
+
+
+def _kept(part: ClientPart, context: LocalContext) -> Weights:
+    if not part.keeps_state or context.state_dir is None:
+        return {}
+    return part_store(context.state_dir, part).load(context.client_id)
+
+
+def _train(trainer: Trainer, model: Weights, config: FitConfig, terms: ClientTerms) -> FitResult:
+    """``trainer.fit(model, config)``, or with ``terms`` when there are any; a trainer whose fit
+    takes no terms is told so, and what to add, instead of training without them."""
+    if not terms:
+        result = trainer.fit(model, config)
+    else:
+        _check_takes_terms(trainer, model, config, terms)
+        result = trainer.fit(model, config, terms)
     return result
 
 
-def _scaffold_fit(
-    trainer: Trainer, model: Weights, server_c: Weights, config: FitConfig, client_id: str, store: PersonalStore
-) -> FitResult:
-    """Train with the correction ``c − c_i``; update ``c_i`` (option II) and return ``Δc_i`` with the model."""
-    saved = store.load(client_id)
-    client_c = {k: saved.get(k, np.zeros_like(v)).astype(np.float64) for k, v in server_c.items()}
-    correction = {k: (server_c[k].astype(np.float64) - client_c[k]).astype(np.float32) for k in server_c}
-    corrected = dataclasses.replace(config, extra={**config.extra, GRADIENT_CORRECTION: correction})
-    result = trainer.fit(model, corrected)
-    steps = float(result.metrics.get("local_steps", 0))
-    if not steps > 0:
+def _check_takes_terms(trainer: Trainer, model: Weights, config: FitConfig, terms: ClientTerms) -> None:
+    try:
+        inspect.signature(trainer.fit).bind(model, config, terms)
+    except TypeError:
         raise ClientError(
-            "SCAFFOLD needs the metric local_steps > 0 from Trainer.fit (the built-in trainers report it)"
-        )
-    scale = 1.0 / (steps * config.lr)
-    new_c = {
-        k: client_c[k] - server_c[k] + scale * (model[k].astype(np.float64) - result.weights[k].astype(np.float64))
-        for k in server_c
-    }
-    store.save(client_id, {k: v.astype(server_c[k].dtype) for k, v in new_c.items()})
-    deltas = {CONTROL_PREFIX + k: (new_c[k] - client_c[k]).astype(server_c[k].dtype) for k in server_c}
-    return FitResult({**result.weights, **deltas}, result.num_samples, result.metrics)
-
-
-def _fedcurv_fit(
-    trainer: Trainer,
-    model: Weights,
-    sums: tuple[Weights, Weights],
-    config: FitConfig,
-    client_id: str,
-    store: PersonalStore,
-) -> FitResult:
-    """Train with FedCurv's penalty from the other clients' Fisher sums; return this client's
-    ``F_i`` and ``F_i ⊙ θ_i`` in the reserved slots and keep them to subtract next round."""
-    total_f, total_fw = sums
-    mine = store.load(client_id)
-    own = bool(mine) and int(mine["round"][0]) == config.round - 1  # it is in the sums it receives
-    a = {k: total_f[k].astype(np.float64) - (mine[f"u/{k}"] if own else 0.0) for k in total_f}
-    b = {k: total_fw[k].astype(np.float64) - (mine[f"v/{k}"] if own else 0.0) for k in total_fw}
-    weight = float(config.extra.get(CURVATURE_LAMBDA, 1.0))
-    extra = {**config.extra, CURVATURE: Curvature(a, b, weight), REPORT_FISHER: True}
-    result = trainer.fit(model, dataclasses.replace(config, extra=extra))
-    fisher = {k[len(FISHER_PREFIX) :]: v for k, v in result.weights.items() if k.startswith(FISHER_PREFIX)}
-    if not fisher:
-        raise ClientError("FedCurv needs Trainer.fit to return the diagonal Fisher when asked (report_fisher)")
-    trained = model_part(result.weights)
-    u = {k: np.asarray(fisher.get(k, np.zeros_like(v)), np.float64) for k, v in total_f.items()}
-    v = {k: u[k] * trained[k].astype(np.float64) for k in total_f}
-    kept = {**{f"u/{k}": x for k, x in u.items()}, **{f"v/{k}": x for k, x in v.items()}}
-    store.save(client_id, {**kept, "round": np.array([config.round], np.int64)})
-    slots = {FISHER_SUM_PREFIX + k: u[k].astype(total_f[k].dtype) for k in total_f}
-    slots |= {WEIGHTED_SUM_PREFIX + k: v[k].astype(total_fw[k].dtype) for k in total_fw}
-    return FitResult({**trained, **slots}, result.num_samples, result.metrics)
+            f"this strategy adds client-side terms, but {type(trainer).__name__}.fit(weights, config) takes no "
+            "third argument: define fit(self, weights, config, terms=NO_TERMS) and add "
+            "terms.gradient(name, value) to each parameter's gradient (fedloom.core.terms; docs/algorithms.md)"
+        ) from None
+    except ValueError:  # no introspectable signature (a C callable): just call it
+        pass

@@ -11,14 +11,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.client.batching import check_arrays, epoch_batches
-from fedloom.client.terms import FISHER_PREFIX, ClientTerms
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.terms import FISHER_PREFIX, NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_compatible, copy_weights
 
 
-def _curv(terms: ClientTerms, name: str, theta: np.ndarray) -> np.ndarray | float:
-    """FedCurv's penalty gradient for one tensor (0 without FedCurv)."""
-    grad = terms.curvature.gradient(name, theta) if terms.curvature else None
+def _extra(terms: ClientTerms, name: str, theta: np.ndarray) -> np.ndarray | float:
+    """The client-side terms' gradient for one tensor (0 when there is none)."""
+    grad = terms.gradient(name, theta)
     return 0.0 if grad is None else grad
 
 
@@ -65,14 +65,10 @@ class NumpyLogisticTrainer:
         check_compatible(weights, self._weights)
         return np.array(weights["weight"], dtype=np.float64), np.array(weights["bias"], dtype=np.float64)
 
-    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
-        """Mini-batch SGD; honours ``proximal_mu`` (FedProx) and ``report_initial_loss`` (q-FedAvg)."""
+    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
+        """Mini-batch SGD; adds the client-side ``terms`` (any algorithm's) to each gradient."""
         w, b = self._load(weights)
-        terms = ClientTerms.from_config(config)
         metrics = {"initial_loss": self._loss(w, b, self.x, self.y)} if terms.report_initial_loss else {}
-        w0, b0 = w.copy(), b.copy()
-        corr_w = np.asarray(terms.gradient_correction.get("weight", 0.0), np.float64)  # SCAFFOLD's c - c_i
-        corr_b = np.asarray(terms.gradient_correction.get("bias", 0.0), np.float64)
         rng = np.random.default_rng(config.seed)
         onehot = np.eye(self.num_classes)[self.y]
         losses = []
@@ -82,10 +78,8 @@ class NumpyLogisticTrainer:
                 probs = _softmax(xb @ w.T + b)
                 losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
                 grad = (probs - onehot[idx]) / len(idx)
-                w -= config.lr * (
-                    grad.T @ xb + self.l2 * w + terms.proximal_mu * (w - w0) + corr_w + _curv(terms, "weight", w)
-                )
-                b -= config.lr * (grad.sum(axis=0) + terms.proximal_mu * (b - b0) + corr_b + _curv(terms, "bias", b))
+                w -= config.lr * (grad.T @ xb + self.l2 * w + _extra(terms, "weight", w))
+                b -= config.lr * (grad.sum(axis=0) + _extra(terms, "bias", b))
         self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
         metrics.update(train_loss=float(np.mean(losses)), local_steps=float(len(losses)))
         fisher = self._fisher(w, b, config.batch_size) if terms.report_fisher else {}

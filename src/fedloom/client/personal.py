@@ -22,7 +22,6 @@ from fedloom.core.serialization import from_bytes, to_bytes
 from fedloom.core.weights import Weights
 
 PERSONAL_KEYS = "personal_keys"
-STATE_DIR = "client_state_dir"
 
 
 def personal_patterns(extra: Mapping[str, object]) -> tuple[str, ...]:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from fedloom.client.batching import check_arrays, epoch_batches
-from fedloom.client.terms import FISHER_PREFIX, ClientTerms
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.terms import FISHER_PREFIX, NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_compatible
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -73,27 +73,11 @@ def _make_optimizer(
 
 
 @torch.no_grad()
-def _add_proximal_gradient(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float) -> None:
-    """FedProx: the gradient of ``mu/2 ‖w - w_global‖²`` is ``mu (w - w_global)``."""
-    pairs = [(p, p.grad, a) for p, a in zip(params, anchor, strict=True) if p.grad is not None]
-    grads = [g for _, g, _ in pairs if g is not None]
-    torch._foreach_add_(grads, torch._foreach_sub([p for p, _, _ in pairs], [a for _, _, a in pairs]), alpha=mu)
-
-
-@torch.no_grad()
-def _add_correction(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """SCAFFOLD: every step's gradient is corrected by ``c − c_i``."""
-    for param, delta in pairs:
+def _add_terms(triples: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """The client-side terms (any algorithm's): every step, ``grad += scale ⊙ θ + offset``."""
+    for param, scale, offset in triples:
         if param.grad is not None:
-            param.grad.add_(delta)
-
-
-@torch.no_grad()
-def _add_curvature(triples: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], weight: float) -> None:
-    """FedCurv: the gradient of ``λ Σ (a θ² − 2 b θ)`` is ``2λ (a θ − b)``."""
-    for param, a, b in triples:
-        if param.grad is not None:
-            param.grad.add_(2.0 * weight * (a * param - b))
+            param.grad.add_(torch.addcmul(offset, param, scale))
 
 
 class TorchTrainer:
@@ -135,19 +119,15 @@ class TorchTrainer:
     def get_weights(self) -> Weights:
         return state_to_weights(self.model)
 
-    def fit(self, weights: Weights, config: FitConfig) -> FitResult:
-        """E epochs of mini-batch training; honours the strategy terms in ``config.extra``:
-        ``proximal_mu`` (FedProx) and ``report_initial_loss`` (q-FedAvg)."""
+    def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
+        """E epochs of mini-batch training; adds the client-side ``terms`` (any algorithm's) to
+        each trainable parameter's gradient at every step."""
         load_weights(self.model, weights)
-        terms = ClientTerms.from_config(config)
         initial = {"initial_loss": self._loss_on_train()} if terms.report_initial_loss else {}
         torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         opt = _make_optimizer(self.optimizer, self.model.parameters(), config.lr, self.momentum, self.weight_decay)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        anchor = [p.detach().clone() for p in params] if terms.proximal_mu > 0 else None
-        correction = self._correction(terms)
-        curvature = self._curvature(terms)
+        extra = self._term_tensors(terms)
         self.model.train()
         total_loss, total_correct, seen, steps = 0.0, 0, 0, 0
         for _ in range(config.epochs):
@@ -158,12 +138,8 @@ class TorchTrainer:
                 out = self.model(xb)
                 loss = self.loss_fn(out, yb)
                 loss.backward()  # type: ignore[no-untyped-call]
-                if anchor is not None:
-                    _add_proximal_gradient(params, anchor, terms.proximal_mu)
-                if correction:
-                    _add_correction(correction)
-                if curvature:
-                    _add_curvature(curvature, terms.curvature.weight if terms.curvature else 0.0)
+                if extra:
+                    _add_terms(extra)
                 opt.step()
                 total_loss += float(loss.detach()) * len(idx)
                 total_correct += int((out.detach().argmax(dim=1) == yb).sum())
@@ -173,18 +149,16 @@ class TorchTrainer:
         fisher = self._fisher(config.batch_size) if terms.report_fisher else {}
         return FitResult({**self.get_weights(), **fisher}, len(self.x), {**metrics, **initial})
 
-    def _curvature(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(parameter, a, b) triples of FedCurv's penalty."""
-        if terms.curvature is None:
-            return []
-        named = dict(self.model.named_parameters())
-        return [
-            (named[k], self._tensor(a), self._tensor(terms.curvature.b[k]))
-            for k, a in terms.curvature.a.items()
-            if k in named and named[k].requires_grad
-        ]
+    def _term_tensors(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(parameter, scale, offset) of each trainable parameter with a term, on the device, once per fit."""
+        triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for name, param in self.model.named_parameters():
+            term = terms.term(name)
+            if term is not None and param.requires_grad:
+                triples.append((param, self._tensor(term.scale), self._tensor(term.offset)))
+        return triples
 
-    def _tensor(self, value: np.ndarray) -> torch.Tensor:
+    def _tensor(self, value: np.ndarray | float) -> torch.Tensor:
         return torch.from_numpy(np.asarray(value, np.float32)).to(self.device)
 
     def _fisher(self, batch_size: int) -> Weights:
@@ -206,17 +180,6 @@ class TorchTrainer:
             batches += 1
         self.model.zero_grad(set_to_none=True)
         return {FISHER_PREFIX + k: (v / max(batches, 1)).cpu().numpy() for k, v in sums.items()}
-
-    def _correction(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(parameter, correction tensor) pairs for SCAFFOLD; buffers get none."""
-        if not terms.gradient_correction:
-            return []
-        named = dict(self.model.named_parameters())
-        return [
-            (named[k], torch.from_numpy(np.asarray(v, np.float32)).to(self.device))
-            for k, v in terms.gradient_correction.items()
-            if k in named and named[k].requires_grad
-        ]
 
     def _loss_on_train(self) -> float:
         """The loaded model's mean loss on this client's training data (q-FedAvg's F_k)."""

@@ -15,8 +15,12 @@ from fedloom.core.errors import (
     WeightsMismatchError,
 )
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
+from fedloom.core.metrics import validate_metrics
+from fedloom.core.observe import RoundObserver, RoundSummary, RunEnd, RunInfo
+from fedloom.core.reserved import model_part
 from fedloom.core.rng import rng_for, stream_key
 from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
+from fedloom.core.terms import NO_TERMS, AffineTerm, ClientTerms
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import (
     Weights,
@@ -31,7 +35,10 @@ from fedloom.core.weights import (
 )
 
 __all__ = [
+    "NO_TERMS",
+    "AffineTerm",
     "ClientError",
+    "ClientTerms",
     "ClientUpdate",
     "ConfigError",
     "DataError",
@@ -44,6 +51,10 @@ __all__ = [
     "NonFiniteError",
     "PayloadTooLargeError",
     "RejectedUpdateError",
+    "RoundObserver",
+    "RoundSummary",
+    "RunEnd",
+    "RunInfo",
     "SerializationError",
     "StoreError",
     "UpdateReport",
@@ -56,11 +67,13 @@ __all__ = [
     "content_hash",
     "copy_weights",
     "from_bytes",
+    "model_part",
     "nbytes",
     "num_parameters",
     "rng_for",
     "stream_key",
     "to_bytes",
+    "validate_metrics",
     "validate_weights",
     "weights_equal",
 ]

@@ -1,10 +1,11 @@
 """Reserved tensors: strategy state that travels inside the global model.
 
 Some strategies keep server state that clients must read (SCAFFOLD's control variate,
-FedCurv's Fisher sums). It rides in the model's tensor dict under names starting
-``fedloom.``, so it is validated, sent, stored and restored exactly like the model, and a
-restarted aggregator has it without another table. Evaluation and export strip it
-(:func:`model_part`); the client side (``fedloom.client.client_state``) reads it.
+FedCurv's Fisher sums, FedDyn's h). It rides in the model's tensor dict under names
+starting ``fedloom.``, so it is validated, sent, stored and restored exactly like the
+model, and a restarted aggregator has it without another table. Evaluation and export
+strip it (:func:`model_part`). Each algorithm owns its own prefix under ``fedloom.`` (in
+its module, ``fedloom.algorithms.<name>``); core only keeps the reservation itself.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import numpy as np
 from fedloom.core.weights import Weights
 
 RESERVED_PREFIX = "fedloom."
-CONTROL_PREFIX = "fedloom.scaffold.c/"
-FISHER_SUM_PREFIX = "fedloom.fedcurv.u/"
-WEIGHTED_SUM_PREFIX = "fedloom.fedcurv.v/"
 
 
 def model_part(weights: Mapping[str, np.ndarray]) -> Weights:
@@ -26,19 +24,14 @@ def model_part(weights: Mapping[str, np.ndarray]) -> Weights:
     return {k: v for k, v in weights.items() if not k.startswith(RESERVED_PREFIX)}
 
 
+def reserved_part(weights: Mapping[str, np.ndarray]) -> Weights:
+    """Only fedloom's reserved tensors (what :func:`model_part` strips)."""
+    return {k: v for k, v in weights.items() if k.startswith(RESERVED_PREFIX)}
+
+
 def with_prefix(weights: Mapping[str, np.ndarray], prefix: str) -> Weights:
     """The tensors under ``prefix``, keyed by the model tensor they belong to."""
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-
-
-def controls(weights: Mapping[str, np.ndarray]) -> Weights:
-    """SCAFFOLD's control-variate tensors, keyed by model tensor name."""
-    return with_prefix(weights, CONTROL_PREFIX)
-
-
-def curvature_sums(weights: Mapping[str, np.ndarray]) -> tuple[Weights, Weights]:
-    """FedCurv's (Σ F, Σ F ⊙ θ), keyed by model tensor name."""
-    return with_prefix(weights, FISHER_SUM_PREFIX), with_prefix(weights, WEIGHTED_SUM_PREFIX)
 
 
 def with_zeros(weights: Mapping[str, np.ndarray], *prefixes: str) -> Weights:

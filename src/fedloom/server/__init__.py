@@ -8,5 +8,26 @@ from fedloom.server.engine import (
     RoundRecorder,
     RoundTask,
 )
+from fedloom.server.rounds import (
+    AsyncLifecycle,
+    AsyncSettings,
+    ClientTask,
+    ClosePolicy,
+    Rounds,
+    SyncRounds,
+)
 
-__all__ = ["EngineState", "EngineStateError", "RoundEngine", "RoundOutcome", "RoundRecorder", "RoundTask"]
+__all__ = [
+    "AsyncLifecycle",
+    "AsyncSettings",
+    "ClientTask",
+    "ClosePolicy",
+    "EngineState",
+    "EngineStateError",
+    "RoundEngine",
+    "RoundOutcome",
+    "RoundRecorder",
+    "RoundTask",
+    "Rounds",
+    "SyncRounds",
+]

@@ -237,6 +237,7 @@ class StrategySection:
     filter_min_cosine: float | None = None
     personal_keys: str | None = None
     curvature_lambda: float | None = None
+    feddyn_alpha: float | None = None
 
     def __post_init__(self) -> None:
         from fedloom.algorithms.registry import build_strategy

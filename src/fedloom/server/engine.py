@@ -18,7 +18,7 @@ from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
-from fedloom.algorithms.strategy import Accumulator, Strategy
+from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strategy
 from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
@@ -281,8 +281,8 @@ class RoundEngine:
         """
         self._require(EngineState.COLLECTING, "accept merged updates")
         assert self._open is not None
-        merge = getattr(self._open.accumulator, "merge", None)
-        if merge is None or self.strategy.update_filter is not None:
+        accumulator = self._open.accumulator
+        if not isinstance(accumulator, MergeableAccumulator) or self.strategy.update_filter is not None:
             raise EngineStateError(f"strategy {self.strategy.name!r} cannot take pre-merged partial results")
         seen: set[str] = set()
         for report in reports:
@@ -292,7 +292,7 @@ class RoundEngine:
             seen.add(report.client_id)
         if partial.count != len(reports) or partial.total_weight != sum(r.num_samples for r in reports):
             raise EngineStateError("merged partial sum does not match its reports (count or total samples differ)")
-        merge(partial)
+        accumulator.merge(partial)
         for report in reports:
             self._note_accepted(report, None)
 

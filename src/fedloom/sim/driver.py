@@ -35,7 +35,8 @@ from fedloom.sim.history import SimulationResult
 from fedloom.sim.judge import RoundJudge
 from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.progress import ProgressPrinter
-from fedloom.sim.run_log import RunLog
+from fedloom.sim.resume import resume_point
+from fedloom.sim.run_log import RunLog, resolve_store
 from fedloom.sim.setup import LoopFactory
 from fedloom.sim.sync_loop import SyncLoop
 
@@ -71,25 +72,30 @@ def simulate(
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
     poison = _poison(world.adversary, num_clients, seed, run_config)
-    log = RunLog(kept.store, kept.run_name or strategy.name, run_config, seed, kept.keep_local_models)
+    store = resolve_store(kept.store)
+    point = resume_point(store, kept.resume, run_config) if kept.resume is not None else None
+    state_dir = _client_state_dir(strategy, point.client_state_dir if point else kept.client_state_dir)
+    run_config["client_state_dir"] = state_dir  # where a resumed run finds its clients' state
+    log = RunLog(store, kept.run_name or strategy.name, run_config, seed, kept.keep_local_models, kept.resume)
     log.register_clients(clients := _clients(num_clients, world.client_sizes))
-    state_dir = _client_state_dir(strategy, kept.client_state_dir)
     factory = LoopFactory(
         strategy,
-        weights,
+        point.weights if point and point.weights is not None else weights,
         rounds,
         seed,
         log.recorder,
         executor or SequentialExecutor(),
         client_fn,
         world.on_client_error,
+        *((point.rounds_done + 1, point.server_opt_state, point.sim_seconds) if point else ()),
     )
     loop = _rounds_loop(factory, world, clients, state_dir, poison)
+    rounds_left = rounds - (point.rounds_done if point else 0)
     judge = RoundJudge(strategy, seed, client_fn, num_clients, judged, state_dir)
     info = RunInfo(log.run_id, kept.run_name or strategy.name, "simulation", rounds, seed, run_config, log.home_hint())
     watchers: list[RoundObserver] = [log, *(observers if observers is not None else [ProgressPrinter(rounds)])]
     try:
-        history = _watched(loop, judge, rounds, judged.overlap, info, watchers)
+        history = _watched(loop, judge, rounds_left, judged.overlap, info, watchers)
     finally:
         loop.executor.close()
         if kept.client_state_dir is None and state_dir:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
-from fedloom.client.client_state import fit_with_state
-from fedloom.client.personal import STATE_DIR
+from fedloom.client.client_state import LocalContext, fit_with_state
+from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.trainer import Trainer
-from fedloom.core.errors import ClientError
-from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
 
@@ -49,44 +48,54 @@ class Executor(Protocol):
     """Runs ``fit`` for every selected client of a round.
 
     With ``merge=True`` (the strategy's aggregator is mergeable) an executor may yield
-    :class:`MergedUpdates` instead of individual updates.
+    :class:`MergedUpdates` instead of individual updates. ``state_dir`` is the run's local
+    client-state folder (the local context of every fit, kept apart from the configs).
     """
 
     def run_round(
-        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn, merge: bool = False
+        self,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        client_fn: ClientFn,
+        merge: bool = False,
+        state_dir: str | None = None,
     ) -> Iterator[ExecutorResult]: ...
 
     def close(self) -> None: ...
 
 
-def fit_one(client_fn: ClientFn, client_id: str, weights: Weights, config: FitConfig) -> ClientUpdate:
+def fit_one(
+    client_fn: ClientFn, client_id: str, weights: Weights, config: FitConfig, state_dir: str | None = None
+) -> ClientUpdate:
     """Build the client's trainer, train it, and wrap the result as a ClientUpdate.
 
-    State a client keeps between rounds (personal keys, SCAFFOLD's control variate) lives
-    in ``config.extra["client_state_dir"]``; see fedloom.client.client_state.
+    State a client keeps between rounds (personal keys, the client parts' state) lives
+    under ``state_dir``, the run's local folder (never part of the wire's ``config``);
+    see fedloom.client.client_state.
     """
     trainer = client_fn(int(client_id))
-    result = fit_with_state(trainer, weights, config, client_id, config.extra.get(STATE_DIR))
-    if not isinstance(result, FitResult):
-        raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
-    return ClientUpdate(
-        client_id=client_id,
-        round=config.round,
-        weights=result.weights,
-        num_samples=int(result.num_samples),
-        metrics=dict(result.metrics),
+    result = checked_fit_result(
+        fit_with_state(trainer, weights, config, LocalContext(client_id, state_dir)), config.round
     )
+    return ClientUpdate(client_id, config.round, result.weights, result.num_samples, dict(result.metrics))
 
 
 class SequentialExecutor:
     """Trains the selected clients one after another in this process."""
 
     def run_round(
-        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], client_fn: ClientFn, merge: bool = False
+        self,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        client_fn: ClientFn,
+        merge: bool = False,
+        state_dir: str | None = None,
     ) -> Iterator[ExecutorResult]:
         for client_id, config in configs.items():
             try:
-                yield fit_one(client_fn, client_id, weights, config)
+                yield fit_one(client_fn, client_id, weights, config, state_dir)
             except Exception as exc:  # a user trainer may raise anything; reported, never swallowed
                 yield ClientFailure(client_id, round, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 

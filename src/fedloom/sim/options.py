@@ -83,13 +83,16 @@ class Recording:
     """What a run keeps: ``store="default"`` is ``$FEDLOOM_HOME`` (or ``./fedloom-runs``), a
     Store object another one, ``None`` nothing; ``keep_local_models`` keeps every local
     model's tensors too; ``client_state_dir`` holds what clients keep between rounds
-    (default: a temporary folder removed at the end)."""
+    (default: a temporary folder removed at the end); ``resume`` continues an interrupted
+    run (same client_fn, strategy, clients and rounds) from where the store says it stopped."""
 
     store: Any = "default"
     run_name: str | None = None
     config: Mapping[str, Any] | None = None
     keep_local_models: bool = False
     client_state_dir: str | None = None
+    #: the id of an interrupted run in ``store`` to continue (:mod:`fedloom.sim.resume`)
+    resume: str | None = None
 
 
 __all__ = ["Environment", "EvaluateFn", "Evaluation", "OnClientError", "Recording"]

@@ -78,7 +78,7 @@ def _fit_message(state: _WorkerState, client_fn: ClientFn, header: dict[str, Any
     client_id = header["client_id"]
     assert state.weights is not None
     try:
-        update = fit_one(client_fn, client_id, state.weights, FitConfig(**header["config"]))
+        update = fit_one(client_fn, client_id, state.weights, FitConfig(**header["config"]), header.get("state_dir"))
         validate_weights(update.weights, state.weights)
     except ValidationError as exc:
         return {"type": "failure", "client_id": client_id, "code": "invalid_weights", "message": str(exc)}, b""
@@ -230,11 +230,13 @@ class ParallelExecutor:
         configs: Mapping[str, FitConfig],
         client_fn: ClientFn,
         merge: bool = False,
+        state_dir: str | None = None,
     ) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
         if self._round_open:  # the last round was abandoned: its results still in flight would garble this one
             self.close()
         self._ensure_workers(client_fn)
         run = _RoundRun(self, round, weights, configs, merge)
+        run.state_dir = state_dir
         self._round_open = True
         yield from run.execute()
         self._round_open = False
@@ -253,6 +255,7 @@ class _RoundRun:
         self.merge = merge
         self.round_frame = ({"type": "round", "round": round, "merge": merge}, to_bytes(weights, round=round))
         self.queue: deque[str] = deque(configs)
+        self.state_dir: str | None = None  # the local context of every fit, sent beside (not in) the config
         self.attempts: dict[str, int] = {}
         self.selector = selectors.DefaultSelector()
 
@@ -293,7 +296,7 @@ class _RoundRun:
         worker.busy_with, worker.busy_since = client_id, time.monotonic()
         config = asdict(self.configs[client_id])
         config["extra"] = dict(config["extra"])
-        send_frame(worker.sock, {"type": "fit", "client_id": client_id, "config": config})
+        send_frame(worker.sock, {"type": "fit", "client_id": client_id, "config": config, "state_dir": self.state_dir})
 
     def _step(self) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
         for key, _ in self.selector.select(timeout=1.0):

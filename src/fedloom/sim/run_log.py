@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedloom.core.errors import ConfigError
 from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 from fedloom.server.recording import StoreRecorder
+from fedloom.sim.resume import RoundBuffer
 
 
 def resolve_store(store: Any) -> Any:
@@ -27,15 +29,32 @@ def resolve_store(store: Any) -> Any:
 class RunLog:
     """The store writes of one run; every method is a no-op when no store is given."""
 
-    def __init__(self, store: Any, name: str, config: Mapping[str, Any], seed: int, keep_local_models: bool) -> None:
+    def __init__(
+        self,
+        store: Any,
+        name: str,
+        config: Mapping[str, Any],
+        seed: int,
+        keep_local_models: bool,
+        resume: str | None = None,
+    ) -> None:
         self.store = resolve_store(store)
-        self.run_id: str | None = self.store.create_run(name, "simulation", config, seed) if self.store else None
+        self.resumed = resume is not None
+        if resume is not None:
+            if not self.store:
+                raise ConfigError("resuming a run needs the store it was recorded in (Recording(store=...))")
+            self.store.reopen_run(resume)
+        self.run_id: str | None = resume
+        if self.run_id is None and self.store:
+            self.run_id = self.store.create_run(name, "simulation", config, seed)
         self.recorder = (
-            StoreRecorder(self.store, self.run_id, keep_local_models=keep_local_models) if self.run_id else None
+            RoundBuffer(StoreRecorder(self.store, self.run_id, keep_local_models=keep_local_models))
+            if self.run_id
+            else None
         )
 
     def register_clients(self, clients: Sequence[tuple[str, int | None]]) -> None:
-        if self.run_id:
+        if self.run_id and not self.resumed:
             self.store.register_clients(self.run_id, clients)
 
     def on_start(self, run: RunInfo) -> None:
@@ -56,6 +75,10 @@ class RunLog:
         return str(home) if home is not None and home.resolve() != resolve_home().resolve() else ""
 
     def on_finish(self, run: RunInfo, end: RunEnd) -> None:
+        if self.recorder is not None and end.status == "finished":
+            self.recorder.flush()  # what the last round refused after it closed
+        elif self.recorder is not None:
+            self.recorder.flush_refusals()
         if self.run_id:
             summary = {"rounds_completed": end.rounds_completed, **end.metrics}
             self.store.finish_run(self.run_id, end.status, summary)

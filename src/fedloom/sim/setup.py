@@ -3,30 +3,44 @@ same strategy, seed, recorder, executor and clients (the driver picks one)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
-from fedloom.client.personal import STATE_DIR
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.weights import Weights
-from fedloom.server.engine import RoundEngine
-from fedloom.server.recording import StoreRecorder
+from fedloom.server.engine import RoundEngine, RoundRecorder
 from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.async_loop import AsyncLoop
 from fedloom.sim.environment import SimEnvironment
-from fedloom.sim.executor import ClientFn, Executor
+from fedloom.sim.executor import ClientFn, Executor, ExecutorResult
 from fedloom.sim.sync_loop import Poison, SyncLoop
 
 
-def _with_local_context(config: FitConfig, state_dir: str | None) -> FitConfig:
-    """The wire config plus what only this process knows (where clients keep their state)."""
-    if state_dir is None:
-        return config
-    return dataclasses.replace(config, extra={**config.extra, STATE_DIR: state_dir})
+@dataclass(frozen=True)
+class _WithLocalContext:
+    """The run's executor, handing every fit what only this process knows (where clients keep
+    their state) beside the wire configs, never inside them (fedloom.client.client_state)."""
+
+    executor: Executor
+    state_dir: str | None
+
+    def run_round(
+        self,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        client_fn: ClientFn,
+        merge: bool = False,
+        state_dir: str | None = None,
+    ) -> Iterator[ExecutorResult]:
+        return self.executor.run_round(round, weights, configs, client_fn, merge, state_dir=self.state_dir)
+
+    def close(self) -> None:
+        self.executor.close()
 
 
 @dataclass(frozen=True)
@@ -37,10 +51,13 @@ class LoopFactory:
     weights: Weights
     rounds: int
     seed: int
-    recorder: StoreRecorder | None
+    recorder: RoundRecorder | None
     executor: Executor
     client_fn: ClientFn
     on_client_error: str
+    start_round: int = 1
+    server_opt_state: ServerOptState | None = None
+    sim_seconds: float = 0.0
 
     def sync_loop(
         self,
@@ -51,17 +68,24 @@ class LoopFactory:
         poison: tuple[Adversary, frozenset[int]] | None,
     ) -> SyncLoop:
         engine = RoundEngine(
-            self.strategy, self.weights, seed=self.seed, max_rounds=self.rounds, recorder=self.recorder
+            self.strategy,
+            self.weights,
+            seed=self.seed,
+            max_rounds=self.rounds,
+            start_round=self.start_round,
+            recorder=self.recorder,
+            server_opt_state=self.server_opt_state,
         )
         engine.register_clients(clients)
         return SyncLoop(
             SyncRounds(engine, policy),
-            self.executor,
+            _WithLocalContext(self.executor, state_dir),
             self.client_fn,
-            lambda cid: _with_local_context(engine.fit_config(cid), state_dir),
+            engine.fit_config,
             environment,
             self.on_client_error == "fail",
             Poison(poison[0], poison[1], self.seed) if poison else None,
+            self.sim_seconds,
         )
 
     def async_loop(
@@ -81,9 +105,9 @@ class LoopFactory:
         lifecycle = AsyncLifecycle(rounds, self.strategy.client, self.seed, self.recorder)
         return AsyncLoop(
             lifecycle,
-            self.executor,
+            _WithLocalContext(self.executor, state_dir),
             self.client_fn,
-            lambda config: _with_local_context(config, state_dir),
+            lambda config: config,  # the wire config as it is; the state folder travels beside it
             environment,
             concurrency,
             self.seed,

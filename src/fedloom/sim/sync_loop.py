@@ -58,6 +58,7 @@ class SyncLoop:
         environment: SimEnvironment | None,
         fail_on_client_error: bool,
         poison: Poison | None = None,
+        now: float = 0.0,
     ) -> None:
         self.lifecycle = lifecycle
         self.executor = executor
@@ -66,7 +67,7 @@ class SyncLoop:
         self.environment = environment
         self.fail_on_client_error = fail_on_client_error
         self.poison = poison
-        self.now = 0.0
+        self.now = now  # simulated seconds (a resumed run continues where it stood)
         self._opened: RoundOpened | None = None
         self._end: RoundEnd | None = None
 

@@ -15,12 +15,13 @@ import numpy as np
 
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
 from fedloom.client.trainer import Trainer
+from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
 from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.adversary import flip_labels
-from fedloom.sim.config import SimConfig
+from fedloom.sim.config import SimConfig, config_from_mapping
 from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
@@ -130,13 +131,16 @@ def make_executor(config: SimConfig) -> Executor:
     return SequentialExecutor()
 
 
-def simulate_config(config: SimConfig, *, store: Any = None, **overrides: Any) -> SimulationResult:
+def simulate_config(
+    config: SimConfig, *, store: Any = None, resume: str | None = None, **overrides: Any
+) -> SimulationResult:
     """Run a built-in simulation exactly as ``fedloom sim`` would for ``config``.
 
-    Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
-    attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
-    its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``). ``store=None``
-    records nothing.
+        Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
+        attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
+        its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``); ``resume`` names
+    an interrupted run of ``store`` to continue (:func:`resume_config` reads its config). ``store=None``
+        records nothing.
     """
     task = build_task(config)
     kwargs: dict[str, Any] = {
@@ -158,9 +162,24 @@ def simulate_config(config: SimConfig, *, store: Any = None, **overrides: Any) -
             run_name=config.name or f"{config.dataset}-{config.model}-{config.partition}",
             config=config.to_dict(),
             keep_local_models=config.keep_local_models,
+            resume=resume,
         ),
         "executor": make_executor(config),
         "observers": [],
         **overrides,
     }
     return simulate(task.client_fn, config.clients, config.build_strategy(), config.rounds, **kwargs)
+
+
+def resume_config(store: Any, run_id: str) -> SimConfig:
+    """The settings an interrupted ``fedloom sim`` run was started with (to continue it exactly)."""
+    stored = dict(store.get_run(run_id).config or {})
+    known = {name: stored[name] for name in SimConfig.__dataclass_fields__ if name in stored}
+    if isinstance(known.get("strategy"), dict):  # the run records the strategy's full description
+        known["strategy"] = known["strategy"].get("name")
+    if "dataset" not in known:
+        raise ConfigError(
+            f"run {run_id} was not started by `fedloom sim`; resume it from Python with the same"
+            " client_fn and strategy: simulate(..., recording=Recording(store=..., resume=RUN_ID))"
+        )
+    return config_from_mapping(known)

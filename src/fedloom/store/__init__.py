@@ -21,9 +21,10 @@ from fedloom.core.records import (
 )
 from fedloom.store.blobs import BlobStore, FileBlobStore
 from fedloom.store.schema import SCHEMA_VERSION
-from fedloom.store.sql import SqlStore, resolve_home
+from fedloom.store.sql import BLOBS_DIRNAME, SqlStore, resolve_home
 
 __all__ = [
+    "BLOBS_DIRNAME",
     "SCHEMA_VERSION",
     "AgentRecord",
     "BlobStore",

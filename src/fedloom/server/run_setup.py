@@ -1,0 +1,73 @@
+"""Which run an aggregator serves, and with which strategy.
+
+An aggregator resumes the newest unfinished run of its ``[run] name`` (refusing settings
+that would change selection or weighting mid-run) or starts a new one; its strategy is
+the ``[strategy]`` table with the config's selection, client settings and round criteria.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fedloom.algorithms.registry import build_strategy
+from fedloom.algorithms.strategy import RoundCriteria, Strategy
+from fedloom.core.errors import ConfigError, StoreError
+from fedloom.core.store_protocols import DeploymentStore
+from fedloom.server.config import AggregatorConfig
+
+log = logging.getLogger("fedloom.aggregator")
+
+RUN_KIND = "deployment"
+#: run settings a restarted aggregator must not change (they decide selection and weighting)
+FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
+
+
+def deployment_strategy(config: AggregatorConfig) -> Strategy:
+    """The ``[strategy]`` with the config's selection, client settings and round criteria (the
+    lifecycle's close policy applies them, with the deadline: :func:`fedloom.server.resume.close_policy`)."""
+    rounds, client, chosen = config.rounds, config.client, config.strategy
+    return build_strategy(
+        chosen.strategy,
+        fraction=rounds.fraction,
+        min_clients=rounds.min_agents,
+        epochs=client.epochs,
+        batch_size=client.batch_size,
+        lr=client.lr,
+        criteria=RoundCriteria(threshold=rounds.threshold, min_updates=rounds.min_updates),
+        aggregator=chosen.aggregator,
+        server_opt=chosen.server_opt,
+        params=chosen.params(),
+    )
+
+
+def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:
+    """Resume the newest unfinished run of this name, or start one; returns (run id, resumed)."""
+    name = config.run.name
+    found = store.find_run(name, kind=RUN_KIND)
+    if found is None or found.status == "finished":
+        run_id = store.create_run(name, RUN_KIND, config.to_record(), config.run.seed)
+        log.info("started run %s (%s)", name, run_id[:8])
+        return run_id, False
+    stored, now_settings = found.config or {}, config.to_dict()
+    for table, key in FIXED_SETTINGS:
+        if table == "async" and config.run.mode != "async":
+            continue
+        before, now = (stored.get(table) or {}).get(key), now_settings[table][key]
+        if before is not None and before != now:
+            raise ConfigError(
+                f"run {name!r} was started with [{table}] {key} = {before!r}; it cannot resume with {now!r}"
+                f" (set {key} back, or start a new run with another [run] name)"
+            )
+    store.reopen_run(found.id)
+    log.info("resuming run %s (%s)", name, found.id[:8])
+    return found.id, True
+
+
+def fail_start(store: DeploymentStore, run_id: str, exc: Exception) -> None:
+    """Mark the run ``failed`` with the reason when the start fails after the run was opened
+    (e.g. read-only blobs), instead of leaving it ``running`` with no aggregator behind it."""
+    reason = f"the aggregator failed to start: {type(exc).__name__}: {exc}"
+    try:
+        store.finish_run(run_id, "failed", {"error": reason})
+    except StoreError:
+        log.exception("could not mark run %s failed", run_id)
