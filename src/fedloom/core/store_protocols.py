@@ -6,7 +6,7 @@ downwards), so they are written against these structural types;
 implements only the role under test. Each role is what one kind of caller needs:
 
 - :class:`RunWriter` — what the round recorder and the simulation write;
-- :class:`RunReader` — what a resuming aggregator and the CLI read back;
+- :class:`RunReader` — what a resuming aggregator or simulation (and the CLI) reads back;
 - :class:`AccessStore` — join tokens, agents and their credentials (deployments only);
 - :class:`DeploymentStore` — the three together, plus reopening a run and a health check:
   what the deployed aggregator is given.
@@ -115,6 +115,10 @@ class RunReader(Protocol):
         """The newest run with this name and kind, or None."""
         ...
 
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id (or the only id starting with it); an unknown one is a ``StoreError``."""
+        ...
+
     def list_clients(self, run_id: str) -> Sequence[ClientRecord]:
         """The run's registered clients in registration order."""
         ...
@@ -141,6 +145,10 @@ class RunReader(Protocol):
 
     def metrics(self, run_id: str, scope: str | None = None) -> Sequence[MetricRecord]:
         """Every metric of the run (of one scope if given)."""
+        ...
+
+    def metric_series(self, run_id: str, name: str, scope: str = "server") -> Sequence[tuple[int, float]]:
+        """``(round, value)`` pairs of one metric, in round order."""
         ...
 
     def load_server_state(self, run_id: str, round: int) -> tuple[Weights, int] | None:
