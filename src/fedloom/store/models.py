@@ -50,7 +50,7 @@ class ModelsMixin(ServerStatesMixin):
         conflict = f"run {run_id} already has a global model for round {round}: exactly one is allowed per round"
         if self._global_row_id(run_id, round) is not None:
             raise StoreError(conflict)
-        state = None if server_state is None else self.server_state_row(run_id, round, *server_state)
+        state = None if server_state is None else self._server_state_row(run_id, round, *server_state)
         sha256 = content_hash(weights)
         key = (
             self._put_blob(to_bytes(weights, round=round, num_samples=num_samples)) if self._blobs is not None else None

@@ -39,7 +39,7 @@ class ServerStatesMixin(SqlCore):
 
         Use ``save_global_model(..., server_state=(tensors, step))`` to write both in one transaction.
         """
-        row = self.server_state_row(run_id, round, state_tensors, step)
+        row = self._server_state_row(run_id, round, state_tensors, step)
         where = (GlobalModelRow.run_id == run_id, GlobalModelRow.round == row.round)
         conflict = f"run {run_id} already has a server-optimiser state for round {round}: exactly one per round"
         with self._session(f"save the server state of run {run_id} round {round}", run_id, conflict) as session:
@@ -68,7 +68,7 @@ class ServerStatesMixin(SqlCore):
             raise IntegrityError(f"{what}: blob says step {stored_step}, row says {step}")
         return tensors, step
 
-    def server_state_row(
+    def _server_state_row(
         self, run_id: str, round: int, state_tensors: Mapping[str, np.ndarray], step: int
     ) -> ServerStateRow:
         """Validate a state, write its blob and return the (not yet added) row that references it."""
