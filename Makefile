@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck fmnist bench clean
+.PHONY: demo test security lint typecheck fmnist bench clean
 
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP) fmnist
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The hostile-input suite, the API fuzz and the deployed attack alone (make test runs them too).
+security: $(STAMP)
+	$(BIN)/pytest -q tests/security
 
 bench: $(STAMP) fmnist
 	$(BIN)/python benchmarks/accuracy_fmnist.py

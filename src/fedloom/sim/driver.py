@@ -62,9 +62,8 @@ def simulate(
     ``environment`` is the simulated world (sizes, speeds, deadlines, adversaries,
     asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
     kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
-    ``observers`` are told about the run as it goes; by default a progress printer on
-    stderr (pass ``[]`` for silence). The same seed and settings give bitwise-identical
-    results with the sequential executor.
+    ``observers`` are told about the run as it goes (default: a progress printer on
+    stderr; ``[]`` for silence). Same seed, same settings: bitwise-identical results.
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
     _check_args(num_clients, rounds, world.client_sizes)
@@ -78,18 +77,9 @@ def simulate(
     run_config["client_state_dir"] = state_dir  # where a resumed run finds its clients' state
     log = RunLog(store, kept.run_name or strategy.name, run_config, seed, kept.keep_local_models, kept.resume)
     log.register_clients(clients := _clients(num_clients, world.client_sizes))
-    factory = LoopFactory(
-        strategy,
-        point.weights if point and point.weights is not None else weights,
-        rounds,
-        seed,
-        log.recorder,
-        executor or SequentialExecutor(),
-        client_fn,
-        world.on_client_error,
-        *((point.rounds_done + 1, point.server_opt_state, point.sim_seconds) if point else ()),
-    )
-    loop = _rounds_loop(factory, world, clients, state_dir, poison)
+    runner = executor or SequentialExecutor()
+    factory = LoopFactory(strategy, weights, rounds, seed, log.recorder, runner, client_fn, world.on_client_error)
+    loop = _rounds_loop(factory.resumed(point) if point else factory, world, clients, state_dir, poison)
     rounds_left = rounds - (point.rounds_done if point else 0)
     judge = RoundJudge(strategy, seed, client_fn, num_clients, judged, state_dir)
     info = RunInfo(log.run_id, kept.run_name or strategy.name, "simulation", rounds, seed, run_config, log.home_hint())

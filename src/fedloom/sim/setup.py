@@ -4,7 +4,7 @@ same strategy, seed, recorder, executor and clients (the driver picks one)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
@@ -17,6 +17,7 @@ from fedloom.sim.adversary import Adversary
 from fedloom.sim.async_loop import AsyncLoop
 from fedloom.sim.environment import SimEnvironment
 from fedloom.sim.executor import ClientFn, Executor, ExecutorResult
+from fedloom.sim.resume import ResumePoint
 from fedloom.sim.sync_loop import Poison, SyncLoop
 
 
@@ -58,6 +59,18 @@ class LoopFactory:
     start_round: int = 1
     server_opt_state: ServerOptState | None = None
     sim_seconds: float = 0.0
+
+    def resumed(self, point: ResumePoint) -> LoopFactory:
+        """The same factory, starting where an interrupted run stopped."""
+        weights = point.weights if point.weights is not None else self.weights
+        start = point.rounds_done + 1
+        return replace(
+            self,
+            weights=weights,
+            start_round=start,
+            server_opt_state=point.server_opt_state,
+            sim_seconds=point.sim_seconds,
+        )
 
     def sync_loop(
         self,
