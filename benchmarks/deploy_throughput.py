@@ -51,6 +51,9 @@ def start_server(home: Path, agents: int, rounds: int, initial: Path) -> subproc
         "--initial-model", str(initial), "--min-agents", str(agents), "--fraction", "1.0",
         "--max-rounds", str(rounds), "--deadline-seconds", "600", "--max-upload-mb", "64",
         "--check-interval-seconds", "0.2",
+        # every agent registers at once from 127.0.0.1: one address, so the per-address
+        # registration bucket must hold them all (the default 60 is for sites behind one NAT)
+        "--rate-limit-burst", str(max(60, 2 * agents)), "--linger-seconds", "0",
     ]  # fmt: skip
     log = (home / "server.log").open("wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -108,7 +111,7 @@ def measure(agents: int, rounds: int, model_mb: float) -> dict[str, float]:
         initial = home / "initial.safetensors"
         initial.write_bytes(to_bytes({"w": np.zeros(size, np.float32)}))
         with SqlStore.open_default(home) as store:
-            token = store.create_token("bench", role="agent")
+            token = store.create_token("bench", role="agent", max_agents=agents)  # one token, N agents
         server = start_server(home, agents, rounds, initial)
         peak = [0.0]
         stop = threading.Event()

@@ -412,3 +412,31 @@ def test_a_server_that_hangs_up_once_is_a_network_error_retried_not_a_tls_error(
     ):
         assert client.health() is True
     assert len(delays) == 1  # retried once, as a network error
+
+
+def test_a_rate_limited_request_waits_as_asked_and_is_sent_again():
+    answers = [
+        httpx.Response(429, json={"error": "rate_limited", "detail": "slow down"}, headers={"Retry-After": "7"}),
+        httpx.Response(200, json={"agent_id": "ag_1", "credential": "fla_x", "role": "agent", "run_id": "r"}),
+    ]
+    waits: list[float] = []
+    client = AggregatorClient(
+        "http://aggregator.test",
+        transport=httpx.MockTransport(lambda request: answers.pop(0)),
+        sleep=waits.append,
+    )
+    assert client.register("site-a", "token")["agent_id"] == "ag_1"
+    assert len(waits) == 1 and 7.0 <= waits[0] <= 300.0  # the Retry-After, not a quick retry
+
+
+def test_a_refusal_that_means_never_is_not_retried():
+    calls: list[int] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(409, json={"error": "name_taken", "detail": "another token's name"})
+
+    client = AggregatorClient("http://aggregator.test", transport=httpx.MockTransport(refuse), sleep=lambda _s: None)
+    with pytest.raises(AggregatorError, match=r"another token"):
+        client.register("site-a", "token")
+    assert calls == [1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from resume_job import JOB
 
 import fedloom
 from fedloom.cli.main import main
-from fedloom.core.errors import ConfigError, StoreError
+from fedloom.core.errors import ConfigError
 from fedloom.core.reserved import model_part
 from fedloom.sim.tasks import build_task, simulate_config
 from fedloom.store import SqlStore
@@ -25,20 +27,25 @@ JOB_SCRIPT = Path(__file__).with_name("resume_job.py")
 
 
 def _ended_rounds(home: Path) -> tuple[str | None, int]:
-    """The run and its last ended round, as far as a reader racing the job's writes can tell."""
-    if not (home / "fedloom.db").exists():
+    """The run and its last ended round, read without a write lock (the job keeps writing)."""
+    db = home / "fedloom.db"
+    if not db.exists():
         return None, 0
     try:
-        return _read_ended(home)
-    except StoreError:  # the job holds the write lock right now
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+            runs = conn.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchall()
+            if not runs:
+                return None, 0
+            query = "SELECT MAX(round) FROM rounds WHERE run_id = ? AND status IN ('closed', 'abandoned')"
+            (done,) = conn.execute(query, (runs[0][0],)).fetchone()
+            return runs[0][0], int(done or 0)
+    except sqlite3.OperationalError:  # the schema is being created, or the file is busy
         return None, 0
 
 
 def _read_ended(home: Path) -> tuple[str | None, int]:
     with SqlStore.open_default(home) as store:
         runs = store.list_runs()
-        if not runs:
-            return None, 0
         ended = [r.round for r in store.list_rounds(runs[0].id) if r.status in ("closed", "abandoned")]
         return runs[0].id, max(ended, default=0)
 

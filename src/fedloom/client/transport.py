@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -289,6 +290,7 @@ class AggregatorClient:
             headers["Authorization"] = f"Bearer {self._credential}"
         retry = 0
         while True:
+            response: httpx.Response | None = None
             try:
                 response = self._send(method, path, headers, max_body, what, kwargs)
             except httpx.TransportError as exc:
@@ -300,13 +302,13 @@ class AggregatorClient:
                 if response.status_code < 400:
                     return response
                 error = _error_for(response, what)
-                if response.status_code < 500:
+                if response.status_code < 500 and response.status_code not in _RETRIED_REFUSALS:
                     raise error
                 failure = AggregatorUnavailableError(error.status, error.code, error.detail, what=what)
             retry += 1
             if self.retry.max_attempts is not None and retry >= self.retry.max_attempts:
                 raise failure
-            delay = self.retry.delay(retry - 1, self._rng)
+            delay = max(self.retry.delay(retry - 1, self._rng), _retry_after(failure, response))
             log.warning("%s failed (%s: %s); retry %d in %.1f s", what, failure.code, failure.detail, retry, delay)
             self._wait(delay)
 
@@ -379,3 +381,20 @@ def _error_for(response: httpx.Response, what: str) -> AggregatorError:
     elif status in (400, 409, 413, 422) and response.request.url.path.endswith(_UPLOAD_PATHS):
         kind = UploadRejectedError
     return kind(status, code, detail, what=what)
+
+
+#: refusals that mean "not now", sent again later: the rate limit (429, Retry-After) and a timed-out body (408)
+_RETRIED_REFUSALS = frozenset({408, 429})
+#: the longest Retry-After honoured (a hostile aggregator must not park an agent for a day)
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+def _retry_after(failure: AggregatorError, response: httpx.Response | None) -> float:
+    """The wait a 429 answer asks for (its Retry-After seconds, bounded), else 0."""
+    if failure.status != 429 or response is None:
+        return 0.0
+    try:
+        asked = float(response.headers.get("Retry-After", "0"))
+    except ValueError:
+        return 0.0
+    return min(max(asked, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(asked) else 0.0
