@@ -17,6 +17,7 @@ from aggregator_helpers import INIT, config, join, payload
 
 from fedloom.core import from_bytes
 from fedloom.core.errors import StoreError
+from fedloom.core.update import ClientUpdate
 from fedloom.server.aggregator import Aggregator, RequestRefusedError
 
 WRITES = frozenset(
@@ -212,13 +213,15 @@ def drive(make, names, deadline_round, clock):
 TOKENS: dict[str, str] = {}
 
 
-def run_federation(store, clock, kill_at, deadline_round=None, policy="aggregate", mode="sync"):
+def run_federation(store, clock, kill_at, deadline_round=None, policy="aggregate", mode="sync", strategy="fedavg"):
     names = ["s0", "s1", "s2"]
     if not TOKENS or store.verify_join_token(TOKENS["s0"]) is None:
         TOKENS.clear()
         TOKENS.update({name: store.create_token(name) for name in names})
     killer = KillingStore(store, kill_at)
-    cfg = config(min_agents=3, max_rounds=2, deadline_policy=policy, deadline_seconds=60.0, mode=mode)
+    cfg = config(
+        min_agents=3, max_rounds=2, deadline_policy=policy, deadline_seconds=60.0, mode=mode, strategy=strategy
+    )
     agg, deaths = drive(
         lambda: Aggregator(cfg, killer, clock=clock, initial_weights=INIT),
         names,
@@ -233,24 +236,32 @@ def final_model(store, run_id):
 
 
 @pytest.mark.parametrize(
-    ("deadline_round", "policy", "mode"),
-    [(None, "aggregate", "sync"), (1, "aggregate", "sync"), (1, "abandon", "sync"), (None, "aggregate", "async")],
+    ("deadline_round", "policy", "mode", "strategy"),
+    [
+        (None, "aggregate", "sync", "fedavg"),
+        (1, "aggregate", "sync", "fedavg"),
+        (1, "abandon", "sync", "fedavg"),
+        (None, "aggregate", "async", "fedavg"),
+        (None, "aggregate", "sync", "fedadam"),  # the optimiser's state is written with each global model
+    ],
 )
-def test_killed_before_any_store_write_resumes_exactly(tmp_path, clock, deadline_round, policy, mode):
+def test_killed_before_any_store_write_resumes_exactly(tmp_path, clock, deadline_round, policy, mode, strategy):
     from fedloom.store import SqlStore
 
     TOKENS.clear()
     with SqlStore.open_default(tmp_path / "reference") as reference:
-        ref_agg, total_writes, deaths = run_federation(reference, clock, 0, deadline_round, policy, mode)
+        ref_agg, total_writes, deaths = run_federation(reference, clock, 0, deadline_round, policy, mode, strategy)
         assert deaths == 0
         expected = final_model(reference, ref_agg.run_id)
         expected_rounds = global_rounds(reference, ref_agg.run_id)
+        expected_state = reference.load_server_state(ref_agg.run_id, expected_rounds[-1])
+    assert (expected_state is None) == (strategy == "fedavg")
     assert expected_rounds == ([0, 2] if policy == "abandon" else [0, 1, 2])
     assert total_writes >= 15
     for kill_at in range(1, total_writes + 1):
         TOKENS.clear()
         with SqlStore.open_default(tmp_path / f"kill-{kill_at}") as store:
-            agg, _, deaths = run_federation(store, clock, kill_at, deadline_round, policy, mode)
+            agg, _, deaths = run_federation(store, clock, kill_at, deadline_round, policy, mode, strategy)
             assert deaths == 1, kill_at
             runs = store.list_runs()
             assert len(runs) == 1 and runs[0].status == "finished", kill_at
@@ -262,6 +273,12 @@ def test_killed_before_any_store_write_resumes_exactly(tmp_path, clock, deadline
                 got = final_model(store, agg.run_id)
                 for name in expected:
                     np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, err_msg=f"kill_at={kill_at}")
+                state = store.load_server_state(agg.run_id, expected_rounds[-1])
+                assert (state is None) == (expected_state is None), kill_at
+                if state is not None and expected_state is not None:
+                    assert state[1] == expected_state[1], kill_at
+                    for name, value in expected_state[0].items():
+                        np.testing.assert_allclose(state[0][name], value, rtol=1e-6, err_msg=f"kill_at={kill_at}")
             else:  # arrival order (hence the model) depends on who was interrupted; the rule must hold
                 check_async_versions(store, agg.run_id)
 
@@ -330,3 +347,100 @@ def test_a_failed_global_model_write_is_retried_by_the_next_tick(store, clock):
     assert global_rounds(store, agg.run_id) == [0, 1]
     weights, _ = from_bytes(agg.global_model_bytes(2)[0])
     np.testing.assert_allclose(weights["w"], 2.0)
+
+
+# --------------------------------------------------------------------- the server optimiser's state
+
+FEDADAM = {"min_agents": 2, "max_rounds": 4, "strategy": "fedadam", "server_lr": 0.1}
+
+
+class ReadLog:
+    """A store proxy that logs the rounds whose local models are loaded, and can hide the stored
+    server-optimiser states (as a run recorded before schema version 4 has none)."""
+
+    def __init__(self, store, hide_states=False):
+        self._store = store
+        self.hide_states = hide_states
+        self.local_rounds_loaded = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def load_local_model(self, run_id, round, client_id):
+        self.local_rounds_loaded.append(round)
+        return self._store.load_local_model(run_id, round, client_id)
+
+    def load_server_state(self, run_id, round):
+        return None if self.hide_states else self._store.load_server_state(run_id, round)
+
+
+def fedadam_run(store, clock, restarts=()):
+    """Four FedAdam rounds of two agents; a fresh aggregator replaces the running one (whose memory is
+    lost, as after SIGKILL) before agent i's upload of round r for every ``(r, i)`` in ``restarts``."""
+    agg = Aggregator(config(**FEDADAM), store, clock=clock, initial_weights=INIT)
+    agents = [store.get_agent(join(agg, store, f"site-{i}").agent_id) for i in range(2)]
+    for number in range(1, 5):
+        for i, agent in enumerate(agents):
+            if (number, i) in restarts:
+                agg = Aggregator(config(**FEDADAM), store, clock=clock)
+                assert agg.resumed
+            agg.submit_update(agent, payload(agent.id, number, value_of(i, number) - 2.5, n=10 * (i + 1)))
+    assert store.get_run(agg.run_id).status == "finished"
+    return [store.load_global_model(agg.run_id, n) for n in range(5)], store.load_server_state(agg.run_id, 4)
+
+
+def assert_same_models(got, expected):
+    for number, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert set(a) == set(b), number
+        for name in a:
+            assert a[name].tobytes() == b[name].tobytes(), (number, name)
+
+
+def test_fedadam_restarted_mid_run_continues_from_its_stored_state_without_replaying(tmp_path, clock):
+    from fedloom.store import SqlStore
+
+    with SqlStore.open_default(tmp_path / "uninterrupted") as reference:
+        expected, expected_state = fedadam_run(reference, clock)
+    with SqlStore.open_default(tmp_path / "restarted") as store:
+        log = ReadLog(store)
+        got, state = fedadam_run(log, clock, restarts={(2, 0), (3, 1), (4, 0)})
+    assert_same_models(got, expected)
+    assert not np.array_equal(expected[4]["w"], expected[3]["w"])  # the optimiser moved the model
+    assert state is not None and expected_state is not None and state[1] == expected_state[1] == 4
+    assert_same_models([state[0]], [expected_state[0]])
+    # only the open round's stored upload was read back (round 3, at the mid-round restart): no replay
+    assert log.local_rounds_loaded == [3]
+
+
+def test_a_run_recorded_without_stored_states_is_resumed_by_replaying_its_rounds(tmp_path, clock):
+    from fedloom.store import SqlStore
+
+    with SqlStore.open_default(tmp_path / "uninterrupted") as reference:
+        expected, _ = fedadam_run(reference, clock)
+    with SqlStore.open_default(tmp_path / "restarted") as store:
+        log = ReadLog(store, hide_states=True)
+        got, _ = fedadam_run(log, clock, restarts={(3, 0)})
+    assert_same_models(got, expected)
+    assert sorted(set(log.local_rounds_loaded)) == [1, 2]  # the fallback replayed rounds 1 and 2
+
+
+def test_every_closed_round_stores_the_engines_optimiser_state_with_its_model(store, clock):
+    from fedloom.algorithms.registry import build_strategy
+    from fedloom.server.engine import RoundEngine
+    from fedloom.server.recording import StoreRecorder
+
+    run_id = store.create_run("engine", "simulation", {}, seed=0)
+    strategy = build_strategy("fedadam", fraction=1.0, params={"server_lr": 0.1})
+    model = {**INIT, "bn.num_batches_tracked": np.array(0, np.int64), "scale": np.array(1.0, np.float64)}
+    engine = RoundEngine(strategy, model, recorder=StoreRecorder(store, run_id), max_rounds=2)
+    engine.register_clients([("a", 10), ("b", 20)])
+    for number in (1, 2):
+        task = engine.open_round()
+        for client, value in (("a", 1.0 * number), ("b", -3.0)):
+            weights = {k: np.full_like(v, value) for k, v in task.global_weights.items()}
+            engine.submit(ClientUpdate(client, number, weights, 10))
+        outcome = engine.close_round()
+        assert outcome.server_opt_state is engine.server_opt_state
+        stored = store.load_server_state(run_id, number)
+        assert stored is not None and stored[1] == number
+        assert_same_models([stored[0]], [engine.server_opt_state.tensors])

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, event, inspect, select, text, update
 
-from fedloom.core.errors import IntegrityError, RegistrationRefusedError, StoreError, ValidationError
+from fedloom.core.errors import FedloomError, IntegrityError, RegistrationRefusedError, StoreError, ValidationError
 from fedloom.core.serialization import content_hash
+from fedloom.core.store_protocols import RunWriter
 from fedloom.core.weights import Weights
-from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, Store, TokenRecord, schema
+from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, TokenRecord, schema
 from fedloom.store.schema import AgentRow, Base, SchemaVersionRow
 from fedloom.store.sql import sqlite_url
 
@@ -125,7 +126,7 @@ def _files_under(root: Path) -> list[Path]:
 
 
 def test_store_satisfies_the_protocol(store: SqlStore) -> None:
-    assert isinstance(store, Store)
+    assert isinstance(store, RunWriter)
 
 
 def test_run_lifecycle(store: SqlStore) -> None:
@@ -836,10 +837,12 @@ def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _make_v1(backend: Backend) -> None:
-    """Turn the backend's database into what schema version 1 left: version 2 only added two tables."""
+    """Turn the backend's database into what schema version 1 left: version 2 only added two tables
+    (version 3 a column of one of them, version 4 the ``server_states`` table)."""
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("DROP TABLE server_states"))
             conn.execute(text("DROP TABLE agents"))
             conn.execute(text("DROP TABLE tokens"))
             conn.execute(update(SchemaVersionRow).values(version=1))
@@ -880,7 +883,7 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 3
+            assert _stamped_version(conn) == SCHEMA_VERSION == 4
     finally:
         engine.dispose()
 
@@ -900,7 +903,7 @@ def test_v2_migration_is_all_or_nothing(backend: Backend, monkeypatch: pytest.Mo
     assert set(_schema_snapshot(backend.url)) == _V1_TABLES
     monkeypatch.undo()
     backend.open().close()
-    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents"}
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states"}
 
 
 # --------------------------------------------------------------------- backend differences made equal
@@ -965,3 +968,96 @@ def test_rejections_keep_untrusted_text(store: SqlStore, run_id: str) -> None:
     (rejection,) = store.list_rejections(run_id)
     assert rejection.client_id == "x" * 197 + "..."
     assert rejection.reason == "tensor 'a\\x00b' is not allowed"
+
+
+# --------------------------------------------------------------------- server-optimiser state
+
+
+def _opt_state() -> Weights:
+    """What a server optimiser keeps: float64 moments (huge and tiny), float32, 0-d and integer tensors."""
+    return {
+        "m/dense.weight": np.array([[1e308, -1e-308], [5e-324, -0.0]], dtype=np.float64),
+        "v/dense.weight": np.array([[1e-300, 3.5], [np.finfo(np.float64).max, 2.0**-1074]], dtype=np.float64),
+        "m/half": np.array([np.finfo(np.float32).max, np.finfo(np.float32).tiny], dtype=np.float32),
+        "v/bn.scale": np.array(0.25, dtype=np.float64),  # a 0-d moment (of a 0-d model tensor)
+        "count/bn.num_batches_tracked": np.array(2**62, dtype=np.int64),
+    }
+
+
+def test_server_state_round_trips_bitwise_with_its_step(store: SqlStore, run_id: str) -> None:
+    store.save_global_model(run_id, 3, _model(), num_samples=10)
+    store.save_server_state(run_id, 3, _opt_state(), step=2**40)
+    loaded = store.load_server_state(run_id, 3)
+    assert loaded is not None
+    tensors, step = loaded
+    assert _bitwise_equal(tensors, _opt_state())
+    assert step == 2**40 and type(step) is int
+    assert tensors["v/bn.scale"].shape == ()
+
+
+def test_server_state_is_saved_with_its_global_model_in_one_write(store: SqlStore, run_id: str) -> None:
+    store.save_global_model(run_id, 1, _model(), num_samples=10, server_state=(_opt_state(), 1))
+    loaded = store.load_server_state(run_id, 1)
+    assert loaded is not None
+    assert _bitwise_equal(loaded[0], _opt_state()) and loaded[1] == 1
+    assert store.load_server_state(run_id, 2) is None  # no state stored for that round
+
+
+def test_a_global_model_whose_state_is_refused_is_not_stored(store: SqlStore, run_id: str) -> None:
+    with pytest.raises(StoreError, match="step must be >= 0"):
+        store.save_global_model(run_id, 1, _model(), num_samples=10, server_state=(_opt_state(), -1))
+    assert store.list_global_models(run_id) == []
+
+
+def test_server_state_needs_the_rounds_global_model_and_is_kept_once(store: SqlStore, run_id: str) -> None:
+    with pytest.raises(StoreError, match="no global model for round 2: save it first"):
+        store.save_server_state(run_id, 2, _opt_state(), step=1)
+    store.save_global_model(run_id, 2, _model(), num_samples=10)
+    store.save_server_state(run_id, 2, _opt_state(), step=1)
+    with pytest.raises(StoreError, match="already has a server-optimiser state for round 2"):
+        store.save_server_state(run_id, 2, _opt_state(), step=1)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "step", "message"),
+    [
+        ({"fedloom.server_opt.step": np.array(1, np.int64)}, 1, "reserved"),
+        ({"m/w": np.ones(2)}, True, "step must be an integer"),
+        ({"m/w": np.ones(2)}, 1.5, "step must be an integer"),
+        ({"m/w": [1.0, 2.0]}, 1, "must be a numpy array"),
+    ],
+)
+def test_invalid_server_state_is_refused_and_nothing_is_written(
+    store: SqlStore, run_id: str, tensors: Weights, step: int, message: str
+) -> None:
+    store.save_global_model(run_id, 1, _model(), num_samples=10)
+    with pytest.raises(FedloomError, match=message):
+        store.save_server_state(run_id, 1, tensors, step=step)
+    assert store.load_server_state(run_id, 1) is None
+
+
+def test_an_optimiser_state_with_no_tensors_keeps_its_step(store: SqlStore, run_id: str) -> None:
+    """FedAvgM on an all-integer model has no moments, only a step counter."""
+    store.save_global_model(run_id, 1, {"count": np.array(3, np.int64)}, num_samples=1, server_state=({}, 4))
+    assert store.load_server_state(run_id, 1) == ({}, 4)
+
+
+def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
+    with backend.open() as old:
+        run_id = old.create_run("before-v4", "deployment", {}, seed=0)
+        old.save_global_model(run_id, 0, _model(), num_samples=0)
+    fresh = _schema_snapshot(backend.url)
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:  # what schema version 3 left
+            conn.execute(text("DROP TABLE server_states"))
+            conn.execute(update(SchemaVersionRow).values(version=3))
+    finally:
+        engine.dispose()
+    with backend.open() as upgraded:
+        assert _bitwise_equal(upgraded.load_global_model(run_id, 0), _model())
+        assert upgraded.load_server_state(run_id, 0) is None  # recorded before v4
+        upgraded.save_global_model(run_id, 1, _model(1), num_samples=3, server_state=(_opt_state(), 1))
+        loaded = upgraded.load_server_state(run_id, 1)
+        assert loaded is not None and _bitwise_equal(loaded[0], _opt_state())
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version

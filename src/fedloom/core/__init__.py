@@ -20,6 +20,7 @@ from fedloom.core.observe import RoundObserver, RoundSummary, RunEnd, RunInfo
 from fedloom.core.reserved import model_part
 from fedloom.core.rng import rng_for, stream_key
 from fedloom.core.serialization import ModelHeader, content_hash, from_bytes, to_bytes
+from fedloom.core.store_protocols import AccessStore, DeploymentStore, RunReader, RunWriter
 from fedloom.core.terms import NO_TERMS, AffineTerm, ClientTerms
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import (
@@ -36,12 +37,14 @@ from fedloom.core.weights import (
 
 __all__ = [
     "NO_TERMS",
+    "AccessStore",
     "AffineTerm",
     "ClientError",
     "ClientTerms",
     "ClientUpdate",
     "ConfigError",
     "DataError",
+    "DeploymentStore",
     "EvalConfig",
     "FedloomError",
     "FitConfig",
@@ -55,6 +58,8 @@ __all__ = [
     "RoundSummary",
     "RunEnd",
     "RunInfo",
+    "RunReader",
+    "RunWriter",
     "SerializationError",
     "StoreError",
     "UpdateReport",

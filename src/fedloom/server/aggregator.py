@@ -34,13 +34,14 @@ from fedloom.core.errors import (
     SerializationError,
     ValidationError,
 )
+from fedloom.core.records import AgentRecord
 from fedloom.core.serialization import MAX_ROUND, from_bytes, to_bytes
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import AgentLike, DeploymentStore
 from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
@@ -177,7 +178,7 @@ class Aggregator:
         log.info("agent %s registered as %s (%s)", name, agent.id, agent.role)
         return Registration(agent.id, credential, agent.role, self.run_id)
 
-    def _admit(self, agent: AgentLike) -> None:
+    def _admit(self, agent: AgentRecord) -> None:
         if self._state.admit(agent):
             self._changed()
 
@@ -199,7 +200,7 @@ class Aggregator:
         if detail is not None:
             raise self.refuse_upload(agent_id, "bad_num_samples", detail, update.round)
 
-    def authenticate(self, credential: str) -> AgentLike | None:
+    def authenticate(self, credential: str) -> AgentRecord | None:
         """The agent of this run holding ``credential``, or None (unknown, replaced, revoked, other run)."""
         agent = self._registrar.authenticate(credential)
         if agent is None:
@@ -290,7 +291,7 @@ class Aggregator:
             raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
         return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
-    def submit_update(self, agent: AgentLike, body: bytes) -> int:
+    def submit_update(self, agent: AgentRecord, body: bytes) -> int:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""
         weights, round_no, num_samples, metrics, client_id = self._parse(agent.id, body)
         if client_id != agent.id:
@@ -319,7 +320,7 @@ class Aggregator:
             log.info("refused an update from %s: %s (%s)", update.client_id, exc.code, exc)
             raise refusal(exc.code, str(exc)) from None
 
-    def upload_initial(self, agent: AgentLike, body: bytes) -> str:
+    def upload_initial(self, agent: AgentRecord, body: bytes) -> str:
         """Accept the initial model from an admin agent while the run has none; returns its hash."""
         if agent.role != "admin":
             raise self.refuse_upload(agent.id, "forbidden", "only admin agents may upload the initial model")

@@ -26,8 +26,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from fedloom.core.records import AgentRecord
 from fedloom.server.aggregator import Aggregator, refusal
-from fedloom.server.deployment_store import AgentLike
 from fedloom.server.http_errors import install_error_handlers
 from fedloom.server.http_models import (
     ERROR_RESPONSES,
@@ -85,7 +85,7 @@ def current_agent(
     request: Request,
     aggregator: AggregatorDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> AgentLike:
+) -> AgentRecord:
     """The authenticated agent; a sync dependency, so the store lookup runs in a worker thread.
 
     An address whose refusals used up its rate limit gets 429 instead of 401; an agent that
@@ -107,7 +107,7 @@ def current_agent(
     return agent
 
 
-AgentDep = Annotated[AgentLike, Depends(current_agent)]
+AgentDep = Annotated[AgentRecord, Depends(current_agent)]
 
 
 # --------------------------------------------------------------------- endpoints

@@ -207,8 +207,8 @@ class StrategySection:
     """``[strategy]``: the algorithm, by name, with its parameters (docs/algorithms.md).
 
     Unset parameters keep the algorithm's defaults; a parameter the chosen strategy does
-    not use is an error. Server optimisers keep state between rounds; a restarted
-    aggregator rebuilds it by replaying the stored rounds (docs/deployment.md).
+    not use is an error. Server optimisers keep state between rounds; it is stored with
+    every global model, so a restarted aggregator resumes it (docs/deployment.md).
     """
 
     strategy: str = "fedavg"

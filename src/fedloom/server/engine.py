@@ -55,7 +55,8 @@ class RoundTask:
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """The result of a closed round."""
+    """The result of a closed round; ``server_opt_state`` is the server optimiser's state after it
+    (None without one), which the recorder stores with the global model so a resume continues it."""
 
     round: int
     weights: Weights
@@ -65,6 +66,7 @@ class RoundOutcome:
     missing: tuple[str, ...]
     num_rejected: int
     seconds: float
+    server_opt_state: ServerOptState | None = None
 
 
 class RoundRecorder(Protocol):
@@ -346,7 +348,7 @@ class RoundEngine:
         if self.strategy.server_opt is not None and self._opt_state is not None:
             stepped, self._opt_state = self.strategy.server_opt.step(self._global, outcome.weights, self._opt_state)
             validate_weights(stepped, self._global)
-            outcome = replace(outcome, weights=stepped)
+            outcome = replace(outcome, weights=stepped, server_opt_state=self._opt_state)
         if self.strategy.personal_keys:  # never aggregated: the global values stay as they were
             kept = {k: v if self.strategy.shared(k) else self._global[k] for k, v in outcome.weights.items()}
             outcome = replace(outcome, weights=kept)

@@ -20,8 +20,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import Request
 
+from fedloom.core.store_protocols import RunWriter
 from fedloom.server.answers import RequestRefusedError, refusal
-from fedloom.server.recording import RecordingStore, StoreRecorder
+from fedloom.server.recording import StoreRecorder
 
 
 class AgentBusyError(Exception):
@@ -164,7 +165,7 @@ class BudgetedRecorder(StoreRecorder):
 
     def __init__(
         self,
-        store: RecordingStore,
+        store: RunWriter,
         run_id: str,
         budget: RejectionBudget,
         current_round: Callable[[], int],

@@ -1,4 +1,5 @@
-"""Adapts a Store to the round engine's RoundRecorder, so every round leaves a record.
+"""Adapts a store (a :class:`~fedloom.core.store_protocols.RunWriter`) to the round engine's
+RoundRecorder, so every round leaves a record.
 
 Kept apart from the engine so the engine stays free of I/O and can be tested alone,
 while simulation and deployment share exactly the same way of recording.
@@ -6,50 +7,20 @@ while simulation and deployment share exactly the same way of recording.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
+import numpy as np
+
+from fedloom.core.store_protocols import RunWriter
 from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundOutcome
 
 
-class RecordingStore(Protocol):
-    """The store methods the recorder needs (a subset of fedloom.store.Store)."""
-
-    def open_round(self, run_id: str, round: int, selected: Sequence[str]) -> None: ...
-
-    def close_round(
-        self, run_id: str, round: int, status: str = "closed", num_updates: int = 0, num_samples: int = 0
-    ) -> None: ...
-
-    def save_global_model(self, run_id: str, round: int, weights: Weights, num_samples: int) -> int: ...
-
-    def save_local_model(
-        self,
-        run_id: str,
-        round: int,
-        client_id: str,
-        weights: Weights | None,
-        num_samples: int,
-        metrics: Mapping[str, float],
-        sha256: str | None = None,
-        keep_blob: bool = True,
-    ) -> int: ...
-
-    def record_metrics(
-        self, run_id: str, round: int, metrics: Mapping[str, float], scope: str = "server", client_id: str | None = None
-    ) -> None: ...
-
-    def record_rejection(
-        self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str
-    ) -> Any: ...
-
-
 class StoreRecorder:
     """Writes rounds, local models (blobs optional), global models, metrics and rejections."""
 
-    def __init__(self, store: RecordingStore, run_id: str, *, keep_local_models: bool = False) -> None:
+    def __init__(self, store: RunWriter, run_id: str, *, keep_local_models: bool = False) -> None:
         self.store = store
         self.run_id = run_id
         self.keep_local_models = keep_local_models
@@ -82,7 +53,19 @@ class StoreRecorder:
             self.store.record_metrics(self.run_id, outcome.round, outcome.client_metrics, scope="server")
 
     def round_closed(self, outcome: RoundOutcome) -> None:
-        self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
+        """The global model, with the server optimiser's state in the same write; metrics; the round row."""
+        state = outcome.server_opt_state
+        if state is None:
+            self.store.save_global_model(self.run_id, outcome.round, outcome.weights, outcome.num_samples)
+        else:
+            self.store.save_global_model(
+                self.run_id,
+                outcome.round,
+                outcome.weights,
+                outcome.num_samples,
+                # an optimiser's step on a 0-d tensor yields a NumPy scalar: stored as the 0-d array it is
+                server_state=({name: np.asarray(value) for name, value in state.tensors.items()}, state.step),
+            )
         if outcome.client_metrics:
             self.store.record_metrics(self.run_id, outcome.round, outcome.client_metrics, scope="server")
         self.store.close_round(

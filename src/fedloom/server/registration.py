@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 
 from fedloom.core.errors import RegistrationRefusedError
+from fedloom.core.records import AgentRecord
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.server.answers import RequestRefusedError, refusal
-from fedloom.server.deployment_store import AgentLike, DeploymentStore
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -24,7 +25,7 @@ class Registrar:
     def __init__(self, store: DeploymentStore, run_id: str, max_num_samples: int) -> None:
         self.store, self.run_id, self.max_num_samples = store, run_id, max_num_samples
 
-    def register(self, name: str, join_token: str, num_samples: int | None) -> tuple[AgentLike, str, int | None]:
+    def register(self, name: str, join_token: str, num_samples: int | None) -> tuple[AgentRecord, str, int | None]:
         """The agent, its fresh credential and its declared size, or a recorded refusal.
 
         ``num_samples`` (optional, fixed at the first registration in a run) caps what the
@@ -54,7 +55,7 @@ class Registrar:
         log.info("refused to register agent %s: %s (%s)", name, code, detail)
         return refusal(code, detail)
 
-    def authenticate(self, credential: str) -> AgentLike | None:
+    def authenticate(self, credential: str) -> AgentRecord | None:
         """The agent of this run holding ``credential``, or None (unknown, replaced, revoked, other run)."""
         agent = self.store.authenticate(credential)
         return agent if agent is not None and agent.run_id == self.run_id else None

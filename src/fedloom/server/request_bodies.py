@@ -17,8 +17,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from fedloom.core.records import AgentRecord
 from fedloom.server.aggregator import Aggregator, RequestRefusedError, refusal
-from fedloom.server.deployment_store import AgentLike
 from fedloom.server.limits import AgentBusyError, UploadSlots
 
 log = logging.getLogger("fedloom.aggregator")
@@ -29,7 +29,7 @@ MAX_SMALL_BODY = 16 * 1024
 SMALL_BODY_SECONDS = 10.0
 
 
-async def refuse_declared_oversize(request: Request, aggregator: Aggregator, agent: AgentLike) -> None:
+async def refuse_declared_oversize(request: Request, aggregator: Aggregator, agent: AgentRecord) -> None:
     """Refuse (413, recorded) a body whose declared length is over the limit, before anything is read."""
     limit = aggregator.config.server.max_upload_bytes
     declared = request.headers.get("content-length", "")
@@ -38,7 +38,7 @@ async def refuse_declared_oversize(request: Request, aggregator: Aggregator, age
         raise await run_in_threadpool(aggregator.refuse_upload, agent.id, "payload_too_large", detail)
 
 
-async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) -> bytes:
+async def read_body(request: Request, aggregator: Aggregator, agent: AgentRecord) -> bytes:
     """The request body, refused (and recorded) with 413 as soon as it exceeds the upload limit,
     and with 408 when it has not fully arrived within ``[server] upload_timeout_seconds``."""
     await refuse_declared_oversize(request, aggregator, agent)
@@ -64,7 +64,7 @@ async def read_body(request: Request, aggregator: Aggregator, agent: AgentLike) 
 
 
 @asynccontextmanager
-async def upload_slot(request: Request, aggregator: Aggregator, agent: AgentLike) -> AsyncIterator[None]:
+async def upload_slot(request: Request, aggregator: Aggregator, agent: AgentRecord) -> AsyncIterator[None]:
     """One of the app's upload slots for ``agent``'s body; a second upload of the same agent is refused."""
     slots: UploadSlots = request.app.state.upload_slots
     try:

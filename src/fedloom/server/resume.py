@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.metrics import usable_metrics
+from fedloom.core.records import ModelRecord
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import DeploymentStore, ModelLike
 from fedloom.server.engine import RoundEngine
 from fedloom.server.recording import StoreRecorder
 from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
@@ -57,7 +58,7 @@ class RunContext:
             max_rounds=self.config.rounds.max_rounds,
             start_round=start_round,
             recorder=self.recorder,
-            server_opt_state=replayed_opt_state(self, len(agents)),
+            server_opt_state=stored_opt_state(self, len(agents)),
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(agents))
         return SyncRounds(engine, close_policy(self.config))
@@ -69,12 +70,30 @@ class RunContext:
         return AsyncLifecycle(rounds, self.strategy.client, self.config.run.seed, self.recorder)
 
 
+def stored_opt_state(run: RunContext, num_clients: int) -> ServerOptState | None:
+    """The server optimiser's state stored with the newest global model (schema version 4 on).
+
+    A run recorded before version 4 has no stored states: its state is rebuilt by
+    :func:`replayed_opt_state`, the fallback, which needs every local model's blob.
+    """
+    if run.strategy.server_opt is None:
+        return None
+    rounds = [m.round for m in run.store.list_global_models(run.run_id)]
+    stored = run.store.load_server_state(run.run_id, max(rounds)) if rounds else None
+    if stored is None:
+        if rounds and max(rounds) > min(rounds):
+            log.info("round %d: no stored server-optimiser state, replaying the stored rounds", max(rounds))
+        return replayed_opt_state(run, num_clients)
+    tensors, step = stored
+    return ServerOptState(step, tensors)
+
+
 def replayed_opt_state(run: RunContext, num_clients: int) -> ServerOptState | None:
-    """The server optimiser's state, rebuilt by replaying every stored round.
+    """The server optimiser's state, rebuilt by replaying every stored round (runs before schema v4).
 
     Each closed round left its accepted local models and its global model, so
     aggregating them again in arrival order and stepping the optimiser reproduces its
-    state exactly, with no extra table.
+    state exactly.
     """
     opt = run.strategy.server_opt
     models = {m.round: m for m in run.store.list_global_models(run.run_id)}
@@ -93,7 +112,7 @@ def replayed_opt_state(run: RunContext, num_clients: int) -> ServerOptState | No
     return state
 
 
-def _stored_updates(run: RunContext, models: Sequence[ModelLike]) -> list[ClientUpdate]:
+def _stored_updates(run: RunContext, models: Sequence[ModelRecord]) -> list[ClientUpdate]:
     updates = []
     for model in models:
         assert model.client_id is not None
@@ -103,7 +122,7 @@ def _stored_updates(run: RunContext, models: Sequence[ModelLike]) -> list[Client
     return updates
 
 
-def _weighted_metrics(models: Sequence[ModelLike]) -> dict[str, float]:
+def _weighted_metrics(models: Sequence[ModelRecord]) -> dict[str, float]:
     """Sample-weighted mean of the local models' metrics (what the engine reports per round)."""
     total = sum(m.num_samples for m in models)
     sums: dict[str, float] = {}
@@ -129,7 +148,7 @@ def repair_round(run: RunContext, number: int, aggregated: bool) -> None:
     log.info("round %d: finished recording it after a restart", number)
 
 
-def load_sync(run: RunContext, latest: ModelLike, weights: Weights, agents: Sequence[str]) -> SyncRounds:
+def load_sync(run: RunContext, latest: ModelRecord, weights: Weights, agents: Sequence[str]) -> SyncRounds:
     """The synchronous rounds after ``latest``: the open round resumed, or the next one to open."""
     global_rounds = {m.round for m in run.store.list_global_models(run.run_id)}
     rounds = {r.round: r for r in run.store.list_rounds(run.run_id)}
@@ -151,7 +170,7 @@ def load_sync(run: RunContext, latest: ModelLike, weights: Weights, agents: Sequ
     return lifecycle
 
 
-def load_async(run: RunContext, latest: ModelLike, weights: Weights) -> AsyncLifecycle:
+def load_async(run: RunContext, latest: ModelRecord, weights: Weights) -> AsyncLifecycle:
     """Version V and the arrivals since: versions are made every ``buffer_size`` arrivals exactly."""
     size = run.config.asynchronous.buffer_size
     arrivals = sorted(run.store.list_local_models(run.run_id), key=lambda m: m.id)

@@ -23,9 +23,9 @@ import numpy as np
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import StoreError
 from fedloom.core.serialization import content_hash
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import DeploymentStore
 from fedloom.server.resume import RunContext, load_async, load_sync
 from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, RoundClosed, RoundOpened, RunFinished
 from fedloom.server.run_state import RunState

@@ -12,8 +12,8 @@ import logging
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
+from fedloom.core.store_protocols import DeploymentStore
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.deployment_store import DeploymentStore
 
 log = logging.getLogger("fedloom.aggregator")
 

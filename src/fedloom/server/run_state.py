@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedloom.core.records import AgentRecord
 from fedloom.server.answers import AgentTask
-from fedloom.server.deployment_store import AgentLike
 from fedloom.server.rounds import AsyncLifecycle, SyncRounds
 from fedloom.server.served_model import ServedModel, iso
 
@@ -26,7 +26,7 @@ class RunState:
     latest: ServedModel | None = None
     latest_payload: bytes | None = None
     rounds: SyncRounds | AsyncLifecycle | None = None
-    agents: dict[str, AgentLike] = field(default_factory=dict)
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
     #: data sizes declared at registration (``num_samples``), None when not declared
     declared: dict[str, int | None] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
@@ -122,7 +122,7 @@ class RunState:
             return f"the update claims {num_samples} samples; [rounds] max_num_samples is {limit}"
         return None
 
-    def admit(self, agent: AgentLike) -> bool:
+    def admit(self, agent: AgentRecord) -> bool:
         """Add (or refresh) a registered agent; True if it is new to the run."""
         new = agent.id not in self.agents
         self.agents[agent.id] = agent

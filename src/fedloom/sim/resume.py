@@ -21,6 +21,7 @@ from typing import Any
 
 from fedloom.algorithms.server_opt import ServerOptState
 from fedloom.core.errors import ConfigError
+from fedloom.core.store_protocols import RunReader
 from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundOutcome
@@ -89,7 +90,7 @@ class ResumePoint:
     client_state_dir: str | None
 
 
-def resume_point(store: Any, run_id: str, run_config: Mapping[str, Any]) -> ResumePoint:
+def resume_point(store: RunReader, run_id: str, run_config: Mapping[str, Any]) -> ResumePoint:
     """Read where ``run_id`` stopped, refusing a run another call could not continue exactly."""
     run = store.get_run(run_id)
     if run.kind != "simulation":
@@ -115,7 +116,7 @@ def resume_point(store: Any, run_id: str, run_config: Mapping[str, Any]) -> Resu
     return ResumePoint(run_id, done, weights, clock[-1] if clock else 0.0, state, stored.get("client_state_dir"))
 
 
-def _server_opt_state(store: Any, run_id: str, round: int) -> ServerOptState | None:
+def _server_opt_state(store: RunReader, run_id: str, round: int) -> ServerOptState | None:
     loaded = store.load_server_state(run_id, round)
     if loaded is None:
         raise ConfigError(f"run {run_id} has no server optimiser state stored with round {round}: start it anew")

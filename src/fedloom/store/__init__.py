@@ -1,15 +1,15 @@
 """fedloom.store — the persistent record of every run: SQL rows plus content-addressed blobs.
 
-The round engine and the simulation driver write through the :class:`Store` protocol;
-:class:`SqlStore` implements it (and the readers used by the CLI, the dashboard and a
-resuming aggregator) on SQLite or any SQLAlchemy database, with model bytes in a
+The round engine, the simulation and the deployed aggregator depend on the role
+protocols of :mod:`fedloom.core.store_protocols` (``RunWriter``, ``RunReader``,
+``AccessStore``, ``DeploymentStore``), never on this package; :class:`SqlStore`
+implements all of them on SQLite or any SQLAlchemy database, with model bytes in a
 :class:`FileBlobStore`. For deployments it also keeps the join tokens and the agents
-registered with them (only hashes of their secrets).
+registered with them (only hashes of their secrets). The record types are those of
+:mod:`fedloom.core.records`, re-exported here.
 """
 
-from fedloom.store.blobs import BlobStore, FileBlobStore
-from fedloom.store.protocol import Store
-from fedloom.store.records import (
+from fedloom.core.records import (
     AgentRecord,
     ClientRecord,
     MetricRecord,
@@ -19,6 +19,7 @@ from fedloom.store.records import (
     RunRecord,
     TokenRecord,
 )
+from fedloom.store.blobs import BlobStore, FileBlobStore
 from fedloom.store.schema import SCHEMA_VERSION
 from fedloom.store.sql import BLOBS_DIRNAME, SqlStore, resolve_home
 
@@ -35,7 +36,6 @@ __all__ = [
     "RoundRecord",
     "RunRecord",
     "SqlStore",
-    "Store",
     "TokenRecord",
     "resolve_home",
 ]

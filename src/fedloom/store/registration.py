@@ -22,7 +22,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from fedloom.core.errors import RegistrationRefusedError
-from fedloom.store.records import TokenRecord
+from fedloom.core.records import TokenRecord
 from fedloom.store.schema import AgentRow, TokenRow
 
 #: prefix of an agent id

@@ -45,8 +45,8 @@ from fedloom.core.redaction import redact_url
 from fedloom.store.types import JsonText, NanFloat, UtcDateTime, dump_json
 
 #: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
-#: 3 added ``tokens.max_agents``)
-SCHEMA_VERSION = 3
+#: 3 added ``tokens.max_agents``, 4 added ``server_states``)
+SCHEMA_VERSION = 4
 #: agents a join token admits when its creator names no limit: one site, one agent
 DEFAULT_MAX_AGENTS = 1
 
@@ -145,6 +145,22 @@ class LocalModelRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     metrics: Mapped[Any] = mapped_column(JsonText)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ServerStateRow(Base):
+    """The server optimiser's state after a round (moments, momentum, step), kept with its global model
+    so a restarted aggregator or a resumed simulation continues it without replaying every round."""
+
+    __tablename__ = "server_states"
+    __table_args__ = (UniqueConstraint("run_id", "round", name="uq_server_states_run_round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey(_RUN_FK, ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
@@ -302,8 +318,28 @@ def _redact_stored_db_urls(conn: Connection) -> None:
             )
 
 
+def _to_v4(conn: Connection) -> None:
+    """Version 4: ``server_states``, the server optimiser's state stored with each global model (a new
+    table only; runs recorded before it have none, and a resuming aggregator replays their rounds)."""
+    metadata = MetaData()
+    Table("runs", metadata, Column("id", String(32), primary_key=True))  # only to resolve the foreign key
+    states = Table(
+        "server_states",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+        Column("round", Integer, nullable=False),
+        Column("step", BigInteger, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("blob_key", String(64), nullable=True),
+        Column("created_at", UtcDateTime, nullable=False),
+        UniqueConstraint("run_id", "round", name="uq_server_states_run_round"),
+    )
+    states.create(conn)
+
+
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4}
 
 
 def current_version(conn: Connection) -> int | None:

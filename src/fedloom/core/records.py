@@ -1,8 +1,10 @@
-"""What the store's readers return: frozen snapshots, detached from any database session.
+"""What a store's readers return: frozen snapshots, detached from any database session.
 
 Readers hand out plain dataclasses rather than ORM objects so callers (CLI, dashboard,
 the resuming aggregator) cannot trigger lazy loads or accidental writes, and so the
-records stay valid after the store is closed.
+records stay valid after the store is closed. They are pure data and live in core so
+the store protocols (:mod:`fedloom.core.store_protocols`) can name them, and the server
+and the simulation can read them without importing the store that makes them.
 """
 
 from __future__ import annotations
