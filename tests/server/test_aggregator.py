@@ -427,3 +427,29 @@ def test_a_finished_run_stops_after_its_linger_time_anyway(make_aggregator, stor
     agg.submit_update(agent_of(store, agent_id), payload(agent_id, 1))
     assert not agg.may_stop(clock.now + 29.0)
     assert agg.may_stop(clock.now + 30.0)
+
+
+def test_an_upload_is_hashed_once_and_stored_as_received(make_aggregator, store, monkeypatch):
+    import fedloom.core.serialization as serialization
+    import fedloom.core.update as update_module
+    import fedloom.store.models as store_models
+
+    agg = make_aggregator(min_agents=2, max_rounds=2)
+    agent_id = join(agg, store, "site-a").agent_id
+    join(agg, store, "site-b")  # the round stays open: only the upload's own hashing is counted
+    body = payload(agent_id, 1, 2.5)
+    hashed: list[int] = []
+    real_hash = serialization.content_hash
+
+    def counting(weights):
+        hashed.append(1)
+        return real_hash(weights)
+
+    for module in (serialization, update_module, store_models):
+        monkeypatch.setattr(module, "content_hash", counting)
+    agg.check_may_upload(agent_id)
+    hashed.clear()
+    agg.submit_update(agent_of(store, agent_id), body)
+    assert hashed == [1]  # from_bytes verifies it; the report, the row and the blob reuse it
+    (row,) = store.list_local_models(agg.run_id, round=1)
+    assert store._blobs.get(row.blob_key) == body  # the bytes the agent sent, not a re-serialisation

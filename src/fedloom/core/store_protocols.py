@@ -92,8 +92,10 @@ class RunWriter(Protocol):
         metrics: Mapping[str, float],
         sha256: str | None = None,
         keep_blob: bool = True,
+        payload: bytes | None = None,
     ) -> int:
-        """Store one client's accepted update for a round; returns its id."""
+        """Store one client's accepted update for a round (``payload``: its bytes as received,
+        kept as they are); returns its id."""
         ...
 
     def record_metrics(

@@ -24,6 +24,9 @@ class UpdateReport:
     num_samples: int
     metrics: Mapping[str, float]
     sha256: str
+    #: the update's safetensors bytes as the client sent them, when it came over the wire:
+    #: the store keeps exactly these (no second serialisation, no second content hash)
+    payload: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class ClientUpdate:
     weights: Weights
     num_samples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    #: the content hash already verified (an upload's header, checked by ``from_bytes``)
+    sha256: str | None = field(default=None, compare=False)
+    #: the bytes as received (see :attr:`UpdateReport.payload`)
+    payload: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not self.client_id:
@@ -52,7 +59,6 @@ class ClientUpdate:
                 raise ValidationError(f"metric {key!r} must be a finite number, got {value!r}")
 
     def report(self) -> UpdateReport:
-        """This update's :class:`UpdateReport` (hashes the weights)."""
-        return UpdateReport(
-            self.client_id, self.round, self.num_samples, dict(self.metrics), content_hash(self.weights)
-        )
+        """This update's :class:`UpdateReport` (hashes the weights unless the hash is already known)."""
+        sha256 = self.sha256 if self.sha256 is not None else content_hash(self.weights)
+        return UpdateReport(self.client_id, self.round, self.num_samples, dict(self.metrics), sha256, self.payload)

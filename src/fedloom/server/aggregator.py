@@ -52,7 +52,7 @@ from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import load_initial_model
-from fedloom.server.uploads import UploadRefusedError, parse_update
+from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -283,22 +283,26 @@ class Aggregator:
         if problem is not None:
             raise self.refuse_upload(agent_id, problem[0], problem[1], round_no)
 
-    def _parse(self, agent_id: str, body: bytes) -> tuple[Weights, int, int, dict[str, float], str]:
-        """Weights, round, num_samples, metrics and the named client of an upload; refusals are recorded."""
+    def _parse(self, agent_id: str, body: bytes) -> ParsedUpload:
+        """The checked parts of an upload (hashed once, here); refusals are recorded."""
         try:
-            upload = parse_update(body, self.config.server.max_upload_bytes)
+            return parse_update(body, self.config.server.max_upload_bytes)
         except UploadRefusedError as exc:
             raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
-        return upload.weights, upload.round, upload.num_samples, upload.metrics, upload.client_id
 
     def submit_update(self, agent: AgentRecord, body: bytes) -> int:
-        """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal."""
-        weights, round_no, num_samples, metrics, client_id = self._parse(agent.id, body)
-        if client_id != agent.id:
-            detail = f"the update names client {client_id!r} but was sent by agent {agent.id!r}"
+        """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal.
+
+        The update keeps its verified hash and its bytes as received: the store writes those."""
+        upload = self._parse(agent.id, body)
+        round_no = upload.round
+        if upload.client_id != agent.id:
+            detail = f"the update names client {upload.client_id!r} but was sent by agent {agent.id!r}"
             raise self.refuse_upload(agent.id, "client_id_mismatch", detail, round_no)
         try:
-            update = ClientUpdate(agent.id, round_no, weights, num_samples, metrics)
+            update = ClientUpdate(
+                agent.id, round_no, upload.weights, upload.num_samples, upload.metrics, upload.sha256, upload.payload
+            )
         except ValidationError as exc:
             raise self.refuse_upload(agent.id, "invalid_payload", f"the update header is invalid: {exc}") from None
         with self._lock:

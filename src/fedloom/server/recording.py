@@ -38,6 +38,7 @@ class StoreRecorder:
             dict(report.metrics),
             sha256=report.sha256,
             keep_blob=self.keep_local_models,
+            payload=report.payload if self.keep_local_models else None,
         )
 
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None:

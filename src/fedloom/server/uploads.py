@@ -38,6 +38,8 @@ class ParsedUpload:
     num_samples: int
     metrics: dict[str, float]
     client_id: str
+    sha256: str  # verified by from_bytes: nothing hashes the model again
+    payload: bytes  # the bytes as received, stored as they are
 
 
 def parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
@@ -68,4 +70,4 @@ def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
         metrics = parse_metrics(header.extra)
     except SerializationError as exc:
         raise UploadRefusedError("invalid_payload", str(exc), header.round) from None
-    return ParsedUpload(weights, header.round, header.num_samples, metrics, header.client_id)
+    return ParsedUpload(weights, header.round, header.num_samples, metrics, header.client_id, header.sha256, body)

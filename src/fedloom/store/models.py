@@ -81,13 +81,19 @@ class ModelsMixin(ServerStatesMixin):
         metrics: Mapping[str, float],
         sha256: str | None = None,
         keep_blob: bool = True,
+        payload: bytes | None = None,
     ) -> int:
-        """Store one client's accepted update; pass ``weights=None`` with ``sha256`` to record it blob-less."""
+        """Store one client's accepted update; pass ``weights=None`` with ``sha256`` to record it blob-less.
+
+        ``payload`` (an upload's bytes as received, whose ``sha256`` the parser verified) is
+        kept as it is: no second serialisation and no second content hash."""
         check_int("round", round, maximum=INT32_MAX)
         check_int("num_samples", num_samples)
-        sha256 = _local_hash(weights, sha256)
+        sha256 = _local_hash(None if payload is not None else weights, sha256)
         key = None
-        if weights is not None and keep_blob and self._blobs is not None:
+        if payload is not None and keep_blob:
+            key = self._put_blob(payload)
+        elif weights is not None and keep_blob and self._blobs is not None:
             key = self._put_blob(to_bytes(weights, round=round, client_id=client_id, num_samples=num_samples))
         row = LocalModelRow(
             run_id=run_id,
