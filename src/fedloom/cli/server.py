@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         server = stopper.server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
         with _stop_signals():
             server.run(sockets=[sock])
-        print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.current_round})", flush=True)
+        print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.reported_round})", flush=True)
     finally:
         with contextlib.suppress(FileNotFoundError):
             port_file.unlink()

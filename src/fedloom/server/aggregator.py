@@ -120,6 +120,13 @@ class Aggregator:
             return self._current_round()
 
     @property
+    def reported_round(self) -> int:
+        """The round ``/v1/status`` names: the open (or next) round, the last one once finished."""
+        with self._lock:
+            state = self._state
+            return state.rounds_completed() if state.finished() else state.current_round()
+
+    @property
     def round_deadline(self) -> float | None:
         """The open synchronous round's deadline (clock seconds), or None."""
         with self._lock:
