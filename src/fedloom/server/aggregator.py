@@ -360,8 +360,7 @@ class Aggregator:
         """Apply deadlines, close rounds whose criteria hold, open the next, finish the run."""
         with self._lock:
             self._driver.ensure_loaded()
-            self._driver.drop_revoked()
-            self._driver.advance(self._clock() if now is None else now)
+            self._driver.advance(self._clock() if now is None else now)  # reads revocations first
 
     # ------------------------------------------------------------------ status
 

@@ -127,10 +127,10 @@ class RunDriver:
     # -- time ------------------------------------------------------------------------
     def advance(self, now: float) -> None:
         """Tick the lifecycle at ``now`` and apply what happened (a new global model, the finish)."""
+        self.drop_revoked()  # a round must never open with an agent revoked since the last tick
         rounds = self.state.rounds
         if rounds is None:
             return
-        self.drop_revoked()  # a round must never open with an agent revoked since the last tick
         with self.recording():
             events = rounds.tick(now, may_open=self.state.open_for_agents())
         for event in events:
