@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test security lint typecheck fmnist bench clean
+.PHONY: demo test security lint typecheck fmnist chromium bench clean
 
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-ci.txt -e '.[torch,server,postgres,dev]'
+	$(BIN)/pip install -q -c constraints-ci.txt -e '.[torch,server,postgres,tracking,plot,dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; installed when we are root.
@@ -21,11 +21,19 @@ fmnist:
 	  else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set FEDLOOM_DATA"; exit 1; fi; \
 	fi
 
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own download cannot work offline).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q chromium >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	  else echo "Chromium missing: run 'sudo apt-get install chromium' (the dashboard's browser tests need it)"; exit 1; fi; \
+	fi
+
 demo: $(STAMP) fmnist
 	$(BIN)/fedloom sim --dataset fmnist --model cnn --clients 100 --partition dirichlet --alpha 0.5 \
 	  --fraction 0.1 --rounds 15 --epochs 1 --batch-size 32 --lr 0.1 --seed 0 --executor parallel
 
-test: $(STAMP) fmnist
+test: $(STAMP) fmnist chromium
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
