@@ -108,7 +108,7 @@ def missing_message(directory: Path, missing: list[str]) -> str:
     return (
         f"CIFAR-10 not found in {directory} (missing: {', '.join(missing)}). "
         "fedloom never downloads data at run time. To get it: download the binary version "
-        f"{SOURCE_URL} (163 MiB) and unpack it with `tar xzf cifar-10-binary.tar.gz -C {root}` "
+        f"{SOURCE_URL} and unpack it with `tar xzf cifar-10-binary.tar.gz -C {root}` "
         f"(this creates {root / SUBFOLDER}); or unpack it anywhere and pass `--data-dir FOLDER` "
         f"or set {ENV_VAR}=FOLDER. The python version (cifar-10-python.tar.gz) is pickled and is not read."
     )
