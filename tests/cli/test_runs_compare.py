@@ -122,6 +122,7 @@ def test_plotted_lines_are_the_store_series(home: tuple[Path, dict[str, str]]) -
     (axes,) = figure.axes
     assert axes.get_title() == "accuracy per round, 2 runs"
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("round", "accuracy")
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())  # rounds, not 1.25 / 1.5
     slow, nan = axes.get_lines()
     legend = [t.get_text() for t in axes.get_legend().get_texts()]
     assert legend == [f"slow ({ids['slow'][:8]})", f"nan ({ids['nan'][:8]})"]

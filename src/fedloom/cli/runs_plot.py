@@ -25,6 +25,8 @@ DPI = 100
 def plot_curves(curves: Sequence[RunCurve], metric: str) -> Figure:
     """A titled figure with one labelled line per run (in the order given), rounds on x, ``metric`` on y."""
     figure_class = _figure_class()
+    from matplotlib.ticker import MaxNLocator
+
     figure = figure_class(figsize=FIGSIZE_INCHES, dpi=DPI)
     axes = figure.add_subplot()
     for curve in curves:
@@ -33,6 +35,7 @@ def plot_curves(curves: Sequence[RunCurve], metric: str) -> Figure:
         axes.plot(rounds, values, marker="o" if len(rounds) < 30 else None, label=curve.label)
     axes.set_title(f"{metric} per round, {len(curves)} run{'s' if len(curves) != 1 else ''}")
     axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.set_ylabel(metric)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best")
