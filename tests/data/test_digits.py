@@ -52,7 +52,7 @@ def test_missing_sklearn(monkeypatch):
 
 
 def test_load_dataset_by_name():
-    assert DATASETS == ("fmnist", "digits")
+    assert DATASETS == ("fmnist", "digits", "cifar10")
     assert len(load_dataset("digits").train) == 1347
     with pytest.raises(ConfigError, match=r"unknown dataset 'mnist'.*fmnist, digits"):
         load_dataset("mnist")

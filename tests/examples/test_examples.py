@@ -105,3 +105,40 @@ def test_compare_strategies_shows_scaffold_and_robust_aggregation_helping(tmp_pa
     assert float(attacked["median"]) > float(attacked["fedavg"]) + 10  # 92% vs 60%
     assert final_accuracy(stdout) >= 0.85  # the geometric median under attack
     assert list(tmp_path.iterdir()) == []
+
+
+def write_tiny_cifar10(root: Path, per_batch: int = 40) -> Path:
+    """Six binary batches in the real record layout (label byte + R, G, B planes); the class lights a plane."""
+    import numpy as np
+
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, size=per_batch)
+        images = rng.integers(0, 100, size=(per_batch, 3, 32, 32), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, label % 3, : 3 * (label + 1)] += 150
+        records = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(per_batch, -1)], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+    return folder
+
+
+@pytest.mark.torch
+def test_cifar10_lab_records_a_fedavg_run(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from fedloom.store import SqlStore
+
+    write_tiny_cifar10(tmp_path / "data")
+    home = tmp_path / "home"
+    args = ["--data-dir", str(tmp_path / "data"), "--rounds", "2", "--clients", "4", "--home", str(home)]
+    stdout = run_example("cifar10_lab.py", *args, "--batch-size", "10", cwd=tmp_path)
+    accuracy = final_accuracy(stdout)
+    run_id = re.findall(r"^run id: ([0-9a-f]{32})$", stdout, re.MULTILINE)[0]
+    assert f"fedloom ui --home {home}" in stdout and f"fedloom runs show {run_id[:8]}" in stdout
+    with SqlStore.open_default(home) as store:
+        run = store.get_run(run_id)
+        assert (run.name, run.status) == ("cifar10-lab", "finished")
+        assert (run.config["dataset"], run.config["model"], run.config["partition"]) == ("cifar10", "cifar_cnn", "iid")
+        assert store.metric_series(run_id, "accuracy")[-1] == (2, pytest.approx(accuracy, abs=5e-5))
+        assert [r.num_updates for r in store.list_rounds(run_id)] == [4, 4]

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from fedloom.core.errors import ConfigError
-from fedloom.models import TORCH_MODELS, build_model, cnn, logistic_regression, mlp, torch_models
+from fedloom.models import TORCH_MODELS, build_model, cifar_cnn, cnn, logistic_regression, mlp, torch_models
 
 torch = pytest.importorskip("torch")
 
@@ -15,7 +15,11 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", TORCH_MODELS)
+#: cifar_cnn's unpadded convolutions need at least 16x16 inputs (tested apart below)
+SMALL_INPUT_MODELS = tuple(name for name in TORCH_MODELS if name != "cifar_cnn")
+
+
+@pytest.mark.parametrize("name", SMALL_INPUT_MODELS)
 @pytest.mark.parametrize(("shape", "classes"), [((1, 28, 28), 10), ((1, 8, 8), 10), ((3, 12, 16), 4)])
 def test_output_shape(name, shape, classes):
     model = build_model(name, shape, classes)
@@ -31,6 +35,28 @@ def test_cnn_parameter_count_matches_hand_computation():
     assert conv1 + conv2 + fc1 + fc2 == 215370
     assert count(cnn()) == 215370
     assert count(cnn((1, 8, 8), 10)) == 416 + 12832 + (32 * 2 * 2 * 128 + 128) + 1290
+
+
+@pytest.mark.parametrize("name", TORCH_MODELS)
+@pytest.mark.parametrize(("shape", "classes"), [((3, 32, 32), 10), ((1, 28, 28), 10), ((3, 16, 20), 4)])
+def test_output_shape_on_cifar_sized_inputs(name, shape, classes):
+    out = build_model(name, shape, classes)(torch.zeros(5, *shape))
+    assert out.shape == (5, classes)
+
+
+def test_cifar_cnn_layers_and_parameter_count_match_hand_computation():
+    conv1 = 32 * 3 * 5 * 5 + 32  # 2432
+    conv2 = 64 * 32 * 5 * 5 + 64  # 51264
+    fc1 = 64 * 5 * 5 * 512 + 512  # 819712: 32 -> 28 -> 14 -> 10 -> 5
+    fc2 = 512 * 10 + 10  # 5130
+    assert conv1 + conv2 + fc1 + fc2 == 878538
+    assert count(cifar_cnn()) == 878538
+    layers = list(build_model("cifar_cnn", (3, 32, 32), 10))
+    assert [layers[0].in_channels, layers[0].out_channels, layers[3].out_channels] == [3, 32, 64]
+    assert layers[0].kernel_size == (5, 5) and layers[0].padding == (0, 0)
+    assert (layers[7].in_features, layers[7].out_features, layers[9].out_features) == (1600, 512, 10)
+    assert count(cifar_cnn((1, 28, 28), 10)) == 32 * 25 + 32 + 51264 + (64 * 4 * 4 * 512 + 512) + 5130
+    assert list(cifar_cnn().state_dict())[-2:] == ["9.weight", "9.bias"]
 
 
 def test_logreg_and_mlp_parameter_counts():
@@ -69,8 +95,9 @@ def test_cnn_layer_shapes():
     [
         (
             lambda: build_model("resnet", (1, 28, 28), 10),
-            r"unknown model 'resnet'; valid models: logreg-torch, mlp, cnn",
+            r"unknown model 'resnet'; valid models: logreg-torch, mlp, cnn, cifar_cnn",
         ),
+        (lambda: cifar_cnn((3, 15, 32), 10), r"cifar_cnn needs in_shape \(C, H, W\) with H and W >= 16"),
         (lambda: cnn((1, 2, 2), 10), r"H and W >= 4"),
         (lambda: cnn((28, 28), 10), r"\(C, H, W\)"),
         (lambda: logistic_regression((1, 0, 28), 10), r"in_shape"),

@@ -1,6 +1,6 @@
-"""``fedloom runs``: list the runs in a store and show one run's configuration and rounds.
+"""``fedloom runs``: list the runs in a store, show one run's configuration and rounds, compare runs.
 
-Both actions only read: they never create a store, so running them in the wrong
+Every action only reads: they never create a store, so running them in the wrong
 directory says "no runs" instead of leaving an empty ``fedloom-runs/`` behind.
 """
 
@@ -26,7 +26,9 @@ _ELAPSED_NAMES = ("seconds", "elapsed_s", "elapsed")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``runs list`` and ``runs show ID`` to the ``fedloom`` command."""
+    """Add ``runs list``, ``runs show ID`` and ``runs compare ID ID...`` to the ``fedloom`` command."""
+    from fedloom.cli.runs_compare import register_compare  # it imports this module
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", metavar="DIR", help=f"store directory (default: ${HOME_ENV} or ./fedloom-runs)")
     common.add_argument(
@@ -46,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show_parser = actions.add_parser("show", parents=[common], help="one run: config, rounds, models, rejections")
     show_parser.add_argument("run_id", metavar="ID", help="a run id or a unique prefix of one")
     show_parser.set_defaults(func=run_show)
+    register_compare(actions, common)
 
 
 @contextmanager

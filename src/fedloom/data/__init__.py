@@ -5,19 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError
+from fedloom.data.cifar10 import load_cifar10
 from fedloom.data.dataset import ArrayDataset, DatasetSplits
 from fedloom.data.digits import load_digits
 from fedloom.data.fashion_mnist import load_fashion_mnist
 
 #: canonical dataset names accepted by :func:`load_dataset` (and the CLI).
-DATASETS = ("fmnist", "digits")
-_ALIASES = {"fashion-mnist": "fmnist", "fashion_mnist": "fmnist"}
+DATASETS = ("fmnist", "digits", "cifar10")
+_ALIASES = {"fashion-mnist": "fmnist", "fashion_mnist": "fmnist", "cifar-10": "cifar10", "cifar_10": "cifar10"}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, compact: bool = False) -> DatasetSplits:
     """Load a dataset by name, so configs and the CLI can pick one with a string.
 
-    ``data_dir`` only matters for file-based datasets (Fashion-MNIST); digits ship
+    ``data_dir`` only matters for file-based datasets (Fashion-MNIST, CIFAR-10); digits ship
     inside scikit-learn and ignore it. ``compact`` keeps image pixels as uint8 where the
     dataset supports it (see :class:`ArrayDataset.standardise`).
     """
@@ -26,6 +27,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, compact: bool
         return load_fashion_mnist(data_dir, compact=compact)
     if canonical == "digits":
         return load_digits()
+    if canonical == "cifar10":
+        return load_cifar10(data_dir, compact=compact)
     aliases = ", ".join(sorted(_ALIASES))
     raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} (aliases: {aliases})")
 
@@ -34,6 +37,7 @@ __all__ = [
     "DATASETS",
     "ArrayDataset",
     "DatasetSplits",
+    "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

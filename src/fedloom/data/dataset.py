@@ -13,6 +13,9 @@ import numpy as np
 
 from fedloom.core.errors import DataError
 
+#: a standardisation constant: one value for every channel, or one per channel (axis 1 of ``x``)
+Stat = float | tuple[float, ...]
+
 
 @dataclass(frozen=True)
 class ArrayDataset:
@@ -28,13 +31,17 @@ class ArrayDataset:
     num_classes: int
     #: ``(mean, std)`` when ``x`` holds raw uint8 pixels: :meth:`subset` and :meth:`materialised`
     #: then return ``(x / 255 - mean) / std`` as float32. Keeping pixels compact is 4x less memory
-    #: for a dataset that a simulation loads once and shares with every worker.
-    standardise: tuple[float, float] | None = None
+    #: for a dataset that a simulation loads once and shares with every worker. Colour images
+    #: give one mean and one std per channel (a tuple as long as ``x.shape[1]``).
+    standardise: tuple[Stat, Stat] | None = None
 
     def __post_init__(self) -> None:
         _check_dataset(self.x, self.y, self.num_classes)
-        if self.standardise is not None and self.x.dtype != np.uint8:
-            raise DataError(f"standardise needs uint8 pixels in x, got dtype {self.x.dtype}")
+        if self.standardise is not None:
+            if self.x.dtype != np.uint8:
+                raise DataError(f"standardise needs uint8 pixels in x, got dtype {self.x.dtype}")
+            for value in self.standardise:
+                _channel_stat(value, self.x)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -75,13 +82,23 @@ class DatasetSplits:
         return tuple(int(d) for d in self.train.x.shape[1:])
 
 
-def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """uint8 pixels -> float32 ``(pixels / 255 - mean) / std`` (a new array)."""
+def standardise_pixels(pixels: np.ndarray, mean: Stat, std: Stat) -> np.ndarray:
+    """uint8 pixels -> float32 ``(pixels / 255 - mean) / std`` (a new array), per channel for tuples."""
     x = pixels.astype(np.float32)
     x *= np.float32(1.0 / 255.0)
-    x -= np.float32(mean)
-    x /= np.float32(std)
+    x -= _channel_stat(mean, pixels)
+    x /= _channel_stat(std, pixels)
     return x
+
+
+def _channel_stat(value: Stat, x: np.ndarray) -> np.ndarray:
+    """``value`` as float32 broadcastable over ``x`` ``(n, C, ...)``: a scalar, or ``(C, 1, ...)``."""
+    if not isinstance(value, tuple):
+        return np.asarray(value, dtype=np.float32)  # 0-d: the same value for every channel
+    channels = x.shape[1] if x.ndim >= 2 else None
+    if len(value) != channels:
+        raise DataError(f"standardise has {len(value)} per-channel values but x of shape {x.shape} has {channels}")
+    return np.asarray(value, dtype=np.float32).reshape((len(value),) + (1,) * (x.ndim - 2))
 
 
 def _check_dataset(x: np.ndarray, y: np.ndarray, num_classes: int) -> None:

@@ -8,6 +8,6 @@ Every model is an ``nn.Sequential``, so its ``state_dict`` keys are short and st
 
 from __future__ import annotations
 
-from fedloom.models.torch_models import TORCH_MODELS, build_model, cnn, logistic_regression, mlp
+from fedloom.models.torch_models import TORCH_MODELS, build_model, cifar_cnn, cnn, logistic_regression, mlp
 
-__all__ = ["TORCH_MODELS", "build_model", "cnn", "logistic_regression", "mlp"]
+__all__ = ["TORCH_MODELS", "build_model", "cifar_cnn", "cnn", "logistic_regression", "mlp"]

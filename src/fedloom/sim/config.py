@@ -20,8 +20,8 @@ from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 
-MODELS = ("logreg", "logreg-torch", "mlp", "cnn")
-DATASETS = ("digits", "fmnist")
+MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
+DATASETS = ("digits", "fmnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 EXECUTORS = ("sequential", "parallel")
 #: ``sync`` rounds, or the asynchronous lifecycle (FedBuff, FedAsync)
