@@ -3,7 +3,7 @@
 What it shows:
 
 * the built-in CIFAR-10 loader (the binary batches, never the pickled version) and the
-  lab's ``cifar_cnn`` chosen by name through :class:`fedloom.sim.config.SimConfig`;
+  lab's ``cifar_cnn`` chosen by name through :class:`fedloom.sim.SimConfig`;
 * an IID split of the 50,000 training images over ``--clients`` clients (5 by default);
 * FedAvg for ``--rounds`` rounds, the global model evaluated on the 10,000 test images
   after every round, and everything recorded in the store (``--home DIR``, default
@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedloom.core.errors import FedloomError
-from fedloom.sim.config import SimConfig
-from fedloom.sim.options import Recording
-from fedloom.sim.progress import ProgressPrinter
-from fedloom.sim.tasks import simulate_config
+from fedloom import FedloomError
+from fedloom.sim import ProgressPrinter, Recording, SimConfig, simulate_config
 from fedloom.store import SqlStore, resolve_home
 
 

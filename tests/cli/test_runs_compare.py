@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,42 +98,69 @@ def test_refusals_name_the_fix(home: tuple[Path, dict[str, str]], capsys: pytest
     assert code == 1 and "does not exist" in err
 
 
-def test_plot_writes_a_png_of_the_store_series(
-    home: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    image = pytest.importorskip("matplotlib.image")
+def _in_fresh_python(code: str) -> Any:
+    """Run ``code`` in a new interpreter and return the JSON its last line prints.
+
+    matplotlib (about 55 MiB of RSS) then never enters the pytest process, whose forked
+    workers tests/sim/test_memory.py measures later in the same session.
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+needs_matplotlib = pytest.mark.skipif(find_spec("matplotlib") is None, reason="matplotlib is not installed")
+
+
+@needs_matplotlib
+def test_plot_writes_a_png_of_the_store_series(home: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     root, ids = home
     out_png = tmp_path / "curves.png"
-    code, out, _ = _compare(capsys, root, ids["fast"], ids["slow"], ids["nan"], "--plot", str(out_png))
+    argv = ["runs", "compare", ids["fast"], ids["slow"], ids["nan"], "--plot", str(out_png), "--home", str(root)]
+    found = _in_fresh_python(
+        "import contextlib, io, json\n"
+        "from fedloom.cli.main import main\n"
+        "from matplotlib.image import imread\n"
+        "out = io.StringIO()\n"
+        f"with contextlib.redirect_stdout(out): code = main({argv!r})\n"
+        f"pixels = imread({str(out_png)!r})\n"
+        "print(json.dumps([code, out.getvalue(), list(pixels.shape), float(pixels.std())]))"
+    )
+    code, out, shape, spread = found
     assert code == 0 and f"plot: {out_png}" in out
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = image.imread(out_png)
-    assert pixels.shape[:2] == (600, 1000)
-    assert pixels.std() > 0.01  # something was drawn
+    assert shape[:2] == [600, 1000]
+    assert spread > 0.01  # something was drawn
 
 
+@needs_matplotlib
 def test_plotted_lines_are_the_store_series(home: tuple[Path, dict[str, str]]) -> None:
-    pytest.importorskip("matplotlib")
-    from fedloom.cli.runs_compare import load_curves
-    from fedloom.cli.runs_plot import plot_curves
-
     root, ids = home
+    drawn = _in_fresh_python(
+        "import json\n"
+        "from fedloom.cli.runs_compare import load_curves\n"
+        "from fedloom.cli.runs_plot import plot_curves\n"
+        "from fedloom.store import SqlStore\n"
+        f"with SqlStore.open_default({str(root)!r}) as store:\n"
+        f"    curves = load_curves(store, [{ids['slow']!r}, {ids['nan']!r}], 'accuracy')\n"
+        "(axes,) = plot_curves(curves, 'accuracy').axes\n"
+        "print(json.dumps({'title': axes.get_title(), 'x': axes.get_xlabel(), 'y': axes.get_ylabel(),\n"
+        "    'xticks': [float(t) for t in axes.get_xticks()],\n"
+        "    'legend': [t.get_text() for t in axes.get_legend().get_texts()],\n"
+        "    'lines': [[list(map(float, line.get_xdata())), list(map(float, line.get_ydata()))]\n"
+        "              for line in axes.get_lines()]}))"
+    )
     with SqlStore.open_default(root) as store:
-        curves = load_curves(store, [ids["slow"], ids["nan"]], "accuracy")
         stored = {name: store.metric_series(ids[name], "accuracy") for name in ("slow", "nan")}
-    figure = plot_curves(curves, "accuracy")
-    (axes,) = figure.axes
-    assert axes.get_title() == "accuracy per round, 2 runs"
-    assert (axes.get_xlabel(), axes.get_ylabel()) == ("round", "accuracy")
-    assert all(float(tick).is_integer() for tick in axes.get_xticks())  # rounds, not 1.25 / 1.5
-    slow, nan = axes.get_lines()
-    legend = [t.get_text() for t in axes.get_legend().get_texts()]
-    assert legend == [f"slow ({ids['slow'][:8]})", f"nan ({ids['nan'][:8]})"]
-    np.testing.assert_array_equal(slow.get_xdata(), [1, 2, 3, 4, 5])
-    np.testing.assert_array_equal(slow.get_ydata(), [0.20, 0.35, 0.52, 0.66, 0.72])  # the last value of round 5
+    assert drawn["title"] == "accuracy per round, 2 runs"
+    assert (drawn["x"], drawn["y"]) == ("round", "accuracy")
+    assert all(tick.is_integer() for tick in drawn["xticks"])  # rounds, not 1.25 / 1.5
+    assert drawn["legend"] == [f"slow ({ids['slow'][:8]})", f"nan ({ids['nan'][:8]})"]
+    slow, nan = drawn["lines"]
+    assert slow == [[1, 2, 3, 4, 5], [0.20, 0.35, 0.52, 0.66, 0.72]]  # the last value of round 5
     assert dict(stored["slow"])[5] == 0.72
-    np.testing.assert_array_equal(nan.get_xdata(), [r for r, _ in stored["nan"]])
-    np.testing.assert_array_equal(nan.get_ydata(), [v for _, v in stored["nan"]])  # NaN kept: a gap in the line
+    assert nan[0] == [r for r, _ in stored["nan"]]
+    np.testing.assert_array_equal(nan[1], [v for _, v in stored["nan"]])  # NaN kept: a gap in the line
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,7 @@ def register_compare(actions: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("run_ids", nargs="+", metavar="ID", help="run ids or unique prefixes of them")
     parser.add_argument("--metric", default="accuracy", help="server metric to compare (default: accuracy)")
     parser.add_argument("--goal", choices=GOALS, default="auto", help="best = max or min (auto: min for losses)")
-    parser.add_argument("--target", type=float, help="also show the first round reaching this value")
+    parser.add_argument("--target", type=float, metavar="VALUE", help="also show the first round reaching VALUE")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this PNG (needs matplotlib)")
     parser.set_defaults(func=run_compare)
 

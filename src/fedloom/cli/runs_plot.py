@@ -38,7 +38,8 @@ def plot_curves(curves: Sequence[RunCurve], metric: str) -> Figure:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.set_ylabel(metric)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="best")
+    if curves:
+        axes.legend(loc="best")
     figure.tight_layout()
     return figure
 

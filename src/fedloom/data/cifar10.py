@@ -39,8 +39,8 @@ def load_cifar10(data_dir: str | Path | None = None, *, compact: bool = False) -
     """Load CIFAR-10: x float32 ``(n, 3, 32, 32)`` standardised per channel, y int64 in [0, 10).
 
     The files are parsed once per process and folder; every call returns fresh float
-    arrays. ``compact=True`` keeps the shared, read-only uint8 pixels (150 MiB for the
-    training set rather than 600 MiB) and standardises each subset when it is taken.
+    arrays. ``compact=True`` keeps the shared, read-only uint8 pixels (about 150 MB for the
+    training set rather than 600 MB) and standardises each subset when it is taken.
     """
     directory = resolve_data_dir(data_dir)
     _check_files_present(directory)
