@@ -39,6 +39,7 @@ from fedloom.sim.resume import resume_point
 from fedloom.sim.run_log import RunLog, resolve_store
 from fedloom.sim.setup import LoopFactory
 from fedloom.sim.sync_loop import SyncLoop
+from fedloom.sim.track import tracking_feed
 
 
 def simulate(
@@ -83,7 +84,8 @@ def simulate(
     rounds_left = rounds - (point.rounds_done if point else 0)
     judge = RoundJudge(strategy, seed, client_fn, num_clients, judged, state_dir)
     info = RunInfo(log.run_id, kept.run_name or strategy.name, "simulation", rounds, seed, run_config, log.home_hint())
-    watchers: list[RoundObserver] = [log, *(observers if observers is not None else [ProgressPrinter(rounds)])]
+    shown = observers if observers is not None else [ProgressPrinter(rounds)]
+    watchers: list[RoundObserver] = [log, *tracking_feed(log.store, kept.tracking), *shown]
     try:
         history = _watched(loop, judge, rounds_left, judged.overlap, info, watchers)
     finally:
