@@ -17,7 +17,7 @@ from fedloom.store.schema import GlobalModelRow, MetricRow, RejectionRow, RoundR
 
 
 class RoundReportsMixin(SqlCore):
-    """Reads bounded by one round: its row, its metrics, its rejections; the last model's bytes."""
+    """Reads bounded by one round: its row, its metrics, the rejections since; the last model's bytes."""
 
     def get_round(self, run_id: str, round: int) -> RoundRecord | None:
         """The round's row, or None when it was never opened."""
@@ -32,10 +32,11 @@ class RoundReportsMixin(SqlCore):
         with self._session(f"read metrics of run {run_id} round {round}") as session:
             return [metric_record(r) for r in session.scalars(stmt)]
 
-    def round_rejections(self, run_id: str, round: int) -> list[RejectionRecord]:
-        """The rejections recorded against one round, oldest first."""
-        stmt = select(RejectionRow).where(RejectionRow.run_id == run_id, RejectionRow.round == round)
-        with self._session(f"read rejections of run {run_id} round {round}") as session:
+    def rejections_after(self, run_id: str, after_id: int) -> list[RejectionRecord]:
+        """The run's rejections recorded after the one with id ``after_id`` (0: all), oldest first:
+        what a watcher has not seen yet, whichever round each names."""
+        stmt = select(RejectionRow).where(RejectionRow.run_id == run_id, RejectionRow.id > after_id)
+        with self._session(f"read new rejections of run {run_id}") as session:
             return [rejection_record(r) for r in session.scalars(stmt.order_by(RejectionRow.id))]
 
     def latest_global_model_bytes(self, run_id: str) -> tuple[int, bytes] | None:

@@ -27,6 +27,8 @@ class TrackingFeed:
         self.run_id: str | None = None
         #: sink name -> the error that dropped it
         self.failures: dict[str, str] = {}
+        #: the newest rejection already reported (each refusal is counted once, when it is recorded)
+        self.last_rejection_id = 0
 
     def on_start(self, run: RunInfo) -> None:
         self.run_id = run.run_id
@@ -39,10 +41,12 @@ class TrackingFeed:
         if self.run_id is None or not self.sinks:
             return
         try:
-            scalars = read_round_report(self.store, self.run_id, summary.round).scalars()
+            report = read_round_report(self.store, self.run_id, summary.round, self.last_rejection_id)
         except Exception as exc:  # a store read must not stop the run either
             logger.warning("tracking: could not read round %s from the store: %s", summary.round, exc)
             return
+        self.last_rejection_id = max([self.last_rejection_id, *(r.id for r in report.rejections)])
+        scalars = report.scalars()
         self._each("log_round", lambda sink: sink.log_round(summary.round, scalars))
 
     def on_finish(self, run: RunInfo, end: RunEnd) -> None:

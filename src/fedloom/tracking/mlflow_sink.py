@@ -7,9 +7,11 @@ a server (``http://host:5000``) or any other store MLflow accepts.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ def default_tracking_uri(home: Path | str) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's local SQLAlchemy store uses a loader SQLAlchemy 2.1 deprecates: the warning is
+    MLflow's to fix, raised once, when its store module loads and its mappers are configured."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 class MlflowSink:
     """Logs to experiment ``experiment`` (created if missing) at ``tracking_uri``."""
 
@@ -38,13 +49,15 @@ class MlflowSink:
     def __init__(self, tracking_uri: str, experiment: str = "fedloom", artifact_root: Path | str | None = None) -> None:
         self._mlflow = require("mlflow", "mlflow")
         self._entities = require("mlflow.entities", "mlflow")
-        self.client: Any = self._mlflow.MlflowClient(tracking_uri=tracking_uri)
+        with _quiet_mlflow():
+            self.client: Any = self._mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.experiment = experiment
         self.artifact_root = None if artifact_root is None else Path(artifact_root).resolve().as_uri()
         self.mlflow_run_id: str | None = None
 
     def start(self, run_id: str, run_name: str, params: Mapping[str, str]) -> None:
-        found = self.client.get_experiment_by_name(self.experiment)
+        with _quiet_mlflow():
+            found = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (
             found.experiment_id
             if found is not None

@@ -32,6 +32,8 @@ class RoundReport:
     selected: tuple[str, ...]
     contributed: tuple[str, ...]
     num_samples: int
+    #: refusals recorded while the round was open, since the previous report: a late upload for
+    #: an earlier round is refused (and counted) in the round it arrived in
     rejections: tuple[RejectionRecord, ...]
     #: seconds between the round's opening and closing rows (None while it is open)
     wall_seconds: float | None
@@ -75,9 +77,10 @@ class RoundReport:
         return out
 
 
-def read_round_report(store: Any, run_id: str, round: int) -> RoundReport:
-    """Build the report of ``round`` from the store's rows (an asynchronous version has no round
-    row: it reports status ``version``, no selection and no wall time)."""
+def read_round_report(store: Any, run_id: str, round: int, rejections_after: int = 0) -> RoundReport:
+    """Build the report of ``round`` from the store's rows, with the refusals recorded after the
+    rejection id ``rejections_after`` (an asynchronous version has no round row: it reports
+    status ``version``, no selection and no wall time)."""
     row = store.get_round(run_id, round)
     server: dict[str, float] = {}
     clients: dict[str, dict[str, float]] = {}
@@ -103,7 +106,7 @@ def read_round_report(store: Any, run_id: str, round: int) -> RoundReport:
         selected=tuple(row.selected) if row is not None else (),
         contributed=tuple(str(m.client_id) for m in local),
         num_samples=int(row.num_samples) if row is not None else sum(m.num_samples for m in local),
-        rejections=tuple(store.round_rejections(run_id, round)),
+        rejections=tuple(store.rejections_after(run_id, rejections_after)),
         wall_seconds=wall,
         system=system,
     )
