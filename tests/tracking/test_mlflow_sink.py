@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-
-mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-
 from pathlib import Path
 
+import pytest
 from conftest import ROUNDS, run_tracked
 
 from fedloom.core.serialization import from_bytes
 from fedloom.tracking import TrackingSettings
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 
 
 def _only_run(client, experiment: str):
