@@ -12,9 +12,10 @@ from types import ModuleType
 from typing import Protocol
 
 from fedloom.core.errors import ConfigError
+from fedloom.server.config_sections import TRACKING_SINKS
 
 #: the ``--track`` names and the ``[tracking] sinks`` values
-SINK_NAMES = ("tensorboard", "mlflow", "wandb")
+SINK_NAMES = TRACKING_SINKS
 #: the file name of the final global model artifact every sink stores
 MODEL_ARTIFACT = "global_model.safetensors"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.core.errors import ConfigError
+from fedloom.server.config_sections import WANDB_MODES
 from fedloom.tracking.sink import MODEL_ARTIFACT, require
 
-WANDB_MODES = ("offline", "online", "disabled")
 _EXIT_CODES = {"finished": 0, "interrupted": 255}
 
 
