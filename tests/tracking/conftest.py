@@ -1,42 +1,15 @@
-"""Tracking fixtures: a small simulated run exported to sinks, and a real ``mlflow server``."""
+"""Tracking fixtures: a real ``mlflow server`` on loopback (helpers are in tracking_helpers.py)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from fedloom.sim.config import SimConfig
-from fedloom.sim.tasks import simulate_config
-from fedloom.store import SqlStore
-from fedloom.tracking import TrackingSettings
-
-ROUNDS = 3
-
-
-def small_config(**fields: object) -> SimConfig:
-    """numpy logistic regression on digits: 6 clients, every one each round, a few rounds."""
-    base = {"dataset": "digits", "model": "logreg", "clients": 6, "rounds": ROUNDS, "fraction": 1.0}
-    return SimConfig(**{**base, **fields})  # type: ignore[arg-type]
-
-
-def run_tracked(home: Path, settings: TrackingSettings, **fields: object) -> tuple[SqlStore, str]:
-    store = SqlStore.open_default(home)
-    result = simulate_config(small_config(**fields), store=store, tracking=settings)
-    assert result.run_id is not None
-    return store, result.run_id
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tracking_helpers import free_port
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import logging
 import sys
 
 import pytest
-from conftest import ROUNDS, small_config
+from tracking_helpers import ROUNDS, small_config
 
 from fedloom.core.errors import ConfigError
 from fedloom.sim.tasks import simulate_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROUNDS, run_tracked
+from tracking_helpers import ROUNDS, run_tracked
 
 from fedloom.core.serialization import from_bytes
 from fedloom.tracking import TrackingSettings

@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 
-from conftest import ROUNDS, run_tracked
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tracking_helpers import ROUNDS, run_tracked
 
 from fedloom.core.serialization import from_bytes
 from fedloom.tracking import TrackingSettings

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("wandb", reason="the wandb extra is not installed")
 
 import wandb_records
-from conftest import ROUNDS, run_tracked
+from tracking_helpers import ROUNDS, run_tracked
 
 from fedloom.core.errors import ConfigError
 from fedloom.tracking import TrackingSettings

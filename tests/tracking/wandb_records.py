@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-
-from wandb.proto import wandb_internal_pb2
+from typing import Any
 
 BLOCK = 32 * 1024
 HEADER = 7
 
 
-def records(path: Path) -> list[wandb_internal_pb2.Record]:
+def records(path: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     out, pending, pos = [], b"", HEADER
