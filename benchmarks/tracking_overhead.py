@@ -99,12 +99,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(),
     }
     print(result["command"])
-    print(
-        f"{args.rounds} rounds: off {median_off:.2f} s, on {median_on:.2f} s, ratio {result['ratio_on_over_off']:.2f}x"
-    )
-    print(
-        f"{', '.join(SINKS)}: {result['sink_fixed_seconds']:.2f} s per run + {result['sink_ms_per_round']:.1f} ms per round"
-    )
+    ratio, fixed, each = result["ratio_on_over_off"], result["sink_fixed_seconds"], result["sink_ms_per_round"]
+    print(f"{args.rounds} rounds: off {median_off:.2f} s, on {median_on:.2f} s, ratio {ratio:.2f}x")
+    print(f"{', '.join(SINKS)}: {fixed:.2f} s per run + {each:.1f} ms per round")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result
