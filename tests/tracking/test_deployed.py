@@ -46,6 +46,7 @@ def test_a_deployed_run_reaches_tensorboard_and_wandb_with_the_stores_values(tmp
         events = accumulator.EventAccumulator(str(home / "tensorboard" / run_id), size_guidance={"scalars": 0})
         events.Reload()
         (path,) = (home / "wandb").glob("offline-run-*/run-*.wandb")
+        wandb_records.wait_for_exit(path)
         history = wandb_records.history(path)
         for metric in store.metrics(run_id, scope="server"):
             tb = {e.step: e.value for e in events.Scalars(f"server/{metric.name}")}

@@ -17,6 +17,7 @@ from fedloom.tracking.wandb_sink import WandbSink
 def test_the_offline_run_holds_the_stores_values(tmp_path):
     store, run_id = run_tracked(tmp_path / "home", TrackingSettings(sinks=("wandb",)))
     (path,) = (tmp_path / "home" / "wandb").glob("offline-run-*/run-*.wandb")
+    wandb_records.wait_for_exit(path)
     history = wandb_records.history(path)
     assert sorted(history) == list(range(1, ROUNDS + 1))
     for metric in store.metrics(run_id, scope="server"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,14 @@ def records(path: Path) -> list[Any]:
             out.append(record)
             pending = b""
     return out
+
+
+def wait_for_exit(path: Path, timeout: float = 20.0) -> None:
+    """wandb-core (a separate process) writes the file behind ``run.finish()``; wait for its exit record."""
+    deadline = time.monotonic() + timeout
+    while not any(r.WhichOneof("record_type") == "exit" for r in records(path)):
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.1)
 
 
 def history(path: Path) -> dict[int, dict[str, float]]:

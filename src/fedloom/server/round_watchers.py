@@ -3,11 +3,13 @@
 The aggregator holds its lock while it ticks the round lifecycle; a tracking sink may
 take seconds (a slow MLflow server, a full disk). So the events go into a bounded queue
 and one worker thread calls the observers: a round's agents never wait on a watcher.
-When the queue is full an event is dropped with one log line (the store still has it).
+When the queue is full a round is dropped with one log line (the store still has it); the
+run's end is never dropped: it is kept apart and told once every queued round was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -32,6 +34,7 @@ class RoundWatchers:
         self._thread: threading.Thread | None = None
         self._dropped = 0
         self._finished = False
+        self._final: Callable[[], None] | None = None  # the run's end, told after the queued rounds
         if self.observers:
             self._thread = threading.Thread(target=self._work, name="fedloom-watchers", daemon=True)
             self._thread.start()
@@ -44,9 +47,12 @@ class RoundWatchers:
 
     def finished(self, run: RunInfo, end: RunEnd) -> None:
         """The run's end, told once (a finished run is not told again that it was interrupted)."""
-        if not self._finished:
-            self._finished = True
-            self._put(lambda: self._tell("on_finish", lambda o: o.on_finish(run, end)))
+        if self._finished or self._thread is None:
+            return
+        self._finished = True
+        self._final = lambda: self._tell("on_finish", lambda o: o.on_finish(run, end))
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(lambda: None)  # wakes an idle worker; a busy one sees it next
 
     def close(self, timeout: float = DRAIN_SECONDS) -> None:
         """Let the worker finish what is queued (at most ``timeout`` seconds), then stop it."""
@@ -73,6 +79,14 @@ class RoundWatchers:
     def _work(self) -> None:
         while (event := self._queue.get()) is not None:
             event()
+            if self._queue.empty():
+                self._tell_final()
+        self._tell_final()
+
+    def _tell_final(self) -> None:
+        final, self._final = self._final, None
+        if final is not None:
+            final()
 
     def _tell(self, what: str, call: Callable[[RoundObserver], None]) -> None:
         for observer in self.observers:
