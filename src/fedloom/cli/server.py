@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.server.config import FIELDS, AggregatorConfig, load_config
 
 if TYPE_CHECKING:
+    from fedloom.core.observe import RoundObserver
     from fedloom.store import SqlStore
 
 PORT_FILENAME = "aggregator.port"
@@ -40,6 +42,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {
     "str | None": str,
     "float | None": float,
     "int | None": int,
+    "tuple[str, ...]": lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
 }
 
 
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
-        aggregator = Aggregator(config, store)
+        aggregator = Aggregator(config, store, observers=tracking_observers(config, store, home))
         sock = bind_socket(config.server.host, config.server.port)
         port = int(sock.getsockname()[1])
         _write_port_file(port_file, port)
@@ -156,6 +159,17 @@ class _Stopper:
         if self.server is not None:
             self.server.should_exit = True
         self.wake_waiters()  # long-polls answer now instead of holding the shutdown
+
+
+def tracking_observers(config: AggregatorConfig, store: SqlStore, home: Path) -> list[RoundObserver]:
+    """``[tracking] sinks``: one feed that reads each recorded round from the store (none when empty);
+    a missing tool is refused here, before the run starts."""
+    if not config.tracking.sinks:
+        return []
+    from fedloom.tracking import TrackingFeed, TrackingSettings, build_sinks
+
+    settings = TrackingSettings(**dataclasses.asdict(config.tracking))
+    return [TrackingFeed(store, build_sinks(settings, home))]
 
 
 def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:

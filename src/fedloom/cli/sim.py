@@ -20,6 +20,7 @@ from fedloom.sim.config import (
     config_from_mapping,
     load_config_file,
 )
+from fedloom.tracking.settings import TrackingSettings, parse_track_flag
 
 
 def register(subparsers: Any) -> None:
@@ -60,6 +61,7 @@ def register(subparsers: Any) -> None:
     local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
     add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
     add("--no-store", action="store_true", help="do not record the run")
+    add("--track", metavar="SINKS", help="feed sinks, comma-separated: tensorboard,mlflow,wandb (docs/tracking.md)")
     add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
     parser.set_defaults(func=run)
 
@@ -85,7 +87,7 @@ def _add_world_flags(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--concurrency", type=int, help="clients training at once in async mode (default 10)")
 
 
-_NOT_CONFIG = {"config", "home", "no_store", "resume", "func", "command", *PARAM_TYPES}
+_NOT_CONFIG = {"config", "home", "no_store", "resume", "track", "func", "command", *PARAM_TYPES}
 
 
 def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +126,15 @@ def run(args: argparse.Namespace) -> int:
         from fedloom.store import SqlStore
 
         store = SqlStore.open_default(args.home)
-    simulate_config(config, store=store, observers=[ProgressPrinter(config.rounds)])
+    simulate_config(config, store=store, tracking=_tracking(args), observers=[ProgressPrinter(config.rounds)])
     return 0
+
+
+def _tracking(args: argparse.Namespace) -> TrackingSettings | None:
+    """``--track a,b``: the sinks to feed, writing under ``--home`` (checked before any round runs)."""
+    if not args.track:
+        return None
+    return TrackingSettings(sinks=parse_track_flag(args.track))
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -142,5 +151,7 @@ def _resume(args: argparse.Namespace) -> int:
         run_id = store.get_run(args.resume).id
         config = resume_config(store, run_id)
         print(f"fedloom sim: resuming run {run_id[:8]} ({config.dataset} / {config.model}, {config.rounds} rounds)")
-        simulate_config(config, store=store, resume=run_id, observers=[ProgressPrinter(config.rounds)])
+        simulate_config(
+            config, store=store, resume=run_id, tracking=_tracking(args), observers=[ProgressPrinter(config.rounds)]
+        )
     return 0

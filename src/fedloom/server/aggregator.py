@@ -25,7 +25,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fedloom.core.errors import (
@@ -34,6 +34,7 @@ from fedloom.core.errors import (
     SerializationError,
     ValidationError,
 )
+from fedloom.core.observe import RoundObserver, RunEnd
 from fedloom.core.records import AgentRecord
 from fedloom.core.serialization import MAX_ROUND, from_bytes, to_bytes
 from fedloom.core.store_protocols import DeploymentStore
@@ -45,6 +46,7 @@ from fedloom.server.config import AggregatorConfig
 from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
+from fedloom.server.round_watchers import RoundWatchers
 from fedloom.server.rounds import (
     SyncRounds,
 )
@@ -73,6 +75,7 @@ class Aggregator:
         *,
         clock: Callable[[], float] = time.time,
         initial_weights: Weights | None = None,
+        observers: Sequence[RoundObserver] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -88,6 +91,8 @@ class Aggregator:
         run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
         self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
         self._driver = RunDriver(run, self._strategy, clock, self._changes.bump)
+        self._driver.watchers = RoundWatchers(observers)  # told after each recorded round, off this thread
+        self._driver.watchers.started(self._driver.run_info())
         try:
             with self._lock:
                 self._driver.load()
@@ -139,6 +144,8 @@ class Aggregator:
         with self._lock:
             if self._driver.finished_at is None:
                 self.store.finish_run(self.run_id, status, {"rounds_completed": self._state.rounds_completed()})
+                self._driver.watchers.finished(self._driver.run_info(), RunEnd(status, self._state.rounds_completed()))
+        self._driver.watchers.close()
 
     def wake_waiters(self) -> None:
         """Make every long-poll answer now (used when the server shuts down)."""

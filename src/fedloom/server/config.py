@@ -6,7 +6,7 @@ its section (:mod:`fedloom.server.config_sections`), and every error names the f
 unknown ``FEDLOOM_SERVER_*`` variables are errors, so a typo never silently falls back
 to a default.
 
-The file has five tables::
+The file has these tables::
 
     [server]  host, port, tls_cert, tls_key, max_upload_mb, upload_timeout_seconds,
               rate_limit_per_second, rate_limit_burst, max_rejections_per_round, db_url, home
@@ -18,6 +18,8 @@ The file has five tables::
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)
     [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
+    [tracking] sinks (a list), tensorboard_dir, mlflow_tracking_uri, mlflow_experiment,
+              wandb_project, wandb_mode (docs/tracking.md)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -47,6 +49,7 @@ from fedloom.server.config_sections import (
     RunSection,
     ServerSection,
     StrategySection,
+    TrackingSection,
     field_error,
 )
 from fedloom.server.tls_settings import TlsSection
@@ -83,6 +86,7 @@ class AggregatorConfig:
     asynchronous: AsyncSection = field(default_factory=AsyncSection)
     strategy: StrategySection = field(default_factory=StrategySection)
     tls: TlsSection = field(default_factory=TlsSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -117,6 +121,7 @@ _TABLES = {
     "async": "asynchronous",
     "strategy": "strategy",
     "tls": "tls",
+    "tracking": "tracking",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -126,10 +131,12 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "async": AsyncSection,
     "strategy": StrategySection,
     "tls": TlsSection,
+    "tracking": TrackingSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"
 _OPTIONAL_INT = "int | None"
+_NAMES = "tuple[str, ...]"
 
 
 def _field_kinds() -> dict[str, tuple[str, str]]:
@@ -149,6 +156,10 @@ def _coerce(table: str, name: str, value: Any, kind: str) -> Any:
     """Check a value from TOML or a flag against the field's type (ints are fine for floats)."""
     if kind in (_OPTIONAL_STR, _OPTIONAL_FLOAT, _OPTIONAL_INT) and value is None:
         return None
+    if kind == _NAMES:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise field_error(table, name, f'must be a list of names, e.g. ["tensorboard"], got {value!r}')
+        return tuple(value)
     kind = kind.removesuffix(" | None")
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -165,6 +176,8 @@ def _parse_env(table: str, name: str, text: str, kind: str, variable: str) -> An
         return text or None
     if kind == "str":
         return text
+    if kind == _NAMES:  # FEDLOOM_SERVER_SINKS=tensorboard,mlflow
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if not text and kind in (_OPTIONAL_FLOAT, _OPTIONAL_INT):
         return None
     kind = kind.removesuffix(" | None")

@@ -245,3 +245,28 @@ class StrategySection:
         """The parameters that are set."""
         names = ("strategy", "aggregator", "server_opt")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in names and v is not None}
+
+
+#: the tools ``[tracking] sinks`` may name (the sinks themselves live in ``fedloom.tracking``)
+TRACKING_SINKS = ("tensorboard", "mlflow", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    """``[tracking]``: the tools fed after every recorded round (docs/tracking.md); empty paths
+    mean a folder under the fedloom home, next to the store."""
+
+    sinks: tuple[str, ...] = ()
+    tensorboard_dir: str = ""
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "fedloom"
+    wandb_project: str = "fedloom"
+    wandb_mode: str = "offline"
+
+    def __post_init__(self) -> None:
+        for sink in self.sinks:
+            _choice("tracking", "sinks", sink, TRACKING_SINKS)
+        if len(set(self.sinks)) != len(self.sinks):
+            raise field_error("tracking", "sinks", f"names a sink twice: {list(self.sinks)}")
+        _choice("tracking", "wandb_mode", self.wandb_mode, WANDB_MODES)

@@ -22,11 +22,14 @@ import numpy as np
 
 from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import StoreError
+from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 from fedloom.core.serialization import content_hash
 from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.config import AggregatorConfig
+from fedloom.server.engine import RoundOutcome
 from fedloom.server.resume import RunContext, load_async, load_sync
+from fedloom.server.round_watchers import RoundWatchers
 from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, RoundClosed, RoundOpened, RunFinished
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import ServedModel, read_only
@@ -46,6 +49,7 @@ class RunDriver:
         self.finished_at: float | None = None  # set when this process finished the run
         self.fetched_final: set[str] = set()  # agents that downloaded the final model
         self._stale = False
+        self.watchers = RoundWatchers(())  # told after each round is recorded (the aggregator sets it)
 
     @property
     def config(self) -> AggregatorConfig:
@@ -152,10 +156,12 @@ class RunDriver:
             self.state.set_latest(ServedModel(weights, content_hash(weights), outcome.round, outcome.num_samples))
             missing = f", missing {', '.join(outcome.missing)}" if outcome.missing else ""
             log.info("round %d: aggregated %d update(s)%s", outcome.round, outcome.num_updates, missing)
+            self.watchers.round_recorded(_summary(outcome))
         elif isinstance(event, RoundOpened):
             log.info("round %d: opened, selected %s", event.round, ", ".join(event.selected))
         elif isinstance(event, RoundAbandoned):
             log.info("round %d: abandoned at its deadline with %d update(s)", event.round, event.num_updates)
+            self.watchers.round_recorded(RoundSummary(event.round, 0, event.num_updates, 0, {}, 0.0))
         elif isinstance(event, DeadlineExtended):
             log.info("round %d: deadline passed with %d update(s); extended", event.round, event.received)
         elif isinstance(event, RunFinished) and self.finished_at is None:
@@ -163,6 +169,12 @@ class RunDriver:
             self.store.finish_run(self.run.run_id, "finished", {"rounds_completed": completed})
             self.finished_at = self.clock()
             log.info("run finished after %d round(s)", completed)
+            self.watchers.finished(self.run_info(), RunEnd("finished", completed))
+
+    def run_info(self) -> RunInfo:
+        """The run as its watchers see it (its config as stored: secrets masked)."""
+        config = self.config
+        return RunInfo(self.run.run_id, config.run.name, "deployment", config.rounds.max_rounds, config.run.seed)
 
     def may_stop(self, now: float) -> bool:
         """Whether a finished run's server may exit: every agent has downloaded the final model, or
@@ -171,3 +183,10 @@ class RunDriver:
             return False
         everyone = set(self.state.agents) <= self.fetched_final
         return everyone or now - self.finished_at >= self.config.server.linger_seconds
+
+
+def _summary(outcome: RoundOutcome) -> RoundSummary:
+    """What a watcher is told of a closed round (it reads the rest from the store)."""
+    return RoundSummary(
+        outcome.round, 0, outcome.num_updates, outcome.num_samples, dict(outcome.client_metrics), outcome.seconds
+    )

@@ -39,6 +39,7 @@ from fedloom.sim.resume import resume_point
 from fedloom.sim.run_log import RunLog, resolve_store
 from fedloom.sim.setup import LoopFactory
 from fedloom.sim.sync_loop import SyncLoop
+from fedloom.sim.track import tracking_feed
 
 
 def simulate(
@@ -83,7 +84,7 @@ def simulate(
     rounds_left = rounds - (point.rounds_done if point else 0)
     judge = RoundJudge(strategy, seed, client_fn, num_clients, judged, state_dir)
     info = RunInfo(log.run_id, kept.run_name or strategy.name, "simulation", rounds, seed, run_config, log.home_hint())
-    watchers: list[RoundObserver] = [log, *(observers if observers is not None else [ProgressPrinter(rounds)])]
+    watchers: list[RoundObserver] = [log, *tracking_feed(log.store, kept.tracking), *_shown(observers, rounds)]
     try:
         history = _watched(loop, judge, rounds_left, judged.overlap, info, watchers)
     finally:
@@ -91,6 +92,11 @@ def simulate(
         if kept.client_state_dir is None and state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
     return SimulationResult(log.run_id, history, model_part(loop.lifecycle.global_weights), run_config)
+
+
+def _shown(observers: Sequence[RoundObserver] | None, rounds: int) -> Sequence[RoundObserver]:
+    """The caller's observers, by default a progress printer (the tracking feed is not one of them)."""
+    return observers if observers is not None else [ProgressPrinter(rounds)]
 
 
 def _rounds_loop(

@@ -20,6 +20,7 @@ from fedloom.core.weights import Weights
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings, DeadlinePolicy
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import ClientSpeeds
+from fedloom.tracking.settings import TrackingSettings
 
 EvaluateFn = Callable[[Weights], Mapping[str, float]]
 OnClientError = Literal["fail", "skip"]
@@ -84,7 +85,8 @@ class Recording:
     Store object another one, ``None`` nothing; ``keep_local_models`` keeps every local
     model's tensors too; ``client_state_dir`` holds what clients keep between rounds
     (default: a temporary folder removed at the end); ``resume`` continues an interrupted
-    run (same client_fn, strategy, clients and rounds) from where the store says it stopped."""
+    run (same client_fn, strategy, clients and rounds) from where the store says it stopped;
+    ``tracking`` feeds TensorBoard / MLflow / W&B (docs/tracking.md)."""
 
     store: Any = "default"
     run_name: str | None = None
@@ -93,6 +95,8 @@ class Recording:
     client_state_dir: str | None = None
     #: the id of an interrupted run in ``store`` to continue (:mod:`fedloom.sim.resume`)
     resume: str | None = None
+    #: tracking sinks fed from the store after every round (``TrackingSettings(sinks=("tensorboard",))``)
+    tracking: TrackingSettings | None = None
 
 
 __all__ = ["Environment", "EvaluateFn", "Evaluation", "OnClientError", "Recording"]

@@ -27,6 +27,7 @@ from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
 from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.partition import partition
+from fedloom.tracking.settings import TrackingSettings
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,12 @@ def make_executor(config: SimConfig) -> Executor:
 
 
 def simulate_config(
-    config: SimConfig, *, store: Any = None, resume: str | None = None, **overrides: Any
+    config: SimConfig,
+    *,
+    store: Any = None,
+    resume: str | None = None,
+    tracking: TrackingSettings | None = None,
+    **overrides: Any,
 ) -> SimulationResult:
     """Run a built-in simulation exactly as ``fedloom sim`` would for ``config``.
 
@@ -140,7 +146,7 @@ def simulate_config(
         attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
         its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``); ``resume`` names
     an interrupted run of ``store`` to continue (:func:`resume_config` reads its config). ``store=None``
-        records nothing.
+        records nothing; ``tracking`` feeds the sinks it names (``fedloom sim --track``).
     """
     task = build_task(config)
     kwargs: dict[str, Any] = {
@@ -163,6 +169,7 @@ def simulate_config(
             config=config.to_dict(),
             keep_local_models=config.keep_local_models,
             resume=resume,
+            tracking=tracking,
         ),
         "executor": make_executor(config),
         "observers": [],

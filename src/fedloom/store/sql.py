@@ -30,6 +30,7 @@ from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMix
 from fedloom.store.blobs import make_private_dir
 from fedloom.store.metrics import MetricsMixin
 from fedloom.store.models import ModelsMixin
+from fedloom.store.round_reports import RoundReportsMixin
 from fedloom.store.runs import RunsMixin
 from fedloom.store.server_states import ServerStatesMixin
 
@@ -72,7 +73,7 @@ def sqlite_url(path: Path | str) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin):
+class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin, RoundReportsMixin):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
     @classmethod
