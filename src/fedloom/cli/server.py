@@ -67,6 +67,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="keep serving the final model after the run finishes (default: exit 0 once agents were told)",
     )
+    parser.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not serve the web dashboard at /dashboard/ (default: served, for admin tokens only)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -118,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
         )
         stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
-            create_app(aggregator, on_done=None if args.keep_serving else stopper.stop),
+            create_app(
+                aggregator,
+                on_done=None if args.keep_serving else stopper.stop,
+                extra_routers=[] if args.no_dashboard else [dashboard_router(store)],
+            ),
             **tls_arguments(config),
             log_level="warning",
             access_log=False,
@@ -142,6 +151,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- pieces
+
+
+def dashboard_router(store: SqlStore) -> Any:
+    """The web dashboard over this store, for admin join tokens (``fedloom token create NAME --admin``)."""
+    from fedloom.dashboard import build_router, join_token_verifier
+
+    return build_router(store, join_token_verifier(store))
 
 
 class _Stopper:
