@@ -44,13 +44,11 @@ def run(args: argparse.Namespace) -> int:
     """Open the store, make the credential, bind, print the URL and serve until Ctrl-C."""
     try:
         import uvicorn
-        from fastapi import FastAPI
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the dashboard needs the server extras: pip install 'fedloom[server]'") from None
     from fedloom.cli.server import bind_socket
-    from fedloom.dashboard import build_router, new_one_time_secret, secret_verifier
-    from fedloom.server.http_errors import install_error_handlers
-    from fedloom.server.limits import RateLimiter
+    from fedloom.dashboard import new_one_time_secret, secret_verifier
+    from fedloom.dashboard.standalone import standalone_app
     from fedloom.store import SqlStore, resolve_home
 
     home = resolve_home(args.home)
@@ -59,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
     secret = new_one_time_secret()
     store = SqlStore.open_default(home)
     try:
-        app = FastAPI(title="fedloom dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-        app.state.rate_limiter = RateLimiter(5.0, 20)
-        install_error_handlers(app)
-        app.include_router(build_router(store, secret_verifier(secret)))
+        app = standalone_app(store, secret_verifier(secret))
         sock = bind_socket(args.host, args.port)
         port = int(sock.getsockname()[1])
         _announce(args, home, port, secret)
