@@ -20,14 +20,15 @@ function fmtValue(v) {
   return v.toFixed(a >= 100 ? 1 : 4);
 }
 
-// "nice" ticks between lo and hi (about n of them)
+// "nice" ticks covering lo..hi (about n of them): the first at or below lo, the last at or above hi
 function niceTicks(lo, hi, n) {
-  if (!(hi > lo)) { hi = lo + 1; lo = lo - (lo === 0 ? 0 : 1); }
+  if (!(hi > lo)) { hi = lo + Math.max(1, Math.abs(lo) * 0.1); lo = lo - (lo === 0 ? 0 : Math.abs(lo) * 0.1); }
   const raw = (hi - lo) / Math.max(1, n);
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
   const ticks = [];
-  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toPrecision(12));
+  const last = Math.ceil(hi / step - 1e-9) * step;
+  for (let t = Math.floor(lo / step + 1e-9) * step; t <= last + step * 1e-9; t += step) ticks.push(+t.toPrecision(12));
   return ticks;
 }
 
@@ -86,7 +87,7 @@ function lineChart(container, series, opts = {}) {
   const f = frame(container, opts);
   const all = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])));
   if (!all.length) {
-    svgEl("text", { x: f.width / 2, y: f.height / 2, "text-anchor": "middle", class: "empty" }, f.svg).textContent = "no data yet";
+    svgEl("text", { x: f.width / 2, y: f.height / 2, "text-anchor": "middle", class: "empty" }, f.svg).textContent = opts.empty || "no data yet";
     return f.svg;
   }
   const xsRaw = all.map((p) => p[0]);
@@ -97,7 +98,7 @@ function lineChart(container, series, opts = {}) {
   const [y0, y1] = [Math.min(yt[0], ...ysRaw), Math.max(yt[yt.length - 1], ...ysRaw)];
   const sx = linearScale(x0, x1, f.m.left, f.m.left + f.w);
   const sy = linearScale(y0, y1, f.m.top + f.h, f.m.top);
-  const xt = niceTicks(x0, x1, Math.min(8, Math.max(1, x1 - x0))).filter((t) => Number.isInteger(t) || !opts.integerX);
+  const xt = niceTicks(x0, x1, Math.min(8, Math.max(1, x1 - x0))).filter((t) => t >= x0 && t <= x1 && Number.isInteger(t));
   axes(f, { ticks: xt, scale: sx, fmt: (t) => String(t) }, { ticks: yt, scale: sy }, { x: opts.xLabel || "round" });
   const tip = hoverTip(container);
   series.forEach((s, i) => {

@@ -107,7 +107,7 @@
       card("System metrics (timings, bytes, CPU, memory)", sysNames.length ? h("div", { class: "toolbar" }, "metric ", picker("system-metric", sysNames, sm, (v) => state.set({ systemMetric: v }))) : h("p", { class: "muted" }, "No system metrics recorded for this run."), schart)));
     main.append(h("div", { class: "grid2" }, rejectionsCard(d.rejections, names), modelsCard(run, d.models)));
     later(() => {
-      lineChart(acc, metricLines(rounds, [["eval", "accuracy"], ["train", "train_accuracy"]]), { title: "accuracy" });
+      lineChart(acc, metricLines(rounds, [["eval", "accuracy"], ["train", "train_accuracy"]]), { title: "accuracy", empty: "no accuracy recorded for this run (yet)" });
       lineChart(loss, metricLines(rounds, [["eval", "loss"], ["train", "train_loss"]]), { title: "loss" });
       heatMap(heat, part.clients, part.rounds, part.cells, {
         c: { color: "#2ca02c", label: "contributed" }, r: { color: "#d62728", label: "refused" },
