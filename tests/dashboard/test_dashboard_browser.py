@@ -62,8 +62,11 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
 def fedloom(*args: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with log.open("wb") as out:
-        return subprocess.Popen(  # noqa: S603 (our own CLI)
-            [sys.executable, "-m", "fedloom.cli.main", *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedloom.cli.main", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
 
@@ -91,7 +94,9 @@ class Federation:
 
     def port(self) -> int:
         path = self.home / "aggregator.port"
-        return wait_until(lambda: path.is_file() and path.read_text().strip().isdigit() and int(path.read_text()), 60, path.name)
+        return wait_until(
+            lambda: path.is_file() and path.read_text().strip().isdigit() and int(path.read_text()), 60, "port"
+        )
 
     def read(self, fn: Callable[[SqlStore], T]) -> T:
         with SqlStore.open_default(self.home) as store:
@@ -161,7 +166,8 @@ def test_live_dashboard_of_a_real_federation(federation: Federation, browser: An
 def finished_run_page(federation: Federation, browser: Any, tmp_path: Path, run_id: str) -> None:
     """``fedloom ui`` over the finished federation's store: every stored round is one point; the screenshot."""
     token_file = tmp_path / "ui.token"
-    ui = fedloom("ui", "--home", str(federation.home), "--port", "0", "--token-file", str(token_file), log=tmp_path / "ui.out")
+    flags = ["--home", str(federation.home), "--port", "0", "--token-file", str(token_file)]
+    ui = fedloom("ui", *flags, log=tmp_path / "ui.out")
     try:
         port_file = federation.home / "ui.port"
         wait_until(port_file.is_file, 30, "fedloom ui's port")
