@@ -28,6 +28,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.server.config import FIELDS, AggregatorConfig, load_config
 
 if TYPE_CHECKING:
+    from fedloom.server.aggregator import Aggregator
     from fedloom.store import SqlStore
 
 PORT_FILENAME = "aggregator.port"
@@ -103,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
     from fedloom.server.aggregator import Aggregator
-    from fedloom.server.app import create_app
 
     _setup_logging()
     _release_model_buffers_promptly()
@@ -123,11 +123,7 @@ def run(args: argparse.Namespace) -> int:
         )
         stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
-            create_app(
-                aggregator,
-                on_done=None if args.keep_serving else stopper.stop,
-                extra_routers=[] if args.no_dashboard else [dashboard_router(store)],
-            ),
+            _app(args, aggregator, store, stopper),
             **tls_arguments(config),
             log_level="warning",
             access_log=False,
@@ -151,6 +147,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- pieces
+
+
+def _app(args: argparse.Namespace, aggregator: Aggregator, store: SqlStore, stopper: _Stopper) -> Any:
+    """The aggregator's app, with the dashboard unless ``--no-dashboard``."""
+    from fedloom.server.app import create_app
+
+    routers = [] if args.no_dashboard else [dashboard_router(store)]
+    return create_app(aggregator, on_done=None if args.keep_serving else stopper.stop, extra_routers=routers)
 
 
 def dashboard_router(store: SqlStore) -> Any:

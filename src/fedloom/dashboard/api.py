@@ -53,6 +53,7 @@ def build_router(store: SqlStore, verifier: Verifier) -> APIRouter:
     api = APIRouter(prefix="/dashboard/api", dependencies=[Depends(admin)], tags=["dashboard"])
     _add_run_routes(api, store)
     _add_detail_routes(api, store)
+    _add_model_routes(api, store)
     _add_cross_run_routes(api, store)
     router = APIRouter()
     router.include_router(api)
@@ -149,6 +150,9 @@ def _add_detail_routes(api: APIRouter, store: SqlStore) -> None:
             row["created_at"] = views.when(row["created_at"])
         page = {"rows": rows, "total": total, "limit": limit, "offset": offset}
         return {**page, "truncated": offset + len(rows) < total, "names": _agent_names(store, record)}
+
+
+def _add_model_routes(api: APIRouter, store: SqlStore) -> None:
 
     @api.get("/runs/{run_id}/models")
     def models(run_id: str) -> dict[str, Any]:
