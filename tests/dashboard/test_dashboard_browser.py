@@ -138,6 +138,8 @@ def test_live_dashboard_of_a_real_federation(federation: Federation, browser: An
     refused = httpx.get(f"{base}/dashboard/api/runs", headers={"Authorization": f"Bearer {federation.agent}"})
     assert refused.status_code == 403
     page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{base}/dashboard/")
     page.wait_for_selector("#login-form", state="visible")
     assert count(page, "#runs-table") == 0  # nothing is shown before signing in
@@ -159,6 +161,7 @@ def test_live_dashboard_of_a_real_federation(federation: Federation, browser: An
     page.wait_for_selector("#agents-table tbody tr")
     names = page.locator("#agents-table tbody tr td:first-child").all_inner_texts()
     assert sorted(names) == ["site-0", "site-1", "site-2"]
+    assert errors == []
     assert federation.process.wait(timeout=120) == 0
     finished_run_page(federation, browser, tmp_path, run_id)
 
@@ -173,6 +176,8 @@ def finished_run_page(federation: Federation, browser: Any, tmp_path: Path, run_
         wait_until(port_file.is_file, 30, "fedloom ui's port")
         secret = token_file.read_text().strip()
         page = browser.new_page(viewport={"width": 1366, "height": 768})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(f"http://127.0.0.1:{int(port_file.read_text())}/dashboard/#token={secret}")
         page.wait_for_selector(f'#runs-table a[href="#/run/{run_id}"]')
         page.goto(f"http://127.0.0.1:{int(port_file.read_text())}/dashboard/#/run/{run_id}")
@@ -185,6 +190,7 @@ def finished_run_page(federation: Federation, browser: Any, tmp_path: Path, run_
         shot = tmp_path / "dashboard-run.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 10_000
+        assert errors == []
         target = os.environ.get("FEDLOOM_DASHBOARD_SCREENSHOT")
         if target:
             shutil.copyfile(shot, target)

@@ -17,7 +17,7 @@ function fmtValue(v) {
   const a = Math.abs(v);
   if (a !== 0 && (a >= 1e6 || a < 1e-3)) return v.toExponential(2);
   if (Number.isInteger(v)) return String(v);
-  return v.toFixed(a >= 100 ? 1 : 4);
+  return String(parseFloat(v.toFixed(a >= 100 ? 1 : 4)));
 }
 
 // "nice" ticks covering lo..hi (about n of them): the first at or below lo, the last at or above hi
