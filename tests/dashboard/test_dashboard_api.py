@@ -189,6 +189,15 @@ def test_model_lineage_and_download_bytes_are_the_stored_blob(store: SqlStore) -
     assert api.get(f"/dashboard/api/runs/{run_id}/models/99/download").status_code == 404
 
 
+def test_download_file_name_of_an_odd_run_name_is_a_plain_header(store: SqlStore) -> None:
+    run_id = make_run(store, rounds=1, name='süß "x"\r\nSet-Cookie: a=b')
+    answer = client(store).get(f"/dashboard/api/runs/{run_id}/models/1/download")
+    assert answer.status_code == 200
+    disposition = answer.headers["Content-Disposition"]
+    assert disposition == f'attachment; filename="s____x___Set-Cookie__a_b-{run_id[:8]}-round1.safetensors"'
+    assert "set-cookie" not in answer.headers
+
+
 def test_agents_of_a_deployment_with_rounds_joined_and_refusals(store: SqlStore) -> None:
     run_id = store.create_run("fed", "deployment", {"rounds": {"max_rounds": 3}}, seed=0)
     token = store.verify_join_token(store.create_token("site", role="agent", max_agents=2))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError, StoreError
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
 
 DEFAULT_PORT = 8080
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 #: the ``--port 0`` port the system picked, for launchers and tests
 PORT_FILENAME = "ui.port"
 
@@ -78,6 +80,13 @@ def _announce(args: argparse.Namespace, home: Path, port: int, secret: str) -> N
     else:
         print(f"fedloom dashboard on {url}#token={secret} (store {home}; Ctrl-C stops it)", flush=True)
     _write_private(home / PORT_FILENAME, f"{port}\n")
+    if args.host not in LOOPBACK:
+        print(
+            f"fedloom ui: warning: listening on {args.host}, reachable from other machines over plain HTTP;"
+            " the credential travels unencrypted (prefer the default 127.0.0.1 and an SSH tunnel)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _write_private(path: Path, text: str) -> None:

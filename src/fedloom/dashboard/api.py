@@ -13,6 +13,7 @@ and each says when it was cut, so a run with 10,000 clients still answers in kil
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -39,6 +40,9 @@ MAX_SERIES_ROUNDS = 2000
 MAX_SERIES_METRICS = 100_000
 #: most runs one comparison draws
 MAX_COMPARE = 8
+
+#: what a download's file name keeps of a run name (a header value: ASCII without quotes)
+_SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
 Offset = Annotated[int, Query(ge=0, description="rows to skip")]
@@ -178,14 +182,14 @@ def _add_model_routes(api: APIRouter, store: SqlStore) -> None:
             payload, sha256 = store.global_model_blob(record.id, round)
         except StoreError as exc:
             raise _not_found(str(exc)) from None
-        filename = f"{record.name}-{record.short_id}-round{round}.safetensors"
+        filename = f"{_SAFE_FILENAME.sub('_', record.name)[:80]}-{record.short_id}-round{round}.safetensors"
         headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Fedloom-Sha256": sha256}
         return Response(payload, media_type="application/octet-stream", headers=headers)
 
 
 def _add_cross_run_routes(api: APIRouter, store: SqlStore) -> None:
     @api.get("/agents")
-    def agents(run: str) -> dict[str, Any]:
+    def agents(run: Annotated[str, Query(max_length=32)]) -> dict[str, Any]:
         """The run's agents: name, role, last seen, rounds contributed to, refusals recorded."""
         record = _run(store, run)
         activity = store.agent_activity(record.id)
@@ -204,7 +208,10 @@ def _add_cross_run_routes(api: APIRouter, store: SqlStore) -> None:
         return {"run_id": record.id, "agents": rows}
 
     @api.get("/compare")
-    def compare(ids: str, metric: str = "accuracy") -> dict[str, Any]:
+    def compare(
+        ids: Annotated[str, Query(max_length=40 * MAX_COMPARE)],
+        metric: Annotated[str, Query(min_length=1, max_length=200)] = "accuracy",
+    ) -> dict[str, Any]:
         """One server metric's per-round series for several runs (comma-separated ids, at most 8)."""
         wanted = [i.strip() for i in ids.split(",") if i.strip()]
         if not wanted or len(wanted) > MAX_COMPARE:
