@@ -143,6 +143,10 @@ def test_live_dashboard_of_a_real_federation(federation: Federation, browser: An
     page.goto(f"{base}/dashboard/")
     page.wait_for_selector("#login-form", state="visible")
     assert count(page, "#runs-table") == 0  # nothing is shown before signing in
+    page.fill("#token", federation.agent)
+    page.click("#login-form button[type=submit]")
+    wait_until(lambda: "admin token" in page.inner_text("#login-error"), 10, "the agent token's refusal")
+    assert page.is_visible("#login-form") and count(page, "#runs-table") == 0
     page.fill("#token", federation.admin)
     page.click("#login-form button[type=submit]")
     run_id = federation.run_id()
