@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,12 +32,6 @@ def bn_model(step: int) -> dict[str, np.ndarray]:
         "bn.num_batches_tracked": np.array(step * 10, dtype=np.int64),
         "scale": np.array(2.5, dtype=np.float32),
     }
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    with SqlStore.open_default(tmp_path / "home") as opened:
-        yield opened
 
 
 def make_run(store: SqlStore, clients: int = 3, rounds: int = 4, name: str = "demo") -> str:
