@@ -193,6 +193,10 @@ def finished_run_page(federation: Federation, browser: Any, tmp_path: Path, run_
         assert count(page, "#models button.download") == ROUNDS + 1
         shot = tmp_path / "dashboard-run.png"
         page.screenshot(path=str(shot))
+        page.goto(f"http://127.0.0.1:{int(port_file.read_text())}/dashboard/#/agents/{run_id}")
+        page.wait_for_selector("#agents-table tbody tr")
+        joined = page.locator("#agents-table tbody tr td:nth-child(4)").all_inner_texts()
+        assert joined == [str(ROUNDS)] * 3  # every agent contributed to every round
         assert shot.stat().st_size > 10_000
         assert errors == []
         target = os.environ.get("FEDLOOM_DASHBOARD_SCREENSHOT")
