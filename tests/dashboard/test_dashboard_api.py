@@ -11,6 +11,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from fedloom.core.serialization import from_bytes
+from fedloom.dashboard import api as api_module
 from fedloom.dashboard import join_token_verifier, secret_verifier
 from fedloom.dashboard.api import MAX_MATRIX_CLIENTS, MAX_MATRIX_ROUNDS
 from fedloom.dashboard.standalone import standalone_app
@@ -218,3 +219,17 @@ def test_compare_draws_one_metric_for_several_runs(store: SqlStore) -> None:
     assert len(doc["runs"][1]["points"]) == 2
     too_many = ",".join([first] * 9)
     assert client(store).get(f"/dashboard/api/compare?ids={too_many}").status_code == 422
+
+
+def test_series_keeps_the_most_recent_rounds_and_says_it_was_cut(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = make_run(store, rounds=5)
+    monkeypatch.setattr(api_module, "MAX_SERIES_ROUNDS", 2)
+    doc = client(store).get(f"/dashboard/api/runs/{run_id}/series").json()
+    assert [p["round"] for p in doc["rounds"]] == [4, 5] and doc["truncated"] is True
+    assert doc["rounds"][0]["eval"]["loss"] == pytest.approx(0.5)
+    rounds, total = store.recent_rounds(run_id, 2, with_selected=False)
+    assert total == 5 and [r.selected for r in rounds] == [(), ()]
+    rounds, _ = store.recent_rounds(run_id, 2, with_selected=True)
+    assert [r.selected for r in rounds] == [("c0", "c1"), ("c0", "c1")]

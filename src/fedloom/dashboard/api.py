@@ -95,11 +95,10 @@ def _add_run_routes(api: APIRouter, store: SqlStore) -> None:
     def series(run_id: str) -> dict[str, Any]:
         """Per round (the most recent :data:`MAX_SERIES_ROUNDS`): server metrics, counts and seconds."""
         record = _run(store, run_id)
-        rounds = store.list_rounds(record.id)
+        shown, rounds = store.recent_rounds(record.id, MAX_SERIES_ROUNDS, with_selected=False)
         metrics, total = store.metrics_page(record.id, "server", MAX_SERIES_METRICS)
-        shown = rounds[-MAX_SERIES_ROUNDS:]
         document = views.series(shown, metrics)
-        document["truncated"] = len(shown) < len(rounds) or total > len(metrics)
+        document["truncated"] = len(shown) < rounds or total > len(metrics)
         return document
 
     @api.get("/runs/{run_id}/participation")
@@ -110,16 +109,15 @@ def _add_run_routes(api: APIRouter, store: SqlStore) -> None:
     ) -> dict[str, Any]:
         """The client x round matrix, at most ``clients`` clients by the ``rounds`` most recent rounds."""
         record = _run(store, run_id)
-        every_round = store.list_rounds(record.id)
-        shown = every_round[-rounds:]
+        shown, total_rounds = store.recent_rounds(record.id, rounds, with_selected=True)
         ids, total = store.client_ids_page(record.id, clients)
         span = (shown[0].round, shown[-1].round) if shown else (0, -1)
         document = views.participation(
             shown, ids, total, store.contributions(record.id, ids, span), store.refusals(record.id, ids, span)
         )
         document["names"] = _agent_names(store, record)
-        document["total_rounds"] = len(every_round)
-        document["truncated"] = document["truncated"] or len(shown) < len(every_round)
+        document["total_rounds"] = total_rounds
+        document["truncated"] = document["truncated"] or len(shown) < total_rounds
         return document
 
 

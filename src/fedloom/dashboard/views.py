@@ -59,10 +59,14 @@ def run_detail(run: RunRecord, done: int, best: float | None) -> dict[str, Any]:
 
 
 def series(rounds: Sequence[RoundRecord], metrics: Iterable[MetricRecord]) -> dict[str, Any]:
-    """Per round: the server metrics split into training (``train_*``) and evaluation, counts and seconds."""
+    """Per round: the server metrics split into training (``train_*``) and evaluation, counts and seconds.
+
+    Only metrics of the given rounds are kept, so a cut series carries no values of rounds it does not list."""
+    shown = {r.round for r in rounds}
     values: dict[int, dict[str, float | None]] = defaultdict(dict)
     for m in metrics:
-        values[m.round][m.name] = number(m.value)
+        if m.round in shown:
+            values[m.round][m.name] = number(m.value)
     points = []
     for r in rounds:
         measured = values.get(r.round, {})
@@ -73,7 +77,6 @@ def series(rounds: Sequence[RoundRecord], metrics: Iterable[MetricRecord]) -> di
                 "status": r.status,
                 "num_updates": r.num_updates,
                 "num_samples": r.num_samples,
-                "num_selected": len(r.selected),
                 "seconds": seconds,
                 "train": {k: v for k, v in measured.items() if k.startswith(TRAIN_PREFIX)},
                 "eval": {k: v for k, v in measured.items() if not k.startswith(TRAIN_PREFIX)},

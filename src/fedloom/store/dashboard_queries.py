@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import defer
 
 from fedloom.core.errors import StoreError
-from fedloom.core.records import METRIC_SCOPES, MetricRecord, RunRecord
+from fedloom.core.records import METRIC_SCOPES, MetricRecord, RoundRecord, RunRecord
 from fedloom.store.checks import check_choice
 from fedloom.store.connection import SqlCore
-from fedloom.store.row_records import metric_record
+from fedloom.store.row_records import metric_record, round_record
 from fedloom.store.schema import (
     AgentRow,
     ClientRow,
@@ -54,6 +55,22 @@ class DashboardQueriesMixin(SqlCore):
             done = {str(run): int(n) for run, n in session.execute(closed)}
             top = {str(run): None if v is None else float(v) for run, v in session.execute(best)}
         return {i: (done.get(i, 0), top.get(i)) for i in ids}
+
+    def recent_rounds(self, run_id: str, last: int, with_selected: bool) -> tuple[list[RoundRecord], int]:
+        """The ``last`` most recent rounds in round order, and how many the run has.
+
+        Without ``with_selected`` the selected lists (one id per selected client: the large
+        part of a round of a big run) are not read, and the records' ``selected`` is empty.
+        """
+        where = RoundRow.run_id == run_id
+        stmt = select(RoundRow).where(where).order_by(RoundRow.round.desc()).limit(last)
+        if not with_selected:
+            stmt = stmt.options(defer(RoundRow.selected))
+        with self._session(f"read recent rounds of run {run_id}") as session:
+            total = int(session.scalar(select(func.count()).select_from(RoundRow).where(where)) or 0)
+            rows = list(session.scalars(stmt))
+            records = [round_record(r) if with_selected else _without_selected(r) for r in reversed(rows)]
+        return records, total
 
     def client_ids_page(self, run_id: str, limit: int) -> tuple[list[str], int]:
         """The first ``limit`` clients of the run (registration order) and how many it has in all."""
@@ -136,3 +153,17 @@ class DashboardQueriesMixin(SqlCore):
             rounds = {str(c): int(n) for c, n in session.execute(joined)}
             refusals = {str(c): int(n) for c, n in session.execute(refused)}
         return {c: (rounds.get(c, 0), refusals.get(c, 0)) for c in set(rounds) | set(refusals)}
+
+
+def _without_selected(row: RoundRow) -> RoundRecord:
+    """A round's record from a row whose ``selected`` list was not loaded (left empty)."""
+    return RoundRecord(
+        run_id=row.run_id,
+        round=row.round,
+        status=row.status,
+        selected=(),
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+        num_updates=row.num_updates,
+        num_samples=row.num_samples,
+    )
