@@ -153,6 +153,8 @@ def test_pages_of_client_metrics_rejections_and_system(store: SqlStore) -> None:
     clients = api.get(f"/dashboard/api/runs/{run_id}/clients?limit=2&offset=1").json()
     assert clients["total"] == 4 and [r["round"] for r in clients["rows"]] == [2, 3] and clients["truncated"]
     assert clients["rows"][0] == {"round": 2, "client_id": "c0", "name": "accuracy", "value": pytest.approx(0.4)}
+    latest = api.get(f"/dashboard/api/runs/{run_id}/clients?limit=2&newest=true").json()
+    assert [r["round"] for r in latest["rows"]] == [3, 4] and latest["truncated"] and latest["total"] == 4
     rejections = api.get(f"/dashboard/api/runs/{run_id}/rejections?limit=3").json()
     assert rejections["total"] == 4 and len(rejections["rows"]) == 3 and rejections["truncated"]
     newest = rejections["rows"][0]

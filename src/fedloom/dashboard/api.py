@@ -46,6 +46,7 @@ _SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")]
 Offset = Annotated[int, Query(ge=0, description="rows to skip")]
+Newest = Annotated[bool, Query(description="page from the newest rows back (still in round order)")]
 
 
 def build_router(store: SqlStore, verifier: Verifier) -> APIRouter:
@@ -128,19 +129,19 @@ def _agent_names(store: SqlStore, run: RunRecord) -> dict[str, str]:
 
 def _add_detail_routes(api: APIRouter, store: SqlStore) -> None:
     @api.get("/runs/{run_id}/clients")
-    def clients(run_id: str, limit: Limit = 1000, offset: Offset = 0) -> dict[str, Any]:
+    def clients(run_id: str, limit: Limit = 1000, offset: Offset = 0, newest: Newest = False) -> dict[str, Any]:
         """A page of per-client metrics per round (scope ``client``)."""
         record = _run(store, run_id)
-        rows, total = store.metrics_page(record.id, "client", limit, offset)
+        rows, total = store.metrics_page(record.id, "client", limit, offset, newest)
         return {**views.metric_rows(rows, total, limit, offset), "names": _agent_names(store, record)}
 
     @api.get("/runs/{run_id}/system")
-    def system(run_id: str, limit: Limit = 1000, offset: Offset = 0) -> dict[str, Any]:
+    def system(run_id: str, limit: Limit = 1000, offset: Offset = 0, newest: Newest = False) -> dict[str, Any]:
         """A page of system metrics (scope ``system``; empty where none were collected)."""
         record = _run(store, run_id)
         if "system" not in METRIC_SCOPES:  # a store that does not collect system metrics yet
             return views.metric_rows([], 0, limit, offset)
-        rows, total = store.metrics_page(record.id, "system", limit, offset)
+        rows, total = store.metrics_page(record.id, "system", limit, offset, newest)
         return views.metric_rows(rows, total, limit, offset)
 
     @api.get("/runs/{run_id}/rejections")

@@ -114,6 +114,7 @@ def participation(
 
 
 def metric_rows(records: Iterable[MetricRecord], total: int, limit: int, offset: int) -> dict[str, Any]:
-    """A page of metric rows (client or system scope), with the paging that produced it."""
+    """A page of metric rows (client or system scope), with the paging that produced it (``truncated``:
+    other rows exist besides this page)."""
     rows = [{"round": m.round, "client_id": m.client_id, "name": m.name, "value": number(m.value)} for m in records]
-    return {"rows": rows, "total": total, "limit": limit, "offset": offset, "truncated": offset + len(rows) < total}
+    return {"rows": rows, "total": total, "limit": limit, "offset": offset, "truncated": len(rows) < total}

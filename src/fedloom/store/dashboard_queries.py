@@ -104,14 +104,22 @@ class DashboardQueriesMixin(SqlCore):
         with self._session(f"read refusals of run {run_id}") as session:
             return {(int(r), str(c)) for r, c in session.execute(stmt) if r is not None}
 
-    def metrics_page(self, run_id: str, scope: str, limit: int, offset: int = 0) -> tuple[list[MetricRecord], int]:
-        """One page of the run's metrics of one scope (round then recording order) and their total count."""
+    def metrics_page(
+        self, run_id: str, scope: str, limit: int, offset: int = 0, newest: bool = False
+    ) -> tuple[list[MetricRecord], int]:
+        """One page of the run's metrics of one scope (round then recording order) and their total count.
+
+        With ``newest`` the page counts from the end (``offset`` rows before the last), still
+        in round order: what a live view of a long run wants.
+        """
         check_choice("scope", scope, METRIC_SCOPES)
         where = (MetricRow.run_id == run_id, MetricRow.scope == scope)
-        stmt = select(MetricRow).where(*where).order_by(MetricRow.round, MetricRow.id).offset(offset).limit(limit)
+        order = (MetricRow.round.desc(), MetricRow.id.desc()) if newest else (MetricRow.round, MetricRow.id)
+        stmt = select(MetricRow).where(*where).order_by(*order).offset(offset).limit(limit)
         with self._session(f"read {scope} metrics of run {run_id}") as session:
             total = int(session.scalar(select(func.count()).select_from(MetricRow).where(*where)) or 0)
-            return [metric_record(r) for r in session.scalars(stmt)], total
+            records = [metric_record(r) for r in session.scalars(stmt)]
+        return (records[::-1] if newest else records), total
 
     def rejections_page(self, run_id: str, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """One page of the run's rejections, newest first, and their total count."""

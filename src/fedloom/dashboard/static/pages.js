@@ -76,8 +76,8 @@
     const enc = encodeURIComponent(runId);
     const [run, series, part, clients, rejections, system, models] = await Promise.all([
       apiGet(`/runs/${enc}`), apiGet(`/runs/${enc}/series`), apiGet(`/runs/${enc}/participation`),
-      apiGet(`/runs/${enc}/clients?limit=5000`), apiGet(`/runs/${enc}/rejections?limit=200`),
-      apiGet(`/runs/${enc}/system?limit=5000`), apiGet(`/runs/${enc}/models`),
+      apiGet(`/runs/${enc}/clients?limit=5000&newest=true`), apiGet(`/runs/${enc}/rejections?limit=200`),
+      apiGet(`/runs/${enc}/system?limit=5000&newest=true`), apiGet(`/runs/${enc}/models`),
     ]);
     const docs = { run, series, part, clients, rejections, system, models };
     return { key: JSON.stringify(docs) + JSON.stringify(state), render: (main) => renderRun(main, docs, state) };
