@@ -60,6 +60,9 @@ def test_server_serves_the_dashboard_to_admin_tokens_only(aggregator: tuple[Aggr
         assert run["kind"] == "deployment" and run["rounds_planned"] == 3
         agents = client.get(f"/dashboard/api/agents?run={run['id']}", headers={"Authorization": f"Bearer {admin}"})
         assert [a["name"] for a in agents.json()["agents"]] == ["site"]
+        # the aggregator's OpenAPI document stays the agents' protocol (docs/protocol.md) only
+        paths = client.get("/openapi.json").json()["paths"]
+        assert paths and all(path.startswith("/v1/") for path in paths)
 
 
 def test_no_dashboard_serves_none(aggregator: tuple[Aggregator, SqlStore]) -> None:

@@ -55,7 +55,9 @@ def build_router(store: SqlStore, verifier: Verifier) -> APIRouter:
     def admin(request: Request) -> None:
         require_admin(request, verifier)
 
-    api = APIRouter(prefix="/dashboard/api", dependencies=[Depends(admin)], tags=["dashboard"])
+    # not in the aggregator's /openapi.json, which describes the agents' protocol (docs/protocol.md);
+    # docs/dashboard.md lists these routes
+    api = APIRouter(prefix="/dashboard/api", dependencies=[Depends(admin)], include_in_schema=False)
     _add_run_routes(api, store)
     _add_detail_routes(api, store)
     _add_model_routes(api, store)
