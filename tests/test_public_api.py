@@ -54,6 +54,7 @@ ALLOWED_IMPORTS = {
     "store": {"core"},
     "data": {"core"},
     "models": {"core"},
+    "dashboard": {"core", "algorithms", "server", "store"},
 }
 
 

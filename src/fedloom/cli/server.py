@@ -30,6 +30,7 @@ from fedloom.server.config import FIELDS, AggregatorConfig, load_config
 
 if TYPE_CHECKING:
     from fedloom.core.observe import RoundObserver
+    from fedloom.server.aggregator import Aggregator
     from fedloom.store import SqlStore
 
 PORT_FILENAME = "aggregator.port"
@@ -70,6 +71,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="keep serving the final model after the run finishes (default: exit 0 once agents were told)",
     )
+    parser.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not serve the web dashboard at /dashboard/ (default: served, for admin tokens only)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -101,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
     from fedloom.server.aggregator import Aggregator
-    from fedloom.server.app import create_app
 
     _setup_logging()
     _release_model_buffers_promptly()
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         )
         stopper = _Stopper(aggregator.wake_waiters)
         uv_config = uvicorn.Config(
-            create_app(aggregator, on_done=None if args.keep_serving else stopper.stop),
+            _app(args, aggregator, store, stopper),
             **tls_arguments(config),
             log_level="warning",
             access_log=False,
@@ -145,6 +150,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- pieces
+
+
+def _app(args: argparse.Namespace, aggregator: Aggregator, store: SqlStore, stopper: _Stopper) -> Any:
+    """The aggregator's app, with the dashboard unless ``--no-dashboard``."""
+    from fedloom.server.app import create_app
+
+    routers = [] if args.no_dashboard else [dashboard_router(store)]
+    return create_app(aggregator, on_done=None if args.keep_serving else stopper.stop, extra_routers=routers)
+
+
+def dashboard_router(store: SqlStore) -> Any:
+    """The web dashboard over this store, for admin join tokens (``fedloom token create NAME --admin``)."""
+    from fedloom.dashboard import build_router, join_token_verifier
+
+    return build_router(store, join_token_verifier(store))
 
 
 class _Stopper:

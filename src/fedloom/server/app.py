@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
@@ -258,8 +258,12 @@ def create_app(
     background_tick: bool = True,
     upload_slots: int = UPLOAD_SLOTS,
     on_done: Callable[[], None] | None = None,
+    extra_routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The v1 API over ``aggregator``; ``background_tick=False`` leaves ticking to the caller (tests).
+
+    ``extra_routers`` are included as given (``fedloom server`` passes the dashboard's, which this
+    package must not import: it reads the store).
 
     ``on_done`` is called once, from the ticker, when the run is finished and the server
     may stop (:meth:`Aggregator.may_stop`): ``fedloom server`` exits then."""
@@ -290,6 +294,8 @@ def create_app(
     app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
     install_error_handlers(app)
     app.include_router(router)
+    for extra in extra_routers:
+        app.include_router(extra)
     return app
 
 

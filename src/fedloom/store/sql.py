@@ -28,6 +28,7 @@ from sqlalchemy import URL
 from fedloom.core.errors import StoreError
 from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMixin
 from fedloom.store.blobs import make_private_dir
+from fedloom.store.dashboard_queries import DashboardQueriesMixin
 from fedloom.store.metrics import MetricsMixin
 from fedloom.store.models import ModelsMixin
 from fedloom.store.round_reports import RoundReportsMixin
@@ -73,7 +74,9 @@ def sqlite_url(path: Path | str) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin, RoundReportsMixin):
+class SqlStore(
+    RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin, RoundReportsMixin, DashboardQueriesMixin
+):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
     @classmethod
