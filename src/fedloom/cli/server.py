@@ -161,7 +161,7 @@ def _app(args: argparse.Namespace, aggregator: Aggregator, store: SqlStore, stop
 
 
 def dashboard_router(store: SqlStore) -> Any:
-    """The web dashboard over this store, for admin join tokens (``fedloom token create NAME --admin``)."""
+    """The web dashboard over this store, for admin join tokens (``fedloom token create --name NAME --admin``)."""
     from fedloom.dashboard import build_router, join_token_verifier
 
     return build_router(store, join_token_verifier(store))

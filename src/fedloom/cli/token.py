@@ -37,7 +37,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     create = actions.add_parser("create", parents=[common], help="issue a token (printed once)")
     create.add_argument("--name", required=True, help="who the token is for: 1-64 of A-Z a-z 0-9 . _ -")
-    create.add_argument("--admin", action="store_true", help="agents joining with it may upload the initial model")
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="agents joining with it may upload the initial model; it also opens the dashboard",
+    )
     create.add_argument(
         "--max-agents",
         type=_positive_int,

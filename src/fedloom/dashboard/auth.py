@@ -43,7 +43,7 @@ class _TokenReader(Protocol):
 
 
 def join_token_verifier(store: _TokenReader) -> Verifier:
-    """Admin join tokens of the store (``fedloom token create NAME --admin``); agent tokens are refused."""
+    """Admin join tokens of the store (``fedloom token create --name NAME --admin``); agent tokens are refused."""
 
     def verify(secret: str) -> Access:
         token = store.verify_join_token(secret)
@@ -74,7 +74,9 @@ def require_admin(request: Request, verifier: Verifier) -> None:
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret or len(secret) > _MAX_SECRET_LENGTH:
-        raise _refused("unauthorized", "send 'Authorization: Bearer <admin token>' (fedloom token create NAME --admin)")
+        raise _refused(
+            "unauthorized", "send 'Authorization: Bearer <admin token>' (fedloom token create --name NAME --admin)"
+        )
     limited = rate_limited_refusal(request, address_key(request))
     if limited is not None:  # an address that keeps guessing is slowed down before any lookup
         raise limited
@@ -83,7 +85,7 @@ def require_admin(request: Request, verifier: Verifier) -> None:
         raise _refused("unauthorized", "the credential is unknown or revoked: sign in again with an admin token")
     if access is Access.NOT_ADMIN:
         raise _refused(
-            "forbidden", "the dashboard needs an admin token (fedloom token create NAME --admin), not an agent's"
+            "forbidden", "the dashboard needs an admin token (fedloom token create --name NAME --admin), not an agent's"
         )
 
 
