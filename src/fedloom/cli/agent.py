@@ -73,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add("--keep-stale", action="store_true", help="upload results even if a newer round began during training")
     add("--upload-initial", action="store_true", help="(admin agent) upload the initial model if the run has none")
+    add("--no-system-metrics", action="store_true", help="do not report this agent's timings and resource use")
     add(
         "--max-retries",
         type=int,
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             discard_stale=not args.keep_stale,
             upload_initial=args.upload_initial,
             poll_wait=args.poll_wait,
+            report_system=not args.no_system_metrics,
         )
         agent.run()
     return 0

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
+    from fedloom.client.system_sampler import SystemSampler
     from fedloom.server.aggregator import Aggregator
     from fedloom.server.app import create_app
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
-        aggregator = Aggregator(config, store)
+        aggregator = Aggregator(config, store, system_sampler=SystemSampler().sample)
         sock = bind_socket(config.server.host, config.server.port)
         port = int(sock.getsockname()[1])
         _write_port_file(port_file, port)

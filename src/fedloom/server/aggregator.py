@@ -52,6 +52,7 @@ from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import load_initial_model
+from fedloom.server.system_meter import AggregatorMeter, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
@@ -73,6 +74,7 @@ class Aggregator:
         *,
         clock: Callable[[], float] = time.time,
         initial_weights: Weights | None = None,
+        system_sampler: ProcessSampler | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -81,6 +83,7 @@ class Aggregator:
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
         self.run_id, self.resumed = open_run(config, store)
+        self.meter = AggregatorMeter(store, self.run_id, system_sampler)
         self._rejections = RejectionBudget(config.server.max_rejections_per_round)
         self._recorder = BudgetedRecorder(
             store, self.run_id, self._rejections, self._current_round, keep_local_models=True
@@ -98,6 +101,7 @@ class Aggregator:
                     if weights is not None:
                         self._driver.set_initial(weights)
                 self._driver.advance(self._clock())
+                self.meter.note_round(self._state.current_round())
         except Exception as exc:
             fail_start(store, self.run_id, exc)
             raise
@@ -301,6 +305,7 @@ class Aggregator:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal.
 
         The update keeps its verified hash and its bytes as received: the store writes those."""
+        self.meter.received(len(body))
         upload = self._parse(agent.id, body)
         round_no = upload.round
         if upload.client_id != agent.id:
@@ -318,6 +323,9 @@ class Aggregator:
             self._submit(update)
             self._changed()
             self._driver.advance_quietly()
+            self.meter.note_round(self._state.current_round())
+        if upload.system:  # stored once the update is accepted: a refused upload leaves no rows
+            self.store.record_metrics(self.run_id, round_no, upload.system, scope="system", client_id=agent.name)
         return round_no
 
     def _submit(self, update: ClientUpdate) -> None:
@@ -361,6 +369,7 @@ class Aggregator:
         with self._lock:
             self._driver.ensure_loaded()
             self._driver.advance(self._clock() if now is None else now)  # reads revocations first
+            self.meter.note_round(self._state.current_round())
 
     # ------------------------------------------------------------------ status
 

@@ -181,6 +181,7 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
     payload, sha256 = aggregator.global_model_bytes(which, agent.id)
+    aggregator.meter.served(len(payload))
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
 
