@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 
 from fedloom.core.errors import ValidationError
@@ -65,7 +66,7 @@ def _check_name(name: object) -> str:
 
 
 def _check_value(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy scalars too, never bools
         raise ValidationError(f"system metric {name!r} must be a number, got {type(value).__name__}")
     try:
         number = float(value)
@@ -73,7 +74,7 @@ def _check_value(name: str, value: object) -> float:
         number = math.inf
     limit = SYSTEM_METRIC_LIMITS[name]
     if not math.isfinite(number) or not 0.0 <= number <= limit:
-        raise ValidationError(f"system metric {name!r} = {value!r} must be a finite number in [0, {limit:g}]")
+        raise ValidationError(f"system metric {name!r} = {number!r} must be a finite number in [0, {limit:g}]")
     return number
 
 
