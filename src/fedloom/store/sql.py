@@ -27,6 +27,7 @@ from sqlalchemy import URL
 
 from fedloom.core.errors import StoreError
 from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMixin
+from fedloom.store.agent_logs import AgentLogsMixin
 from fedloom.store.blobs import make_private_dir
 from fedloom.store.metrics import MetricsMixin
 from fedloom.store.models import ModelsMixin
@@ -72,7 +73,7 @@ def sqlite_url(path: Path | str) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin):
+class SqlStore(RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin, AgentLogsMixin):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
     @classmethod
