@@ -34,6 +34,7 @@ from fedloom.server.http_models import (
     STORE_ERROR_RESPONSE,
     HealthResponse,
     InitialModelResponse,
+    LogsResponse,
     RegisterRequest,
     RegisterResponse,
     StatusResponse,
@@ -41,6 +42,7 @@ from fedloom.server.http_models import (
     UploadResponse,
 )
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_limited_refusal
+from fedloom.server.log_intake import log_rate_limiter, receive_logs
 from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
@@ -236,6 +238,12 @@ async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) 
     return UploadResponse(accepted=True, round=round_no)
 
 
+@router.post("/logs", response_model=LogsResponse, responses=ERROR_RESPONSES, tags=["agents"])
+async def logs(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> LogsResponse:
+    """Ship a batch of this agent's log records: ``{"records": [{created_at, level, logger, message}]}``."""
+    return LogsResponse(stored=await receive_logs(request, aggregator, agent))
+
+
 @router.get("/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["meta"])
 def status(aggregator: AggregatorDep, agent: AgentDep) -> StatusResponse:
     """The run's round, state, mode and counts."""
@@ -289,6 +297,7 @@ def create_app(
     app.state.upload_slots = UploadSlots(upload_slots)
     server = aggregator.config.server
     app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
+    app.state.log_limiter = log_rate_limiter()
     install_error_handlers(app)
     app.include_router(router)
     return app
