@@ -128,7 +128,9 @@ def client_sender(client: AggregatorClient) -> Sender:
 
 
 @contextmanager
-def shipping_logs(client: AggregatorClient, join_token: str | None, enabled: bool = True) -> Iterator[LogShipper | None]:
+def shipping_logs(
+    client: AggregatorClient, join_token: str | None, enabled: bool = True
+) -> Iterator[LogShipper | None]:
     """Ship the ``fedloom`` logger's records to the aggregator for the duration (``fedloom agent``;
     ``--no-ship-logs`` gives ``enabled=False``); the join token and credential are always masked."""
     if not enabled:
