@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
-    from fedloom.client.system_sampler import SystemSampler
     from fedloom.server.aggregator import Aggregator
     from fedloom.server.app import create_app
 
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
-        aggregator = Aggregator(config, store, system_sampler=SystemSampler().sample)
+        aggregator = Aggregator(config, store, system_sampler=_process_sampler())
         sock = bind_socket(config.server.host, config.server.port)
         port = int(sock.getsockname()[1])
         _write_port_file(port_file, port)
@@ -172,6 +171,13 @@ def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
     except OSError as exc:
         raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
     return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
+
+
+def _process_sampler() -> Callable[[], dict[str, float]]:
+    """The aggregator process's CPU and memory (and GPU), for its ``system`` rows each round."""
+    from fedloom.client.system_sampler import SystemSampler
+
+    return SystemSampler().sample
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
