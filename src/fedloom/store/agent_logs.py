@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, func, insert, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Index, String, Text, delete, func, insert, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fedloom.core.agent_logs import LOG_LEVELS, MAX_STORED_LOGS, AgentLogEntry, AgentLogRecord
 from fedloom.core.errors import StoreError
@@ -50,23 +50,21 @@ class AgentLogsMixin(SqlCore):
         count in one marker row ("dropped N records ..."). Returns how many were stored."""
         agent = check_name("agent", agent, 64)
         now = utcnow()
+        rows = [_row(run_id, agent, entry, now) for entry in entries]
+        if not rows:
+            return 0
         with self._session(f"store logs of agent {agent!r} in run {run_id}", run_id=run_id) as session:
-            mine = (AgentLogRow.run_id == run_id, AgentLogRow.agent == agent)
+            # written first, then counted: the write lock comes first (SQLite cannot turn a read
+            # transaction into a write one while another writer commits), and the count is exact
+            session.execute(insert(AgentLogRow), rows)
+            mine = (AgentLogRow.run_id == run_id, AgentLogRow.agent == agent, AgentLogRow.logger != DROPPED_LOGGER)
             held = session.scalar(select(func.count()).select_from(AgentLogRow).where(*mine)) or 0
-            kept = list(entries[: max(0, cap - held)])
-            rows = [_row(run_id, agent, entry, now) for entry in kept]
-            if rows:
-                session.execute(insert(AgentLogRow), rows)
-            dropped = len(entries) - len(kept)
+            dropped = min(len(rows), max(0, held - cap))
             if dropped:
-                marker = session.scalars(select(AgentLogRow).where(*mine, AgentLogRow.logger == DROPPED_LOGGER)).first()
-                total = dropped + (int(marker.message.split()[1]) if marker is not None else 0)
-                text = f"dropped {total} records: agent {agent!r} reached the limit of {cap} stored log rows"
-                if marker is None:
-                    session.add(AgentLogRow(**_marker(run_id, agent, now), message=text))
-                else:
-                    marker.message, marker.received_at = text, now
-            return len(kept)
+                newest = select(AgentLogRow.id).where(*mine).order_by(AgentLogRow.id.desc()).limit(dropped)
+                session.execute(delete(AgentLogRow).where(AgentLogRow.id.in_(newest.scalar_subquery())))
+                _count_dropped(session, run_id, agent, dropped, cap, now)
+            return len(rows) - dropped
 
     def agent_logs(
         self, run_id: str, agent: str | None = None, after_id: int = 0, limit: int = 1000, min_level: str | None = None
@@ -82,6 +80,18 @@ class AgentLogsMixin(SqlCore):
         stmt = stmt.order_by(AgentLogRow.id).limit(check_int("limit", limit, minimum=1))
         with self._session(f"read agent logs of run {run_id}") as session:
             return [_record(row) for row in session.scalars(stmt)]
+
+
+def _count_dropped(session: Session, run_id: str, agent: str, dropped: int, cap: int, now: datetime) -> None:
+    """Add ``dropped`` to the agent's one marker row (made on the first drop)."""
+    where = (AgentLogRow.run_id == run_id, AgentLogRow.agent == agent, AgentLogRow.logger == DROPPED_LOGGER)
+    marker = session.scalars(select(AgentLogRow).where(*where)).first()
+    total = dropped + (int(marker.message.split()[1]) if marker is not None else 0)
+    text = f"dropped {total} records: agent {agent!r} reached the limit of {cap} stored log rows"
+    if marker is None:
+        session.add(AgentLogRow(**_marker(run_id, agent, now), message=text))
+    else:
+        marker.message, marker.received_at = text, now
 
 
 def _row(run_id: str, agent: str, entry: AgentLogEntry, now: datetime) -> dict[str, object]:
