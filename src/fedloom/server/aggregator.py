@@ -42,7 +42,7 @@ from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.limits import RejectionBudget, shorten
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
 from fedloom.server.rounds import (
@@ -52,7 +52,7 @@ from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import load_initial_model
-from fedloom.server.system_meter import AggregatorMeter, ProcessSampler
+from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
@@ -83,10 +83,10 @@ class Aggregator:
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
         self.run_id, self.resumed = open_run(config, store)
-        self.meter = AggregatorMeter(store, self.run_id, system_sampler)
+        self.meter = AggregatorMeter(system_sampler)
         self._rejections = RejectionBudget(config.server.max_rejections_per_round)
-        self._recorder = BudgetedRecorder(
-            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        self._recorder = MeteredRecorder(
+            self.meter, store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
         run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
         self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
@@ -101,7 +101,6 @@ class Aggregator:
                     if weights is not None:
                         self._driver.set_initial(weights)
                 self._driver.advance(self._clock())
-                self.meter.note_round(self._state.current_round())
         except Exception as exc:
             fail_start(store, self.run_id, exc)
             raise
@@ -320,12 +319,10 @@ class Aggregator:
         with self._lock:
             self._driver.ensure_loaded()
             self._check_num_samples(agent.id, update)
+            self.meter.expect(agent.id, agent.name, upload.system)  # stored with the accepted update
             self._submit(update)
             self._changed()
             self._driver.advance_quietly()
-            self.meter.note_round(self._state.current_round())
-        if upload.system:  # stored once the update is accepted: a refused upload leaves no rows
-            self.store.record_metrics(self.run_id, round_no, upload.system, scope="system", client_id=agent.name)
         return round_no
 
     def _submit(self, update: ClientUpdate) -> None:
@@ -369,7 +366,6 @@ class Aggregator:
         with self._lock:
             self._driver.ensure_loaded()
             self._driver.advance(self._clock() if now is None else now)  # reads revocations first
-            self.meter.note_round(self._state.current_round())
 
     # ------------------------------------------------------------------ status
 
