@@ -838,10 +838,11 @@ def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _make_v1(backend: Backend) -> None:
     """Turn the backend's database into what schema version 1 left: version 2 only added two tables
-    (version 3 a column of one of them, version 4 the ``server_states`` table)."""
+    (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``)."""
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("DROP TABLE agent_logs"))
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(text("DROP TABLE agents"))
             conn.execute(text("DROP TABLE tokens"))
@@ -883,7 +884,7 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 4
+            assert _stamped_version(conn) == SCHEMA_VERSION == 5
     finally:
         engine.dispose()
 
@@ -903,7 +904,7 @@ def test_v2_migration_is_all_or_nothing(backend: Backend, monkeypatch: pytest.Mo
     assert set(_schema_snapshot(backend.url)) == _V1_TABLES
     monkeypatch.undo()
     backend.open().close()
-    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states"}
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states", "agent_logs"}
 
 
 # --------------------------------------------------------------------- backend differences made equal
@@ -1050,6 +1051,7 @@ def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 3 left
+            conn.execute(text("DROP TABLE agent_logs"))  # added by version 5
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(update(SchemaVersionRow).values(version=3))
     finally:
@@ -1060,4 +1062,30 @@ def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
         upgraded.save_global_model(run_id, 1, _model(1), num_samples=3, server_state=(_opt_state(), 1))
         loaded = upgraded.load_server_state(run_id, 1)
         assert loaded is not None and _bitwise_equal(loaded[0], _opt_state())
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version
+
+
+def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
+    from datetime import UTC, datetime
+
+    from fedloom.core.agent_logs import AgentLogEntry
+
+    with backend.open() as old:
+        run_id = old.create_run("before-v5", "deployment", {}, seed=0)
+        old.record_metrics(run_id, 1, {"loss": 0.5})
+    fresh = _schema_snapshot(backend.url)
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:  # what schema version 4 left
+            conn.execute(text("DROP TABLE agent_logs"))
+            conn.execute(update(SchemaVersionRow).values(version=4))
+    finally:
+        engine.dispose()
+    with backend.open() as upgraded:
+        assert [m.value for m in upgraded.metrics(run_id)] == [0.5]
+        assert upgraded.agent_logs(run_id) == []
+        entry = AgentLogEntry(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "INFO", "fedloom.agent", "hello")
+        assert upgraded.append_agent_logs(run_id, "site-a", [entry]) == 1
+        (stored,) = upgraded.agent_logs(run_id)
+        assert (stored.agent, stored.created_at, stored.message) == ("site-a", entry.created_at, "hello")
     assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version

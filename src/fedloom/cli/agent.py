@@ -73,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add("--keep-stale", action="store_true", help="upload results even if a newer round began during training")
     add("--upload-initial", action="store_true", help="(admin agent) upload the initial model if the run has none")
+    add("--no-system-metrics", action="store_true", help="do not report this agent's timings and resource use")
+    add("--no-ship-logs", action="store_true", help="do not send this agent's log records to the aggregator")
     add(
         "--max-retries",
         type=int,
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fedloom.client.agent import Agent, default_agent_name
     from fedloom.client.loading import load_trainer_factory, parse_trainer_args
+    from fedloom.client.log_shipper import shipping_logs
     from fedloom.core.errors import ConfigError
 
     if args.max_retries is not None and args.max_retries < 0:
@@ -114,8 +117,10 @@ def _run(args: argparse.Namespace) -> int:
             discard_stale=not args.keep_stale,
             upload_initial=args.upload_initial,
             poll_wait=args.poll_wait,
+            report_system=not args.no_system_metrics,
         )
-        agent.run()
+        with shipping_logs(client, token, enabled=not args.no_ship_logs):
+            agent.run()
     return 0
 
 

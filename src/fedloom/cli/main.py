@@ -10,7 +10,19 @@ from importlib import import_module
 from fedloom.core.errors import FedloomError
 
 #: each module exposes ``register(subparsers)``, which adds its parser with ``func=run``.
-COMMAND_MODULES = ("sim", "partition", "runs", "agent", "token", "server", "models", "federation", "certs", "ui")
+COMMAND_MODULES = (
+    "sim",
+    "partition",
+    "runs",
+    "agent",
+    "token",
+    "server",
+    "models",
+    "federation",
+    "certs",
+    "ui",
+    "logs",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

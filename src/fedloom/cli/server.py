@@ -106,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:  # pragma: no cover - depends on the install
         raise ConfigError("the aggregator needs the server extras: pip install 'fedloom[server]'") from None
-    from fedloom.server.aggregator import Aggregator
-
     _setup_logging()
     _release_model_buffers_promptly()
     store, home = open_store(config)
@@ -115,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     aggregator: Aggregator | None = None
     port_file = home / PORT_FILENAME
     try:
-        aggregator = Aggregator(config, store, observers=tracking_observers(config, store, home))
+        aggregator = _start_aggregator(config, store, home)
         sock = bind_socket(config.server.host, config.server.port)
         port = int(sock.getsockname()[1])
         _write_port_file(port_file, port)
@@ -150,6 +148,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- pieces
+
+
+def _start_aggregator(config: AggregatorConfig, store: SqlStore, home: Path) -> Aggregator:
+    """The run's aggregator, watched by the ``[tracking]`` sinks and measuring its own process."""
+    from fedloom.server.aggregator import Aggregator
+
+    return Aggregator(
+        config, store, observers=tracking_observers(config, store, home), system_sampler=_process_sampler()
+    )
 
 
 def _app(args: argparse.Namespace, aggregator: Aggregator, store: SqlStore, stopper: _Stopper) -> Any:
@@ -205,6 +212,13 @@ def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
     except OSError as exc:
         raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
     return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
+
+
+def _process_sampler() -> Callable[[], dict[str, float]]:
+    """The aggregator process's CPU and memory (and GPU), for its ``system`` rows each round."""
+    from fedloom.client.system_sampler import SystemSampler
+
+    return SystemSampler().sample
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

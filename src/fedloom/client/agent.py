@@ -48,6 +48,7 @@ from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, 
 from fedloom.client.agent_stop import AgentInterrupted, StopControl
 from fedloom.client.backoff import Backoff
 from fedloom.client.loading import check_trainer
+from fedloom.client.round_meter import AgentRoundMeter, update_payload_with_system
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
     AggregatorClient,
@@ -105,6 +106,7 @@ class Agent(AgentIdentity):
         min_poll_interval: float = 1.0,
         handle_signals: bool = True,
         mismatch_backoff: Backoff | None = None,
+        report_system: bool = True,
     ) -> None:
         if not NAME_PATTERN.fullmatch(name):
             raise ConfigError(f"agent name {name!r} must be 1-64 characters from A-Z a-z 0-9 . _ - (set --name)")
@@ -125,6 +127,7 @@ class Agent(AgentIdentity):
         self._last_wait: tuple[int, str] | None = None
         self._mode = "sync"
         self._look_now = True
+        self._meter = AgentRoundMeter(enabled=report_system)  # docs/protocol.md: system metrics
 
     @property
     def state(self) -> AgentState:
@@ -236,7 +239,9 @@ class Agent(AgentIdentity):
         state = self._state
         source = task.global_round if task.global_round is not None else task.round
         held = task.global_sha256 is not None and task.global_sha256 == state.global_sha256
+        self._meter.selected()
         if not (held and self.store.global_path.exists()):
+            started = time.monotonic()
             try:
                 weights, sha = self._call(self.client.download_global, source)
             except NotFoundError as exc:
@@ -244,6 +249,7 @@ class Agent(AgentIdentity):
                 self._pause(max(self.min_poll_interval, 1.0))
                 self._look_now = True
                 return
+            self._meter.downloaded(time.monotonic() - started, weights)
             self.store.save_global(weights, source)
             self._save(self._state.with_(global_sha256=sha, global_round=source))
             log.info("round %d: downloaded global model %s (%s)", task.round, source, sha[:12])
@@ -293,7 +299,9 @@ class Agent(AgentIdentity):
         started = time.monotonic()
         with self._stop.interruptible_step():
             weights, num_samples, metrics = _fit(WithSiteState(trainer, self.store.directory), held[0], config)
-        payload = self.client.update_payload(state.round, weights, num_samples, metrics)
+        self._meter.trained(time.monotonic() - started)
+        system = self._meter.report(weights)
+        payload = update_payload_with_system(self.client.agent_id, state.round, weights, num_samples, metrics, system)
         self.store.save_local(payload)
         log.info(
             "round %d: trained on %d samples in %.1f s%s",
@@ -317,6 +325,7 @@ class Agent(AgentIdentity):
             self.store.clear_local()
             self._transition(AgentPhase.WAITING_GM, why=f"round {pending.round}: stale result dropped", pending=None)
             return
+        sent = time.monotonic()
         try:
             answer = self._call(self.client.upload_payload, payload)
         except UploadRejectedError as exc:
@@ -332,6 +341,7 @@ class Agent(AgentIdentity):
             )
         else:
             log.info("round %d: upload ok (%d samples)", pending.round, pending.num_samples)
+            self._meter.uploaded(time.monotonic() - sent)
             log.debug("upload answer: %s", answer)
         self.store.clear_local()
         self._transition(

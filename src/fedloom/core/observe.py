@@ -25,6 +25,8 @@ class RoundSummary:
     seconds: float
     #: client id -> that client's evaluation (when clients are evaluated)
     per_client: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: client id (or ``"simulation"``) -> its system metrics (:mod:`fedloom.core.system_metrics`)
+    system: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 #: values of ``RoundRecord.status``
 ROUND_STATUSES = ("open", "closed", "abandoned")
 #: values of ``MetricRecord.scope``
-METRIC_SCOPES = ("server", "client")
+METRIC_SCOPES = ("server", "client", "system")
 #: values of ``TokenRecord.role`` and ``AgentRecord.role``; ``admin`` may upload the initial model
 ROLES = ("agent", "admin")
 

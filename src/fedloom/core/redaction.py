@@ -22,3 +22,26 @@ def redact_url(url: object) -> str:
     text = str(url)
     text = _USERINFO_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
     return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+#: fedloom's own secrets by their public prefixes (join tokens, agent credentials), and bearer headers
+_FEDLOOM_SECRET = re.compile(r"\b(?P<head>fl[ja]_)[A-Za-z0-9_\-]{6,}")
+_BEARER = re.compile(r"(?P<head>\b(?:Bearer|Basic)\s+)[^\s'\",;]+", re.IGNORECASE)
+_KEYED_SECRET = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|secret|token|join_token|credential|api[_-]?key)\b['\"]?\s*[=:]\s*['\"]?)"
+    r"[^\s'\",;&]+",
+    re.IGNORECASE,
+)
+
+
+def redact_secrets(text: str, known: tuple[str, ...] = ()) -> str:
+    """``text`` with secrets masked: URL passwords (:func:`redact_url`), fedloom tokens and
+    credentials (``flj_…``, ``fla_…``), ``Authorization`` values (``Bearer …``), ``password=…``,
+    ``token: …`` style pairs, and every string of ``known`` (a party's own secrets)."""
+    for secret in known:
+        if secret:
+            text = text.replace(secret, MASK)
+    text = redact_url(text)
+    text = _FEDLOOM_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
+    text = _BEARER.sub(lambda m: f"{m['head']}{MASK}", text)
+    return _KEYED_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fedloom.core.agent_logs import AgentLogStore
 from fedloom.core.records import (
     AgentRecord,
     ClientRecord,
@@ -184,7 +185,7 @@ class AccessStore(Protocol):
 
 
 @runtime_checkable
-class DeploymentStore(RunWriter, RunReader, AccessStore, Protocol):
+class DeploymentStore(RunWriter, RunReader, AccessStore, AgentLogStore, Protocol):
     """What the deployed aggregator is given: every role, plus reopening its run and a health check."""
 
     def reopen_run(self, run_id: str) -> None:

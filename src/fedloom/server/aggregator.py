@@ -28,12 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from fedloom.core.errors import (
-    PayloadTooLargeError,
-    RejectedUpdateError,
-    SerializationError,
-    ValidationError,
-)
+from fedloom.core.errors import PayloadTooLargeError, RejectedUpdateError, SerializationError, ValidationError
 from fedloom.core.observe import RoundObserver, RunEnd
 from fedloom.core.records import AgentRecord
 from fedloom.core.serialization import MAX_ROUND, from_bytes, to_bytes
@@ -43,17 +38,16 @@ from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.answers import AgentTask, Registration, RequestRefusedError, refusal
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
-from fedloom.server.limits import BudgetedRecorder, RejectionBudget, shorten
+from fedloom.server.limits import RejectionBudget, shorten
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
 from fedloom.server.round_watchers import RoundWatchers
-from fedloom.server.rounds import (
-    SyncRounds,
-)
+from fedloom.server.rounds import SyncRounds
 from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import load_initial_model
+from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
@@ -76,6 +70,7 @@ class Aggregator:
         clock: Callable[[], float] = time.time,
         initial_weights: Weights | None = None,
         observers: Sequence[RoundObserver] = (),
+        system_sampler: ProcessSampler | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -84,9 +79,10 @@ class Aggregator:
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
         self.run_id, self.resumed = open_run(config, store)
+        self.meter = AggregatorMeter(system_sampler)
         self._rejections = RejectionBudget(config.server.max_rejections_per_round)
-        self._recorder = BudgetedRecorder(
-            store, self.run_id, self._rejections, self._current_round, keep_local_models=True
+        self._recorder = MeteredRecorder(
+            self.meter, store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
         run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
         self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
@@ -308,6 +304,7 @@ class Aggregator:
         """Accept an update upload (``POST /v1/updates``) and return its round, or raise a recorded refusal.
 
         The update keeps its verified hash and its bytes as received: the store writes those."""
+        self.meter.received(len(body))
         upload = self._parse(agent.id, body)
         round_no = upload.round
         if upload.client_id != agent.id:
@@ -322,6 +319,7 @@ class Aggregator:
         with self._lock:
             self._driver.ensure_loaded()
             self._check_num_samples(agent.id, update)
+            self.meter.expect(agent.id, agent.name, upload.system)  # stored with the accepted update
             self._submit(update)
             self._changed()
             self._driver.advance_quietly()

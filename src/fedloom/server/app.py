@@ -34,6 +34,7 @@ from fedloom.server.http_models import (
     STORE_ERROR_RESPONSE,
     HealthResponse,
     InitialModelResponse,
+    LogsResponse,
     RegisterRequest,
     RegisterResponse,
     StatusResponse,
@@ -41,6 +42,7 @@ from fedloom.server.http_models import (
     UploadResponse,
 )
 from fedloom.server.limits import RateLimiter, UploadSlots, address_key, rate_limited_refusal
+from fedloom.server.log_intake import log_rate_limiter, receive_logs
 from fedloom.server.peer_identity import identity_refusal
 from fedloom.server.request_bodies import read_body, read_small_body, refuse_declared_oversize, upload_slot
 
@@ -181,6 +183,7 @@ def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Resp
     else:
         raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
     payload, sha256 = aggregator.global_model_bytes(which, agent.id)
+    aggregator.meter.served(len(payload))
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
 
@@ -233,6 +236,12 @@ async def updates(request: Request, aggregator: AggregatorDep, agent: AgentDep) 
         body = await read_body(request, aggregator, agent)
         round_no = await run_in_threadpool(aggregator.submit_update, agent, body)
     return UploadResponse(accepted=True, round=round_no)
+
+
+@router.post("/logs", response_model=LogsResponse, responses=ERROR_RESPONSES, tags=["agents"])
+async def logs(request: Request, aggregator: AggregatorDep, agent: AgentDep) -> LogsResponse:
+    """Ship a batch of this agent's log records: ``{"records": [{created_at, level, logger, message}]}``."""
+    return LogsResponse(stored=await receive_logs(request, aggregator, agent))
 
 
 @router.get("/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["meta"])
@@ -292,6 +301,7 @@ def create_app(
     app.state.upload_slots = UploadSlots(upload_slots)
     server = aggregator.config.server
     app.state.rate_limiter = RateLimiter(server.rate_limit_per_second, server.rate_limit_burst)
+    app.state.log_limiter = log_rate_limiter()
     install_error_handlers(app)
     app.include_router(router)
     for extra in extra_routers:

@@ -18,6 +18,7 @@ __all__ = [
     "FitConfigBody",
     "HealthResponse",
     "InitialModelResponse",
+    "LogsResponse",
     "RegisterRequest",
     "RegisterResponse",
     "StatusResponse",
@@ -66,6 +67,11 @@ class TaskInfo(BaseModel):
 class UploadResponse(BaseModel):
     accepted: bool
     round: int
+
+
+class LogsResponse(BaseModel):
+    #: records kept (fewer than sent once the agent reached its stored-log cap)
+    stored: int
 
 
 class InitialModelResponse(BaseModel):

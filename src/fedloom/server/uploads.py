@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fedloom.core.errors import PayloadTooLargeError, SerializationError, ValidationError
 from fedloom.core.metrics import metrics_from_json
 from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, from_bytes
+from fedloom.core.system_metrics import system_metrics_from_json
 from fedloom.core.weights import Weights
 
 
@@ -40,6 +41,7 @@ class ParsedUpload:
     client_id: str
     sha256: str  # verified by from_bytes: nothing hashes the model again
     payload: bytes  # the bytes as received, stored as they are
+    system: dict[str, float]  # the agent's own resource use (scope "system"), {} when not reported
 
 
 def parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
@@ -51,6 +53,17 @@ def parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
         return metrics_from_json(text)
     except ValidationError as exc:
         raise SerializationError(f"header field 'metrics' is invalid: {exc}") from None
+
+
+def parse_system(extra: Mapping[str, str] | None) -> dict[str, float]:
+    """The optional ``system`` header field (:mod:`fedloom.core.system_metrics`), or {}."""
+    text = (extra or {}).get("system")
+    if text is None:
+        return {}
+    try:
+        return system_metrics_from_json(text)
+    except ValidationError as exc:
+        raise SerializationError(f"header field 'system' is invalid: {exc}") from None
 
 
 def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
@@ -68,6 +81,8 @@ def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
         raise UploadRefusedError("invalid_payload", detail, header.round)
     try:
         metrics = parse_metrics(header.extra)
+        system = parse_system(header.extra)
     except SerializationError as exc:
         raise UploadRefusedError("invalid_payload", str(exc), header.round) from None
-    return ParsedUpload(weights, header.round, header.num_samples, metrics, header.client_id, header.sha256, body)
+    parts = (header.round, header.num_samples, metrics, header.client_id, header.sha256, body, system)
+    return ParsedUpload(weights, *parts)

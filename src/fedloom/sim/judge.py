@@ -59,6 +59,7 @@ class RoundJudge:
             metrics=metrics,
             seconds=time.perf_counter() - trained.started,
             per_client=per_client,
+            system=trained.system,
         )
 
     def _personal(self) -> tuple[tuple[str, ...], PersonalStore] | None:

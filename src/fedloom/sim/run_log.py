@@ -66,6 +66,8 @@ class RunLog:
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
             for client_id, values in summary.per_client.items():
                 self.store.record_metrics(self.run_id, summary.round, values, scope="client", client_id=client_id)
+            for client_id, values in summary.system.items():
+                self.store.record_metrics(self.run_id, summary.round, values, scope="system", client_id=client_id)
 
     def home_hint(self) -> str:
         """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""

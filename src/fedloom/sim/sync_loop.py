@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from fedloom.core.errors import ClientError, RejectedUpdateError
 from fedloom.core.fit import FitConfig
@@ -22,7 +22,8 @@ from fedloom.core.weights import Weights
 from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, RoundClosed, RoundOpened, SyncRounds
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.environment import SimEnvironment
-from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates
+from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
+from fedloom.sim.system_usage import RoundUsage, SimSystemMeter
 
 RoundEnd = RoundClosed | RoundAbandoned
 
@@ -37,6 +38,8 @@ class TrainedRound:
     start_weights: Weights
     started: float
     sim_seconds: float | None
+    #: client id (or ``"simulation"``) -> system metrics of the round (sync rounds only)
+    system: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class SyncLoop:
         self.now = now  # simulated seconds (a resumed run continues where it stood)
         self._opened: RoundOpened | None = None
         self._end: RoundEnd | None = None
+        self._meter = SimSystemMeter()
+        self._usage: RoundUsage = {}
 
     def _take(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -90,7 +95,8 @@ class SyncLoop:
         self._finish_by_deadlines(opened)
         assert self._end is not None
         sim_seconds = self.now if self.environment else None
-        return TrainedRound(self._end, len(opened.selected), opened.global_weights, started, sim_seconds)
+        selected = len(opened.selected)
+        return TrainedRound(self._end, selected, opened.global_weights, started, sim_seconds, self._usage)
 
     def _train(self, opened: RoundOpened) -> list[tuple[float, ExecutorResult]]:
         """Every delivering client's result with its arrival time (dropouts are refused here)."""
@@ -104,7 +110,10 @@ class SyncLoop:
         when = {cid: t for t, cid in arriving}
         configs = {cid: self.fit_config(cid) for _, cid in arriving}
         merge = self.lifecycle.engine.strategy.mergeable and self.poison is None and self.environment is None
-        results = list(self.executor.run_round(opened.round, opened.global_weights, configs, self.client_fn, merge))
+        drawn = self.executor.run_round(opened.round, opened.global_weights, configs, self.client_fn, merge)
+        inner = getattr(self.executor, "executor", self.executor)  # the run's executor, under its local-context wrapper
+        sequential = isinstance(inner, SequentialExecutor)
+        results, self._usage = self._meter.draw(drawn, opened.global_weights, per_client_time=sequential)
         if self.poison is not None:
             results = self._poisoned(opened, results)
         return sorted(((self._arrival(r, when), r) for r in results), key=lambda item: item[0])

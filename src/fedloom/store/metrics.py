@@ -37,10 +37,10 @@ class MetricsMixin(SqlCore):
         scope: str = "server",
         client_id: str | None = None,
     ) -> None:
-        """Record named values measured in ``round``; client-scope values must name the client."""
+        """Record named values measured in ``round``; client- and system-scope values must name the party."""
         check_choice("scope", scope, METRIC_SCOPES)
-        if (scope == "client") != (client_id is not None):
-            raise StoreError("client metrics need a client_id and server metrics must not have one")
+        if (scope != "server") != (client_id is not None):
+            raise StoreError(f"{scope} metrics need a client_id and server metrics must not have one")
         now = utcnow()
         round = check_int("round", round, maximum=INT32_MAX)
         client_id = None if client_id is None else check_name("client_id", client_id)

@@ -42,11 +42,12 @@ from sqlalchemy.schema import CreateColumn
 
 from fedloom.core.errors import StoreError
 from fedloom.core.redaction import redact_url
+from fedloom.store.schema_v5 import to_v5
 from fedloom.store.types import JsonText, NanFloat, UtcDateTime, dump_json
 
 #: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
-#: 3 added ``tokens.max_agents``, 4 added ``server_states``)
-SCHEMA_VERSION = 4
+#: 3 added ``tokens.max_agents``, 4 added ``server_states``, 5 added ``agent_logs``)
+SCHEMA_VERSION = 5
 #: agents a join token admits when its creator names no limit: one site, one agent
 DEFAULT_MAX_AGENTS = 1
 
@@ -339,7 +340,7 @@ def _to_v4(conn: Connection) -> None:
 
 
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: to_v5}
 
 
 def current_version(conn: Connection) -> int | None:

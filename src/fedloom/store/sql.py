@@ -27,6 +27,7 @@ from sqlalchemy import URL
 
 from fedloom.core.errors import StoreError
 from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMixin
+from fedloom.store.agent_logs import AgentLogsMixin
 from fedloom.store.blobs import make_private_dir
 from fedloom.store.dashboard_queries import DashboardQueriesMixin
 from fedloom.store.metrics import MetricsMixin
@@ -75,7 +76,14 @@ def sqlite_url(path: Path | str) -> URL:
 
 
 class SqlStore(
-    RunsMixin, ModelsMixin, ServerStatesMixin, MetricsMixin, AccessMixin, RoundReportsMixin, DashboardQueriesMixin
+    RunsMixin,
+    ModelsMixin,
+    ServerStatesMixin,
+    MetricsMixin,
+    AccessMixin,
+    RoundReportsMixin,
+    DashboardQueriesMixin,
+    AgentLogsMixin,
 ):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
