@@ -308,6 +308,9 @@ def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "deadline_seconds": args.deadline_seconds,
         "deadline_policy": "aggregate",
+        # the aggregator tests each global model on the example's whole test split (one "site" of one)
+        "evaluator": f"{find_example(args.example)}:make_trainer",
+        "evaluator_args": "site=0,sites=1",
     }
 
 

@@ -154,9 +154,8 @@ def _start_aggregator(config: AggregatorConfig, store: SqlStore, home: Path) -> 
     """The run's aggregator, watched by the ``[tracking]`` sinks and measuring its own process."""
     from fedloom.server.aggregator import Aggregator
 
-    return Aggregator(
-        config, store, observers=tracking_observers(config, store, home), system_sampler=_process_sampler()
-    )
+    observers = [*evaluation_observers(config, store), *tracking_observers(config, store, home)]
+    return Aggregator(config, store, observers=observers, system_sampler=_process_sampler())
 
 
 def _app(args: argparse.Namespace, aggregator: Aggregator, store: SqlStore, stopper: _Stopper) -> Any:
@@ -186,6 +185,18 @@ class _Stopper:
         if self.server is not None:
             self.server.should_exit = True
         self.wake_waiters()  # long-polls answer now instead of holding the shutdown
+
+
+def evaluation_observers(config: AggregatorConfig, store: SqlStore) -> list[RoundObserver]:
+    """``[evaluation] evaluator``: the aggregator's test of each global model (none when unset); the
+    factory is loaded and called here, so a wrong spec stops the server before the run starts."""
+    if not config.evaluation.evaluator:
+        return []
+    from fedloom.client.loading import load_trainer_factory, parse_trainer_args
+    from fedloom.tracking.central_evaluation import CentralEvaluation
+
+    factory = load_trainer_factory(config.evaluation.evaluator, parse_trainer_args(config.evaluation.evaluator_args))
+    return [CentralEvaluation(store, factory())]
 
 
 def tracking_observers(config: AggregatorConfig, store: SqlStore, home: Path) -> list[RoundObserver]:

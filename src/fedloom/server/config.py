@@ -20,6 +20,7 @@ The file has these tables::
     [tls]     client_ca_file (mutual TLS: agents must present a certificate of that CA)
     [tracking] sinks (a list), tensorboard_dir, mlflow_tracking_uri, mlflow_experiment,
               wandb_project, wandb_mode (docs/tracking.md)
+    [evaluation] evaluator, evaluator_args (the aggregator tests each global model itself)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -45,6 +46,7 @@ from fedloom.server.config_sections import (
     MODES,
     AsyncSection,
     ClientSection,
+    EvaluationSection,
     RoundsSection,
     RunSection,
     ServerSection,
@@ -87,6 +89,7 @@ class AggregatorConfig:
     strategy: StrategySection = field(default_factory=StrategySection)
     tls: TlsSection = field(default_factory=TlsSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -122,6 +125,7 @@ _TABLES = {
     "strategy": "strategy",
     "tls": "tls",
     "tracking": "tracking",
+    "evaluation": "evaluation",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -132,6 +136,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "strategy": StrategySection,
     "tls": TlsSection,
     "tracking": TrackingSection,
+    "evaluation": EvaluationSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"

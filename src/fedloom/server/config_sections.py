@@ -270,3 +270,24 @@ class TrackingSection:
         if len(set(self.sinks)) != len(self.sinks):
             raise field_error("tracking", "sinks", f"names a sink twice: {list(self.sinks)}")
         _choice("tracking", "wandb_mode", self.wandb_mode, WANDB_MODES)
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    """``[evaluation]``: the aggregator's own test of each global model (central evaluation, as
+    ``Evaluation(central=...)`` in simulation). ``evaluator`` names a trainer factory like an
+    agent's ``--trainer`` (``path.py:make_trainer`` or ``module:attr``) whose ``evaluate`` is
+    called on every round's model; ``evaluator_args`` are its ``key=value`` arguments."""
+
+    evaluator: str = ""
+    evaluator_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.evaluator and ":" not in self.evaluator:
+            spec = repr(self.evaluator)
+            raise field_error("evaluation", "evaluator", f"{spec} is not 'path.py:factory' or 'module:attr'")
+        for item in self.evaluator_args:
+            if "=" not in item:
+                raise field_error("evaluation", "evaluator_args", f"{item!r} is not key=value")
+        if self.evaluator_args and not self.evaluator:
+            raise field_error("evaluation", "evaluator_args", "given without an evaluator (set [evaluation] evaluator)")
