@@ -28,6 +28,7 @@ import sys
 from fedloom import FedloomError
 from fedloom.sim import ProgressPrinter, Recording, SimConfig, simulate_config
 from fedloom.store import SqlStore, resolve_home
+from fedloom.tracking import TrackingSettings, parse_track_flag
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,6 +43,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, sampling, init and shuffling")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--home", metavar="DIR", help="store directory (default: $FEDLOOM_HOME or ./fedloom-runs)")
+    parser.add_argument(
+        "--track",
+        default="wandb",
+        help="tracking sinks, comma-separated: wandb (offline, no account), tensorboard, mlflow, or none",
+    )
     return parser.parse_args()
 
 
@@ -64,11 +70,12 @@ def lab_config(args: argparse.Namespace) -> SimConfig:
     )
 
 
-def lab_recording(store: SqlStore, config: SimConfig) -> Recording:
-    """What the run keeps. TRACKING GOES HERE, and only here: once ``Recording`` has a ``track``
-    field (the tracking sinks of issue 10), add ``track=("wandb",)`` to stream the run to
-    W&B offline as well. Until then the store is the record, which ``fedloom ui`` reads."""
-    return Recording(store=store, run_name=config.name, config=config.to_dict())
+def lab_recording(store: SqlStore, config: SimConfig, track: str) -> Recording:
+    """What the run keeps: the store (which ``fedloom ui`` reads) and, as in the lab, W&B in
+    offline mode (files under the store's home; ``wandb sync`` uploads them later)."""
+    sinks = () if track == "none" else parse_track_flag(track)
+    tracking = TrackingSettings(sinks=sinks, wandb_project="cifar10-lab") if sinks else None
+    return Recording(store=store, run_name=config.name, config=config.to_dict(), tracking=tracking)
 
 
 def main() -> None:
@@ -78,7 +85,8 @@ def main() -> None:
         config = lab_config(args)
         with SqlStore.open_default(home) as store:
             observers = [ProgressPrinter(config.rounds)]
-            result = simulate_config(config, store=store, recording=lab_recording(store, config), observers=observers)
+            recording = lab_recording(store, config, args.track)
+            result = simulate_config(config, store=store, recording=recording, observers=observers)
     except FedloomError as exc:  # e.g. the data is missing: the message says how to get it
         sys.exit(f"cifar10_lab: {exc}")
     print(f"final accuracy: {result.final_metrics['accuracy']:.4f}")
@@ -86,6 +94,8 @@ def main() -> None:
     print("watch it:")
     print(f"  fedloom runs show {result.run_id[:8]} --home {home}")
     print(f"  fedloom ui --home {home}")
+    if args.track != "none":
+        print(f"  tracking files under {home} (docs/tracking.md: wandb sync, tensorboard --logdir, mlflow ui)")
     print(f"  fedloom runs compare {result.run_id[:8]} OTHER_ID --home {home} --plot curves.png")
 
 

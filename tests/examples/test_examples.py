@@ -142,3 +142,6 @@ def test_cifar10_lab_records_a_fedavg_run(tmp_path: Path) -> None:
         assert (run.config["dataset"], run.config["model"], run.config["partition"]) == ("cifar10", "cifar_cnn", "iid")
         assert store.metric_series(run_id, "accuracy")[-1] == (2, pytest.approx(accuracy, abs=5e-5))
         assert [r.num_updates for r in store.list_rounds(run_id)] == [4, 4]
+    # watched in W&B offline, as the lab does (tests/tracking checks the file's values against the store)
+    wandb_files = list((home / "wandb").rglob("*.wandb"))
+    assert len(wandb_files) == 1 and wandb_files[0].stat().st_size > 0, wandb_files
