@@ -299,18 +299,12 @@ def _store_home(args: argparse.Namespace) -> Path:
 
 
 def _server_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The aggregator settings the command's flags choose (every round waits for all the agents)."""
+    """The aggregator settings the command's flags choose (every round waits for all the agents; the
+    aggregator tests each global model on the example's whole test split: one site of one)."""
     return {
-        "max_rounds": args.rounds,
-        "min_agents": args.agents,
-        "lr": args.lr,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "deadline_seconds": args.deadline_seconds,
-        "deadline_policy": "aggregate",
-        # the aggregator tests each global model on the example's whole test split (one "site" of one)
-        "evaluator": f"{find_example(args.example)}:make_trainer",
-        "evaluator_args": "site=0,sites=1",
+        **{"max_rounds": args.rounds, "min_agents": args.agents, "lr": args.lr, "epochs": args.epochs},
+        **{"batch_size": args.batch_size, "deadline_seconds": args.deadline_seconds, "deadline_policy": "aggregate"},
+        **{"evaluator": f"{find_example(args.example)}:make_trainer", "evaluator_args": "site=0,sites=1"},
     }
 
 
