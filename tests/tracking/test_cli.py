@@ -25,8 +25,11 @@ def test_sim_track_writes_each_sink_under_the_home(tmp_path):
 
 
 def test_sim_track_refuses_unknown_sinks_and_no_store(tmp_path, capsys):
-    assert main(["sim", "--rounds", "1", "--home", str(tmp_path), "--track", "tensorboard,neptune"]) == 1
-    assert "tracking sinks must be among tensorboard, mlflow, wandb; got neptune" in capsys.readouterr().err
+    home = tmp_path / "home"
+    assert main(["sim", "--rounds", "1", "--home", str(home), "--track", "tensorboard,neptune"]) == 1
+    out, err = capsys.readouterr()
+    assert "--track tensorboard,neptune: tracking sinks must be among tensorboard, mlflow, wandb; got neptune" in err
+    assert "fedloom sim:" not in out and not home.exists()  # refused before the run header, nothing stored
     assert main(["sim", "--rounds", "1", "--no-store", "--track", "tensorboard"]) == 1
     assert "tracking reads each round from the store: drop --no-store" in capsys.readouterr().err
 

@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
     config = config_from_mapping(flags, base)
+    tracking = _tracking(args)  # a wrong sink is refused before anything is printed or stored
     print(
         f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         from fedloom.store import SqlStore
 
         store = SqlStore.open_default(args.home)
-    simulate_config(config, store=store, tracking=_tracking(args), observers=[ProgressPrinter(config.rounds)])
+    simulate_config(config, store=store, tracking=tracking, observers=[ProgressPrinter(config.rounds)])
     return 0
 
 
@@ -134,7 +135,10 @@ def _tracking(args: argparse.Namespace) -> TrackingSettings | None:
     """``--track a,b``: the sinks to feed, writing under ``--home`` (checked before any round runs)."""
     if not args.track:
         return None
-    return TrackingSettings(sinks=parse_track_flag(args.track))
+    try:
+        return TrackingSettings(sinks=parse_track_flag(args.track))
+    except ConfigError as exc:
+        raise ConfigError(f"--track {args.track}: {exc}") from None
 
 
 def _resume(args: argparse.Namespace) -> int:
