@@ -838,10 +838,13 @@ def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _make_v1(backend: Backend) -> None:
     """Turn the backend's database into what schema version 1 left: version 2 only added two tables
-    (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``)."""
+    (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``,
+    version 6 two columns of ``global_models``)."""
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(text("DROP TABLE agents"))
@@ -884,7 +887,7 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 5
+            assert _stamped_version(conn) == SCHEMA_VERSION == 6
     finally:
         engine.dispose()
 
@@ -1051,6 +1054,8 @@ def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 3 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))  # added by version 5
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(update(SchemaVersionRow).values(version=3))
@@ -1077,6 +1082,8 @@ def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 4 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))
             conn.execute(update(SchemaVersionRow).values(version=4))
     finally:
