@@ -1096,3 +1096,35 @@ def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
         (stored,) = upgraded.agent_logs(run_id)
         assert (stored.agent, stored.created_at, stored.message) == ("site-a", entry.created_at, "hello")
     assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version
+
+
+def test_v5_database_gains_lineage_columns_and_verifies_on_every_backend(backend: Backend) -> None:
+    with backend.open() as old:
+        run_id = old.create_run("before-v6", "deployment", {"strategy": {"lr": 0.5}}, seed=0)
+        old.save_global_model(run_id, 0, _model(), num_samples=0)
+    fresh = _schema_snapshot(backend.url)
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:  # what schema version 5 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
+            conn.execute(update(SchemaVersionRow).values(version=5))
+    finally:
+        engine.dispose()
+    with backend.open() as upgraded:
+        upgraded.save_local_model(run_id, 1, "site-a", _model(1), 10, {"loss": 0.5})
+        upgraded.save_global_model(run_id, 1, _model(2), num_samples=10)
+        report = upgraded.verify_lineage(run_id)
+        assert report.ok and (report.checked, report.unchained) == (1, (0,))
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE runs SET config = :c WHERE id = :id"), {"c": '{"strategy": {"lr": 5}}', "id": run_id}
+            )
+    finally:
+        engine.dispose()
+    with backend.open() as tampered:
+        mismatch = tampered.verify_lineage(run_id).mismatch
+        assert mismatch is not None and (mismatch.round, mismatch.table) == (1, "runs")
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version
