@@ -36,6 +36,12 @@ def test_verify_prints_ok_with_the_links_checked(tmp_path: Path, capsys: pytest.
     assert main(["models", "verify", "pilot", "--home", str(home), "--json"]) == 0
     details = json.loads(capsys.readouterr().out)
     assert (details["ok"], details["links_checked"], details["mismatch"]) == (True, 3, None)
+    with SqlStore.open_default(home) as store:
+        (last,) = [g for g in store.list_global_models(run_id) if g.round == 2]
+    with sqlite3.connect(home / "fedloom.db") as conn:
+        (link,) = conn.execute("SELECT lineage_sha256 FROM global_models WHERE round = 2").fetchone()
+    assert details["last_link"] == link and len(link) == 64 and last.round == 2
+    assert f"last link {link}" in out
 
 
 def test_verify_names_the_first_mismatch_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,6 +87,7 @@ def test_every_global_model_stores_a_link_to_the_previous_one(tmp_path: Path) ->
     report = _verify(tmp_path, run_id)
     assert report.ok and report.mismatch is None
     assert (report.checked, report.unchained, report.blobs_checked) == (4, (), 4 + 3 * 2)
+    assert report.last_link == previous
 
 
 def test_a_tampered_global_blob_is_named(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def print_lineage(report: LineageReport, run_label: str, as_json: bool) -> int:
             "links_checked": report.checked,
             "blobs_checked": report.blobs_checked,
             "unchained_rounds": list(report.unchained),
+            "last_link": report.last_link,
             "mismatch": shown,
         }
         print(dumps(details))
@@ -42,4 +43,6 @@ def print_lineage(report: LineageReport, run_label: str, as_json: bool) -> int:
         print(f"fedloom: lineage of run {report.run_id} does not verify", file=sys.stderr)
         return MISMATCH_EXIT
     print(f"OK: run {run_label}: {report.checked} lineage link(s) and {report.blobs_checked} blob(s) match")
+    if report.last_link is not None:
+        print(f"last link {report.last_link} (keep it outside the store to detect a rewritten history)")
     return 0

@@ -43,6 +43,8 @@ class LineageReport:
     unchained: tuple[int, ...] = ()
     mismatch: LineageMismatch | None = None
     blobs_checked: int = field(default=0)
+    #: the last verified link: export it somewhere the database's writers cannot change
+    last_link: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,9 +106,9 @@ class LineageMixin(SqlCore):
             found = found or _check_link(row, inputs[row.round], previous, config_hash, verified)
             blobs += (row.blob_key is not None) + sum(r.round == row.round and r.blob_key is not None for r in locals_)
             if found is not None:
-                return LineageReport(run_id, checked, tuple(unchained), found, blobs)
+                return LineageReport(run_id, checked, tuple(unchained), found, blobs, previous)
             checked, previous = checked + 1, row.lineage_sha256
-        return LineageReport(run_id, checked, tuple(unchained), None, blobs)
+        return LineageReport(run_id, checked, tuple(unchained), None, blobs, previous)
 
     def _check_locals(self, round: int, rows: list[LocalModelRow]) -> LineageMismatch | None:
         for row in sorted(rows, key=lambda r: r.client_id):
