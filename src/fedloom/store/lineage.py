@@ -52,8 +52,15 @@ class LineageReport:
         return self.mismatch is None
 
 
-def _inputs(session: Session, run_id: str, round: int) -> list[tuple[str, str, int]]:
-    where = (LocalModelRow.run_id == run_id, LocalModelRow.round == round)
+def _inputs(session: Session, row: GlobalModelRow) -> list[tuple[str, str, int]]:
+    """The round's local models recorded up to the global model's own time: in an asynchronous run
+    a local model numbered ``r`` (trained from version ``r``) arrives after version ``r`` was made,
+    and the link must only commit to what existed when it was written."""
+    where = (
+        LocalModelRow.run_id == row.run_id,
+        LocalModelRow.round == row.round,
+        LocalModelRow.created_at <= row.created_at,
+    )
     rows = session.execute(
         select(LocalModelRow.client_id, LocalModelRow.sha256, LocalModelRow.num_samples).where(*where)
     )
@@ -69,7 +76,7 @@ def lineage_columns(session: Session, row: GlobalModelRow) -> None:
     where = (GlobalModelRow.run_id == row.run_id, GlobalModelRow.round < row.round)
     previous = session.scalar(select(GlobalModelRow.lineage_sha256).where(*where).order_by(GlobalModelRow.round.desc()))
     row.config_sha256 = config_sha256(run.config)
-    inputs = _inputs(session, row.run_id, row.round)
+    inputs = _inputs(session, row)
     row.lineage_sha256 = lineage_link(
         row.run_id, row.round, row.sha256, row.num_samples, previous, inputs, row.config_sha256
     )
@@ -92,7 +99,7 @@ class LineageMixin(SqlCore):
                     select(GlobalModelRow).where(GlobalModelRow.run_id == run_id).order_by(GlobalModelRow.round)
                 )
             )
-            inputs = {row.round: _inputs(session, run_id, row.round) for row in rows}
+            inputs = {row.round: _inputs(session, row) for row in rows}
             locals_ = list(session.scalars(select(LocalModelRow).where(LocalModelRow.run_id == run_id)))
         checked, blobs, unchained, previous = 0, 0, [], None
         for row in rows:
