@@ -838,10 +838,13 @@ def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _make_v1(backend: Backend) -> None:
     """Turn the backend's database into what schema version 1 left: version 2 only added two tables
-    (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``)."""
+    (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``,
+    version 6 two columns of ``global_models``)."""
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(text("DROP TABLE agents"))
@@ -884,7 +887,7 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 5
+            assert _stamped_version(conn) == SCHEMA_VERSION == 6
     finally:
         engine.dispose()
 
@@ -1051,6 +1054,8 @@ def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 3 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))  # added by version 5
             conn.execute(text("DROP TABLE server_states"))
             conn.execute(update(SchemaVersionRow).values(version=3))
@@ -1077,6 +1082,8 @@ def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 4 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))
             conn.execute(update(SchemaVersionRow).values(version=4))
     finally:
@@ -1088,4 +1095,36 @@ def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
         assert upgraded.append_agent_logs(run_id, "site-a", [entry]) == 1
         (stored,) = upgraded.agent_logs(run_id)
         assert (stored.agent, stored.created_at, stored.message) == ("site-a", entry.created_at, "hello")
+    assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version
+
+
+def test_v5_database_gains_lineage_columns_and_verifies_on_every_backend(backend: Backend) -> None:
+    with backend.open() as old:
+        run_id = old.create_run("before-v6", "deployment", {"strategy": {"lr": 0.5}}, seed=0)
+        old.save_global_model(run_id, 0, _model(), num_samples=0)
+    fresh = _schema_snapshot(backend.url)
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:  # what schema version 5 left
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))
+            conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
+            conn.execute(update(SchemaVersionRow).values(version=5))
+    finally:
+        engine.dispose()
+    with backend.open() as upgraded:
+        upgraded.save_local_model(run_id, 1, "site-a", _model(1), 10, {"loss": 0.5})
+        upgraded.save_global_model(run_id, 1, _model(2), num_samples=10)
+        report = upgraded.verify_lineage(run_id)
+        assert report.ok and (report.checked, report.unchained) == (1, (0,))
+    engine = create_engine(backend.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE runs SET config = :c WHERE id = :id"), {"c": '{"strategy": {"lr": 5}}', "id": run_id}
+            )
+    finally:
+        engine.dispose()
+    with backend.open() as tampered:
+        mismatch = tampered.verify_lineage(run_id).mismatch
+        assert mismatch is not None and (mismatch.round, mismatch.table) == (1, "runs")
     assert _schema_snapshot(backend.url) == fresh  # migrated == created at the current version

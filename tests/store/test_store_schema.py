@@ -127,7 +127,7 @@ def test_a_real_v1_database_upgrades_to_the_current_version_in_place(tmp_path: P
         assert token is not None
         agent, credential = store.register_agent(V1_RUN_ID, "site-a", token)
         assert store.authenticate(credential) == agent
-    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 5
+    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 6
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _open(fresh).close()
@@ -235,6 +235,8 @@ def test_a_v2_database_gains_token_limits_and_keeps_its_tokens_and_agents(tmp_pa
         assert record is not None
         agent, _ = store.register_agent(run_id, "site-a", record)
     with sqlite3.connect(_db(tmp_path)) as conn:  # what schema version 2 left: no max_agents column
+        conn.execute("ALTER TABLE global_models DROP COLUMN lineage_sha256")  # added by version 6
+        conn.execute("ALTER TABLE global_models DROP COLUMN config_sha256")
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
         conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
@@ -260,6 +262,8 @@ def test_the_v3_upgrade_masks_database_passwords_in_stored_run_configs(tmp_path:
         run_id = store.create_run("old", "deployment", leaked, seed=0)
         other = store.create_run("sim", "simulation", {"lr": 0.1}, seed=0)
     with sqlite3.connect(_db(tmp_path)) as conn:
+        conn.execute("ALTER TABLE global_models DROP COLUMN lineage_sha256")  # added by version 6
+        conn.execute("ALTER TABLE global_models DROP COLUMN config_sha256")
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
         conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
@@ -280,11 +284,13 @@ def test_a_v3_database_gains_server_states_and_keeps_its_models(tmp_path: Path) 
         run_id = store.create_run("pilot", "deployment", {}, seed=0)
         store.save_global_model(run_id, 0, weights, num_samples=0)
     with sqlite3.connect(_db(tmp_path)) as conn:  # what schema version 3 left: no server_states table
+        conn.execute("ALTER TABLE global_models DROP COLUMN lineage_sha256")  # added by version 6
+        conn.execute("ALTER TABLE global_models DROP COLUMN config_sha256")
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
         conn.execute("UPDATE schema_version SET version = 3")
     with _open(tmp_path) as store:
-        assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 5
+        assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 6
         loaded = store.load_global_model(run_id, 0)
         assert all(loaded[k].tobytes() == weights[k].tobytes() for k in weights)
         assert store.load_server_state(run_id, 0) is None  # recorded before v4: resume replays instead

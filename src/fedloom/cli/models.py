@@ -16,7 +16,8 @@ or any SQLAlchemy database given with ``--db-url`` (as ``fedloom token``). Model
 live in the ``blobs/`` directory of a home directory: ``--home``, else (with ``--db-url``)
 the home the aggregator recorded in the run's config, so a PostgreSQL store needs no
 ``--home``.
-Both actions only read: they never create a SQLite store.
+``models verify [RUN]`` recomputes the run's lineage chain (:mod:`fedloom.cli.models_verify`).
+Every action only reads: none creates a SQLite store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedloom.cli.models_verify import print_lineage
 from fedloom.cli.output import dumps, fmt_time, print_help, table
 from fedloom.core.errors import StoreError
 from fedloom.core.reserved import model_part
@@ -43,7 +45,7 @@ SHORT_SHA = 12
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``models list`` and ``models export`` to the ``fedloom`` command."""
+    """Add ``models list``, ``models export`` and ``models verify`` to the ``fedloom`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--home",
@@ -73,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--local", metavar="AGENT", help="export this agent's update of the round (id or agent name)")
     export.add_argument("--force", action="store_true", help="replace FILE if it exists")
     export.set_defaults(func=run_export)
+
+    verify = actions.add_parser(
+        "verify", parents=[common], help="recompute a run's lineage chain from its rows and blobs"
+    )
+    verify.add_argument("run", metavar="RUN", nargs="?", help="run id, unique id prefix or run name (default: newest)")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    verify.set_defaults(func=run_verify)
 
 
 # --------------------------------------------------------------------- opening
@@ -201,6 +210,16 @@ def run_list(args: argparse.Namespace) -> int:
     for number in without_global:
         print(f"round {number}: {locals_[number]} local model(s), no global model (round open or abandoned)")
     return 0
+
+
+# --------------------------------------------------------------------- models verify
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Check the run's lineage chain; exit status 1 names the first record that does not match."""
+    with _run_store(args) as (store, run):
+        report = store.verify_lineage(run.id)
+    return print_lineage(report, f"{run.short_id} ({run.name})", args.json)
 
 
 # --------------------------------------------------------------------- models export

@@ -19,6 +19,7 @@ from fedloom.core.records import ModelRecord
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights, check_structure
 from fedloom.store.checks import INT32_MAX, check_int, check_name
+from fedloom.store.lineage import lineage_columns
 from fedloom.store.row_records import global_record, local_record
 from fedloom.store.schema import GlobalModelRow, LocalModelRow
 from fedloom.store.server_states import ServerStatesMixin
@@ -60,6 +61,7 @@ class ModelsMixin(ServerStatesMixin):
         )
         action = f"save the global model of run {run_id} round {round}"
         with self._session(action, run_id=run_id, conflict=conflict) as session:
+            lineage_columns(session, row)  # in the same transaction: a row never exists without its link
             session.add(row)
             if state is not None:
                 session.add(state)

@@ -43,11 +43,13 @@ from sqlalchemy.schema import CreateColumn
 from fedloom.core.errors import StoreError
 from fedloom.core.redaction import redact_url
 from fedloom.store.schema_v5 import to_v5
+from fedloom.store.schema_v6 import to_v6
 from fedloom.store.types import JsonText, NanFloat, UtcDateTime, dump_json
 
 #: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
-#: 3 added ``tokens.max_agents``, 4 added ``server_states``, 5 added ``agent_logs``)
-SCHEMA_VERSION = 5
+#: 3 added ``tokens.max_agents``, 4 added ``server_states``, 5 added ``agent_logs``,
+#: 6 added the lineage columns of ``global_models``)
+SCHEMA_VERSION = 6
 #: agents a join token admits when its creator names no limit: one site, one agent
 DEFAULT_MAX_AGENTS = 1
 
@@ -130,6 +132,10 @@ class GlobalModelRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     blob_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: the lineage link and the run config's hash (v6; NULL on rows recorded before it), last so the
+    #: columns a migration adds sit where a fresh ``CREATE TABLE`` puts them
+    lineage_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    config_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class LocalModelRow(Base):
@@ -340,7 +346,7 @@ def _to_v4(conn: Connection) -> None:
 
 
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: to_v5}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: to_v5, 6: to_v6}
 
 
 def current_version(conn: Connection) -> int | None:

@@ -8,7 +8,8 @@ one-transaction sessions, the schema upgrade):
 - :mod:`fedloom.store.models` — global and local models and their blobs;
 - :mod:`fedloom.store.server_states` — the server optimiser's state stored with each global model;
 - :mod:`fedloom.store.metrics` — metrics and rejections;
-- :mod:`fedloom.store.access` — join tokens, agents, credentials.
+- :mod:`fedloom.store.access` — join tokens, agents, credentials;
+- :mod:`fedloom.store.lineage` — the hash chain of a run's global models and its verification.
 
 Mixins rather than delegation because every part shares the same engine and the same
 transaction helper and no state of its own: a part is a group of methods, and the one
@@ -30,6 +31,7 @@ from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMix
 from fedloom.store.agent_logs import AgentLogsMixin
 from fedloom.store.blobs import make_private_dir
 from fedloom.store.dashboard_queries import DashboardQueriesMixin
+from fedloom.store.lineage import LineageMixin
 from fedloom.store.metrics import MetricsMixin
 from fedloom.store.models import ModelsMixin
 from fedloom.store.round_reports import RoundReportsMixin
@@ -84,6 +86,7 @@ class SqlStore(
     RoundReportsMixin,
     DashboardQueriesMixin,
     AgentLogsMixin,
+    LineageMixin,
 ):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
