@@ -68,18 +68,24 @@ def validate_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     return {_check_name(name): _check_value(str(name), value) for name, value in metrics.items()}
 
 
-def metrics_from_json(text: str) -> dict[str, float]:
-    """Parse and validate a JSON object of metrics (the upload header's ``metrics`` field)."""
-    if len(text) > MAX_METRICS_JSON:
-        raise ValidationError(f"metrics JSON is {len(text)} characters long; at most {MAX_METRICS_JSON} are read")
+def json_object(text: str, what: str, max_chars: int) -> dict[str, object]:
+    """``text`` parsed as one JSON object of at most ``max_chars`` characters, or a ValidationError
+    saying which field (``what``: "metrics", "system metrics") was too long, malformed or nested."""
+    if len(text) > max_chars:
+        raise ValidationError(f"{what} JSON is {len(text)} characters long; at most {max_chars} are read")
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ValidationError(f"metrics are not a JSON object: {reason}") from None
+        raise ValidationError(f"{what} are not a JSON object: {reason}") from None
     if not isinstance(data, dict):
-        raise ValidationError("metrics must be a JSON object of name -> number")
-    return validate_metrics(data)
+        raise ValidationError(f"{what} must be a JSON object of name -> number")
+    return data
+
+
+def metrics_from_json(text: str) -> dict[str, float]:
+    """Parse and validate a JSON object of metrics (the upload header's ``metrics`` field)."""
+    return validate_metrics(json_object(text, "metrics", MAX_METRICS_JSON))
 
 
 def usable_metrics(metrics: Mapping[str, object]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import numbers
 from collections.abc import Mapping
 
 from fedloom.core.errors import ValidationError
+from fedloom.core.metrics import json_object
 
 #: scope of the ``metrics`` rows holding system metrics
 SYSTEM_SCOPE = "system"
@@ -80,16 +81,7 @@ def _check_value(name: str, value: object) -> float:
 
 def system_metrics_from_json(text: str) -> dict[str, float]:
     """Parse and validate a JSON object of system metrics (the upload header's ``system`` field)."""
-    if len(text) > MAX_SYSTEM_JSON:
-        raise ValidationError(f"system metrics JSON is {len(text)} characters long; at most {MAX_SYSTEM_JSON}")
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ValidationError(f"system metrics are not a JSON object: {reason}") from None
-    if not isinstance(data, dict):
-        raise ValidationError("system metrics must be a JSON object of name -> number")
-    return validate_system_metrics(data)
+    return validate_system_metrics(json_object(text, "system metrics", MAX_SYSTEM_JSON))
 
 
 def system_metrics_json(metrics: Mapping[str, float]) -> str:
