@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_store_contract import backend, run_id, store  # noqa: F401 - the contract's fixtures, on both backends
 
-from fedloom.core.errors import IntegrityError
+from fedloom.core.errors import IntegrityError, StoreError
 from fedloom.core.serialization import content_hash
 from fedloom.store import SqlStore
 
@@ -54,3 +54,14 @@ def test_the_latest_global_model_bytes_are_checked_against_their_hash(store: Sql
     path.write_bytes(store._blobs.get(store.list_global_models(run_id)[0].blob_key))  # type: ignore[union-attr, arg-type]
     with pytest.raises(IntegrityError, match="is corrupted"):
         store.latest_global_model_bytes(run_id)
+
+
+def test_many_parties_metrics_are_one_write_and_read_back_per_party(store: SqlStore, run_id: str) -> None:  # noqa: F811
+    by_client = {str(i): {"bytes_up": float(1000 + i), "seconds_train": 0.5} for i in range(50)}
+    store.record_party_metrics(run_id, 3, "system", by_client)
+    store.record_party_metrics(run_id, 3, "client", {})  # nothing to write
+    rows = store.metrics(run_id, scope="system")
+    assert len(rows) == 100 and {r.round for r in rows} == {3}
+    assert {(r.client_id, r.value) for r in rows if r.name == "bytes_up"} == {(str(i), 1000.0 + i) for i in range(50)}
+    with pytest.raises(StoreError, match="must not have one"):
+        store.record_party_metrics(run_id, 3, "server", {"x": {"loss": 1.0}})

@@ -64,10 +64,8 @@ class RunLog:
         if self.run_id:
             evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
-            for client_id, values in summary.per_client.items():
-                self.store.record_metrics(self.run_id, summary.round, values, scope="client", client_id=client_id)
-            for client_id, values in summary.system.items():
-                self.store.record_metrics(self.run_id, summary.round, values, scope="system", client_id=client_id)
+            self.store.record_party_metrics(self.run_id, summary.round, "client", summary.per_client)
+            self.store.record_party_metrics(self.run_id, summary.round, "system", summary.system)
 
     def home_hint(self) -> str:
         """``DIR`` for a ``--home DIR`` hint when the store is not where the CLI looks by default."""
