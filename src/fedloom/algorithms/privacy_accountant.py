@@ -12,6 +12,7 @@ explicit argument rather than a default.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,4 +104,32 @@ def gaussian_epsilon(
     if not tracker.supports(_event(dpa, noise_multiplier, sampling)):
         raise ConfigError(f"the {accountant} accountant cannot account for {sampling}: use accountant='rdp'")
     tracker.compose(_event(dpa, noise_multiplier, sampling), steps)
+    return float(tracker.get_epsilon(delta))
+
+
+#: one entry of a composition: (noise multiplier, sampling, how many steps of it)
+Step = tuple[float, Sampling, int]
+
+
+def composed_epsilon(steps: Sequence[Step], delta: float, *, accountant: str = "rdp") -> float:
+    """ε after the sequence ``steps`` of subsampled Gaussian mechanisms, composed in one accountant.
+
+    For runs whose rounds differ (a deployed federation whose size changes, rounds with
+    fewer noise shares): each entry is composed as it was used. All entries must share one
+    neighbouring relation (all :class:`WithoutReplacement`, or all :class:`Poisson`)."""
+    kinds = {type(sampling) for _, sampling, _ in steps}
+    if len(kinds) > 1:
+        raise ConfigError("cannot compose WithoutReplacement (replace-one) with Poisson (add/remove) steps")
+    for multiplier, _, count in steps:
+        _check(multiplier, count, delta, accountant)
+    live = [(m, s, n) for m, s, n in steps if n > 0]
+    if not live:
+        return 0.0
+    dpa = _library()
+    tracker = _new_accountant(dpa, live[0][1], accountant)
+    for multiplier, sampling, count in live:
+        event = _event(dpa, multiplier, sampling)
+        if not tracker.supports(event):
+            raise ConfigError(f"the {accountant} accountant cannot account for {sampling}: use accountant='rdp'")
+        tracker.compose(event, count)
     return float(tracker.get_epsilon(delta))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from fedloom.algorithms.dp import PrivacySettings, with_privacy
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
@@ -55,6 +56,7 @@ def simulate(
     executor: Executor | None = None,
     recording: Recording | None = None,
     observers: Sequence[RoundObserver] | None = None,
+    privacy: PrivacySettings | None = None,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -64,10 +66,13 @@ def simulate(
     asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
     kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
     ``observers`` are told about the run as it goes (default: a progress printer on
-    stderr; ``[]`` for silence). Same seed, same settings: bitwise-identical results.
+    stderr; ``[]`` for silence). ``privacy`` makes the run user-level differentially private
+    (docs/privacy.md). Same seed, same settings: bitwise-identical results (except DP noise).
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
     _check_args(num_clients, rounds, world.client_sizes)
+    if privacy is not None:
+        strategy = _private(strategy, privacy, num_clients, world, kept)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
@@ -92,6 +97,20 @@ def simulate(
         if kept.client_state_dir is None and state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
     return SimulationResult(log.run_id, history, model_part(loop.lifecycle.global_weights), run_config)
+
+
+def _private(
+    strategy: Strategy, privacy: PrivacySettings, num_clients: int, world: Environment, kept: Recording
+) -> Strategy:
+    """The DP strategy, refusing what the accountant cannot account for."""
+    if world.asynchronous is not None:
+        raise ConfigError(
+            "privacy with asynchronous rounds is refused: FedBuff/FedAsync arrivals are not a uniform draw "
+            "of clients without replacement, which is the sampling the accountant composes; run synchronously"
+        )
+    if kept.resume is not None:
+        raise ConfigError("resuming a DP simulation is not supported yet (the privacy ledger is not stored)")
+    return with_privacy(strategy, privacy, num_clients)
 
 
 def _shown(observers: Sequence[RoundObserver] | None, rounds: int) -> Sequence[RoundObserver]:
