@@ -178,12 +178,16 @@ def _run_rounds(
     """Train every round; judge each inline, or (``overlap``) in a thread while the next one trains."""
     if not overlap:
         for _ in range(rounds):
+            if loop.lifecycle.finished:  # ended early (a DP run's ε budget is spent)
+                return
             emit(judge.summarize(loop.run_round()))
         return
     pending: Future[RoundSummary] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="fedloom-eval") as evaluator, _one_torch_thread():
         try:
             for _ in range(rounds):
+                if loop.lifecycle.finished:
+                    break
                 trained = loop.run_round()
                 if pending is not None:
                     emit(pending.result())

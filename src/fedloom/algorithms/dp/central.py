@@ -19,6 +19,7 @@ database could regenerate and subtract it); ``noise_seed`` is for tests and give
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,9 +109,7 @@ class PrivateSumAccumulator:
         if settings.adaptive_clip:
             fraction = adaptive.noised_unclipped_fraction(self._unclipped, self._selected, settings.count_stddev, rng)
             clipped = 1.0 - fraction  # the noised estimate: the exact count is not released
-            ledger.clip_norm = adaptive.next_clip_norm(
-                self._clip, fraction, settings.target_quantile, settings.clip_lr
-            )
+            ledger.clip_norm = adaptive.next_clip_norm(self._clip, fraction, settings.target_quantile, settings.clip_lr)
         ledger.record(self._population, self._selected, self._senders)
         self._metrics = privacy_metrics(ledger, self._clip, clipped)
         target = settings.target_epsilon
@@ -127,6 +126,8 @@ class PrivateSumAccumulator:
         return self._metrics.get(TARGET_REACHED, 0.0) > 0
 
 
+#: every metric DP records starts with this (stored as the round's server metrics)
+PRIVACY_PREFIX = "privacy/"
 #: set (1.0) on the last round of a run stopped because the next round would exceed target_epsilon
 TARGET_REACHED = "privacy/target_epsilon_reached"
 
@@ -146,7 +147,7 @@ def privacy_metrics(ledger: PrivacyLedger, clip_norm: float, clipped_fraction: f
         values["privacy/target_epsilon"] = float(settings.target_epsilon)
     if settings.noise_seed is not None:
         values["privacy/noise_reproducible"] = 1.0
-    return {k: v for k, v in values.items() if v == v}
+    return {k: v for k, v in values.items() if not math.isnan(v)}
 
 
 @dataclass(frozen=True)

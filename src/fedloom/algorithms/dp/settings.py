@@ -32,7 +32,7 @@ class PrivacySettings:
 
     ``noise_multiplier`` z: the noise standard deviation is z·``clip_norm`` on the sum of the
     clipped updates. ``delta``: the δ of the reported (ε, δ). With ``adaptive_clip`` the clip
-    norm starts at ``clip_norm`` and follows the ``target_quantile`` γ of the update norms
+    norm starts at ``clip_norm`` and follows the ``target_quantile`` gamma of the update norms
     (Andrew et al. 2021) with learning rate ``clip_lr`` η and count noise ``clip_count_stddev``
     σ_b. ``target_epsilon`` ends the run before a round would spend more. ``noise_seed`` makes
     the noise reproducible: for tests only, it gives NO privacy (anyone with the seed can
