@@ -60,19 +60,15 @@ def simulate(
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
-    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle
-    client costs nothing; ``initial_weights`` default to ``client_fn(0).get_weights()``.
-    ``environment`` is the simulated world (sizes, speeds, deadlines, adversaries,
-    asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
-    kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
-    ``observers`` are told about the run as it goes (default: a progress printer on
-    stderr; ``[]`` for silence). ``privacy`` makes the run user-level differentially private
-    (docs/privacy.md). Same seed, same settings: bitwise-identical results (except DP noise).
+    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle client costs nothing;
+    ``initial_weights`` default to ``client_fn(0).get_weights()``. ``environment`` is the simulated world (sizes,
+    speeds, deadlines, adversaries, asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what
+    is kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``). ``observers`` are told about
+    the run as it goes (default: a progress printer on stderr; ``[]`` for silence). ``privacy`` makes it user-level
+    differentially private (docs/privacy.md). Same seed, same settings: bitwise-identical results (but DP noise).
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
-    _check_args(num_clients, rounds, world.client_sizes)
-    if privacy is not None:
-        strategy = _private(strategy, privacy, num_clients, world, kept)
+    strategy = _checked(strategy, privacy, num_clients, rounds, world, kept)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
@@ -99,10 +95,19 @@ def simulate(
     return SimulationResult(log.run_id, history, model_part(loop.lifecycle.global_weights), run_config)
 
 
-def _private(
-    strategy: Strategy, privacy: PrivacySettings, num_clients: int, world: Environment, kept: Recording
+def _checked(
+    strategy: Strategy,
+    privacy: PrivacySettings | None,
+    num_clients: int,
+    rounds: int,
+    world: Environment,
+    kept: Recording,
 ) -> Strategy:
-    """The DP strategy, refusing what the accountant cannot account for."""
+    """The strategy to run after checking the arguments: with ``privacy``, the DP strategy, refusing
+    what the accountant cannot account for."""
+    _check_args(num_clients, rounds, world.client_sizes)
+    if privacy is None:
+        return strategy
     if world.asynchronous is not None:
         raise ConfigError(
             "privacy with asynchronous rounds is refused: FedBuff/FedAsync arrivals are not a uniform draw "
