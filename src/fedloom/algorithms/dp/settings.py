@@ -115,13 +115,26 @@ class PrivacySettings:
         return asdict(self)
 
 
+_FLOATS = (
+    "noise_multiplier", "clip_norm", "delta", "target_quantile", "clip_lr", "clip_count_stddev", "target_epsilon",
+)  # fmt: skip
+_TYPES: dict[str, type] = {**dict.fromkeys(_FLOATS, float), "mode": str, "accountant": str, "adaptive_clip": bool}
+_TYPES["noise_seed"] = int
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A TOML/flag value checked against the field's type (an int is a fine float)."""
+    kind = _TYPES[key]
+    if value is None or (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+        return None if value is None else float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"privacy setting {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
 def privacy_from_mapping(values: dict[str, Any]) -> PrivacySettings:
     """``PrivacySettings`` from a TOML table or flag dict; unknown keys are errors naming the known ones."""
-    known = set(PrivacySettings.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(_TYPES))
     if unknown:
-        raise ConfigError(f"unknown privacy setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    try:
-        return PrivacySettings(**values)
-    except TypeError as exc:
-        raise ConfigError(f"privacy settings: {exc}") from None
+        raise ConfigError(f"unknown privacy setting {unknown[0]!r}; known: {', '.join(sorted(_TYPES))}")
+    return PrivacySettings(**{key: _typed(key, value) for key, value in values.items()})

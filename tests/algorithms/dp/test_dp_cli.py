@@ -1,0 +1,42 @@
+"""``fedloom sim --dp ...`` runs a DP simulation; ``fedloom runs show`` prints its ε and why it stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedloom.cli.main import main
+from fedloom.store import SqlStore
+
+pytest.importorskip("dp_accounting")
+
+SIM = ["sim", "--clients", "20", "--fraction", "0.5", "--rounds", "10", "--lr", "0.5"]
+
+
+def test_sim_flags_then_runs_show_prints_epsilon_and_the_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    home = str(tmp_path / "home")
+    # z = 4 (accounted 2), 10 of 20: ε = 2.78 after round 3 and 3.39 after round 4
+    dp = ["--dp", "central", "--dp-noise", "4", "--dp-clip", "5", "--dp-delta", "1e-4", "--dp-target-epsilon", "3"]
+    assert main([*SIM, *dp, "--home", home]) == 0
+    out = capsys.readouterr().out
+    assert "DP central" in out
+    with SqlStore.open_default(home) as store:
+        run = store.list_runs()[0]
+        epsilon = store.metric_series(run.id, "privacy/epsilon")
+    assert len(epsilon) == 3 and epsilon[-1][1] <= 3
+    assert main(["runs", "show", run.id, "--home", home]) == 0
+    shown = capsys.readouterr().out
+    line = next(x for x in shown.splitlines() if x.startswith("privacy"))
+    assert f"central DP: epsilon = {epsilon[-1][1]:.4g} at delta = 0.0001 after round {len(epsilon)}" in line
+    assert "stopped: the next round would exceed the target epsilon 3" in line
+    assert "EPSILON" in shown
+
+
+def test_dp_flags_without_a_mode_or_with_a_bad_value_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*SIM, "--dp-noise", "1.0", "--no-store"]) == 1
+    assert "--dp central|client|local" in capsys.readouterr().err
+    assert main([*SIM, "--dp", "central", "--dp-noise", "1.0", "--dp-delta", "1e-5", "--no-store"]) == 1
+    assert "clip_norm is missing" in capsys.readouterr().err
+    assert main([*SIM, "--dp", "central", "--dp-noise", "1", "--dp-clip", "1", "--dp-delta", "0.1", "--no-store"]) == 1
+    assert "delta=0.1 is not below 1/number of clients = 1/20" in capsys.readouterr().err
