@@ -19,8 +19,10 @@ def test_sim_flags_then_runs_show_prints_epsilon_and_the_stop(tmp_path: Path, ca
     # z = 4 (accounted 2), 10 of 20: ε = 2.78 after round 3 and 3.39 after round 4
     dp = ["--dp", "central", "--dp-noise", "4", "--dp-clip", "5", "--dp-delta", "1e-4", "--dp-target-epsilon", "3"]
     assert main([*SIM, *dp, "--home", home]) == 0
-    out = capsys.readouterr().out
-    assert "DP central" in out
+    captured = capsys.readouterr()
+    assert "DP central" in captured.out
+    assert "epsilon 2.784" in captured.err  # the progress line of round 3
+    assert "stopped after round 3: the next round would exceed the target epsilon 3" in captured.err
     with SqlStore.open_default(home) as store:
         run = store.list_runs()[0]
         epsilon = store.metric_series(run.id, "privacy/epsilon")
