@@ -21,6 +21,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitResult
 from fedloom.server.aggregator import Aggregator
 from fedloom.server.config import config_from_mapping
+from fedloom.server.run_setup import deployment_strategy
 from fedloom.store import SqlStore
 
 pytest.importorskip("dp_accounting")
