@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.dp.report import EPSILON
 from fedloom.cli.output import dumps, fmt_time, print_help, table
-from fedloom.cli.runs_privacy import EPSILON, privacy_summary, render_privacy
+from fedloom.cli.runs_privacy import privacy_of, render_privacy
 from fedloom.core.errors import StoreError
 from fedloom.store import MetricRecord, RoundRecord, RunRecord, SqlStore, resolve_home
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
@@ -136,7 +137,7 @@ def _show_details(store: SqlStore, run: RunRecord) -> dict[str, Any]:
     rounds = _roundtable(store.list_rounds(run.id), store.metrics(run.id, scope="server"))
     return {
         "run": _run_dict(run),
-        "privacy": privacy_summary(run.config, rounds),
+        "privacy": privacy_of(run.config, rounds),
         "rounds": rounds,
         "global_models": len(store.list_global_models(run.id)),
         "rejections": len(rejections),

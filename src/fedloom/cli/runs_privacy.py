@@ -6,35 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-EPSILON = "privacy/epsilon"
-_TARGET_REACHED = "privacy/target_epsilon_reached"
+from fedloom.algorithms.dp.report import EPSILON, privacy_summary
 
 
-def _mode(config: Mapping[str, Any]) -> str | None:
-    """The DP mode recorded with the run's strategy (``aggregator.privacy.mode``), if any."""
-    strategy = config.get("strategy")
-    aggregator = strategy.get("aggregator") if isinstance(strategy, Mapping) else None
-    privacy = aggregator.get("privacy") if isinstance(aggregator, Mapping) else None
-    mode = privacy.get("mode") if isinstance(privacy, Mapping) else None
-    return mode if isinstance(mode, str) else None
-
-
-def privacy_summary(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The newest ε (with δ, mode, round, target) of a DP run; None for a run without DP metrics."""
+def privacy_of(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The DP summary of ``runs show``'s round table (the newest round with an ε)."""
     private = [entry for entry in rounds if EPSILON in entry.get("metrics", {})]
-    if not private:
-        return None
-    last = private[-1]
-    metrics = last["metrics"]
-    return {
-        "mode": _mode(config),
-        "epsilon": metrics[EPSILON],
-        "delta": metrics.get("privacy/delta"),
-        "round": last["round"],
-        "target_epsilon": metrics.get("privacy/target_epsilon"),
-        "stopped_at_target": bool(metrics.get(_TARGET_REACHED)),
-        "noise_reproducible": bool(metrics.get("privacy/noise_reproducible")),
-    }
+    return privacy_summary(config, private[-1]["round"], private[-1]["metrics"]) if private else None
 
 
 def render_privacy(summary: Mapping[str, Any]) -> str:
