@@ -134,3 +134,15 @@ def test_adaptive_clip_moves_by_the_noised_unclipped_fraction_and_lowers_update_
     following.add(_update("a", {"w": np.array([0.1, 0.0])}))
     following.result()
     assert following.round_metrics()["privacy/clip_norm"] == pytest.approx(np.exp(-0.1))
+
+
+def test_adaptive_clipping_noises_the_updates_with_the_corrected_multiplier() -> None:
+    z, sigma_b, clip = 1.0, 0.8, 0.5
+    z_delta = (z**-2 - (2 * sigma_b) ** -2) ** -0.5
+    model = {"w": np.zeros(200_000)}
+    aggregator = _aggregator(noise_multiplier=z, clip_norm=clip, adaptive_clip=True, clip_count_stddev=sigma_b)
+    acc = aggregator.start_sized(model, 8)
+    acc.add(_update("a", {"w": np.zeros(200_000)}))
+    noise = acc.result()["w"]
+    assert noise.std() == pytest.approx(z_delta * clip / 4, rel=0.01)
+    assert z_delta * clip / 4 > 1.05 * z * clip / 4  # visibly more than without the count's share
