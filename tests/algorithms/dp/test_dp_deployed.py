@@ -94,3 +94,20 @@ def test_privacy_with_async_or_a_robust_aggregator_is_refused() -> None:
     config = config_from_mapping({"privacy": table, "strategy": {"strategy": "median"}, "rounds": {"min_agents": 3}})
     with pytest.raises(ConfigError, match="not bounded by the clip norm"):
         deployment_strategy(config)
+
+
+def test_a_restarted_aggregator_keeps_counting_the_rounds_already_released(tmp_path: Path) -> None:
+    config = deployment_config(**DP)
+    with SqlStore.open_default(tmp_path / "home") as store:
+        first = Aggregator(config, store, initial_weights=weights_of(0.0))
+        agents = [join(first, store, f"site-{i}") for i in range(3)]
+        for i, agent in enumerate(agents):
+            first.submit_update(agent, upload_body(agent.id, 1, i + 1.0, 10))
+        first.close()
+        second = Aggregator(config, store)  # resumes the run at round 2
+        assert second.run_id == first.run_id
+        for i, agent in enumerate(agents):
+            second.submit_update(store.get_agent(agent.id), upload_body(agent.id, 2, i + 2.0, 10))
+        second.close()
+        epsilon = dict(store.metric_series(second.run_id, "privacy/epsilon"))
+        assert epsilon[2] == pytest.approx(gaussian_epsilon(0.75, WithoutReplacement(3, 3), 2, 1e-3))

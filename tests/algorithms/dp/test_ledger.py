@@ -55,3 +55,17 @@ def test_a_restarted_ledger_counts_earlier_rounds_without_sampling_amplification
     expected = composed_epsilon([(1.0, WithoutReplacement(1, 1), 2), (1.0, WithoutReplacement(100, 10), 1)], 1e-5)
     assert ledger.epsilon() == expected
     assert ledger.epsilon() > gaussian_epsilon(1.0, WithoutReplacement(100, 10), 3, 1e-5)
+
+
+def test_cached_composition_equals_the_library_composing_event_by_event() -> None:
+    import dp_accounting as dpa
+
+    a, b = WithoutReplacement(50, 5), WithoutReplacement(80, 8)
+    steps = [(0.8, a, 3), (1.2, b, 2), (0.8, a, 1)]
+    reference = dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    for multiplier, sampling, count in steps:
+        event = dpa.SampledWithoutReplacementDpEvent(
+            sampling.population, sampling.sample_size, dpa.GaussianDpEvent(multiplier)
+        )
+        reference.compose(event, count)
+    assert composed_epsilon(steps, 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)

@@ -76,3 +76,10 @@ def test_unreachable_target_epsilon_is_refused_before_the_run() -> None:
 def test_mapping_with_unknown_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown privacy setting 'noise'"):
         privacy_from_mapping({"noise": 1.0})
+
+
+def test_an_accountant_that_cannot_account_for_the_sampling_is_refused_before_the_run() -> None:
+    settings = PrivacySettings(**{**GOOD, "accountant": "pld"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pld accountant cannot account for WithoutReplacement"):
+        with_privacy(build_strategy("fedavg", fraction=0.5), settings, 20)
+    with_privacy(build_strategy("fedavg", fraction=1.0), settings, 20)  # everyone each round: no sampling

@@ -64,8 +64,9 @@ def with_privacy(strategy: Strategy, settings: PrivacySettings, num_clients: int
     settings.check_population(num_clients)
     selected = strategy.sampler.num_to_sample(num_clients)
     ledger = PrivacyLedger(settings, noise_shares=selected)
+    first = ledger.epsilon_after_next(num_clients, selected)  # also: can this accountant account for it?
     target = settings.target_epsilon
-    if target is not None and (first := ledger.epsilon_after_next(num_clients, selected)) > target:
+    if target is not None and first > target:
         raise ConfigError(
             f"privacy target_epsilon={target} cannot be met even for one round (one round spends ε={first:.4g} "
             f"with {selected} of {num_clients} clients): raise noise_multiplier or target_epsilon, or sample fewer"
