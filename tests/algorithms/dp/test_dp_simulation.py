@@ -105,3 +105,20 @@ def test_client_mode_noise_adds_up_to_the_central_noise(store: Any) -> None:
 def test_asynchronous_dp_is_refused(store: Any) -> None:
     with pytest.raises(ConfigError, match="asynchronous"):
         run(store, rounds=1, privacy=dp(), asynchronous=AsyncSettings(buffer_size=2))
+
+
+def test_resuming_a_dp_simulation_is_refused(store: Any) -> None:
+    done = run(store, rounds=1, privacy=dp())
+    with pytest.raises(ConfigError, match="resuming a DP simulation is not supported yet"):
+        cfg = SimConfig(dataset="digits", model="logreg", clients=CLIENTS, rounds=2, seed=0, lr=0.5)
+        task = build_task(cfg)
+        fedloom.simulate(
+            task.client_fn,
+            CLIENTS,
+            fedloom.fedavg(fraction=0.5, lr=0.5),
+            2,
+            initial_weights=task.initial_weights,
+            recording=fedloom.Recording(store=store, resume=done.run_id),
+            observers=[],
+            privacy=dp(),
+        )

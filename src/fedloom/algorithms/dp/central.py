@@ -160,13 +160,9 @@ class PrivateMean:
 
     settings: PrivacySettings
     sampler: ClientSampler
-    ledger: PrivacyLedger = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    ledger: PrivacyLedger = field(compare=False, repr=False)
     name: str = "dp_mean"
     mergeable: bool = False
-
-    def __post_init__(self) -> None:
-        if self.ledger is None:
-            object.__setattr__(self, "ledger", PrivacyLedger(self.settings))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "privacy": self.settings.describe()}
