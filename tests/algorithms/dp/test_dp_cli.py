@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedloom.cli.main import main
+from fedloom.core.errors import ConfigError
 from fedloom.store import SqlStore
 
 pytest.importorskip("dp_accounting")
@@ -42,3 +43,17 @@ def test_dp_flags_without_a_mode_or_with_a_bad_value_are_refused(capsys: pytest.
     assert "clip_norm is missing" in capsys.readouterr().err
     assert main([*SIM, "--dp", "central", "--dp-noise", "1", "--dp-clip", "1", "--dp-delta", "0.1", "--no-store"]) == 1
     assert "delta=0.1 is not below 1/number of clients = 1/20" in capsys.readouterr().err
+
+
+def test_a_sim_config_file_takes_a_privacy_table(tmp_path: Path) -> None:
+    from fedloom.sim.config import load_config_file
+
+    config_file = tmp_path / "sim.toml"
+    config_file.write_text(
+        'clients = 20\nfraction = 0.5\n[privacy]\nmode = "local"\nnoise_multiplier = 2\nclip_norm = 1\ndelta = 1e-4\n'
+    )
+    settings = load_config_file(config_file).privacy_settings()
+    assert settings is not None and settings.mode == "local" and settings.noise_multiplier == 2.0
+    config_file.write_text('clients = 20\n[privacy]\nmode = "central"\nnoise = 2\n')
+    with pytest.raises(ConfigError, match="unknown privacy setting 'noise'"):
+        load_config_file(config_file)
