@@ -110,7 +110,7 @@ def _add_privacy_flags(parser: argparse.ArgumentParser) -> None:
     dp.add_argument("--dp-adaptive-clip", action="store_true", default=None, help="adaptive clipping (central)")
     dp.add_argument("--dp-target-quantile", type=float, help="adaptive clipping: quantile gamma (default 0.5)")
     dp.add_argument("--dp-clip-lr", type=float, help="adaptive clipping: learning rate eta (default 0.2)")
-    dp.add_argument("--dp-clip-count-stddev", type=float, help="adaptive clipping: count noise (default 20 z)")
+    dp.add_argument("--dp-clip-count-stddev", type=float, help="adaptive clipping: count noise (default m/20)")
     dp.add_argument("--dp-target-epsilon", type=float, metavar="E", help="finish before epsilon would exceed E")
     dp.add_argument("--dp-accountant", choices=ACCOUNTANTS, help="rdp (default) or pld")
     dp.add_argument("--dp-noise-seed", type=int, help="reproducible noise: for tests only, gives NO privacy")

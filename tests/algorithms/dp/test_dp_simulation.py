@@ -12,6 +12,7 @@ from fedloom.algorithms.dp import PrivacySettings
 from fedloom.algorithms.privacy_accountant import WithoutReplacement, gaussian_epsilon
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds.asynchronous import AsyncSettings
+from fedloom.sim import ParallelExecutor
 from fedloom.sim.config import SimConfig
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
@@ -28,7 +29,7 @@ def store(tmp_path: Any) -> Any:
     s.close()
 
 
-def run(store: Any, rounds: int = 6, privacy: PrivacySettings | None = None, **world: Any) -> Any:
+def run(store: Any, rounds: int = 6, privacy: PrivacySettings | None = None, executor: Any = None, **world: Any) -> Any:
     cfg = SimConfig(dataset="digits", model="logreg", clients=CLIENTS, partition="iid", rounds=rounds, seed=0, lr=0.5)
     task = build_task(cfg)
     strategy = fedloom.fedavg(fraction=0.5, epochs=1, batch_size=16, lr=cfg.lr)
@@ -44,6 +45,7 @@ def run(store: Any, rounds: int = 6, privacy: PrivacySettings | None = None, **w
         recording=fedloom.Recording(store=store, config=cfg.to_dict()),
         observers=[],
         privacy=privacy,
+        executor=executor,
     )
 
 
@@ -122,3 +124,14 @@ def test_resuming_a_dp_simulation_is_refused(store: Any) -> None:
             observers=[],
             privacy=dp(),
         )
+
+
+def test_parallel_workers_run_the_client_part_and_the_engine_gets_every_update(store: Any) -> None:
+    settings = dp(mode="client", noise_multiplier=1e-3, clip_norm=50.0)
+    sequential = run(store, rounds=2, privacy=settings)
+    parallel = run(store, rounds=2, privacy=settings, executor=ParallelExecutor(workers=2))
+    for name, value in sequential.final_weights.items():  # seeded noise: same clients, same noise
+        np.testing.assert_allclose(parallel.final_weights[name], value, rtol=1e-6, atol=1e-9)
+    assert store.metric_series(parallel.run_id, "privacy/epsilon") == store.metric_series(
+        sequential.run_id, "privacy/epsilon"
+    )

@@ -83,3 +83,11 @@ def test_an_accountant_that_cannot_account_for_the_sampling_is_refused_before_th
     with pytest.raises(ConfigError, match="pld accountant cannot account for WithoutReplacement"):
         with_privacy(build_strategy("fedavg", fraction=0.5), settings, 20)
     with_privacy(build_strategy("fedavg", fraction=1.0), settings, 20)  # everyone each round: no sampling
+
+
+def test_adaptive_count_noise_defaults_to_m_over_20_and_too_few_clients_are_refused() -> None:
+    settings = PrivacySettings(**{**GOOD, "adaptive_clip": True})  # type: ignore[arg-type]
+    strategy = with_privacy(build_strategy("fedavg", fraction=0.5), settings, 100)
+    assert strategy.aggregator.settings.clip_count_stddev == 50 / 20  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=re.escape("clip_count_stddev=0.25 leaves no noise for the updates")):
+        with_privacy(build_strategy("fedavg", fraction=0.5), settings, 10)  # m = 5: σ_b = 0.25 <= z/2

@@ -93,14 +93,15 @@ class PrivateSumAccumulator:
         std = self._noise_std()
         denominator = self.count if self.settings.mode == "local" else self._selected
         out: Weights = {}
-        for name, ref in self._reference.items():
+        for name in sorted(self._reference):  # name order: a model read back from a payload may be ordered otherwise
+            ref = self._reference[name]
             if name not in self._sums:
                 out[name] = np.array(ref, copy=True)  # counters keep the global model's value
                 continue
             noisy = self._sums[name] + (rng.normal(0.0, std, ref.shape) if std else 0.0)
             out[name] = cast_like(ref.astype(np.float64) + noisy / denominator, ref)
         self._close(rng)
-        return out
+        return {name: out[name] for name in self._reference}  # the model's own order
 
     def _close(self, rng: np.random.Generator) -> None:
         """Record the round in the ledger, move an adaptive clip, and keep the round's metrics."""

@@ -83,8 +83,8 @@ class DpClient:
         clipped, _ = clip_delta(update_delta(model_part(trained.weights), step.model), _number(extra, DP_CLIP))
         rng = client_noise_generator(extra, step.config.round, step.config.seed)
         sent = {}
-        for name, delta in clipped.items():
-            start = step.model[name]
+        for name in sorted(clipped):  # name order, not dict order: a payload's order may differ
+            delta, start = clipped[name], step.model[name]
             noisy = np.asarray(start, np.float64) + delta + rng.normal(0.0, std, np.shape(start))
             sent[name] = cast_like(noisy, start)
         return ClientOutcome(sent, {})

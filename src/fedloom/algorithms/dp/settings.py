@@ -10,7 +10,7 @@ the fix: noise without clipping, a clip norm that is not positive, no δ or a δ
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fedloom.algorithms.privacy_accountant import ACCOUNTANTS
@@ -34,9 +34,10 @@ class PrivacySettings:
     clipped updates. ``delta``: the δ of the reported (ε, δ). With ``adaptive_clip`` the clip
     norm starts at ``clip_norm`` and follows the ``target_quantile`` gamma of the update norms
     (Andrew et al. 2021) with learning rate ``clip_lr`` η and count noise ``clip_count_stddev``
-    σ_b. ``target_epsilon`` ends the run before a round would spend more. ``noise_seed`` makes
-    the noise reproducible: for tests only, it gives NO privacy (anyone with the seed can
-    subtract the noise) and is recorded as ``privacy/noise_reproducible = 1``.
+    σ_b (default m/20 for m clients a round). ``target_epsilon`` ends the run before a round
+    would spend more. ``noise_seed`` makes the noise reproducible: for tests only, it gives NO
+    privacy (anyone with the seed can subtract the noise) and is recorded as
+    ``privacy/noise_reproducible = 1``.
     """
 
     mode: str = "central"
@@ -82,23 +83,31 @@ class PrivacySettings:
         if not 0.0 < self.target_quantile < 1.0:
             raise ConfigError(f"privacy target_quantile must be in (0, 1), got {self.target_quantile}")
         _positive("clip_lr", self.clip_lr, "set clip_lr, e.g. 0.2")
-        sigma_b = self.count_stddev
+        if self.clip_count_stddev is None:
+            return  # m/20 once the number of clients per round is known (:meth:`for_round_size`)
+        _positive("clip_count_stddev", self.clip_count_stddev, "set clip_count_stddev or leave it out")
         assert self.noise_multiplier is not None
-        if 2.0 * sigma_b <= self.noise_multiplier:
+        if 2.0 * self.clip_count_stddev <= self.noise_multiplier:
             raise ConfigError(
-                f"privacy clip_count_stddev={sigma_b} leaves no noise for the updates: it must be above "
-                f"noise_multiplier/2 = {self.noise_multiplier / 2} (Andrew et al. 2021 split z between the "
-                "count and the updates); raise clip_count_stddev or leave it out"
+                f"privacy clip_count_stddev={self.clip_count_stddev:.4g} leaves no noise for the updates: it must "
+                f"be above noise_multiplier/2 = {self.noise_multiplier / 2} (Andrew et al. 2021 split z between the "
+                "count and the updates; by default it is m/20 for m clients a round); raise clip_count_stddev, "
+                "select more clients per round, or use a fixed clip"
             )
 
     @property
     def count_stddev(self) -> float:
-        """σ_b of the unclipped count (adaptive clipping); by default z·20, about 1/400 of z's budget."""
-        if self.clip_count_stddev is not None:
-            _positive("clip_count_stddev", self.clip_count_stddev, "set clip_count_stddev or leave it out")
-            return float(self.clip_count_stddev)
-        assert self.noise_multiplier is not None
-        return 20.0 * float(self.noise_multiplier)
+        """σ_b of the unclipped count (adaptive clipping), once resolved by :meth:`for_round_size`."""
+        if self.clip_count_stddev is None:
+            raise ConfigError("privacy clip_count_stddev is not resolved: build the strategy with with_privacy")
+        return float(self.clip_count_stddev)
+
+    def for_round_size(self, selected: int) -> PrivacySettings:
+        """These settings with adaptive clipping's default σ_b = m/20 (Andrew et al. 2021: the
+        noised unclipped *fraction* then has standard deviation 0.05) for m = ``selected``."""
+        if not self.adaptive_clip or self.clip_count_stddev is not None:
+            return self
+        return replace(self, clip_count_stddev=selected / 20.0)
 
     def check_population(self, num_clients: int) -> None:
         """δ ≥ 1/K would be met by publishing one random client's data: refused."""

@@ -63,6 +63,7 @@ def with_privacy(strategy: Strategy, settings: PrivacySettings, num_clients: int
     refuse_unprivate(strategy)
     settings.check_population(num_clients)
     selected = strategy.sampler.num_to_sample(num_clients)
+    settings = settings.for_round_size(selected)
     ledger = PrivacyLedger(settings, noise_shares=selected)
     first = ledger.epsilon_after_next(num_clients, selected)  # also: can this accountant account for it?
     target = settings.target_epsilon
