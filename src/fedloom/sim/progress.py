@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from fedloom.algorithms.dp.central import TARGET_REACHED
+from fedloom.algorithms.dp.report import EPSILON
 from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 
 _BAR_WIDTH = 30
-EPSILON = "privacy/epsilon"
 
 
 def _fmt(value: float | None, percent: bool = False) -> str:
