@@ -12,9 +12,8 @@ from fedloom.core.errors import ConfigError
 pytest.importorskip("dp_accounting")
 
 
-def _ledger(mode: str = "central", shares: int | None = None) -> PrivacyLedger:
-    settings = PrivacySettings(mode=mode, noise_multiplier=2.0, clip_norm=1.0, delta=1e-5)
-    return PrivacyLedger(settings, noise_shares=shares)
+def _ledger(mode: str = "central") -> PrivacyLedger:
+    return PrivacyLedger(PrivacySettings(mode=mode, noise_multiplier=2.0, clip_norm=1.0, delta=1e-5))
 
 
 def test_composed_steps_equal_the_single_call_for_one_kind_of_step() -> None:
@@ -36,7 +35,7 @@ def test_rounds_of_a_changing_federation_are_composed_as_they_were() -> None:
 
 
 def test_client_mode_round_with_missing_shares_is_accounted_with_less_noise() -> None:
-    ledger = _ledger("client", shares=4)
+    ledger = _ledger("client")
     ledger.record(40, 4, ["a", "b"])  # 2 of the 4 noise shares arrived: std z·C·√(2/4)
     assert ledger.epsilon() == gaussian_epsilon(1.0 * (2 / 4) ** 0.5, WithoutReplacement(40, 4), 1, 1e-5)
 

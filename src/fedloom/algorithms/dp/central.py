@@ -176,4 +176,5 @@ class PrivateMean:
 
     def start_sized(self, reference: Mapping[str, np.ndarray], num_clients: int) -> PrivateSumAccumulator:
         selected = self.sampler.num_to_sample(num_clients)
+        self.ledger.round_size = selected  # what the round's fit configs tell clients (PrivateClientSettings)
         return PrivateSumAccumulator(reference, self.ledger, num_clients, selected)

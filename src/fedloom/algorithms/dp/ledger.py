@@ -41,8 +41,8 @@ class PrivacyLedger:
     participation: Counter[str] = field(default_factory=Counter)
     unsampled_rounds: int = 0
     clip_norm: float = 0.0
-    #: client mode: how many noise shares the clients were told make up the full noise (m on the wire)
-    noise_shares: int | None = None
+    #: the number of clients the open round selected (its noise shares in client mode), set when it starts
+    round_size: int = 0
 
     def __post_init__(self) -> None:
         self.begin_run(0)
@@ -68,7 +68,7 @@ class PrivacyLedger:
         senders = list(delivered)
         multiplier = self.multiplier
         if self.settings.mode == "client":
-            multiplier *= math.sqrt(len(senders) / (self.noise_shares or selected))
+            multiplier *= math.sqrt(len(senders) / selected)
         self.steps.append((multiplier, WithoutReplacement(population, selected), 1))
         self.participation.update(senders)
 

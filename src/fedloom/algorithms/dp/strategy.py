@@ -21,15 +21,16 @@ FedBuff's arrivals are not a uniform draw without replacement, which is what is 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from fedloom.algorithms.dp.central import PrivateMean
 from fedloom.algorithms.dp.client import DP_CLIP, DP_MODE, DP_NOISE, DP_NOISE_SEED, DP_SHARES, DpClient
 from fedloom.algorithms.dp.ledger import PrivacyLedger
 from fedloom.algorithms.dp.settings import PrivacySettings
-from fedloom.algorithms.strategy import Strategy, WeightedMean
+from fedloom.algorithms.strategy import ClientSettings, Strategy, WeightedMean
 from fedloom.algorithms.units import CLIENT_PARTS_KEY, HasClientPart, SeedsInitialModel
 from fedloom.core.errors import ConfigError
+from fedloom.core.fit import FitConfig
 
 
 def refuse_unprivate(strategy: Strategy) -> None:
@@ -64,7 +65,7 @@ def with_privacy(strategy: Strategy, settings: PrivacySettings, num_clients: int
     settings.check_population(num_clients)
     selected = strategy.sampler.num_to_sample(num_clients)
     settings = settings.for_round_size(selected)
-    ledger = PrivacyLedger(settings, noise_shares=selected)
+    ledger = PrivacyLedger(settings)
     first = ledger.epsilon_after_next(num_clients, selected)  # also: can this accountant account for it?
     target = settings.target_epsilon
     if target is not None and first > target:
@@ -76,11 +77,26 @@ def with_privacy(strategy: Strategy, settings: PrivacySettings, num_clients: int
     if settings.mode != "central":
         extra[CLIENT_PARTS_KEY] = [*extra.get(CLIENT_PARTS_KEY, []), DpClient().name]
         extra.update({DP_MODE: settings.mode, DP_NOISE: settings.noise_multiplier, DP_CLIP: settings.clip_norm})
-        extra[DP_SHARES] = selected
         if settings.noise_seed is not None:
             extra[DP_NOISE_SEED] = settings.noise_seed
+    client = strategy.client
     return replace(
         strategy,
         aggregator=PrivateMean(settings, strategy.sampler, ledger),
-        client=replace(strategy.client, extra=extra),
+        client=PrivateClientSettings(client.epochs, client.batch_size, client.lr, extra, ledger=ledger),
     )
+
+
+@dataclass(frozen=True)
+class PrivateClientSettings(ClientSettings):
+    """The client settings of a DP strategy: in client mode each fit config also carries the round's
+    number of noise shares m (``dp_noise_shares``), the number of clients the round selected, which
+    only the open round knows (a deployment's federation grows as agents join)."""
+
+    ledger: PrivacyLedger | None = field(default=None, compare=False, repr=False)
+
+    def fit_config(self, round: int, client_id: str, seed: int) -> FitConfig:
+        config = super().fit_config(round, client_id, seed)
+        if self.ledger is None or self.ledger.settings.mode != "client":
+            return config
+        return replace(config, extra={**config.extra, DP_SHARES: self.ledger.round_size})
