@@ -111,3 +111,12 @@ def test_a_restarted_aggregator_keeps_counting_the_rounds_already_released(tmp_p
         second.close()
         epsilon = dict(store.metric_series(second.run_id, "privacy/epsilon"))
         assert epsilon[2] == pytest.approx(gaussian_epsilon(0.75, WithoutReplacement(3, 3), 2, 1e-3))
+
+
+def test_a_deployed_run_records_its_mode_for_runs_show_and_the_dashboard(tmp_path: Path) -> None:
+    from fedloom.algorithms.dp.report import recorded_mode
+
+    with SqlStore.open_default(tmp_path / "home") as store:
+        aggregator = Aggregator(deployment_config(**{**DP, "dp_mode": "local"}), store, initial_weights=weights_of(0.0))
+        aggregator.close()
+        assert recorded_mode(store.get_run(aggregator.run_id).config) == "local"
