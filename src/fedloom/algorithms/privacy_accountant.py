@@ -12,7 +12,9 @@ explicit argument rather than a default.
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +61,23 @@ def _library() -> Any:
             "differential privacy needs Google's dp-accounting library, which is not installed: "
             "run `pip install 'fedloom[dp]'`"
         ) from None
+    _unbind_absl_stderr()
     return dp_accounting
+
+
+def _unbind_absl_stderr() -> None:
+    """dp-accounting imports ``absl.logging``, whose (unattached) handler keeps the ``sys.stderr``
+    of that moment. A later ``logging.config.dictConfig`` (uvicorn's, when a server starts) closes
+    every handler there is, and with it that stream unless it is the current ``sys.stderr``: under
+    a redirected stderr (pytest's capture, a daemon's log file) the wrong file is closed. Pointed
+    at ``sys.__stderr__``, which absl never closes; a handler the application attached is left."""
+    absl_logging = sys.modules.get("absl.logging")
+    get_handler = getattr(absl_logging, "get_absl_handler", None)
+    if get_handler is None:
+        return
+    handler = get_handler()
+    if handler not in logging.root.handlers and handler.python_handler.stream is not sys.__stderr__:
+        handler.python_handler.stream = sys.__stderr__
 
 
 def _check(noise_multiplier: float, steps: int, delta: float, accountant: str) -> None:
