@@ -120,3 +120,22 @@ def test_a_deployed_run_records_its_mode_for_runs_show_and_the_dashboard(tmp_pat
         aggregator = Aggregator(deployment_config(**{**DP, "dp_mode": "local"}), store, initial_weights=weights_of(0.0))
         aggregator.close()
         assert recorded_mode(store.get_run(aggregator.run_id).config) == "local"
+
+
+def test_a_deployed_run_finishes_before_a_round_would_exceed_the_target(tmp_path: Path) -> None:
+    per_round = [gaussian_epsilon(0.75, WithoutReplacement(3, 3), r, 1e-3) for r in (1, 2, 3)]
+    target = (per_round[1] + per_round[2]) / 2  # round 2 fits, round 3 would not
+    config = deployment_config(**DP, max_rounds=10, dp_target_epsilon=target)
+    with SqlStore.open_default(tmp_path / "home") as store:
+        aggregator = Aggregator(config, store, initial_weights=weights_of(0.0))
+        agents = [join(aggregator, store, f"site-{i}") for i in range(3)]
+        for round in (1, 2):
+            for i, agent in enumerate(agents):
+                aggregator.submit_update(agent, upload_body(agent.id, round, round * (i + 1), 10))
+        assert aggregator.task_for(agents[0].id).state == "finished"
+        assert aggregator.status()["state"] == "finished"
+        aggregator.close()
+        run_id = aggregator.run_id
+        assert [r.round for r in store.list_rounds(run_id)] == [1, 2]
+        assert dict(store.metric_series(run_id, "privacy/target_epsilon_reached")) == {2: 1.0}
+        assert store.get_run(run_id).status == "finished"
