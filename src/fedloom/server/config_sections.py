@@ -12,9 +12,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedloom.algorithms.dp.settings import PrivacySettings
 
 __all__ = [
     "DEADLINE_POLICIES",
@@ -318,8 +321,8 @@ class PrivacySection:
         except ConfigError as exc:
             raise ConfigError(f"[privacy] {exc} (set the dp_* keys of [privacy] in aggregator.toml)") from None
 
-    def settings(self) -> Any:
-        """The PrivacySettings of this table, or None when ``dp_mode`` is unset."""
+    def settings(self) -> PrivacySettings | None:
+        """The PrivacySettings of this table, or None when nothing is set."""
         from fedloom.algorithms.dp.settings import privacy_from_mapping
 
         given = {k.removeprefix("dp_"): v for k, v in dataclasses.asdict(self).items() if v is not None}
