@@ -146,3 +146,14 @@ def test_adaptive_clipping_noises_the_updates_with_the_corrected_multiplier() ->
     noise = acc.result()["w"]
     assert noise.std() == pytest.approx(z_delta * clip / 4, rel=0.01)
     assert z_delta * clip / 4 > 1.05 * z * clip / 4  # visibly more than without the count's share
+
+
+def test_a_client_mode_update_that_would_overflow_the_sum_is_refused_and_changes_nothing() -> None:
+    from fedloom.core.errors import NonFiniteError
+
+    acc = _aggregator(mode="client").start_sized({"w": np.zeros(2)}, 8)
+    acc.add(_update("a", {"w": np.array([1e308, 0.0])}))
+    with pytest.raises(NonFiniteError, match="the DP sum"):
+        acc.add(_update("b", {"w": np.array([1e308, 0.0])}))
+    assert acc.count == 1
+    assert acc.result()["w"][0] == pytest.approx(1e308 / 4)

@@ -31,10 +31,11 @@ from fedloom.algorithms.dp import adaptive
 from fedloom.algorithms.dp.clipping import clip_delta, update_delta
 from fedloom.algorithms.dp.ledger import PrivacyLedger
 from fedloom.algorithms.dp.settings import PrivacySettings
+from fedloom.algorithms.mean import require_finite
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.core.errors import ValidationError
 from fedloom.core.update import ClientUpdate
-from fedloom.core.weights import Weights, check_compatible, check_finite
+from fedloom.core.weights import Weights, check_compatible
 
 
 def noise_generator(settings: PrivacySettings, round_index: int) -> np.random.Generator:
@@ -70,8 +71,9 @@ class PrivateSumAccumulator:
         if self.settings.mode == "central":
             delta, norm = clip_delta(delta, self._clip)
             self._unclipped += int(norm <= self._clip)
-        sums = {k: total + delta[k] for k, total in self._sums.items()}
-        check_finite(sums)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, naming the tensor
+            sums = {k: total + delta[k] for k, total in self._sums.items()}
+        require_finite(sums, "the DP sum")  # only unclipped (client/local mode) updates can get here
         self._sums = sums
         self._senders.append(update.client_id)
         self.count += 1
