@@ -244,7 +244,8 @@ def test_a_dp_run_shows_its_current_epsilon(store: SqlStore) -> None:
     )
     for r, epsilon in ((1, 0.9), (2, 1.4)):
         store.open_round(private, r, ["c0"])
-        store.record_metrics(private, r, {"privacy/epsilon": epsilon, "privacy/delta": 1e-5})
+        metrics = {"privacy/epsilon": epsilon, "privacy/epsilon_without_sampling": 2.5 * epsilon, "privacy/delta": 1e-5}
+        store.record_metrics(private, r, metrics)
         store.close_round(private, r, num_updates=1, num_samples=10)
     store.record_metrics(private, 2, {"privacy/target_epsilon": 1.5, "privacy/target_epsilon_reached": 1.0})
     api = client(store)
@@ -253,6 +254,7 @@ def test_a_dp_run_shows_its_current_epsilon(store: SqlStore) -> None:
     assert shown == {
         "mode": "central",
         "epsilon": 1.4,
+        "epsilon_without_sampling": 3.5,
         "delta": 1e-5,
         "round": 2,
         "target_epsilon": 1.5,

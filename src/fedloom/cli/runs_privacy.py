@@ -21,6 +21,8 @@ def render_privacy(summary: Mapping[str, Any]) -> str:
     if summary["delta"] is not None:
         text += f" at delta = {summary['delta']:.3g}"
     text += f" after round {summary['round']}"
+    if summary.get("epsilon_without_sampling") is not None:
+        text += f" ({summary['epsilon_without_sampling']:.4g} to whoever knows who was selected)"
     if summary["stopped_at_target"]:
         text += f"; stopped: the next round would exceed the target epsilon {summary['target_epsilon']:.4g}"
     elif summary["target_epsilon"] is not None:

@@ -104,6 +104,9 @@ def test_round_metrics_report_the_accountant_epsilon_of_each_round() -> None:
         # replace-one: the clipped sum's sensitivity is 2C, so noise z·C is multiplier z/2
         expected = gaussian_epsilon(1.3 / 2, WithoutReplacement(8, 4), round_no, 1e-5)
         assert metrics["privacy/epsilon"] == expected
+        # who was selected is stored (and follows from the run's seed): ε without amplification too
+        unsampled = gaussian_epsilon(1.3 / 2, WithoutReplacement(1, 1), round_no, 1e-5)
+        assert metrics["privacy/epsilon_without_sampling"] == unsampled > expected
         assert metrics["privacy/delta"] == 1e-5 and metrics["privacy/clip_norm"] == 1.0
         assert metrics["privacy/noise_multiplier"] == 1.3
 

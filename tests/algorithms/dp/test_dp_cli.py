@@ -33,6 +33,7 @@ def test_sim_flags_then_runs_show_prints_epsilon_and_the_stop(tmp_path: Path, ca
     line = next(x for x in shown.splitlines() if x.startswith("privacy"))
     assert f"central DP: epsilon = {epsilon[-1][1]:.4g} at delta = 0.0001 after round {len(epsilon)}" in line
     assert "stopped: the next round would exceed the target epsilon 3" in line
+    assert "to whoever knows who was selected" in line
     assert "EPSILON" in shown
 
 

@@ -141,6 +141,7 @@ def privacy_metrics(ledger: PrivacyLedger, clip_norm: float, clipped_fraction: f
     assert settings.delta is not None and settings.noise_multiplier is not None
     values = {
         "privacy/epsilon": ledger.epsilon(),
+        "privacy/epsilon_without_sampling": ledger.epsilon_without_sampling(),
         "privacy/delta": float(settings.delta),
         "privacy/noise_multiplier": float(settings.noise_multiplier),
         "privacy/clip_norm": float(clip_norm),

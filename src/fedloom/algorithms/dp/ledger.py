@@ -83,6 +83,14 @@ class PrivacyLedger:
         steps = self._prior() + self.steps + ([extra] if extra is not None else [])
         return composed_epsilon(steps, delta, accountant=accountant)
 
+    def epsilon_without_sampling(self) -> float:
+        """ε if who took part were known (the store records each round's selection, and the run's
+        seed decides it): every round as an unsampled Gaussian, no amplification by sampling."""
+        assert self.settings.delta is not None
+        unsampled = WithoutReplacement(1, 1)
+        steps = [(m, unsampled, n) for m, _, n in self._prior() + self.steps]
+        return composed_epsilon(steps, float(self.settings.delta), accountant=self.settings.accountant)
+
     def epsilon_after_next(self, population: int, selected: int) -> float:
         """ε if one more full round of ``selected`` of ``population`` were released."""
         return self.epsilon((self.multiplier, WithoutReplacement(population, selected), 1))

@@ -11,7 +11,8 @@ from fedloom.algorithms.dp.central import PRIVACY_PREFIX, TARGET_REACHED
 
 EPSILON = PRIVACY_PREFIX + "epsilon"
 #: the metrics a summary reads (the newest value of each)
-SHOWN = (EPSILON, "privacy/delta", "privacy/target_epsilon", TARGET_REACHED, "privacy/noise_reproducible")
+UNSAMPLED = PRIVACY_PREFIX + "epsilon_without_sampling"
+SHOWN = (EPSILON, UNSAMPLED, "privacy/delta", "privacy/target_epsilon", TARGET_REACHED, "privacy/noise_reproducible")
 
 
 def recorded_mode(config: Mapping[str, Any]) -> str | None:
@@ -34,6 +35,7 @@ def privacy_summary(config: Mapping[str, Any], round: int, latest: Mapping[str, 
     return {
         "mode": recorded_mode(config),
         "epsilon": latest[EPSILON],
+        "epsilon_without_sampling": latest.get(UNSAMPLED),
         "delta": latest.get("privacy/delta"),
         "round": round,
         "target_epsilon": latest.get("privacy/target_epsilon"),

@@ -85,7 +85,7 @@
 
   // a DP run: the privacy spent so far (the newest stored privacy/epsilon), and why it stopped
   function privacyLine(p) {
-    let text = `${p.mode || "user-level"} DP · ε = ${fmtValue(p.epsilon)}` + (p.delta !== null ? ` at δ = ${p.delta}` : "") + ` after round ${p.round}`;
+    let text = `${p.mode || "user-level"} DP · ε = ${fmtValue(p.epsilon)}` + (p.delta !== null ? ` at δ = ${p.delta}` : "") + ` after round ${p.round}` + (p.epsilon_without_sampling !== null && p.epsilon_without_sampling !== undefined ? ` (${fmtValue(p.epsilon_without_sampling)} to whoever knows who was selected)` : "");
     if (p.stopped_at_target) text += ` · stopped: the next round would exceed the target ε ${fmtValue(p.target_epsilon)}`;
     else if (p.target_epsilon !== null) text += ` · target ε ${fmtValue(p.target_epsilon)}`;
     if (p.noise_reproducible) text += " · seeded noise: no privacy";
