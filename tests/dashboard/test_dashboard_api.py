@@ -235,3 +235,31 @@ def test_series_keeps_the_most_recent_rounds_and_says_it_was_cut(
     assert total == 5 and [r.selected for r in rounds] == [(), ()]
     rounds, _ = store.recent_rounds(run_id, 2, with_selected=True)
     assert [r.selected for r in rounds] == [("c0", "c1"), ("c0", "c1")]
+
+
+def test_a_dp_run_shows_its_current_epsilon(store: SqlStore) -> None:
+    plain = make_run(store, name="plain")
+    private = store.create_run(
+        "dp", "simulation", {"strategy": {"aggregator": {"name": "dp_mean", "privacy": {"mode": "central"}}}}, seed=0
+    )
+    for r, epsilon in ((1, 0.9), (2, 1.4)):
+        store.open_round(private, r, ["c0"])
+        metrics = {"privacy/epsilon": epsilon, "privacy/epsilon_without_sampling": 2.5 * epsilon, "privacy/delta": 1e-5}
+        store.record_metrics(private, r, metrics)
+        store.close_round(private, r, num_updates=1, num_samples=10)
+    store.record_metrics(private, 2, {"privacy/target_epsilon": 1.5, "privacy/target_epsilon_reached": 1.0})
+    api = client(store)
+    assert api.get(f"/dashboard/api/runs/{plain}").json()["privacy"] is None
+    shown = api.get(f"/dashboard/api/runs/{private}").json()["privacy"]
+    assert shown == {
+        "mode": "central",
+        "epsilon": 1.4,
+        "epsilon_without_sampling": 3.5,
+        "delta": 1e-5,
+        "round": 2,
+        "target_epsilon": 1.5,
+        "stopped_at_target": True,
+        "noise_reproducible": False,
+    }
+    page = api.get("/dashboard/static/pages.js").text
+    assert "privacyLine(run.privacy)" in page and "stopped: the next round would exceed the target ε" in page

@@ -67,12 +67,24 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls", "tracking", "evaluation"}
+    assert tables == {
+        "server",
+        "run",
+        "rounds",
+        "client",
+        "async",
+        "strategy",
+        "tls",
+        "tracking",
+        "evaluation",
+        "privacy",
+    }
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
     # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
     # + the six [tracking] keys (sinks, tensorboard_dir, mlflow_tracking_uri, mlflow_experiment, wandb_*)
     # + [evaluation] evaluator, evaluator_args
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2
+    # + the ten [privacy] dp_* keys
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ class Deployed:
         self.store = SqlStore.open_default(tmp_path / "deployed")
         self.clock = Clock()
         fields = {"max_rounds": config.rounds, "min_agents": 1, "seed": config.seed, "lr": config.lr}
-        aggregator_config = AggregatorConfig().replace(**fields, batch_size=config.batch_size, **settings)
+        aggregator_config = AggregatorConfig().replace(**{**fields, "batch_size": config.batch_size, **settings})
         self.agg = Aggregator(aggregator_config, NamedAgents(self.store), clock=self.clock)
         self.agents = [str(i) for i in range(CLIENTS)]
         for name in self.agents:  # every agent is registered before the first round opens

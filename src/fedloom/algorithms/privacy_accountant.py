@@ -11,7 +11,11 @@ explicit argument rather than a default.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +61,23 @@ def _library() -> Any:
             "differential privacy needs Google's dp-accounting library, which is not installed: "
             "run `pip install 'fedloom[dp]'`"
         ) from None
+    _unbind_absl_stderr()
     return dp_accounting
+
+
+def _unbind_absl_stderr() -> None:
+    """dp-accounting imports ``absl.logging``, whose (unattached) handler keeps the ``sys.stderr``
+    of that moment. A later ``logging.config.dictConfig`` (uvicorn's, when a server starts) closes
+    every handler there is, and with it that stream unless it is the current ``sys.stderr``: under
+    a redirected stderr (pytest's capture, a daemon's log file) the wrong file is closed. Pointed
+    at ``sys.__stderr__``, which absl never closes; a handler the application attached is left."""
+    absl_logging = sys.modules.get("absl.logging")
+    get_handler = getattr(absl_logging, "get_absl_handler", None)
+    if get_handler is None:
+        return
+    handler = get_handler()
+    if handler not in logging.root.handlers and handler.python_handler.stream is not sys.__stderr__:
+        handler.python_handler.stream = sys.__stderr__
 
 
 def _check(noise_multiplier: float, steps: int, delta: float, accountant: str) -> None:
@@ -104,3 +124,62 @@ def gaussian_epsilon(
         raise ConfigError(f"the {accountant} accountant cannot account for {sampling}: use accountant='rdp'")
     tracker.compose(_event(dpa, noise_multiplier, sampling), steps)
     return float(tracker.get_epsilon(delta))
+
+
+#: one entry of a composition: (noise multiplier, sampling, how many steps of it)
+Step = tuple[float, Sampling, int]
+
+
+def composed_epsilon(steps: Sequence[Step], delta: float, *, accountant: str = "rdp") -> float:
+    """ε after the sequence ``steps`` of subsampled Gaussian mechanisms, composed in one accountant.
+
+    For runs whose rounds differ (a deployed federation whose size changes, rounds with
+    fewer noise shares): each entry is composed as it was used. All entries must share one
+    neighbouring relation (all :class:`WithoutReplacement`, or all :class:`Poisson`).
+
+    With RDP, composition is the sum of each event's RDP curve times its count, so each
+    distinct event's curve is computed once per process (:func:`_event_rdp`, the library's
+    ``RdpAccountant.rdp``) and the sum goes to the library's ``compute_epsilon``: the same
+    numbers as composing them one by one (a sampled-without-replacement curve takes ~1 s;
+    recomputing a run's whole history after every round would grow with the run)."""
+    kinds = {type(sampling) for _, sampling, _ in steps}
+    if len(kinds) > 1:
+        raise ConfigError("cannot compose WithoutReplacement (replace-one) with Poisson (add/remove) steps")
+    for multiplier, _, count in steps:
+        _check(multiplier, count, delta, accountant)
+    live = [(m, s, n) for m, s, n in steps if n > 0]
+    if not live:
+        return 0.0
+    if accountant == "rdp":
+        counts: dict[tuple[float, Sampling], int] = {}
+        for multiplier, sampling, count in live:  # equal events grouped: r·curve, as composing r times
+            key = (float(multiplier), sampling)
+            counts[key] = counts.get(key, 0) + count
+        total = sum(count * _event_rdp(*key) for key, count in counts.items())
+        return float(_library().rdp.rdp_privacy_accountant.compute_epsilon(_rdp_orders(), total, delta)[0])
+    dpa = _library()
+    tracker = _new_accountant(dpa, live[0][1], accountant)
+    for multiplier, sampling, count in live:
+        event = _event(dpa, multiplier, sampling)
+        if not tracker.supports(event):
+            raise ConfigError(f"the {accountant} accountant cannot account for {sampling}: use accountant='rdp'")
+        tracker.compose(event, count)
+    return float(tracker.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=1)
+def _rdp_orders() -> Any:
+    dpa = _library()
+    return dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE).orders
+
+
+@functools.lru_cache(maxsize=256)
+def _event_rdp(noise_multiplier: float, sampling: Sampling) -> Any:
+    """The RDP curve (at the library's default orders) of one subsampled Gaussian event."""
+    dpa = _library()
+    tracker = _new_accountant(dpa, sampling, "rdp")
+    event = _event(dpa, noise_multiplier, sampling)
+    if not tracker.supports(event):
+        raise ConfigError(f"the rdp accountant cannot account for {sampling}")
+    tracker.compose(event, 1)
+    return tracker.rdp

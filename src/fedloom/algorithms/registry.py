@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedloom.algorithms import aggregators as agg
+from fedloom.algorithms.dp.client import DpClient
 from fedloom.algorithms.fedcurv import FedCurv, FedCurvClient
 from fedloom.algorithms.feddyn import FedDyn, FedDynClient
 from fedloom.algorithms.fedprox import PROXIMAL_MU, FedProxClient
@@ -73,7 +74,7 @@ STRATEGIES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 }
 
 CLIENT_PARTS: dict[str, ClientPart] = {
-    part.name: part for part in (FedProxClient(), ScaffoldClient(), FedCurvClient(), FedDynClient())
+    part.name: part for part in (FedProxClient(), ScaffoldClient(), FedCurvClient(), FedDynClient(), DpClient())
 }
 
 PERSONAL_PARAM = "personal_keys"

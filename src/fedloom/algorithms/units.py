@@ -108,3 +108,22 @@ class Named(Protocol):
 
     @property
     def name(self) -> str: ...
+
+
+@runtime_checkable
+class ReportsRoundMetrics(Protocol):
+    """An accumulator that measures its own round (DP: ε, clip norm), stored as the round's
+    server metrics; ``ends_run`` says the run must not open another round (a spent ε budget)."""
+
+    def round_metrics(self) -> dict[str, float]: ...
+
+    @property
+    def ends_run(self) -> bool: ...
+
+
+@runtime_checkable
+class RunScoped(Protocol):
+    """An aggregator that keeps state over a run (DP's privacy ledger): the round engine calls
+    ``begin_run(rounds_done)`` when it starts, so nothing carries over from another run."""
+
+    def begin_run(self, rounds_done: int) -> None: ...

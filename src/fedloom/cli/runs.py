@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.dp.report import EPSILON
 from fedloom.cli.output import dumps, fmt_time, print_help, table
+from fedloom.cli.runs_privacy import privacy_of, render_privacy
 from fedloom.core.errors import StoreError
 from fedloom.store import MetricRecord, RoundRecord, RunRecord, SqlStore, resolve_home
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
@@ -132,9 +134,11 @@ def run_show(args: argparse.Namespace) -> int:
 def _show_details(store: SqlStore, run: RunRecord) -> dict[str, Any]:
     """Everything ``runs show`` prints, as one JSON-ready dict."""
     rejections = store.list_rejections(run.id)
+    rounds = _roundtable(store.list_rounds(run.id), store.metrics(run.id, scope="server"))
     return {
         "run": _run_dict(run),
-        "rounds": _roundtable(store.list_rounds(run.id), store.metrics(run.id, scope="server")),
+        "privacy": privacy_of(run.config, rounds),
+        "rounds": rounds,
         "global_models": len(store.list_global_models(run.id)),
         "rejections": len(rejections),
         "recent_rejections": [dataclasses.asdict(r) for r in rejections[-LAST_REJECTIONS:]],
@@ -184,6 +188,7 @@ def _render_show(details: dict[str, Any]) -> str:
         f"seed      {run['seed']}",
         f"created   {fmt_time(run['created_at'])}",
         f"finished  {fmt_time(run['finished_at'])}",
+        *([f"privacy   {render_privacy(details['privacy'])}"] if details.get("privacy") else []),
         "",
         "config:",
         _indent(json.dumps(run["config"], indent=2, sort_keys=True)),
@@ -201,11 +206,14 @@ def _render_rounds(rounds: list[dict[str, Any]]) -> str:
     if not rounds:
         return "no rounds recorded"
     show_elapsed = any(_elapsed(entry) is not None for entry in rounds)
-    headers = ["ROUND", "LOSS", "ACCURACY", "UPDATES", "SAMPLES"] + (["ELAPSED_S"] if show_elapsed else [])
+    private = any(EPSILON in entry.get("metrics", {}) for entry in rounds)
+    headers = ["ROUND", "LOSS", "ACCURACY"] + ["EPSILON"] * private + ["UPDATES", "SAMPLES"]
+    headers += ["ELAPSED_S"] if show_elapsed else []
     rows = []
     for entry in rounds:
         metrics = entry.get("metrics", {})
         row = [str(entry["round"]), _fmt(metrics.get("loss")), _fmt(metrics.get("accuracy"))]
+        row += [_fmt(metrics.get(EPSILON))] * private
         row += [_fmt(entry.get("num_updates")), _fmt(entry.get("num_samples"))]
         rows.append(row + ([_fmt(_elapsed(entry), digits=2)] if show_elapsed else []))
     return table(headers, rows)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fedloom.algorithms.dp import PRIVACY_MODES
+from fedloom.algorithms.privacy_accountant import ACCOUNTANTS
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES
@@ -56,6 +58,7 @@ def register(subparsers: Any) -> None:
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
     _add_world_flags(parser)
+    _add_privacy_flags(parser)
     local = parser.add_argument_group("personalisation evaluation")
     local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
     local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
@@ -87,7 +90,38 @@ def _add_world_flags(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--concurrency", type=int, help="clients training at once in async mode (default 10)")
 
 
-_NOT_CONFIG = {"config", "home", "no_store", "resume", "track", "func", "command", *PARAM_TYPES}
+#: ``--dp-X`` flag -> PrivacySettings field (``--dp MODE`` is ``mode``)
+DP_FLAGS = {
+    "dp": "mode", "dp_noise": "noise_multiplier", "dp_clip": "clip_norm", "dp_delta": "delta",
+    "dp_adaptive_clip": "adaptive_clip", "dp_target_quantile": "target_quantile", "dp_clip_lr": "clip_lr",
+    "dp_clip_count_stddev": "clip_count_stddev", "dp_target_epsilon": "target_epsilon",
+    "dp_accountant": "accountant", "dp_noise_seed": "noise_seed",
+}  # fmt: skip
+_NOT_CONFIG = {"config", "home", "no_store", "resume", "track", "func", "command", *PARAM_TYPES, *DP_FLAGS}
+
+
+def _add_privacy_flags(parser: argparse.ArgumentParser) -> None:
+    """User-level differential privacy (docs/privacy.md); the names of PrivacySettings."""
+    dp = parser.add_argument_group("differential privacy (docs/privacy.md)")
+    dp.add_argument("--dp", choices=PRIVACY_MODES, help="central DP-FedAvg, client-side clipping+noise, or local DP")
+    dp.add_argument("--dp-noise", type=float, metavar="Z", help="noise multiplier z (noise std z*C on the sum)")
+    dp.add_argument("--dp-clip", type=float, metavar="C", help="L2 clip norm C of each update")
+    dp.add_argument("--dp-delta", type=float, metavar="D", help="delta of (epsilon, delta), below 1/clients")
+    dp.add_argument("--dp-adaptive-clip", action="store_true", default=None, help="adaptive clipping (central)")
+    dp.add_argument("--dp-target-quantile", type=float, help="adaptive clipping: quantile gamma (default 0.5)")
+    dp.add_argument("--dp-clip-lr", type=float, help="adaptive clipping: learning rate eta (default 0.2)")
+    dp.add_argument("--dp-clip-count-stddev", type=float, help="adaptive clipping: count noise (default m/20)")
+    dp.add_argument("--dp-target-epsilon", type=float, metavar="E", help="finish before epsilon would exceed E")
+    dp.add_argument("--dp-accountant", choices=ACCOUNTANTS, help="rdp (default) or pld")
+    dp.add_argument("--dp-noise-seed", type=int, help="reproducible noise: for tests only, gives NO privacy")
+
+
+def privacy_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """The config file's privacy settings, overridden by any ``--dp-*`` flag given."""
+    given = {field: getattr(args, flag) for flag, field in DP_FLAGS.items() if getattr(args, flag, None) is not None}
+    if given and not base and "mode" not in given:
+        raise ConfigError("--dp-* flags need --dp central|client|local (which kind of differential privacy)")
+    return {**base, **given}
 
 
 def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -115,12 +149,13 @@ def run(args: argparse.Namespace) -> int:
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
+    flags["privacy"] = privacy_from_flags(args, base.privacy)
     config = config_from_mapping(flags, base)
     tracking = _tracking(args)  # a wrong sink is refused before anything is printed or stored
     print(
         f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
-        f"strategy {config.strategy}"
+        f"strategy {config.strategy}" + (f", DP {config.privacy['mode']}" if config.privacy else "")
     )
     store: Any = None
     if not args.no_store:

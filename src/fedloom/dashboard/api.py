@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
+from fedloom.algorithms.dp.report import EPSILON, SHOWN, privacy_summary
 from fedloom.core.errors import StoreError
 from fedloom.core.records import METRIC_SCOPES, RunRecord
 from fedloom.dashboard import views
@@ -80,6 +81,15 @@ def _run(store: SqlStore, run_id: str) -> RunRecord:
         raise _not_found(str(exc)) from None
 
 
+def _privacy(store: SqlStore, record: RunRecord) -> dict[str, Any] | None:
+    """A DP run's current ε, δ and mode (the newest stored ``privacy/*`` values); None otherwise."""
+    series = {name: store.metric_series(record.id, name) for name in SHOWN}
+    if not series[EPSILON]:
+        return None
+    latest = {name: values[-1][1] for name, values in series.items() if values}
+    return privacy_summary(record.config, series[EPSILON][-1][0], latest)
+
+
 def _add_run_routes(api: APIRouter, store: SqlStore) -> None:
     @api.get("/runs")
     def runs(limit: Annotated[int, Query(ge=1, le=MAX_RUNS)] = 50) -> dict[str, Any]:
@@ -92,7 +102,9 @@ def _add_run_routes(api: APIRouter, store: SqlStore) -> None:
     def run(run_id: str) -> dict[str, Any]:
         """One run: its configuration, status and summary."""
         record = _run(store, run_id)
-        return views.run_detail(record, *store.run_progress([record])[record.id])
+        document = views.run_detail(record, *store.run_progress([record])[record.id])
+        document["privacy"] = _privacy(store, record)
+        return document
 
     @api.get("/runs/{run_id}/series")
     def series(run_id: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from fedloom.server.config_sections import (
     AsyncSection,
     ClientSection,
     EvaluationSection,
+    PrivacySection,
     RoundsSection,
     RunSection,
     ServerSection,
@@ -90,9 +91,15 @@ class AggregatorConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
+        if self.run.mode == "async" and self.privacy.dp_mode is not None:
+            raise ConfigError(
+                "[privacy] is refused with [run] mode = 'async': FedBuff's arrivals are not a uniform draw of"
+                " agents without replacement, which is the sampling the accountant composes (set mode = 'sync')"
+            )
         if self.run.mode == "async" and (chosen.strategy != "fedavg" or chosen.aggregator or chosen.server_opt):
             raise ConfigError(
                 f"[strategy] strategy = {chosen.strategy!r} is not available with [run] mode = 'async': the"
@@ -126,6 +133,7 @@ _TABLES = {
     "tls": "tls",
     "tracking": "tracking",
     "evaluation": "evaluation",
+    "privacy": "privacy",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -137,6 +145,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "tls": TlsSection,
     "tracking": TrackingSection,
     "evaluation": EvaluationSection,
+    "privacy": PrivacySection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"

@@ -12,9 +12,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedloom.algorithms.dp.settings import PrivacySettings
 
 __all__ = [
     "DEADLINE_POLICIES",
@@ -23,6 +26,7 @@ __all__ = [
     "MODES",
     "AsyncSection",
     "ClientSection",
+    "PrivacySection",
     "RoundsSection",
     "RunSection",
     "ServerSection",
@@ -291,3 +295,41 @@ class EvaluationSection:
                 raise field_error("evaluation", "evaluator_args", f"{item!r} is not key=value")
         if self.evaluator_args and not self.evaluator:
             raise field_error("evaluation", "evaluator_args", "given without an evaluator (set [evaluation] evaluator)")
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    """``[privacy]``: user-level differential privacy (docs/privacy.md). The fields are
+    :class:`~fedloom.algorithms.dp.PrivacySettings`' with a ``dp_`` prefix (config names are
+    flat and unique: ``[run] mode`` and ``[strategy] clip_norm`` exist); ``dp_mode`` unset means
+    no DP. Setting ``dp_target_quantile`` turns on adaptive clipping."""
+
+    dp_mode: str | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip_norm: float | None = None
+    dp_delta: float | None = None
+    dp_target_quantile: float | None = None
+    dp_clip_lr: float | None = None
+    dp_clip_count_stddev: float | None = None
+    dp_target_epsilon: float | None = None
+    dp_accountant: str | None = None
+    dp_noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.settings()
+        except ConfigError as exc:
+            raise ConfigError(f"[privacy] {exc} (set the dp_* keys of [privacy] in aggregator.toml)") from None
+
+    def settings(self) -> PrivacySettings | None:
+        """The PrivacySettings of this table, or None when nothing is set."""
+        from fedloom.algorithms.dp.settings import privacy_from_mapping
+
+        given = {k.removeprefix("dp_"): v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if not given:
+            return None
+        if "mode" not in given:
+            raise ConfigError(f"dp_mode is missing but {sorted('dp_' + k for k in given)} are set: set dp_mode")
+        if "target_quantile" in given:
+            given["adaptive_clip"] = True
+        return privacy_from_mapping(given)

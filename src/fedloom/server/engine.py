@@ -19,6 +19,7 @@ from typing import Protocol
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
 from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strategy
+from fedloom.algorithms.units import ReportsRoundMetrics, RunScoped
 from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
@@ -122,6 +123,8 @@ class RoundEngine:
         self._clients: dict[str, int | None] = {}
         self._open: _OpenRound | None = None
         self._finished = max_rounds is not None and start_round > max_rounds
+        if isinstance(strategy.aggregator, RunScoped):
+            strategy.aggregator.begin_run(start_round - 1)
 
     @staticmethod
     def _initial_opt_state(strategy: Strategy, weights: Weights, saved: ServerOptState | None) -> ServerOptState | None:
@@ -345,6 +348,8 @@ class RoundEngine:
                 f"round {self._open.task.round} has {self.received()} of the {need} updates it needs"
             )
         outcome = self._aggregate(self._open)
+        measured = self._open.accumulator
+        ends_run = isinstance(measured, ReportsRoundMetrics) and measured.ends_run
         if self.strategy.server_opt is not None and self._opt_state is not None:
             stepped, self._opt_state = self.strategy.server_opt.step(self._global, outcome.weights, self._opt_state)
             validate_weights(stepped, self._global)
@@ -355,7 +360,7 @@ class RoundEngine:
         self._global = _frozen(outcome.weights)
         self._open = None
         self._next_round = outcome.round + 1
-        self._finished = self.max_rounds is not None and self._next_round > self.max_rounds
+        self._finished = ends_run or (self.max_rounds is not None and self._next_round > self.max_rounds)
         if self.recorder:
             self.recorder.round_closed(outcome)
         return outcome
@@ -378,6 +383,8 @@ class RoundEngine:
         validate_weights(weights, self._global)
         total = sum(open_round.received.values())
         metrics = {k: v / total for k, v in open_round.metric_sums.items()}
+        if isinstance(open_round.accumulator, ReportsRoundMetrics):  # e.g. DP's ε, measured by the aggregator
+            metrics.update(open_round.accumulator.round_metrics())
         missing = tuple(c for c in open_round.task.selected if c not in open_round.received)
         return RoundOutcome(
             round=open_round.task.round,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from fedloom.algorithms.dp import with_privacy
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
@@ -26,7 +27,7 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
     """The ``[strategy]`` with the config's selection, client settings and round criteria (the
     lifecycle's close policy applies them, with the deadline: :func:`fedloom.server.resume.close_policy`)."""
     rounds, client, chosen = config.rounds, config.client, config.strategy
-    return build_strategy(
+    strategy = build_strategy(
         chosen.strategy,
         fraction=rounds.fraction,
         min_clients=rounds.min_agents,
@@ -38,6 +39,10 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         server_opt=chosen.server_opt,
         params=chosen.params(),
     )
+    privacy = config.privacy.settings()
+    # [rounds] min_agents is the smallest federation a round opens with: δ and the target ε are
+    # checked against it; each round is accounted with the agents registered when it opens
+    return strategy if privacy is None else with_privacy(strategy, privacy, rounds.min_agents)
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.dp import PrivacySettings, with_privacy
+from fedloom.algorithms.dp.settings import privacy_from_mapping
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
@@ -74,12 +76,15 @@ class SimConfig:
     concurrency: int = 10
     local_test_fraction: float = 0.0
     finetune_epochs: int = 0
+    #: the PrivacySettings fields (``fedloom sim --dp ...``, or a ``[privacy]`` table); empty: no DP
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
         self.adversary()
         self.client_speeds()
         self.asynchronous()
+        self.privacy_settings()
         _one_of("mode", self.mode, MODES)
         _one_of("on_deadline", self.on_deadline, DEADLINE_POLICIES)
         if not 0 <= self.local_test_fraction < 1 or self.finetune_epochs < 0:
@@ -121,6 +126,16 @@ class SimConfig:
         if self.mode == "fedbuff":
             return AsyncSettings(self.buffer_size, self.staleness_exponent)
         return None
+
+    def privacy_settings(self) -> PrivacySettings | None:
+        """User-level DP (docs/privacy.md), refused here when it could not be private for this run."""
+        if not self.privacy:
+            return None
+        settings = privacy_from_mapping(self.privacy)
+        if self.mode != "sync":
+            raise ConfigError(f"privacy needs synchronous rounds (mode sync), got mode {self.mode!r}")
+        with_privacy(self.build_strategy(), settings, self.clients)
+        return settings
 
     def client_speeds(self) -> ClientSpeeds | None:
         """Simulated client speeds and dropouts, or None when neither is asked for."""

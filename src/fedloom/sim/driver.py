@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from fedloom.algorithms.dp import PrivacySettings, with_privacy
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
@@ -55,19 +56,19 @@ def simulate(
     executor: Executor | None = None,
     recording: Recording | None = None,
     observers: Sequence[RoundObserver] | None = None,
+    privacy: PrivacySettings | None = None,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
-    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle
-    client costs nothing; ``initial_weights`` default to ``client_fn(0).get_weights()``.
-    ``environment`` is the simulated world (sizes, speeds, deadlines, adversaries,
-    asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
-    kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
-    ``observers`` are told about the run as it goes (default: a progress printer on
-    stderr; ``[]`` for silence). Same seed, same settings: bitwise-identical results.
+    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle client costs nothing;
+    ``initial_weights`` default to ``client_fn(0).get_weights()``. ``environment`` is the simulated world (sizes,
+    speeds, deadlines, adversaries, asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what
+    is kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``). ``observers`` are told about
+    the run as it goes (default: a progress printer on stderr; ``[]`` for silence). ``privacy`` makes it user-level
+    differentially private (docs/privacy.md). Same seed, same settings: bitwise-identical results (but DP noise).
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
-    _check_args(num_clients, rounds, world.client_sizes)
+    strategy = _checked(strategy, privacy, num_clients, rounds, world, kept)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
@@ -92,6 +93,29 @@ def simulate(
         if kept.client_state_dir is None and state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
     return SimulationResult(log.run_id, history, model_part(loop.lifecycle.global_weights), run_config)
+
+
+def _checked(
+    strategy: Strategy,
+    privacy: PrivacySettings | None,
+    num_clients: int,
+    rounds: int,
+    world: Environment,
+    kept: Recording,
+) -> Strategy:
+    """The strategy to run after checking the arguments: with ``privacy``, the DP strategy, refusing
+    what the accountant cannot account for."""
+    _check_args(num_clients, rounds, world.client_sizes)
+    if privacy is None:
+        return strategy
+    if world.asynchronous is not None:
+        raise ConfigError(
+            "privacy with asynchronous rounds is refused: FedBuff/FedAsync arrivals are not a uniform draw "
+            "of clients without replacement, which is the sampling the accountant composes; run synchronously"
+        )
+    if kept.resume is not None:
+        raise ConfigError("resuming a DP simulation is not supported yet (the privacy ledger is not stored)")
+    return with_privacy(strategy, privacy, num_clients)
 
 
 def _shown(observers: Sequence[RoundObserver] | None, rounds: int) -> Sequence[RoundObserver]:
@@ -159,12 +183,16 @@ def _run_rounds(
     """Train every round; judge each inline, or (``overlap``) in a thread while the next one trains."""
     if not overlap:
         for _ in range(rounds):
+            if loop.lifecycle.finished:  # ended early (a DP run's ε budget is spent)
+                return
             emit(judge.summarize(loop.run_round()))
         return
     pending: Future[RoundSummary] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="fedloom-eval") as evaluator, _one_torch_thread():
         try:
             for _ in range(rounds):
+                if loop.lifecycle.finished:
+                    break
                 trained = loop.run_round()
                 if pending is not None:
                     emit(pending.result())

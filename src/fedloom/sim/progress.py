@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from fedloom.algorithms.dp.central import TARGET_REACHED
+from fedloom.algorithms.dp.report import EPSILON
 from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 
 _BAR_WIDTH = 30
@@ -29,6 +31,8 @@ def round_line(summary: RoundSummary, total_rounds: int, elapsed: float) -> str:
         f"acc {_fmt(m.get('accuracy'), percent=True)}",
         f"{elapsed:.1f}s",
     ]
+    if EPSILON in m:  # a DP run: the ε spent so far
+        parts.insert(-1, f"epsilon {m[EPSILON]:.4g}")
     return " | ".join(parts)
 
 
@@ -68,6 +72,12 @@ class ProgressPrinter:
     def report(self, history: Sequence[RoundSummary], run_id: str | None, where: str = "") -> None:
         """The summary table, and where the run was stored."""
         self.stream.write(summary_table(history) + "\n")
+        last = history[-1].metrics
+        if last.get(TARGET_REACHED):
+            self.stream.write(
+                f"stopped after round {history[-1].round}: the next round would exceed the target epsilon "
+                f"{last.get('privacy/target_epsilon', float('nan')):.4g} (epsilon now {last.get(EPSILON, 0.0):.4g})\n"
+            )
         if run_id:
             home = f" --home {where}" if where else ""
             self.stream.write(f"run {run_id} stored; see it with: fedloom runs show {run_id[:8]}{home}\n")

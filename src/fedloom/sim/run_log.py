@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedloom.algorithms.dp.central import PRIVACY_PREFIX
 from fedloom.core.errors import ConfigError
 from fedloom.core.observe import RoundSummary, RunEnd, RunInfo
 from fedloom.server.recording import StoreRecorder
@@ -62,7 +63,8 @@ class RunLog:
 
     def on_round(self, summary: RoundSummary) -> None:
         if self.run_id:
-            evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith("train_")}
+            # the round recorder already stored the outcome's metrics (train_*, the aggregator's privacy/*)
+            evaluation = {k: v for k, v in summary.metrics.items() if not k.startswith(("train_", PRIVACY_PREFIX))}
             self.store.record_metrics(self.run_id, summary.round, {**evaluation, "seconds": summary.seconds})
             self.store.record_party_metrics(self.run_id, summary.round, "client", summary.per_client)
             self.store.record_party_metrics(self.run_id, summary.round, "system", summary.system)

@@ -173,6 +173,7 @@ def simulate_config(
         ),
         "executor": make_executor(config),
         "observers": [],
+        "privacy": config.privacy_settings(),
         **overrides,
     }
     return simulate(task.client_fn, config.clients, config.build_strategy(), config.rounds, **kwargs)

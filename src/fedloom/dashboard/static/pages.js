@@ -83,12 +83,22 @@
     return { key: JSON.stringify(docs) + JSON.stringify(state), render: (main) => renderRun(main, docs, state) };
   }
 
+  // a DP run: the privacy spent so far (the newest stored privacy/epsilon), and why it stopped
+  function privacyLine(p) {
+    let text = `${p.mode || "user-level"} DP · ε = ${fmtValue(p.epsilon)}` + (p.delta !== null ? ` at δ = ${p.delta}` : "") + ` after round ${p.round}` + (p.epsilon_without_sampling !== null && p.epsilon_without_sampling !== undefined ? ` (${fmtValue(p.epsilon_without_sampling)} to whoever knows who was selected)` : "");
+    if (p.stopped_at_target) text += ` · stopped: the next round would exceed the target ε ${fmtValue(p.target_epsilon)}`;
+    else if (p.target_epsilon !== null) text += ` · target ε ${fmtValue(p.target_epsilon)}`;
+    if (p.noise_reproducible) text += " · seeded noise: no privacy";
+    return h("p", { id: "privacy", class: "privacy" }, text);
+  }
+
   function renderRun(main, d, state) {
     const { run, series, part } = d;
     const rounds = series.rounds;
     const names = (d.clients.names && Object.keys(d.clients.names).length) ? d.clients.names : part.names;
     main.append(h("h1", {}, `${run.name} `, h("code", {}, run.short_id), " ", statusBadge(run.status)),
       h("p", { class: "muted" }, `${run.kind} · ${run.rounds_done} / ${run.rounds_planned ?? "?"} rounds · best accuracy ${fmtValue(run.best_accuracy)} · created ${when(run.created_at)}`));
+    if (run.privacy) main.append(privacyLine(run.privacy));
     const acc = h("div", { id: "chart-accuracy" }), loss = h("div", { id: "chart-loss" });
     main.append(h("div", { class: "grid2 row-gap" }, card("Accuracy per round", acc), card("Loss per round", loss)));
     const heat = h("div", { id: "participation" });
