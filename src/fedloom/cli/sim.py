@@ -55,6 +55,7 @@ def register(subparsers: Any) -> None:
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
+    _add_dp_sgd_flags(parser)
     _add_world_flags(parser)
     local = parser.add_argument_group("personalisation evaluation")
     local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
@@ -98,6 +99,15 @@ def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS), help="add or replace a server optimiser")
     for name, kind in PARAM_TYPES.items():
         group.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper())
+
+
+def _add_dp_sgd_flags(parser: argparse.ArgumentParser) -> None:
+    """Sample-level DP-SGD for every client (docs/privacy.md); the server sends the settings."""
+    group = parser.add_argument_group("sample-level DP-SGD (torch models; docs/privacy.md)")
+    group.add_argument("--dp-sgd", action="store_true", default=None, help="every client trains with DP-SGD")
+    group.add_argument("--dp-sgd-noise", type=float, help="noise multiplier z = noise std / clip norm (default 1.0)")
+    group.add_argument("--dp-sgd-clip", type=float, help="per-example gradient clip norm C (default 1.0)")
+    group.add_argument("--dp-sgd-delta", type=float, help="delta at which each client's epsilon is reported (1e-5)")
 
 
 def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
