@@ -45,7 +45,7 @@ def _config(z: float, c: float, *, batch: int, lr: float = 1.0, epochs: int = 1,
 
 
 def _clipped_sum(model: nn.Module, x: np.ndarray, y: np.ndarray, clip: float) -> dict[str, torch.Tensor]:
-    """Σ_i clip_C(∇ℓ_i), computed one example at a time by plain autograd (no Opacus)."""
+    """Σ_i clip_C(grad loss_i), computed one example at a time by plain autograd (no Opacus)."""
     params = dict(model.named_parameters())
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     for i in range(len(x)):
@@ -110,6 +110,7 @@ def test_returned_weights_have_the_global_models_names_dtypes_and_shapes():
     x, y = _data(40)
     trainer = TorchTrainer(Counted(), x, y)
     start = trainer.get_weights()
+    trainer.evaluate(start, EvalConfig())  # leaves the shared module in eval mode, as a round's evaluation does
     result = trainer.fit(start, _config(1.0, 1.0, batch=10, lr=0.1, epochs=2))
     assert list(result.weights) == list(start)
     for name, value in start.items():
@@ -159,7 +160,7 @@ def test_a_corrupt_ledger_is_refused_rather_than_restarted(tmp_path):
     (tmp_path / "dp_sgd" / "0.json").write_text('{"steps": -3, "noise_multiplier": 1.0, "sample_rate": 0.1}')
     x, y = _data(20)
     trainer = TorchTrainer(Counted(), x, y)
-    with pytest.raises(ClientError, match="ledger .* is unreadable"):
+    with pytest.raises(ClientError, match=r"ledger .* is unreadable"):
         fit_with_state(trainer, trainer.get_weights(), _config(1.0, 1.0, batch=5), LocalContext("0", tmp_path))
 
 
@@ -192,7 +193,7 @@ class _TwoArgTrainer:
 def test_a_trainer_that_cannot_do_dp_sgd_is_refused_before_it_trains(tmp_path):
     x, y = _data(20)
     numpy_trainer = NumpyLogisticTrainer(x, y, 3)
-    with pytest.raises(ClientError, match="NumpyLogisticTrainer cannot.*without noise"):
+    with pytest.raises(ClientError, match=r"NumpyLogisticTrainer cannot.*without noise"):
         fit_with_state(
             numpy_trainer, numpy_trainer.get_weights(), _config(1.0, 1.0, batch=5), LocalContext("0", tmp_path)
         )

@@ -44,14 +44,15 @@ def _opacus() -> tuple[type, type, type]:
 def refuse_unsupported(model: nn.Module, terms: ClientTerms) -> None:
     """A ClientError before any training when DP-SGD cannot train this model or report what is asked."""
     validator = _opacus()[2]
+    model.train()  # the validator refuses a module left in eval mode (e.g. by the last evaluate)
     problems = validator.validate(model, strict=False)  # type: ignore[attr-defined]
     if problems:
         raise ClientError(
-            f"DP-SGD cannot train this model: {problems[0]}. BatchNorm mixes examples within a batch, so "
-            "per-example gradients (and the privacy guarantee) do not exist for it. Build the model with "
-            "GroupNorm (or LayerNorm) instead of BatchNorm, e.g. model = opacus.validators.ModuleValidator."
-            "fix(model), and start the run from that model: fedloom does not swap layers itself, because "
-            "the state-dict names the server's global model has would change"
+            f"DP-SGD cannot train this model: {'; '.join(str(p) for p in problems)}. BatchNorm mixes the "
+            "examples of a batch, so per-example gradients (and the privacy guarantee) do not exist for it: "
+            "build the model with GroupNorm (or LayerNorm) instead, e.g. model = opacus.validators."
+            "ModuleValidator.fix(model), and start the run from that model. fedloom does not swap layers "
+            "itself, because the state-dict names the server's global model has would change"
         )
     if terms.report_fisher or terms.report_initial_loss:
         raise ClientError(
