@@ -264,3 +264,28 @@ def test_empty_poisson_batches_still_take_a_noisy_step():
     assert result.metrics["local_steps"] == 400.0
     assert np.isfinite(result.weights["fc.weight"]).all()
     assert not np.array_equal(result.weights["fc.bias"], start["fc.bias"])
+
+
+def test_a_deployed_aggregator_sends_the_same_settings_and_an_agent_accounts_them(tmp_path):
+    from fedloom.client.agent_fit import WithSiteState, fit_checked
+    from fedloom.server.config import config_from_mapping
+    from fedloom.server.run_setup import deployment_strategy
+
+    toml = {"client": {"batch_size": 10, "lr": 0.1, "dp_sgd_noise": 1.1, "dp_sgd_clip": 0.5, "dp_sgd_delta": 1e-6}}
+    strategy = deployment_strategy(config_from_mapping(toml))
+    wire = json.loads(json.dumps(dict(strategy.client.fit_config(1, "site-a", seed=5).extra)))  # as the task carries it
+    assert wire[DP_SGD_KEY] == {"noise_multiplier": 1.1, "max_grad_norm": 0.5, "delta": 1e-6}
+    assert strategy.keeps_client_state
+    x, y = _data(50)
+    site = WithSiteState(TorchTrainer(Counted(), x, y), tmp_path)  # what `fedloom agent` trains through
+    config = FitConfig(round=1, batch_size=10, lr=0.1, seed=5, extra=wire)
+    _, _, metrics = fit_checked(site, site.get_weights(), config)
+    assert metrics[EPSILON_METRIC] == pytest.approx(gaussian_epsilon(1.1, Poisson(0.2), 5, 1e-6), rel=1e-12)
+    assert not deployment_strategy(config_from_mapping({})).keeps_client_state
+
+
+def test_bad_dp_sgd_settings_in_the_aggregator_config_name_the_field():
+    from fedloom.server.config import config_from_mapping
+
+    with pytest.raises(ConfigError, match=r"\[client\] dp_sgd max_grad_norm must be > 0"):
+        config_from_mapping({"client": {"dp_sgd_noise": 1.0, "dp_sgd_clip": 0.0}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from fedloom.algorithms.dp_sgd_settings import with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
@@ -26,7 +27,7 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
     """The ``[strategy]`` with the config's selection, client settings and round criteria (the
     lifecycle's close policy applies them, with the deadline: :func:`fedloom.server.resume.close_policy`)."""
     rounds, client, chosen = config.rounds, config.client, config.strategy
-    return build_strategy(
+    strategy = build_strategy(
         chosen.strategy,
         fraction=rounds.fraction,
         min_clients=rounds.min_agents,
@@ -38,6 +39,8 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         server_opt=chosen.server_opt,
         params=chosen.params(),
     )
+    dp_sgd = client.dp_sgd()
+    return strategy if dp_sgd is None else with_dp_sgd(strategy, dp_sgd)
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:
