@@ -72,7 +72,8 @@ def test_every_field_has_a_unique_flat_name():
     # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
     # + the six [tracking] keys (sinks, tensorboard_dir, mlflow_tracking_uri, mlflow_experiment, wandb_*)
     # + [evaluation] evaluator, evaluator_args
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2
+    # + [client] dp_sgd_noise, dp_sgd_clip, dp_sgd_delta
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 3
 
 
 @pytest.mark.parametrize(
