@@ -3,6 +3,8 @@ its local model's record) and the round's server-side value is the worst client'
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fedloom.algorithms.privacy_accountant import Poisson, gaussian_epsilon
@@ -16,7 +18,7 @@ FLAGS = ["sim", "--dataset", "digits", "--clients", "3", "--rounds", "2", "--bat
 DP = ["--dp-sgd", "--dp-sgd-noise", "1.2", "--dp-sgd-clip", "0.8", "--dp-sgd-delta", "1e-6"]
 
 
-def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path):
+def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path, capsys):
     home = tmp_path / "home"
     assert main([*FLAGS, "--model", "logreg-torch", *DP, "--home", str(home)]) == 0
     config = SimConfig(dataset="digits", clients=3, model="logreg-torch")
@@ -40,6 +42,10 @@ def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path):
         assert value == pytest.approx(gaussian_epsilon(1.2, Poisson(min(1.0, 50 / n)), steps, 1e-6), rel=1e-12)
     assert epsilons[(2, "0")] > epsilons[(1, "0")]
     assert len({epsilons[(1, c)] for c in ("0", "1", "2")}) == 3  # unequal sizes: the max is not the mean
+    capsys.readouterr()
+    assert main(["runs", "show", run.id[:8], "--home", str(home), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {r["round"]: r["metrics"][EPSILON_METRIC] for r in shown["rounds"]} == worst
 
 
 def test_sim_with_dp_sgd_on_a_model_that_cannot_do_it_fails_naming_the_trainer(tmp_path, capsys):
