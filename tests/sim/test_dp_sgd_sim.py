@@ -42,7 +42,7 @@ def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path, capsy
         assert value == pytest.approx(gaussian_epsilon(1.2, Poisson(min(1.0, 50 / n)), steps, 1e-6), rel=1e-12)
     assert epsilons[(2, "0")] > epsilons[(1, "0")]
     assert len({epsilons[(1, c)] for c in ("0", "1", "2")}) == 3  # unequal sizes: the max is not the mean
-    capsys.readouterr()
+    assert "DP-SGD z=1.2 C=0.8 delta=1e-06" in capsys.readouterr().out
     assert main(["runs", "show", run.id[:8], "--home", str(home), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert {r["round"]: r["metrics"][EPSILON_METRIC] for r in shown["rounds"]} == worst

@@ -131,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
         f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
         f"strategy {config.strategy}"
+        + (
+            f", DP-SGD z={config.dp_sgd_noise} C={config.dp_sgd_clip} delta={config.dp_sgd_delta:g}"
+            if config.dp_sgd
+            else ""
+        )
     )
     store: Any = None
     if not args.no_store:
