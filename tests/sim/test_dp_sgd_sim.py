@@ -18,9 +18,11 @@ FLAGS = ["sim", "--dataset", "digits", "--clients", "3", "--rounds", "2", "--bat
 DP = ["--dp-sgd", "--dp-sgd-noise", "1.2", "--dp-sgd-clip", "0.8", "--dp-sgd-delta", "1e-6"]
 
 
-def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path, capsys):
+@pytest.mark.parametrize("executor", ["sequential", "parallel"])
+def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path, capsys, executor):
     home = tmp_path / "home"
-    assert main([*FLAGS, "--model", "logreg-torch", *DP, "--home", str(home)]) == 0
+    workers = ["--workers", "2"] if executor == "parallel" else []
+    assert main([*FLAGS, "--model", "logreg-torch", *DP, "--executor", executor, *workers, "--home", str(home)]) == 0
     config = SimConfig(dataset="digits", clients=3, model="logreg-torch")
     with SqlStore.open_default(home) as store:
         (run,) = store.list_runs()
