@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     out = {
         "benchmark": "dp_accuracy",
-        "command": "python -m benchmarks.dp_accuracy " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "-m", "benchmarks.dp_accuracy", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {**settings, "partition": "iid", "fraction": 1.0, "clip": CLIP, "delta": DELTA},
         "client_sizes": fed.sizes,
         "epsilon_is": "the largest privacy/dp_sgd_epsilon over the clients (sample level, add/remove one example)",
