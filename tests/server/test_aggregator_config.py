@@ -84,7 +84,8 @@ def test_every_field_has_a_unique_flat_name():
     # + the six [tracking] keys (sinks, tensorboard_dir, mlflow_tracking_uri, mlflow_experiment, wandb_*)
     # + [evaluation] evaluator, evaluator_args
     # + the ten [privacy] dp_* keys
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10
+    # + [client] dp_sgd_noise, dp_sgd_clip, dp_sgd_delta
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3
 
 
 @pytest.mark.parametrize(

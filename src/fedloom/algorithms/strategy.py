@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fedloom.algorithms.dp_sgd_settings import DP_SGD_KEY
 from fedloom.algorithms.filtering import ModelFilter
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
@@ -171,10 +172,11 @@ class Strategy:
 
     @property
     def keeps_client_state(self) -> bool:
-        """Whether clients keep state between rounds (personal keys, or a client part that keeps state)."""
+        """Whether clients keep state between rounds (personal keys, a client part that keeps state,
+        or DP-SGD's count of the steps each client has taken)."""
         if isinstance(self.aggregator, HasClientPart) and self.aggregator.client_part().keeps_state:
             return True
-        return bool(self.personal_keys)
+        return bool(self.personal_keys) or DP_SGD_KEY in self.client.extra
 
     def initial_weights(self, weights: Mapping[str, np.ndarray]) -> Weights:
         """The first global model: the user's, plus any state the aggregator keeps inside it

@@ -57,6 +57,7 @@ def register(subparsers: Any) -> None:
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
+    _add_dp_sgd_flags(parser)
     _add_world_flags(parser)
     _add_privacy_flags(parser)
     local = parser.add_argument_group("personalisation evaluation")
@@ -134,6 +135,15 @@ def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper())
 
 
+def _add_dp_sgd_flags(parser: argparse.ArgumentParser) -> None:
+    """Sample-level DP-SGD for every client (docs/privacy.md); the server sends the settings."""
+    group = parser.add_argument_group("sample-level DP-SGD (torch models; docs/privacy.md)")
+    group.add_argument("--dp-sgd", action="store_true", default=None, help="every client trains with DP-SGD")
+    group.add_argument("--dp-sgd-noise", type=float, help="noise multiplier z = noise std / clip norm (default 1.0)")
+    group.add_argument("--dp-sgd-clip", type=float, help="per-example gradient clip norm C (default 1.0)")
+    group.add_argument("--dp-sgd-delta", type=float, help="delta at which each client's epsilon is reported (1e-5)")
+
+
 def strategy_params_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """The config file's strategy parameters, overridden by any given on the command line."""
     given = {name: getattr(args, name) for name in PARAM_TYPES if getattr(args, name, None) is not None}
@@ -155,7 +165,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
-        f"strategy {config.strategy}" + (f", DP {config.privacy['mode']}" if config.privacy else "")
+        f"strategy {config.strategy}"
+        + (f", DP {config.privacy['mode']}" if config.privacy else "")
+        + (
+            f", DP-SGD z={config.dp_sgd_noise} C={config.dp_sgd_clip} delta={config.dp_sgd_delta:g}"
+            if config.dp_sgd
+            else ""
+        )
     )
     store: Any = None
     if not args.no_store:

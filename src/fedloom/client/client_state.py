@@ -16,8 +16,10 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedloom.algorithms.dp_sgd_settings import dp_sgd_from_extra
 from fedloom.algorithms.registry import client_parts
 from fedloom.algorithms.units import ClientPart, ClientRound
+from fedloom.client.dp_sgd import LedgerStore, accounted, dp_sgd_capable
 from fedloom.client.personal import PersonalStore, keep_personal, personal_patterns, with_personal
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ClientError
@@ -50,7 +52,19 @@ def part_store(state_dir: str | Path, part: ClientPart) -> PersonalStore:
 
 
 def fit_with_state(trainer: Trainer, weights: Weights, config: FitConfig, context: LocalContext) -> FitResult:
-    """``trainer.fit`` with this client's personal tensors and the client parts the config names."""
+    """``trainer.fit`` with this client's personal tensors and the client parts the config names;
+    under DP-SGD, refused for a trainer that cannot do it, and reporting the client's ε so far."""
+    dp_sgd = dp_sgd_from_extra(config.extra)
+    if dp_sgd is None:
+        return _fit_parts(trainer, weights, config, context)
+    rate = dp_sgd_capable(trainer).dp_sgd_sample_rate(config.batch_size)
+    if context.state_dir is None:
+        raise ClientError("DP-SGD counts each client's steps in its state directory, but none was given")
+    result = _fit_parts(trainer, weights, config, context)
+    return accounted(result, dp_sgd, rate, LedgerStore(context.state_dir), context.client_id)
+
+
+def _fit_parts(trainer: Trainer, weights: Weights, config: FitConfig, context: LocalContext) -> FitResult:
     patterns, parts = personal_patterns(config.extra), client_parts(config.extra)
     model = model_part(weights)
     if (patterns or any(p.keeps_state for p in parts)) and context.state_dir is None:

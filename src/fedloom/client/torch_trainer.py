@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, dp_sgd_from_extra
 from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.client.dp_sgd import poisson_rate
+from fedloom.client.dp_sgd_torch import PrivateBatches, PrivateFit, refuse_unsupported, train_dp_sgd
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.terms import FISHER_PREFIX, NO_TERMS, ClientTerms
@@ -121,7 +124,11 @@ class TorchTrainer:
 
     def fit(self, weights: Weights, config: FitConfig, terms: ClientTerms = NO_TERMS) -> FitResult:
         """E epochs of mini-batch training; adds the client-side ``terms`` (any algorithm's) to
-        each trainable parameter's gradient at every step."""
+        each trainable parameter's gradient at every step. With ``dp_sgd`` in ``config.extra``
+        it trains with DP-SGD instead (fedloom.client.dp_sgd)."""
+        dp_sgd = dp_sgd_from_extra(config.extra)
+        if dp_sgd is not None:
+            return self._fit_dp_sgd(weights, config, terms, dp_sgd)
         load_weights(self.model, weights)
         initial = {"initial_loss": self._loss_on_train()} if terms.report_initial_loss else {}
         torch.manual_seed(config.seed)
@@ -148,6 +155,39 @@ class TorchTrainer:
         metrics = {"train_loss": total_loss / seen, "train_accuracy": total_correct / seen, "local_steps": float(steps)}
         fisher = self._fisher(config.batch_size) if terms.report_fisher else {}
         return FitResult({**self.get_weights(), **fisher}, len(self.x), {**metrics, **initial})
+
+    def dp_sgd_sample_rate(self, batch_size: int) -> float:
+        """DP-SGD's Poisson rate q = B/n on this client's n training examples (at most 1)."""
+        return poisson_rate(batch_size, len(self.x))
+
+    def _fit_dp_sgd(
+        self, weights: Weights, config: FitConfig, terms: ClientTerms, settings: DPSGDSettings
+    ) -> FitResult:
+        """E epochs of DP-SGD (Opacus). Only the weights and the step count leave the client: the
+        training loss and accuracy are computed from the data without noise, outside ε."""
+        refuse_unsupported(self.model, terms)
+        load_weights(self.model, weights)
+        torch.manual_seed(config.seed)  # dropout only; batches and noise use fresh OS entropy
+        fit = PrivateFit(
+            self.model,
+            self.x,
+            self.y,
+            self.loss_fn,
+            lambda params: self._torch_optimizer(params, config.lr),
+            self.device,
+        )
+        batches = PrivateBatches.for_batch_size(
+            len(self.x), config.batch_size, self.dp_sgd_sample_rate(config.batch_size)
+        )
+        extra = self._term_tensors(terms)
+        steps = train_dp_sgd(fit, settings, config.epochs, batches, lambda: _add_terms(extra))
+        return FitResult(self.get_weights(), len(self.x), {"local_steps": float(steps)})
+
+    def _torch_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """A torch.optim optimiser (Opacus wraps only those) with this trainer's settings."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     def _term_tensors(self, terms: ClientTerms) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(parameter, scale, offset) of each trainable parameter with a term, on the device, once per fit."""

@@ -97,3 +97,24 @@ def usable_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
         except ValidationError:
             continue
     return kept
+
+
+#: client metrics whose round value is the largest any client reported rather than the sample-weighted
+#: mean: a privacy loss (``privacy/dp_sgd_epsilon``) is as bad as the worst client's, and a mean of
+#: ε values is no ε of anything
+WORST_CASE_PREFIX = "privacy/"
+
+
+def add_client_metrics(sums: dict[str, float], metrics: Mapping[str, float], num_samples: int) -> None:
+    """Fold one update's metrics into a round's running values: ``value · n`` sums, or the maximum
+    for :data:`WORST_CASE_PREFIX` names (see :func:`round_client_metrics`)."""
+    for key, value in metrics.items():
+        if key.startswith(WORST_CASE_PREFIX):
+            sums[key] = max(sums.get(key, -math.inf), float(value))
+        else:
+            sums[key] = sums.get(key, 0.0) + float(value) * num_samples
+
+
+def round_client_metrics(sums: Mapping[str, float], total_samples: int) -> dict[str, float]:
+    """The round's client metrics: sample-weighted means, and the worst case of ``privacy/`` ones."""
+    return {k: v if k.startswith(WORST_CASE_PREFIX) else v / total_samples for k, v in sums.items()}

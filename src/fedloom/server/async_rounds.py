@@ -31,6 +31,7 @@ import numpy as np
 from fedloom.algorithms.casting import cast_like
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.metrics import add_client_metrics, round_client_metrics
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, copy_weights, validate_weights
 
@@ -153,8 +154,7 @@ class AsyncRounds:
         self._uploaded.add((update.client_id, update.round))
         self._clients.append(update.client_id)
         self._samples += update.num_samples
-        for key, value in update.metrics.items():
-            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value) * update.num_samples
+        add_client_metrics(self._metric_sums, update.metrics, update.num_samples)
         return weight
 
     # -- versions ----------------------------------------------------------------
@@ -164,7 +164,7 @@ class AsyncRounds:
             raise ValidationError("cannot aggregate: the buffer is empty")
         weights = self._mixed(self._acc.result())
         validate_weights(weights, self._global)
-        metrics = {k: v / self._samples for k, v in self._metric_sums.items()}
+        metrics = round_client_metrics(self._metric_sums, self._samples)
         return AsyncVersion(self.version + 1, weights, len(self._clients), self._samples, metrics)
 
     def _mixed(self, mean: Weights) -> Weights:

@@ -13,7 +13,7 @@ The file has these tables::
     [run]     name, seed, initial_model, mode
     [rounds]  max_rounds, fraction, min_agents, threshold, min_updates,
               deadline_seconds, deadline_policy, check_interval_seconds, max_num_samples
-    [client]  epochs, batch_size, lr
+    [client]  epochs, batch_size, lr, dp_sgd_noise, dp_sgd_clip, dp_sgd_delta (sample-level DP-SGD)
     [async]   buffer_size, staleness_exponent, mixing
     [strategy] strategy, aggregator, server_opt and the strategy parameters
               (server_lr, proximal_mu, trim_beta, byzantine_f, ... see docs/algorithms.md)

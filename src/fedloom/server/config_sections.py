@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fedloom.algorithms.dp_sgd_settings import DPSGDSettings
 from fedloom.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -176,16 +177,30 @@ class RoundsSection:
 
 @dataclass(frozen=True)
 class ClientSection:
-    """``[client]``: the local training settings every agent receives in its task."""
+    """``[client]``: the local training settings every agent receives in its task; with
+    ``dp_sgd_noise`` set, every agent trains with sample-level DP-SGD (docs/privacy.md)."""
 
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.01
+    dp_sgd_noise: float | None = None
+    dp_sgd_clip: float = 1.0
+    dp_sgd_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         _at_least("client", "epochs", self.epochs, 1)
         _at_least("client", "batch_size", self.batch_size, 1)
         _positive("client", "lr", self.lr)
+        try:
+            self.dp_sgd()
+        except ConfigError as exc:
+            raise ConfigError(f"[client] {exc} {_where_to_set('client', 'dp_sgd_noise')}") from None
+
+    def dp_sgd(self) -> DPSGDSettings | None:
+        """The DP-SGD settings sent to every agent, or None (``dp_sgd_noise`` unset: no DP-SGD)."""
+        if self.dp_sgd_noise is None:
+            return None
+        return DPSGDSettings(self.dp_sgd_noise, self.dp_sgd_clip, self.dp_sgd_delta)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strat
 from fedloom.algorithms.units import ReportsRoundMetrics, RunScoped
 from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
+from fedloom.core.metrics import add_client_metrics, round_client_metrics
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
 
@@ -302,8 +303,7 @@ class RoundEngine:
     def _note_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
         assert self._open is not None
         self._open.received[report.client_id] = report.num_samples
-        for key, value in report.metrics.items():
-            self._open.metric_sums[key] = self._open.metric_sums.get(key, 0.0) + float(value) * report.num_samples
+        add_client_metrics(self._open.metric_sums, report.metrics, report.num_samples)
         if self.recorder:
             self.recorder.update_accepted(report, weights)
 
@@ -382,7 +382,7 @@ class RoundEngine:
         weights = open_round.accumulator.result()
         validate_weights(weights, self._global)
         total = sum(open_round.received.values())
-        metrics = {k: v / total for k, v in open_round.metric_sums.items()}
+        metrics = round_client_metrics(open_round.metric_sums, total)
         if isinstance(open_round.accumulator, ReportsRoundMetrics):  # e.g. DP's ε, measured by the aggregator
             metrics.update(open_round.accumulator.round_metrics())
         missing = tuple(c for c in open_round.task.selected if c not in open_round.received)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from fedloom.algorithms.dp import with_privacy
+from fedloom.algorithms.dp_sgd_settings import with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
@@ -39,6 +40,8 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         server_opt=chosen.server_opt,
         params=chosen.params(),
     )
+    dp_sgd = client.dp_sgd()
+    strategy = strategy if dp_sgd is None else with_dp_sgd(strategy, dp_sgd)
     privacy = config.privacy.settings()
     # [rounds] min_agents is the smallest federation a round opens with: δ and the target ε are
     # checked against it; each round is accounted with the agents registered when it opens

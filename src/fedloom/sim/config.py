@@ -15,6 +15,7 @@ from typing import Any
 
 from fedloom.algorithms.dp import PrivacySettings, with_privacy
 from fedloom.algorithms.dp.settings import privacy_from_mapping
+from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
@@ -78,6 +79,10 @@ class SimConfig:
     finetune_epochs: int = 0
     #: the PrivacySettings fields (``fedloom sim --dp ...``, or a ``[privacy]`` table); empty: no DP
     privacy: dict[str, Any] = field(default_factory=dict)
+    dp_sgd: bool = False
+    dp_sgd_noise: float = 1.0
+    dp_sgd_clip: float = 1.0
+    dp_sgd_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
@@ -145,8 +150,9 @@ class SimConfig:
         return ClientSpeeds(distribution, spread=self.speed_spread, dropout=self.dropout)
 
     def build_strategy(self) -> Strategy:
-        """The composed strategy these settings name (see fedloom.algorithms.registry)."""
-        return build_strategy(
+        """The composed strategy these settings name (see fedloom.algorithms.registry), every client
+        training with DP-SGD when ``dp_sgd`` is set."""
+        strategy = build_strategy(
             self.strategy,
             fraction=self.fraction,
             min_clients=self.min_clients,
@@ -158,6 +164,9 @@ class SimConfig:
             params=self.strategy_params,
             criteria=RoundCriteria(threshold=self.threshold),
         )
+        if not self.dp_sgd:
+            return strategy
+        return with_dp_sgd(strategy, DPSGDSettings(self.dp_sgd_noise, self.dp_sgd_clip, self.dp_sgd_delta))
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
