@@ -142,7 +142,7 @@ def test_the_server_refuses_unknown_ids_other_rounds_duplicates_and_wrong_stages
 
 
 def test_the_server_refuses_shares_to_non_neighbours_and_wrong_length_vectors():
-    server, clients, names, updates = _round()
+    server, clients, names, _ = _round()
     _to_share_stage(server, clients, names)
     message = clients[names[0]].share_keys(server.keys_for(names[0]))
     short = SharesMessage(1, names[0], dict(list(message.shares.items())[:-1]))
@@ -195,8 +195,8 @@ def test_a_replayed_ciphertext_from_another_round_does_not_open():
 
 
 def test_a_keys_relay_naming_a_non_neighbour_or_another_round_is_refused():
-    server, clients, names, _ = _round(count=8)
-    server2, clients2, _, _ = _round(count=8)
+    _, clients, names, _ = _round(count=8)
+    _, clients2, _, _ = _round(count=8)
     me = clients[names[0]]
     me.advertise_keys()
     strangers = set(names) - me.graph.neighbours(names[0]) - {names[0]}
