@@ -139,6 +139,10 @@ class SecAggServerRound:
                     raise SecAggMessageError(field, f"holds a share of {owner!r} that was not asked for")
         self._unmask[message.client_id] = message
 
+    def masked_bytes(self, client_id: str) -> bytes:
+        """The masked vector ``client_id`` sent, as little-endian bytes (what a record may hash)."""
+        return np.ascontiguousarray(self._masked[client_id], dtype="<u8").tobytes()
+
     # -- relaying ------------------------------------------------------------------
     def keys_for(self, client_id: str) -> KeysRelay:
         """The advertised keys of ``client_id``'s neighbours (stage SHARE)."""
