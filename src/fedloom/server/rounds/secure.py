@@ -18,7 +18,6 @@ sending their masked input are recorded as ``secagg_dropped`` with the stage.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -123,7 +122,7 @@ class SecureRounds:
                 protocol.round,
                 contributions[cid].num_samples,
                 dict(contributions[cid].metrics),
-                hashlib.sha256(protocol.masked_bytes(cid)).hexdigest(),
+                protocol.masked_sha256(cid),
             )
             for cid in result.contributors
         ]
