@@ -227,3 +227,18 @@ def test_an_interrupted_secure_run_resumes_bitwise_identical(tmp_path):
     assert [s.round for s in result.history] == [3, 4]
     for name, value in reference.final_weights.items():
         np.testing.assert_array_equal(result.final_weights[name], value, err_msg=name)
+
+
+def test_clients_dropped_before_training_are_recorded_once(tmp_path):
+    from fedloom.sim.clock import ClientSpeeds
+
+    world = fedloom.Environment(client_sizes=[PullTrainer(i).size for i in range(8)], speeds=ClientSpeeds(dropout=0.3))
+    strategy = build_strategy("fedavg", fraction=1.0, criteria=RoundCriteria(threshold=0.3))
+    with SqlStore.open_default(tmp_path) as store:
+        result = _run(SecAggSettings(bits=32, threshold=3), rounds=2, strategy=strategy, environment=world, store=store)
+        rejections = store.list_rejections(store.list_runs()[0].id)
+    per_client = [(r.round, r.client_id) for r in rejections]
+    assert any(r.code == "dropped" for r in rejections)
+    assert not any(r.code == "secagg_dropped" for r in rejections)
+    assert len(per_client) == len(set(per_client))
+    assert [s.num_updates + sum(1 for r in rejections if r.round == s.round) for s in result.history] == [8, 8]
