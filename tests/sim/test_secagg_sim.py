@@ -180,6 +180,11 @@ def test_asynchronous_mode_deadlines_and_dropouts_without_secagg_are_refused():
         _run(SecAggSettings(), environment=fedloom.Environment(deadline_seconds=5.0, client_sizes=[20] * 8))
     with pytest.raises(ConfigError, match="needs secure aggregation"):
         _run(None, environment=fedloom.Environment(secagg_dropout={"share": 0.1}))
+    with pytest.raises(ConfigError, match="never holds a local model"):
+        fedloom.simulate(
+            PullTrainer, 4, build_strategy("fedavg"), 1, recording=fedloom.Recording(None, keep_local_models=True),
+            observers=[], secure=SecAggSettings(),
+        )  # fmt: skip
     with pytest.raises(ConfigError, match="stage 'typo' is unknown"):
         fedloom.Environment(secagg_dropout={"typo": 0.1})
 

@@ -109,6 +109,11 @@ def _run_config(
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
     poison = _poison(world.adversary, num_clients, seed, run_config)
+    if secure is not None and kept.keep_local_models:
+        raise ConfigError(
+            "keep_local_models cannot keep anything under secure aggregation: the server never holds a local"
+            " model, only the masked sum; drop keep_local_models (--keep-local-models)"
+        )
     return run_config, poison, _secure(secure, strategy, world, seed, run_config)
 
 
