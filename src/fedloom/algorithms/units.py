@@ -13,7 +13,7 @@ simulation run exactly the same client code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -127,3 +127,21 @@ class RunScoped(Protocol):
     ``begin_run(rounds_done)`` when it starts, so nothing carries over from another run."""
 
     def begin_run(self, rounds_done: int) -> None: ...
+
+
+@runtime_checkable
+class SumsSecurely(Protocol):
+    """An aggregator that can be fed the unmasked sum of its clients' updates, each weighted 1
+    (secure aggregation): DP in client and local modes, where every client clipped and noised
+    its own update, so the server needs only the sum. ``takes_secure_sum`` is False when the
+    configuration needs each update on its own (central DP clips them on the server)."""
+
+    @property
+    def takes_secure_sum(self) -> bool: ...
+
+
+@runtime_checkable
+class TakesSecureSum(Protocol):
+    """A round's accumulator that folds in ``Σ Δ_k`` of ``senders`` (``Δ = w − g``, float64)."""
+
+    def add_secure_sum(self, delta_sum: Mapping[str, np.ndarray], senders: Sequence[str]) -> None: ...

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.server_opt import ServerOptState, check_state
 from fedloom.algorithms.strategy import Accumulator, MergeableAccumulator, Strategy
-from fedloom.algorithms.units import ReportsRoundMetrics, RunScoped
+from fedloom.algorithms.units import ReportsRoundMetrics, RunScoped, TakesSecureSum
 from fedloom.core.errors import FedloomError, NonFiniteError, RejectedUpdateError, ValidationError
 from fedloom.core.fit import FitConfig
 from fedloom.core.metrics import add_client_metrics, round_client_metrics
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
+from fedloom.server.round_types import RoundOutcome, RoundRecorder, RoundTask
+
+__all__ = ["EngineState", "EngineStateError", "RoundEngine", "RoundOutcome", "RoundRecorder", "RoundTask"]
 
 
 def _frozen(weights: Weights) -> Weights:
@@ -44,47 +46,6 @@ class EngineState(enum.Enum):
 
 class EngineStateError(FedloomError):
     """An engine method was called in a state that does not allow it (a programming error)."""
-
-
-@dataclass(frozen=True)
-class RoundTask:
-    """What one round asks of its clients: the global model and who should train it."""
-
-    round: int
-    global_weights: Weights
-    selected: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RoundOutcome:
-    """The result of a closed round; ``server_opt_state`` is the server optimiser's state after it
-    (None without one), which the recorder stores with the global model so a resume continues it."""
-
-    round: int
-    weights: Weights
-    num_updates: int
-    num_samples: int
-    client_metrics: Mapping[str, float]
-    missing: tuple[str, ...]
-    num_rejected: int
-    seconds: float
-    server_opt_state: ServerOptState | None = None
-
-
-class RoundRecorder(Protocol):
-    """Where the engine reports what happened (a Store adapter, a logger, a test double)."""
-
-    def round_opened(self, round: int, selected: Sequence[str]) -> None: ...
-
-    def update_accepted(self, report: UpdateReport, weights: Weights | None) -> None: ...
-
-    def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None: ...
-
-    def round_closed(self, outcome: RoundOutcome) -> None: ...
-
-    def round_abandoned(self, round: int, num_updates: int, num_samples: int) -> None: ...
-
-    def version_made(self, outcome: RoundOutcome) -> None: ...
 
 
 @dataclass
@@ -283,22 +244,36 @@ class RoundEngine:
         again, a report that fails these checks is an executor bug and raises
         :class:`EngineStateError` before anything is merged.
         """
-        self._require(EngineState.COLLECTING, "accept merged updates")
-        assert self._open is not None
-        accumulator = self._open.accumulator
+        accumulator = self._merge_target("accept merged updates", reports)
         if not isinstance(accumulator, MergeableAccumulator) or self.strategy.update_filter is not None:
             raise EngineStateError(f"strategy {self.strategy.name!r} cannot take pre-merged partial results")
+        if partial.count != len(reports) or partial.total_weight != sum(r.num_samples for r in reports):
+            raise EngineStateError("merged partial sum does not match its reports (count or total samples differ)")
+        accumulator.merge(partial)
+        for report in reports:
+            self._note_accepted(report, None)
+
+    def submit_secure_sum(self, reports: Sequence[UpdateReport], delta_sum: Weights) -> None:
+        """Accept the unmasked sum ``Σ Δ_k`` (each weighted 1) of the clients ``reports`` describe:
+        secure aggregation into an aggregator that takes such sums (DP in client/local mode)."""
+        accumulator = self._merge_target("accept a secure sum", reports)
+        if not isinstance(accumulator, TakesSecureSum):
+            raise EngineStateError(f"strategy {self.strategy.name!r} cannot take a secure sum of updates")
+        accumulator.add_secure_sum(delta_sum, [r.client_id for r in reports])
+        for report in reports:
+            self._note_accepted(report, None)
+
+    def _merge_target(self, action: str, reports: Sequence[UpdateReport]) -> Accumulator:
+        """The open round's accumulator, after checking the identity of every report to fold in."""
+        self._require(EngineState.COLLECTING, action)
+        assert self._open is not None
         seen: set[str] = set()
         for report in reports:
             problem = self._check_identity(report.client_id, report.round, report.num_samples)
             if problem or report.client_id in seen:
                 raise EngineStateError(f"merged update of client {report.client_id!r} is invalid: {problem}")
             seen.add(report.client_id)
-        if partial.count != len(reports) or partial.total_weight != sum(r.num_samples for r in reports):
-            raise EngineStateError("merged partial sum does not match its reports (count or total samples differ)")
-        accumulator.merge(partial)
-        for report in reports:
-            self._note_accepted(report, None)
+        return self._open.accumulator
 
     def _note_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
         assert self._open is not None

@@ -76,7 +76,7 @@ class SecureDelivery:
         rounds = SecureRounds(lifecycle, self.settings)
         protocol = rounds.start()
         global_w = lifecycle.global_weights
-        local = {u.client_id: LocalUpdate(delta(u.weights, global_w), u.num_samples) for u in updates}
+        local = {u.client_id: LocalUpdate(delta(u.weights, global_w), rounds.weight_of(u.num_samples)) for u in updates}
         rng = rng_for(self.seed, "secagg-rounding", protocol.round)
         drops = self.dropouts(protocol.round, protocol.graph.ids)
         outcome = run_protocol(protocol, local, self.settings, self.seed, drops, rng)

@@ -20,7 +20,7 @@ database could regenerate and subtract it); ``noise_seed`` is for tests and give
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,19 @@ class PrivateSumAccumulator:
         self._sums = sums
         self._senders.append(update.client_id)
         self.count += 1
+
+    def add_secure_sum(self, delta_sum: Mapping[str, np.ndarray], senders: Sequence[str]) -> None:
+        """Fold in the unmasked sum of ``senders``' updates (secure aggregation). Only in client and
+        local modes: their clients clipped and noised their own updates, so the sum is all the
+        server needs; integer tensors in ``delta_sum`` are ignored as for single updates."""
+        if self.settings.mode == "central":
+            raise ValidationError("central DP clips each update on the server; a secure sum hides them")
+        with np.errstate(over="ignore"):
+            sums = {k: total + np.asarray(delta_sum[k], np.float64) for k, total in self._sums.items()}
+        require_finite(sums, "the DP sum")
+        self._sums = sums
+        self._senders.extend(senders)
+        self.count += len(senders)
 
     def _noise_std(self) -> float:
         settings = self.settings
@@ -173,6 +186,11 @@ class PrivateMean:
 
     def begin_run(self, rounds_done: int) -> None:
         self.ledger.begin_run(rounds_done)
+
+    @property
+    def takes_secure_sum(self) -> bool:
+        """Client and local modes compose with secure aggregation; central mode clips each update itself."""
+        return self.settings.mode != "central"
 
     def start(self, reference: Mapping[str, np.ndarray]) -> PrivateSumAccumulator:
         raise ValidationError("the DP aggregator needs the number of clients: start it with start_sized")

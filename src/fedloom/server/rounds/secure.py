@@ -27,6 +27,7 @@ from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.secagg.codec import RingLayout
 from fedloom.algorithms.secagg.server import SecAggFailure, SecAggResult, SecAggServerRound
 from fedloom.algorithms.secagg.settings import SecAggSettings
+from fedloom.algorithms.units import SumsSecurely
 from fedloom.core.update import UpdateReport
 from fedloom.server.rounds.events import Event, RoundAbandoned
 from fedloom.server.rounds.sync import SyncRounds
@@ -50,6 +51,17 @@ class SecureRounds:
     def __init__(self, lifecycle: SyncRounds, settings: SecAggSettings) -> None:
         self.lifecycle = lifecycle
         self.settings = settings
+
+    @property
+    def uniform(self) -> bool:
+        """True when every client enters the sum with weight 1 instead of its sample count: the
+        strategy's aggregator takes a secure sum itself (DP in client/local mode)."""
+        aggregator = self.lifecycle.engine.strategy.aggregator
+        return isinstance(aggregator, SumsSecurely) and aggregator.takes_secure_sum
+
+    def weight_of(self, num_samples: int) -> int:
+        """What a client with ``num_samples`` puts into the ring as its weight."""
+        return 1 if self.uniform else num_samples
 
     def layout(self) -> RingLayout:
         """The ring layout of the current global model (what every client encodes against)."""
@@ -86,19 +98,24 @@ class SecureRounds:
                     cid, DROPPED, f"the client dropped out of secure aggregation at stage {stage!r}{why}"
                 )
         if isinstance(result, SecAggResult):
-            problem = self._mismatch(result, contributions)
+            problem = self._mismatch(result, contributions, self.uniform)
             if problem is None:
                 return self._close(protocol, result, contributions, now)
             result = SecAggFailure(MISMATCH, "unmask", result.contributors, protocol.threshold, problem)
         return self._abandon(result)
 
     @staticmethod
-    def _mismatch(result: SecAggResult, contributions: Mapping[str, Contribution]) -> str | None:
+    def _mismatch(result: SecAggResult, contributions: Mapping[str, Contribution], uniform: bool) -> str | None:
         claimed = sum(contributions[c].num_samples for c in result.contributors if c in contributions)
         missing = sorted(set(result.contributors) - set(contributions))
         if missing:
             return f"secure aggregation unmasked inputs of {missing}, which reported no sample count"
-        if claimed != result.total_weight:
+        if uniform and result.total_weight != len(result.contributors):
+            return (
+                f"{len(result.contributors)} clients each weighted 1 sum to weight {result.total_weight}:"
+                " a client entered the sum with another weight, so the privacy accounting cannot hold"
+            )
+        if not uniform and claimed != result.total_weight:
             return (
                 f"the clients claim {claimed} samples in total but the unmasked sum carries {result.total_weight}:"
                 " a sample count was misreported, so the weighting cannot be trusted"
@@ -114,11 +131,23 @@ class SecureRounds:
     ) -> list[Event]:
         engine = self.lifecycle.engine
         global_w = self.lifecycle.global_weights
+        reports = self._reports(protocol, result, contributions)
+        if self.uniform:  # Σ Δ_k = mean · count: the aggregator divides by its own denominator
+            count = float(result.total_weight)
+            engine.submit_secure_sum(reports, {k: v * count for k, v in result.mean_delta.items()})
+            return self.lifecycle.tick(now)
         means = {name: np.asarray(global_w[name], np.float64) + result.mean_delta[name] for name in global_w}
         partial = WeightedMeanAccumulator.from_partial_sums(
             global_w, means, float(result.total_weight), len(result.contributors)
         )
-        reports = [
+        engine.submit_merged(reports, partial)
+        return self.lifecycle.tick(now)
+
+    @staticmethod
+    def _reports(
+        protocol: SecAggServerRound, result: SecAggResult, contributions: Mapping[str, Contribution]
+    ) -> list[UpdateReport]:
+        return [
             UpdateReport(
                 cid,
                 protocol.round,
@@ -128,8 +157,6 @@ class SecureRounds:
             )
             for cid in result.contributors
         ]
-        engine.submit_merged(reports, partial)
-        return self.lifecycle.tick(now)
 
     def _abandon(self, failure: SecAggFailure) -> list[Event]:
         engine = self.lifecycle.engine
