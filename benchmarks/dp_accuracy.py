@@ -8,13 +8,16 @@ C=1 and runs at three noise multipliers; each reports the ε its worst client re
 at δ=1e-5 (sample level: one example of one client, add/remove), from the privacy
 accountant composing that client's Poisson-sampled steps (q = B/n).
 
-Every row is a :class:`Contender` in :data:`CONTENDERS`: a name, the level of privacy it
-claims and a function that turns the baseline strategy into its own. Central user-level
-DP (DP-FedAvg: clip each client's update, noise the aggregate) is a row of the same
-table once its code is in fedloom; it needs far more clients than 20 for its ε to mean
-anything, so it will come with its own ``--clients``.
+Every row is a :class:`Contender`: a name, the level of privacy it claims, a function that
+turns the baseline strategy into its own and, for user-level DP, the ``PrivacySettings``.
+``--table user`` is the user-level table: central DP-FedAvg needs far more clients than 20
+for its ε to mean anything (the noise must hide one whole client among those drawn), so it
+runs on the whole training set split over 2,000 clients of 30 images, 100 drawn per round
+(fraction 0.05), 20 rounds, update clip C=0.5, at three noise multipliers, against the
+non-private baseline on the same federation; ε at δ=1e-5 is user level (replace one client).
 
     python -m benchmarks.dp_accuracy                 # writes benchmarks/results/dp_accuracy.json
+    python -m benchmarks.dp_accuracy --table user    # writes benchmarks/results/dp_accuracy_user.json
     python -m benchmarks.dp_accuracy --rounds 2 --examples 2000 --out /tmp/dp.json   # a smoke run
 """
 
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fedloom.algorithms.dp import PrivacySettings
 from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import Strategy
@@ -48,6 +52,9 @@ from fedloom.sim.partition import partition
 ROOT = Path(__file__).resolve().parent.parent
 DELTA = 1e-5
 CLIP = 1.0
+USER_EPSILON = "privacy/epsilon"
+#: central DP's clip of each client's update (L2, all float tensors)
+USER_CLIP = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,13 +62,19 @@ class Contender:
     """One row of the table: how it changes the baseline strategy, and what privacy it claims."""
 
     name: str
-    level: str  # "none", "sample" (DP-SGD), later "user" (central DP)
+    level: str  # "none", "sample" (DP-SGD) or "user" (central DP)
     make: Callable[[Strategy], Strategy]
+    privacy: PrivacySettings | None = None
 
 
 def dp_sgd(noise: float) -> Contender:
     settings = DPSGDSettings(noise_multiplier=noise, max_grad_norm=CLIP, delta=DELTA)
     return Contender(f"DP-SGD z={noise}", "sample", lambda s: with_dp_sgd(s, settings))
+
+
+def central(noise: float) -> Contender:
+    settings = PrivacySettings(mode="central", noise_multiplier=noise, clip_norm=USER_CLIP, delta=DELTA)
+    return Contender(f"central DP z={noise}", "user", lambda s: s, settings)
 
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -70,6 +83,14 @@ CONTENDERS: tuple[Contender, ...] = (
     dp_sgd(1.0),
     dp_sgd(2.0),
 )
+#: ``--table user``: the federation is set by USER_LEVEL below
+USER_CONTENDERS: tuple[Contender, ...] = (
+    Contender("no DP (FedAvg)", "none", lambda s: s),
+    central(1.0),
+    central(2.0),
+    central(4.0),
+)
+USER_LEVEL = {"examples": 60000, "clients": 2000, "fraction": 0.05, "rounds": 20, "lr": 0.5}
 
 
 @dataclass(frozen=True)
@@ -107,7 +128,7 @@ def federation(args: argparse.Namespace) -> Federation:
 
 
 def run(contender: Contender, fed: Federation, args: argparse.Namespace) -> dict[str, Any]:
-    base = build_strategy("fedavg", fraction=1.0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    base = build_strategy("fedavg", fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     started = time.perf_counter()
     result = simulate(
         fed.client_fn,
@@ -120,10 +141,12 @@ def run(contender: Contender, fed: Federation, args: argparse.Namespace) -> dict
         evaluation=Evaluation(fed.evaluate),
         recording=Recording(store=None),
         observers=[],
+        privacy=contender.privacy,
     )
     seconds = time.perf_counter() - started
     accuracy = [h.metrics["accuracy"] for h in result.history]
-    epsilon = [h.metrics.get(EPSILON_METRIC) for h in result.history]
+    metric = USER_EPSILON if contender.level == "user" else EPSILON_METRIC
+    epsilon = [h.metrics.get(metric) for h in result.history]
     row = {"name": contender.name, "privacy_level": contender.level, "final_accuracy": accuracy[-1]}
     row |= {"epsilon": epsilon[-1], "delta": DELTA if contender.level != "none" else None}
     row |= {"accuracy_curve": accuracy, "epsilon_curve": epsilon, "seconds": round(seconds, 1)}
@@ -142,23 +165,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--fraction", type=float, default=1.0, help="share of the clients drawn each round")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dp_accuracy.json"))
+    parser.add_argument("--table", choices=("sample", "user"), default="sample", help="DP-SGD or central DP rows")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/dp_accuracy[_user].json")
     args = parser.parse_args(argv)
+    given = set(argv if argv is not None else sys.argv[1:])
+    if args.table == "user":  # the user-level federation, unless a flag says otherwise
+        for key, value in USER_LEVEL.items():
+            if f"--{key}" not in given:
+                setattr(args, key, value)
+    suffix = "_user" if args.table == "user" else ""
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"dp_accuracy{suffix}.json")
     # dp-accounting logs each fractional RDP order it drops (its ε stays an upper bound)
     logging.getLogger("absl").setLevel(logging.ERROR)
     fed = federation(args)
     print(f"Fashion-MNIST subset of {args.examples}, {args.clients} clients, {args.rounds} rounds", flush=True)
-    rows = [run(contender, fed, args) for contender in CONTENDERS]
+    rows = [run(contender, fed, args) for contender in (USER_CONTENDERS if args.table == "user" else CONTENDERS)]
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     out = {
         "benchmark": "dp_accuracy",
         "command": shlex.join(["python", "-m", "benchmarks.dp_accuracy", *(sys.argv[1:] if argv is None else argv)]),
-        "settings": {**settings, "partition": "iid", "fraction": 1.0, "clip": CLIP, "delta": DELTA},
+        "settings": {**settings, "partition": "iid", "clip": USER_CLIP if args.table == "user" else CLIP},
         "client_sizes": fed.sizes,
-        "epsilon_is": "the largest privacy/dp_sgd_epsilon over the clients (sample level, add/remove one example)",
+        "epsilon_is": (
+            "privacy/epsilon: user level, replace one client, clients drawn without replacement (RDP)"
+            if args.table == "user"
+            else "the largest privacy/dp_sgd_epsilon over the clients (sample level, add/remove one example)"
+        ),
         "table": rows,
-        "not_yet_rows": ["central user-level DP (DP-FedAvg): its code is on the user-level DP branch"],
     }
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
