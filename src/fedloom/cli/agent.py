@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--keep-stale", action="store_true", help="upload results even if a newer round began during training")
     add("--upload-initial", action="store_true", help="(admin agent) upload the initial model if the run has none")
     add("--no-system-metrics", action="store_true", help="do not report this agent's timings and resource use")
+    add("--no-verify-lineage", action="store_true", help="do not check global models against the run's lineage")
     add("--no-ship-logs", action="store_true", help="do not send this agent's log records to the aggregator")
     add(
         "--max-retries",
@@ -118,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             upload_initial=args.upload_initial,
             poll_wait=args.poll_wait,
             report_system=not args.no_system_metrics,
+            verify_lineage=not args.no_verify_lineage,
         )
         with shipping_logs(client, token, enabled=not args.no_ship_logs):
             agent.run()

@@ -47,6 +47,7 @@ from fedloom.client.agent_identity import AgentIdentity, RunChanged
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.agent_stop import AgentInterrupted, StopControl
 from fedloom.client.backoff import Backoff
+from fedloom.client.lineage_check import LineageChecker, check_download
 from fedloom.client.loading import check_trainer
 from fedloom.client.round_meter import AgentRoundMeter, update_payload_with_system
 from fedloom.client.trainer import Trainer
@@ -89,7 +90,8 @@ class Agent(AgentIdentity):
     agent) uploads ``trainer.get_weights()`` as the initial global model when the server
     has none yet. ``poll_wait`` is the long-poll duration in seconds;
     ``min_poll_interval`` keeps a server that answers at once from being hammered;
-    ``mismatch_backoff`` spaces out re-downloads of a model whose hash is not the task's.
+    ``mismatch_backoff`` spaces out re-downloads of a model whose hash is not the task's;
+    ``verify_lineage`` checks every downloaded model against the run's lineage chain.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Agent(AgentIdentity):
         handle_signals: bool = True,
         mismatch_backoff: Backoff | None = None,
         report_system: bool = True,
+        verify_lineage: bool = True,
     ) -> None:
         if not NAME_PATTERN.fullmatch(name):
             raise ConfigError(f"agent name {name!r} must be 1-64 characters from A-Z a-z 0-9 . _ - (set --name)")
@@ -128,6 +131,7 @@ class Agent(AgentIdentity):
         self._mode = "sync"
         self._look_now = True
         self._meter = AgentRoundMeter(enabled=report_system)  # docs/protocol.md: system metrics
+        self._lineage = LineageChecker(state_dir, lambda: self.client.agent_id) if verify_lineage else None
 
     @property
     def state(self) -> AgentState:
@@ -250,6 +254,7 @@ class Agent(AgentIdentity):
                 self._look_now = True
                 return
             self._meter.downloaded(time.monotonic() - started, weights)
+            check_download(self._lineage, lambda r: self._call(self.client.lineage, r), source, sha)
             self.store.save_global(weights, source)
             self._save(self._state.with_(global_sha256=sha, global_round=source))
             log.info("round %d: downloaded global model %s (%s)", task.round, source, sha[:12])
@@ -341,6 +346,8 @@ class Agent(AgentIdentity):
             )
         else:
             log.info("round %d: upload ok (%d samples)", pending.round, pending.num_samples)
+            if self._lineage is not None and self._mode == "sync":
+                self._lineage.contributed(pending.round, pending.sha256, pending.num_samples)
             self._meter.uploaded(time.monotonic() - sent)
             log.debug("upload answer: %s", answer)
         self.store.clear_local()
@@ -374,8 +381,9 @@ class Agent(AgentIdentity):
         try:
             weights, sha = self._call(self.client.download_global, "latest")
         except NotFoundError:
-            sha = None
+            pass  # nothing to keep: the run made no global model
         else:
+            check_download(self._lineage, lambda r: self._call(self.client.lineage, r), "latest", sha)
             if sha != self._state.global_sha256:
                 self.store.save_global(weights, -1)
                 self._save(self._state.with_(global_sha256=sha, global_round=None))

@@ -16,11 +16,10 @@ Everything docs/protocol.md defines for agents is a method here; the agent runti
   :class:`fedloom.core.RejectedUpdateError`, so ``.code`` is e.g. ``duplicate``), else
   :class:`AggregatorError`. When retries run out: :class:`AggregatorUnavailableError`.
   (They live in :mod:`fedloom.client.answers`; this module re-exports them.)
-* Models are checked on the way in: the body is streamed and refused
-  (:class:`~fedloom.core.errors.PayloadTooLargeError`) as soon as it passes
-  ``max_download_bytes``, so memory stays bounded whatever the server sends; the payload
-  must parse (which verifies its own content hash) and the ``X-Fedloom-Sha256`` header
-  must equal that content hash.
+* Models are checked on the way in: the body is streamed and refused (``PayloadTooLargeError``)
+  once it passes ``max_download_bytes``, so memory stays bounded whatever the server sends;
+  the payload must parse (verifying its own content hash), which ``X-Fedloom-Sha256`` must equal.
+  Lineage entries are parsed as untrusted JSON (:class:`~fedloom.core.lineage.LineageEntry`).
 
 Tests pass ``transport=httpx.MockTransport(handler)``; nothing else needs patching.
 """
@@ -51,6 +50,7 @@ from fedloom.client.answers import (
 )
 from fedloom.client.tls import TlsHandshakeError, make_ssl_context, tls_problem
 from fedloom.core.errors import ConfigError, IntegrityError, PayloadTooLargeError
+from fedloom.core.lineage import LineageEntry
 from fedloom.core.serialization import DEFAULT_MAX_BYTES, from_bytes, to_bytes
 from fedloom.core.weights import Weights
 
@@ -79,9 +79,6 @@ _OCTET = "application/octet-stream"
 _UPLOAD_PATHS = ("/v1/updates", "/v1/models/initial")
 #: headers that describe the body on the wire, not the decoded bytes a streamed read kept
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-# --------------------------------------------------------------------- retries
 
 
 @dataclass(frozen=True)
@@ -255,10 +252,12 @@ class AggregatorClient:
 
     def upload_initial(self, weights: Weights) -> dict[str, Any]:
         """``POST /v1/models/initial`` (admin agents only, and only while the run has no global model)."""
-        body = to_bytes(weights, client_id=self.agent_id or "")
-        return self._json(
-            "POST", "/v1/models/initial", content=body, headers={"Content-Type": _OCTET}, what="initial model upload"
-        )
+        body, headers = to_bytes(weights, client_id=self.agent_id or ""), {"Content-Type": _OCTET}
+        return self._json("POST", "/v1/models/initial", content=body, headers=headers, what="initial model upload")
+
+    def lineage(self, round: int | str = "latest") -> LineageEntry:
+        """``GET /v1/lineage/{round}``: the lineage link of the model that starts ``round``, parsed as untrusted."""
+        return LineageEntry.from_json(self._json("GET", f"/v1/lineage/{round}", what=f"lineage of model {round}"))
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``: the run's round, state, mode and counts."""

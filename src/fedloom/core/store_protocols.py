@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fedloom.core.agent_logs import AgentLogStore
+from fedloom.core.lineage import LineageEntry
 from fedloom.core.records import (
     AgentRecord,
     ClientRecord,
@@ -194,4 +195,8 @@ class DeploymentStore(RunWriter, RunReader, AccessStore, AgentLogStore, Protocol
 
     def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""
+        ...
+
+    def lineage_entry(self, run_id: str, round: int) -> LineageEntry | None:
+        """Global model ``round``'s stored lineage link with the fields it hashes (None if unchained)."""
         ...

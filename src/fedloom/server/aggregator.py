@@ -26,12 +26,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from fedloom.core.errors import PayloadTooLargeError, RejectedUpdateError, SerializationError, ValidationError
 from fedloom.core.observe import RoundObserver, RunEnd
 from fedloom.core.records import AgentRecord
-from fedloom.core.serialization import MAX_ROUND, from_bytes, to_bytes
+from fedloom.core.serialization import MAX_ROUND, from_bytes
 from fedloom.core.store_protocols import DeploymentStore
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights, validate_weights
@@ -39,13 +39,13 @@ from fedloom.server.answers import AgentTask, Registration, RequestRefusedError,
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.limits import RejectionBudget, shorten
+from fedloom.server.model_serving import ModelServing
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
 from fedloom.server.round_watchers import RoundWatchers
 from fedloom.server.rounds import SyncRounds
 from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
-from fedloom.server.run_state import RunState
 from fedloom.server.served_model import load_initial_model
 from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
@@ -53,7 +53,7 @@ from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_updat
 log = logging.getLogger("fedloom.aggregator")
 
 
-class Aggregator:
+class Aggregator(ModelServing):
     """The aggregator's state manager: registration, tasks, uploads, rounds, deadlines, resume.
 
     Thread-safe: public methods take one lock; request bodies are parsed outside it.
@@ -103,11 +103,6 @@ class Aggregator:
             fail_start(store, self.run_id, exc)
             raise
 
-    @property
-    def _state(self) -> RunState:
-        """The in-memory state (replaced on every reload, so always read through the driver)."""
-        return self._driver.state
-
     # ------------------------------------------------------------------ the run
 
     @property
@@ -146,33 +141,6 @@ class Aggregator:
     def wake_waiters(self) -> None:
         """Make every long-poll answer now (used when the server shuts down)."""
         self._changes.close()
-
-    def global_model_bytes(self, round: int | Literal["latest"], agent_id: str | None = None) -> tuple[bytes, str]:
-        """The payload of the global model that starts ``round`` (or the newest), and its content hash.
-
-        ``agent_id`` (who asks) lets a finished run know which agents have its final model."""
-        with self._lock:
-            self._driver.ensure_loaded()
-            latest = self._state.latest
-            if latest is None:
-                raise refusal("not_found", "the run has no global model yet")
-            current = self._state.current_round()
-            if round != "latest" and not 1 <= round <= current:
-                raise refusal("not_found", f"round {round} has not started (rounds run from 1 to {current})")
-            row = latest.round if round == "latest" else round - 1
-            if row >= latest.round:
-                if self._driver.finished_at is not None and agent_id is not None:
-                    self._driver.fetched_final.add(agent_id)
-                if self._state.latest_payload is None:
-                    self._state.latest_payload = latest.payload()
-                return self._state.latest_payload, latest.sha256
-        # an older model: the newest row at or before ``row`` (abandoned rounds wrote none)
-        models = [m for m in self.store.list_global_models(self.run_id) if m.round <= row]
-        if not models:
-            raise refusal("not_found", f"no global model starts round {round}")
-        record = models[-1]
-        weights = self.store.load_global_model(self.run_id, record.round)
-        return to_bytes(weights, round=record.round, num_samples=record.num_samples), record.sha256
 
     # ------------------------------------------------------------------ agents
 

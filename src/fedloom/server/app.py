@@ -34,6 +34,7 @@ from fedloom.server.http_models import (
     STORE_ERROR_RESPONSE,
     HealthResponse,
     InitialModelResponse,
+    LineageResponse,
     LogsResponse,
     RegisterRequest,
     RegisterResponse,
@@ -176,16 +177,24 @@ async def task(
 )
 def global_model(round: str, aggregator: AggregatorDep, agent: AgentDep) -> Response:
     """The global model that starts ``round`` (1 = the initial model), or ``latest``."""
-    if round == "latest":
-        which: int | Literal["latest"] = "latest"
-    elif _ROUND_PATH.fullmatch(round):  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
-        which = int(round)
-    else:
-        raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
-    payload, sha256 = aggregator.global_model_bytes(which, agent.id)
+    payload, sha256 = aggregator.global_model_bytes(_round_in_path(round), agent.id)
     aggregator.meter.served(len(payload))
     headers = {SHA256_HEADER: sha256, "content-length": str(len(payload))}
     return StreamingResponse(_chunks(payload), media_type=_OCTET, headers=headers)
+
+
+@router.get("/lineage/{round}", response_model=LineageResponse, responses=ERROR_RESPONSES, tags=["models"])
+def lineage(round: str, aggregator: AggregatorDep, agent: AgentDep) -> LineageResponse:
+    """The lineage link of the global model ``/models/global/{round}`` serves, with the fields it hashes."""
+    return LineageResponse.model_validate(aggregator.lineage_entry(_round_in_path(round)).to_json())
+
+
+def _round_in_path(round: str) -> int | Literal["latest"]:
+    if round == "latest":
+        return "latest"
+    if _ROUND_PATH.fullmatch(round):  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+        return int(round)
+    raise refusal("not_found", f"round must be a positive integer or 'latest', got {round!r}")
 
 
 #: bytes per body message of a model download

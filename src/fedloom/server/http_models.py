@@ -18,6 +18,7 @@ __all__ = [
     "FitConfigBody",
     "HealthResponse",
     "InitialModelResponse",
+    "LineageResponse",
     "LogsResponse",
     "RegisterRequest",
     "RegisterResponse",
@@ -67,6 +68,20 @@ class TaskInfo(BaseModel):
 class UploadResponse(BaseModel):
     accepted: bool
     round: int
+
+
+class LineageResponse(BaseModel):
+    """A global model's lineage link and the fields it hashes (``core.lineage.LineageEntry``)."""
+
+    run_id: str
+    round: int
+    model_sha256: str
+    num_samples: int
+    previous: str | None
+    #: ``[client_id, local model sha256, num_samples]`` of each local model the link commits to
+    inputs: list[tuple[str, str, int]]
+    config_sha256: str
+    link: str
 
 
 class LogsResponse(BaseModel):

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fedloom.core.errors import IntegrityError, SerializationError, StoreError
-from fedloom.core.lineage import config_sha256, lineage_link
+from fedloom.core.lineage import LineageEntry, config_sha256, lineage_link
 from fedloom.core.serialization import from_bytes
 from fedloom.store.connection import SqlCore
 from fedloom.store.schema import GlobalModelRow, LocalModelRow, RunRow
@@ -84,6 +84,23 @@ def lineage_columns(session: Session, row: GlobalModelRow) -> None:
 
 class LineageMixin(SqlCore):
     """Recompute a run's lineage chain from the store and report the first record that differs."""
+
+    def lineage_entry(self, run_id: str, round: int) -> LineageEntry | None:
+        """The stored link of global model ``round`` with the fields it hashes, as agents are
+        served it; None when there is no such model or it was recorded before lineage (v6)."""
+        with self._session(f"read the lineage of run {run_id} round {round}") as session:
+            where = (GlobalModelRow.run_id == run_id, GlobalModelRow.round == round)
+            row = session.scalars(select(GlobalModelRow).where(*where)).first()
+            if row is None or row.lineage_sha256 is None or row.config_sha256 is None:
+                return None
+            earlier = (GlobalModelRow.run_id == run_id, GlobalModelRow.round < round)
+            previous = session.scalar(
+                select(GlobalModelRow.lineage_sha256).where(*earlier).order_by(GlobalModelRow.round.desc())
+            )
+            inputs = tuple(sorted(_inputs(session, row)))
+            return LineageEntry(
+                run_id, row.round, row.sha256, row.num_samples, previous, inputs, row.config_sha256, row.lineage_sha256
+            )
 
     def verify_lineage(self, run_id: str) -> LineageReport:
         """Check every global model of ``run_id`` in round order: its blob, its local models' blobs,
