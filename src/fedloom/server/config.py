@@ -21,6 +21,8 @@ The file has these tables::
     [tracking] sinks (a list), tensorboard_dir, mlflow_tracking_uri, mlflow_experiment,
               wandb_project, wandb_mode (docs/tracking.md)
     [evaluation] evaluator, evaluator_args (the aggregator tests each global model itself)
+    [secagg]  secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
+              max_total_samples, rounding, stage_timeout_seconds (docs/protocol.md)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -54,6 +56,7 @@ from fedloom.server.config_sections import (
     TrackingSection,
     field_error,
 )
+from fedloom.server.secagg_config import SecAggSection
 from fedloom.server.tls_settings import TlsSection
 
 __all__ = [
@@ -90,6 +93,7 @@ class AggregatorConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -126,6 +130,7 @@ _TABLES = {
     "tls": "tls",
     "tracking": "tracking",
     "evaluation": "evaluation",
+    "secagg": "secagg",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -137,6 +142,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "tls": TlsSection,
     "tracking": TrackingSection,
     "evaluation": EvaluationSection,
+    "secagg": SecAggSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"

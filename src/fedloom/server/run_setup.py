@@ -14,19 +14,26 @@ from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
 from fedloom.core.store_protocols import DeploymentStore
 from fedloom.server.config import AggregatorConfig
+from fedloom.server.secagg_config import check_secure_run
 
 log = logging.getLogger("fedloom.aggregator")
 
 RUN_KIND = "deployment"
 #: run settings a restarted aggregator must not change (they decide selection and weighting)
-FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
+FIXED_SETTINGS = (
+    ("run", "mode"),
+    ("run", "seed"),
+    ("async", "buffer_size"),
+    ("strategy", "strategy"),
+    ("secagg", "secure_aggregation"),
+)
 
 
 def deployment_strategy(config: AggregatorConfig) -> Strategy:
     """The ``[strategy]`` with the config's selection, client settings and round criteria (the
     lifecycle's close policy applies them, with the deadline: :func:`fedloom.server.resume.close_policy`)."""
     rounds, client, chosen = config.rounds, config.client, config.strategy
-    return build_strategy(
+    strategy = build_strategy(
         chosen.strategy,
         fraction=rounds.fraction,
         min_clients=rounds.min_agents,
@@ -38,6 +45,8 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         server_opt=chosen.server_opt,
         params=chosen.params(),
     )
+    check_secure_run(config.secagg, config.run.mode, strategy)  # [secagg] refuses what it cannot mask
+    return strategy
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:
