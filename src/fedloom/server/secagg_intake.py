@@ -15,12 +15,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from fedloom.algorithms.secagg.digest import masked_words_sha256
 from fedloom.core.errors import RejectedUpdateError, ValidationError
 from fedloom.core.metrics import validate_metrics
 from fedloom.core.records import AgentRecord
 from fedloom.server.answers import RequestRefusedError
 from fedloom.server.model_serving import ModelServing
-from fedloom.server.secagg_rounds import STAGES, Claim, SecAggRounds, words_sha256
+from fedloom.server.secagg_rounds import STAGES, Claim, SecAggRounds
 
 #: the sender field of each stage's message
 SENDER_FIELD = {"advertise": "client_id", "share": "sender", "collect": "client_id", "unmask": "client_id"}
@@ -140,7 +141,7 @@ def _claim(outer: Any, words: Any) -> Claim:
         metrics = validate_metrics(outer["metrics"])
     except ValidationError as exc:
         raise SecAggMessageError("metrics", str(exc)) from None
-    return Claim(samples, metrics, words_sha256(words))
+    return Claim(samples, metrics, masked_words_sha256(words))
 
 
 __all__ = ["SecAggIntake"]

@@ -20,7 +20,6 @@ The protocol modules need the ``secagg`` extra, so they are imported when a roun
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,10 +69,6 @@ def merged_partial(global_weights: Weights, mean_delta: Mapping[str, np.ndarray]
     """The engine's merged partial sum for an unmasked round: mean = global + mean delta, in float64."""
     means = {k: np.asarray(v, np.float64) + np.asarray(mean_delta[k], np.float64) for k, v in global_weights.items()}
     return WeightedMeanAccumulator.from_partial_sums(global_weights, means, float(total), count)
-
-
-def words_sha256(words: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(words, dtype="<u8").tobytes()).hexdigest()
 
 
 class SecAggRounds(SyncRounds):
