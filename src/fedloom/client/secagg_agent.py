@@ -39,11 +39,13 @@ Call = Callable[..., Any]
 
 
 def update_delta(local: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``local - global`` per tensor: float64 for floating tensors, int64 (exact) for integer and bool ones."""
+    """``local - global`` per tensor in the tensor's own dtype (the ring layout's reference): computed in
+    float64 for floating tensors and exactly in int64 for integer ones (BatchNorm's counters)."""
     delta = {}
     for name, start in global_weights.items():
-        kind = np.int64 if np.asarray(start).dtype.kind in "iub" else np.float64
-        delta[name] = np.asarray(local[name]).astype(kind) - np.asarray(start).astype(kind)
+        like = np.asarray(start)
+        wide = np.int64 if like.dtype.kind in "iub" else np.float64
+        delta[name] = np.asarray(np.asarray(local[name]).astype(wide) - like.astype(wide), like.dtype)
     return delta
 
 
