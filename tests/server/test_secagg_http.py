@@ -14,7 +14,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from aggregator_helpers import config
+from aggregator_helpers import config, payload
 from live_server import serving
 
 from fedloom.client.agent import Agent
@@ -159,3 +159,129 @@ def test_secure_rounds_equal_plain_fedavg_within_the_quantisation_bound(store, t
     assert sorted(m.num_samples for m in locals_) == [10, 20, 30]
     assert store.verify_lineage(agg.run_id).ok
     assert rejections(store, agg.run_id, "secagg_dropped") == []
+
+
+@pytest.fixture
+def silent(monkeypatch):
+    """``silent.add(site, stage, round)``: that agent stops answering that stage of that round
+    (it keeps polling, as an agent whose process hung would hold its connection)."""
+    from fedloom.client.secagg_agent import SecAggParticipant
+
+    stops: set[tuple[str, str, int]] = set()
+    real = SecAggParticipant.act
+
+    def act(self, task, trainer, call):
+        if (self.directory.name, (task.secagg or {}).get("stage"), task.round) in stops:
+            return None
+        return real(self, task, trainer, call)
+
+    monkeypatch.setattr(SecAggParticipant, "act", act)
+
+    class Stops:
+        def add(self, site, stage, round):
+            stops.add((site, stage, round))
+
+    return Stops()
+
+
+FOUR = (*NAMES, "site-d")
+
+
+def test_dropouts_at_share_and_unmask_leave_fedavg_of_the_survivors(store, tmp_path, silent):
+    silent.add("site-d", "share", 1)  # never shares: its input is not in round 1
+    silent.add("site-c", "unmask", 2)  # sent its masked input, then went quiet: its input counts
+    fields = {"max_rounds": 2, "min_agents": 4, "secagg_threshold": 2, "stage_timeout_seconds": 1.5}
+    agg = Aggregator(secure(**fields), store, initial_weights=INIT)
+    with serving(create_app(agg)) as url:
+        assert run_agents(url, store, tmp_path, FOUR) == []
+    first = fedavg(dict(INIT), NAMES)
+    assert_close(store.load_global_model(agg.run_id, 1), first, rounds=1)
+    assert_close(store.load_global_model(agg.run_id, 2), fedavg(first, FOUR), rounds=2)
+    ids = {a.name: a.id for a in store.list_agents(agg.run_id)}
+    dropped = {(r.round, r.client_id): r.reason for r in rejections(store, agg.run_id, "secagg_dropped")}
+    assert set(dropped) == {(1, ids["site-d"]), (2, ids["site-c"])}
+    assert "stage 'share'" in dropped[(1, ids["site-d"])] and "stage 'unmask'" in dropped[(2, ids["site-c"])]
+    assert {m.client_id for m in store.list_local_models(agg.run_id, round=1)} == {ids[n] for n in NAMES}
+    assert len(store.list_local_models(agg.run_id, round=2)) == 4
+    assert store.verify_lineage(agg.run_id).ok
+
+
+def test_too_many_dropouts_abandon_the_round_with_the_reason_and_the_run_goes_on(store, tmp_path, silent):
+    silent.add("site-b", "share", 1)
+    silent.add("site-c", "share", 1)  # one of three left: below the threshold of 2
+    agg = Aggregator(secure(max_rounds=2, stage_timeout_seconds=1.5), store, initial_weights=INIT)
+    with serving(create_app(agg)) as url:
+        assert run_agents(url, store, tmp_path, NAMES) == []
+    assert [(r.round, r.status) for r in store.list_rounds(agg.run_id)] == [(1, "abandoned"), (2, "closed")]
+    assert [m.round for m in store.list_global_models(agg.run_id)] == [0, 2]
+    [refused] = rejections(store, agg.run_id, "secagg_below_threshold")
+    assert refused.round == 1 and refused.client_id is None
+    assert "stage 'share'" in refused.reason and "threshold 2" in refused.reason
+    assert_close(store.load_global_model(agg.run_id, 2), fedavg(dict(INIT), NAMES), rounds=1)
+    assert store.verify_lineage(agg.run_id).ok
+
+
+def test_hostile_stage_bodies_are_refused_by_field_and_recorded(store, tmp_path):
+    from fedloom.algorithms.secagg.fields import encode
+
+    agg = Aggregator(secure(max_rounds=1), store, initial_weights=INIT)
+    regs = [join_agent(agg, store, name) for name in NAMES]
+    me, other = regs[0], regs[1]
+    keys = {"round": 1, "client_id": me.agent_id, "cipher_public": encode(b"\1" * 32), "mask_public": encode(b"\2" * 32)}
+    with serving(create_app(agg)) as url, httpx.Client(base_url=url, timeout=10) as http:
+        auth = {"Authorization": f"Bearer {me.credential}"}
+
+        def post(stage, body, **kwargs):
+            answer = http.post(f"/v1/secagg/{stage}", json=body, headers=auth, **kwargs)
+            return answer.status_code, answer.json()
+
+        assert http.get("/v1/task", headers=auth).json()["secagg"]["stage"] == "advertise"
+        status, body = post("advertise", {**keys, "client_id": other.agent_id})
+        assert (status, body["error"]) == (403, "client_id_mismatch")
+        assert post("advertise", {**keys, "round": 2})[1]["error"] == "wrong_round"
+        status, body = post("advertise", {**keys, "cipher_public": "!!not base64!!"})
+        assert (status, body["error"]) == (400, "invalid_payload") and "cipher_public" in body["detail"]
+        status, body = post("advertise", {**keys, "mask_public": encode(b"\2" * 31)})
+        assert (status, body["error"]) == (400, "invalid_payload") and "mask_public" in body["detail"]
+        assert post("advertise", {**keys, "extra": 1})[1]["error"] == "invalid_payload"
+        share = {"round": 1, "sender": me.agent_id, "shares": {}}
+        status, body = post("share", share)
+        assert (status, body["error"]) == (409, "wrong_stage")
+        assert http.post("/v1/secagg/advertise", content=b"{no", headers=auth).json()["error"] == "invalid_payload"
+        assert post("nonsense", keys)[0] == 404
+        assert post("advertise", keys) == (200, {"accepted": True, "stage": "advertise"})
+        status, body = post("advertise", keys)
+        assert (status, body["error"]) == (409, "duplicate")
+        assert http.get("/v1/task", headers=auth).json()["state"] == "wait"  # answered: nothing owed
+        plain = http.post("/v1/updates", content=payload(me.agent_id, 1), headers=auth)
+        assert (plain.status_code, plain.json()["error"]) == (409, "secagg_required")
+        big = {**keys, "cipher_public": "A" * 200_000}
+        assert post("advertise", big)[1]["error"] == "payload_too_large"
+    codes = [r.code for r in store.list_rejections(agg.run_id)]
+    for code in ("client_id_mismatch", "wrong_round", "invalid_payload", "wrong_stage", "not_found", "duplicate"):
+        assert code in codes, code
+    assert "secagg_required" in codes and "payload_too_large" in codes
+    assert store.list_local_models(agg.run_id) == []  # nothing but the one accepted key message changed
+
+
+def join_agent(agg, store, name):
+    return agg.register(name, store.create_token(name))
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"mode": "async"}, "mode = 'sync'"),
+        ({"strategy": "fedavg", "aggregator": "median"}, "'median'"),
+        ({"filter_max_distance": 5.0}, "update filter"),
+        ({"secagg_threshold": 0.4}, "secagg_threshold"),
+        ({"secagg_threshold": 2.5}, "secagg_threshold"),
+        ({"bits": 60}, "bits"),
+        ({"rounding": "up"}, "rounding"),
+    ],
+)
+def test_settings_secure_aggregation_cannot_run_are_refused_at_start_by_name(store, fields, words):
+    with pytest.raises(ConfigError, match="secagg") as refused:
+        Aggregator(secure(**fields), store, initial_weights=INIT)
+    assert words in str(refused.value)
+    assert store.find_run(secure().run.name, kind="deployment") is None  # refused before a run was opened
