@@ -227,7 +227,8 @@ def test_hostile_stage_bodies_are_refused_by_field_and_recorded(store, tmp_path)
     agg = Aggregator(secure(max_rounds=1), store, initial_weights=INIT)
     regs = [join_agent(agg, store, name) for name in NAMES]
     me, other = regs[0], regs[1]
-    keys = {"round": 1, "client_id": me.agent_id, "cipher_public": encode(b"\1" * 32), "mask_public": encode(b"\2" * 32)}
+    keys = {"round": 1, "client_id": me.agent_id}
+    keys |= {"cipher_public": encode(b"\1" * 32), "mask_public": encode(b"\2" * 32)}
     with serving(create_app(agg)) as url, httpx.Client(base_url=url, timeout=10) as http:
         auth = {"Authorization": f"Bearer {me.credential}"}
 
