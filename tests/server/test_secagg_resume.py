@@ -46,7 +46,7 @@ def test_a_restart_mid_round_abandons_that_round_with_the_reason(store):
     assert isinstance(rounds, SecAggRounds)
     [refused] = [r for r in store.list_rejections(second.run_id) if r.code == "secagg_restarted"]
     assert refused.round == 1 and "restarted mid-round" in refused.reason
-    assert [(r.round, r.status) for r in store.list_rounds(second.run_id)][0] == (1, "abandoned")
+    assert store.list_rounds(second.run_id)[0].status == "abandoned"
     assert second.current_round == 2 and second.status()["secagg_stage"] == "advertise"
     assert [m.round for m in store.list_global_models(second.run_id)] == [0]  # no model from round 1
     advertise(second, regs[0], 1)  # round 2 has its own protocol state: the key is new there
