@@ -85,6 +85,16 @@ def _add_world_flags(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--staleness-exponent", type=float, help="weight (1 + staleness)^-a (default 0.5)")
     modes.add_argument("--mixing", type=float, help="fedasync: mixing rate (default 0.6)")
     modes.add_argument("--concurrency", type=int, help="clients training at once in async mode (default 10)")
+    secure = parser.add_argument_group("secure aggregation (docs/privacy.md)")
+    secure.add_argument("--secagg", action="store_true", default=None, help="aggregate through SecAgg+ (masked sums)")
+    secure.add_argument("--secagg-bits", type=int, help="quantisation bits (default 24)")
+    secure.add_argument("--secagg-clip", type=float, help="clip each update element to [-c, c] (default 1.0)")
+    secure.add_argument("--secagg-threshold", type=float, help="shares needed: fraction of neighbours, or a count > 1")
+    secure.add_argument("--secagg-neighbours", type=int, help="graph degree k (default 0: every selected client)")
+    secure.add_argument(
+        "--secagg-dropout", action="append", metavar="STAGE=P", help="drop clients at a stage (advertise, share,"
+        " collect, unmask) with probability P; repeatable"
+    )  # fmt: skip
 
 
 _NOT_CONFIG = {"config", "home", "no_store", "resume", "track", "func", "command", *PARAM_TYPES}
@@ -115,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     base = load_config_file(args.config) if args.config else SimConfig()
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
+    flags["secagg_dropout"] = _secagg_dropout(args.secagg_dropout, base.secagg_dropout)
     config = config_from_mapping(flags, base)
     tracking = _tracking(args)  # a wrong sink is refused before anything is printed or stored
     print(
@@ -129,6 +140,20 @@ def run(args: argparse.Namespace) -> int:
         store = SqlStore.open_default(args.home)
     simulate_config(config, store=store, tracking=tracking, observers=[ProgressPrinter(config.rounds)])
     return 0
+
+
+def _secagg_dropout(given: list[str] | None, base: dict[str, Any]) -> dict[str, Any]:
+    """``--secagg-dropout collect=0.1`` (repeatable) over the config file's table."""
+    out = dict(base)
+    for item in given or []:
+        stage, sep, value = item.partition("=")
+        try:
+            out[stage.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--secagg-dropout {item!r}: write STAGE=P, e.g. --secagg-dropout collect=0.1")
+    return out
 
 
 def _tracking(args: argparse.Namespace) -> TrackingSettings | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.algorithms.registry import build_strategy
+from fedloom.algorithms.secagg import SecAggSettings, check_secure_compatible
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
@@ -74,9 +75,19 @@ class SimConfig:
     concurrency: int = 10
     local_test_fraction: float = 0.0
     finetune_epochs: int = 0
+    secagg: bool = False
+    secagg_bits: int = 24
+    secagg_clip: float = 1.0
+    #: a fraction of the neighbours in (0.5, 1], or a count when > 1
+    secagg_threshold: float = 0.67
+    #: graph degree k; 0 = every selected client (complete graph)
+    secagg_neighbours: int = 0
+    #: stage -> dropout probability, e.g. {"collect": 0.1}
+    secagg_dropout: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.build_strategy()  # an unknown strategy or a misplaced parameter fails here, before any work
+        self.secure()
         self.adversary()
         self.client_speeds()
         self.asynchronous()
@@ -121,6 +132,26 @@ class SimConfig:
         if self.mode == "fedbuff":
             return AsyncSettings(self.buffer_size, self.staleness_exponent)
         return None
+
+    def secure(self) -> SecAggSettings | None:
+        """Secure aggregation's settings (``--secagg``), None without it; checked against the strategy."""
+        if not self.secagg:
+            if self.secagg_dropout:
+                raise ConfigError("secagg_dropout needs secure aggregation: add --secagg (secagg = true)")
+            return None
+        value = self.secagg_threshold
+        if value > 1 and value != int(value):
+            raise ConfigError(f"secagg_threshold above 1 is a count of neighbours and must be whole, got {value}")
+        settings = SecAggSettings(
+            clip_range=self.secagg_clip,
+            bits=self.secagg_bits,
+            threshold=int(value) if value > 1 else float(value),
+            neighbours=self.secagg_neighbours or None,
+        )
+        check_secure_compatible(self.build_strategy())
+        if self.mode != "sync" or self.deadline_seconds:
+            raise ConfigError("--secagg runs synchronous rounds without a deadline: drop --mode / --deadline-seconds")
+        return settings
 
     def client_speeds(self) -> ClientSpeeds | None:
         """Simulated client speeds and dropouts, or None when neither is asked for."""

@@ -17,8 +17,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
+from fedloom.algorithms.secagg import SecAggSettings, check_secure_compatible
 from fedloom.algorithms.strategy import Strategy
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
@@ -37,6 +39,7 @@ from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.progress import ProgressPrinter
 from fedloom.sim.resume import resume_point
 from fedloom.sim.run_log import RunLog, resolve_store
+from fedloom.sim.secure_delivery import SecureDelivery
 from fedloom.sim.setup import LoopFactory
 from fedloom.sim.sync_loop import SyncLoop
 from fedloom.sim.track import tracking_feed
@@ -55,6 +58,7 @@ def simulate(
     executor: Executor | None = None,
     recording: Recording | None = None,
     observers: Sequence[RoundObserver] | None = None,
+    secure: SecAggSettings | None = None,
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
@@ -64,7 +68,9 @@ def simulate(
     asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
     kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
     ``observers`` are told about the run as it goes (default: a progress printer on
-    stderr; ``[]`` for silence). Same seed, same settings: bitwise-identical results.
+    stderr; ``[]`` for silence). ``secure`` delivers every round's updates through secure
+    aggregation (weighted-mean strategies, synchronous rounds; docs/privacy.md). Same seed,
+    same settings: bitwise-identical results.
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
     _check_args(num_clients, rounds, world.client_sizes)
@@ -72,6 +78,7 @@ def simulate(
     # the full description of the strategy wins over a config's bare strategy name
     run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
     poison = _poison(world.adversary, num_clients, seed, run_config)
+    secured = _secure_delivery(secure, strategy, world, seed, run_config)
     store = resolve_store(kept.store)
     point = resume_point(store, kept.resume, run_config) if kept.resume is not None else None
     state_dir = _client_state_dir(strategy, point.client_state_dir if point else kept.client_state_dir)
@@ -80,6 +87,7 @@ def simulate(
     log.register_clients(clients := _clients(num_clients, world.client_sizes))
     runner = executor or SequentialExecutor()
     factory = LoopFactory(strategy, weights, rounds, seed, log.recorder, runner, client_fn, world.on_client_error)
+    factory = replace(factory, secure=secured)
     loop = _rounds_loop(factory.resumed(point) if point else factory, world, clients, state_dir, poison)
     rounds_left = rounds - (point.rounds_done if point else 0)
     judge = RoundJudge(strategy, seed, client_fn, num_clients, judged, state_dir)
@@ -192,6 +200,32 @@ def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | Non
         raise ConfigError(f"rounds must be >= 1, got {rounds} (set --rounds)")
     if client_sizes is not None and len(client_sizes) != num_clients:
         raise ConfigError(f"client_sizes has {len(client_sizes)} entries for {num_clients} clients")
+
+
+def _secure_delivery(
+    secure: SecAggSettings | None, strategy: Strategy, world: Environment, seed: int, run_config: dict[str, Any]
+) -> SecureDelivery | None:
+    """Secure aggregation of every round when asked for, refused where it cannot run (saying why)."""
+    if secure is None:
+        if world.secagg_dropout:
+            raise ConfigError("secagg_dropout needs secure aggregation: pass secure=SecAggSettings(...) (--secagg)")
+        return None
+    check_secure_compatible(strategy)
+    if world.asynchronous is not None:
+        raise ConfigError(
+            "secure aggregation runs synchronous rounds only: an asynchronous buffer aggregates each update"
+            " as it arrives, so there is no round of clients to mask against each other; drop asynchronous"
+        )
+    if world.deadline_seconds is not None:
+        raise ConfigError(
+            "a simulated secure-aggregation round ends when its protocol does; deadline_seconds is not"
+            " supported with it (simulate late clients with secagg_dropout instead)"
+        )
+    import fedloom.algorithms.secagg.client  # noqa: F401  (fails now, naming the extra, if 'cryptography' is missing)
+
+    dropout = dict(world.secagg_dropout or {})
+    run_config["secure_aggregation"] = {**secure.describe(), "dropout": dropout}
+    return SecureDelivery(secure, seed, dropout)
 
 
 def _poison(

@@ -20,6 +20,7 @@ from fedloom.core.weights import Weights
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings, DeadlinePolicy
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import ClientSpeeds
+from fedloom.sim.secure_delivery import check_dropout
 from fedloom.tracking.settings import TrackingSettings
 
 EvaluateFn = Callable[[Weights], Mapping[str, float]]
@@ -31,7 +32,8 @@ class Environment:
     """The simulated world the clients live in.
 
     ``client_sizes`` (samples per client) cap what each client may claim and, with
-    ``speeds``, give its simulated training time. ``deadline_seconds`` gives every
+    ``speeds``, give its simulated training time. ``secagg_dropout`` drops clients at the
+    stages of secure aggregation (``simulate(..., secure=...)``). ``deadline_seconds`` gives every
     synchronous round a deadline and ``on_deadline`` says what it does (``aggregate`` what
     arrived, ``extend``, ``abandon``): the deployed close policy, by the same code.
     ``asynchronous`` runs FedBuff / FedAsync instead of rounds, ``concurrency`` clients
@@ -47,6 +49,9 @@ class Environment:
     asynchronous: AsyncSettings | None = None
     concurrency: int = 10
     on_client_error: OnClientError = "fail"
+    #: with secure aggregation: the probability that a client drops out at each stage (advertise,
+    #: share, collect, unmask), drawn from rng_for(seed, "secagg-dropout", round, stage)
+    secagg_dropout: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.on_deadline not in DEADLINE_POLICIES:
@@ -55,6 +60,8 @@ class Environment:
             raise ConfigError(f"on_client_error must be 'fail' or 'skip', got {self.on_client_error!r}")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.secagg_dropout:
+            check_dropout(self.secagg_dropout)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from fedloom.sim.async_loop import AsyncLoop
 from fedloom.sim.environment import SimEnvironment
 from fedloom.sim.executor import ClientFn, Executor, ExecutorResult
 from fedloom.sim.resume import ResumePoint
+from fedloom.sim.secure_delivery import SecureDelivery
 from fedloom.sim.sync_loop import Poison, SyncLoop
 
 
@@ -59,6 +60,7 @@ class LoopFactory:
     start_round: int = 1
     server_opt_state: ServerOptState | None = None
     sim_seconds: float = 0.0
+    secure: SecureDelivery | None = None
 
     def resumed(self, point: ResumePoint) -> LoopFactory:
         """The same factory, starting where an interrupted run stopped."""
@@ -99,6 +101,7 @@ class LoopFactory:
             self.on_client_error == "fail",
             Poison(poison[0], poison[1], self.seed) if poison else None,
             self.sim_seconds,
+            self.secure,
         )
 
     def async_loop(

@@ -23,6 +23,7 @@ from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, Round
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.environment import SimEnvironment
 from fedloom.sim.executor import ClientFailure, ClientFn, Executor, ExecutorResult, MergedUpdates, SequentialExecutor
+from fedloom.sim.secure_delivery import SecureDelivery
 from fedloom.sim.system_usage import RoundUsage, SimSystemMeter
 
 RoundEnd = RoundClosed | RoundAbandoned
@@ -62,6 +63,7 @@ class SyncLoop:
         fail_on_client_error: bool,
         poison: Poison | None = None,
         now: float = 0.0,
+        secure: SecureDelivery | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.executor = executor
@@ -71,6 +73,7 @@ class SyncLoop:
         self.fail_on_client_error = fail_on_client_error
         self.poison = poison
         self.now = now  # simulated seconds (a resumed run continues where it stood)
+        self.secure = secure  # deliver through secure aggregation (fedloom.sim.secure_delivery)
         self._opened: RoundOpened | None = None
         self._end: RoundEnd | None = None
         self._meter = SimSystemMeter()
@@ -91,7 +94,10 @@ class SyncLoop:
         opened, self._opened, self._end = self._opened, None, None
         assert opened is not None, "the lifecycle opened no round"
         timed = self._train(opened)
-        self._deliver(opened, timed)
+        if self.secure is not None:
+            self._deliver_secure(self.secure, timed)
+        else:
+            self._deliver(opened, timed)
         self._finish_by_deadlines(opened)
         assert self._end is not None
         sim_seconds = self.now if self.environment else None
@@ -110,6 +116,7 @@ class SyncLoop:
         when = {cid: t for t, cid in arriving}
         configs = {cid: self.fit_config(cid) for _, cid in arriving}
         merge = self.lifecycle.engine.strategy.mergeable and self.poison is None and self.environment is None
+        merge = merge and self.secure is None  # secure aggregation masks each client's own update
         drawn = self.executor.run_round(opened.round, opened.global_weights, configs, self.client_fn, merge)
         inner = getattr(self.executor, "executor", self.executor)  # the run's executor, under its local-context wrapper
         sequential = isinstance(inner, SequentialExecutor)
@@ -141,6 +148,14 @@ class SyncLoop:
             if self._end is None:
                 self.now = max(self.now, moment)
                 self._take(self.lifecycle.tick(self.now))
+
+    def _deliver_secure(self, secure: SecureDelivery, timed: Sequence[tuple[float, ExecutorResult]]) -> None:
+        """Failures are recorded as usual; the trained updates reach the server only as a masked sum."""
+        updates = [result for _, result in timed if isinstance(result, ClientUpdate)]
+        for _, result in timed:
+            if not isinstance(result, ClientUpdate):
+                self._submit(result, late=False)
+        self._take(secure.deliver(self.lifecycle, updates, self.now))
 
     def _deadlines_until(self, moment: float) -> None:
         """Fire every deadline of the open round that passes before ``moment``."""

@@ -161,7 +161,9 @@ def simulate_config(
             asynchronous=config.asynchronous(),
             concurrency=config.concurrency,
             on_client_error=config.on_client_error,  # type: ignore[arg-type]  # checked by SimConfig
+            secagg_dropout={k: float(v) for k, v in config.secagg_dropout.items()} or None,
         ),
+        "secure": config.secure(),
         "evaluation": Evaluation(task.evaluate_fn, config.client_eval_fraction, config.finetune_epochs),
         "recording": Recording(
             store=store,

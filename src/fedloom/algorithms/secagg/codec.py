@@ -18,8 +18,8 @@ import numpy as np
 
 from fedloom.algorithms.secagg import ring
 from fedloom.algorithms.secagg.settings import SecAggSettings
-from fedloom.core.errors import ValidationError
-from fedloom.core.weights import Weights, check_compatible
+from fedloom.core.errors import ValidationError, WeightsMismatchError
+from fedloom.core.weights import Weights, check_finite
 
 #: integer deltas whose weighted sum could leave int64 are refused (this bound times Σ n_k < 2^62)
 _INT_ROOM = 1 << 62
@@ -51,7 +51,8 @@ class RingLayout:
 
     def encode(self, delta: Mapping[str, np.ndarray], num_samples: int, rng: np.random.Generator | None) -> np.ndarray:
         """``n_k · q(delta)`` (integers exact) and ``n_k``, as ring words."""
-        check_compatible(delta, self._like)
+        self._check_shapes(delta)
+        check_finite(delta)
         s = self.settings
         if not 1 <= num_samples <= s.max_total_samples:
             raise ValidationError(
@@ -68,6 +69,16 @@ class RingLayout:
                 words[slot.start : slot.stop] = np.multiply(quantised, weight, dtype=np.uint64)
         words[-1] = weight
         return words
+
+    def _check_shapes(self, delta: Mapping[str, np.ndarray]) -> None:
+        """Same names and shapes as the model (a delta's dtype may be wider: float64, int64)."""
+        if set(delta) != set(self._like):
+            raise WeightsMismatchError(
+                f"the update has tensors {sorted(set(delta) ^ set(self._like))} that the model does not (or lacks them)"
+            )
+        for name, like in self._like.items():
+            if np.shape(delta[name]) != like.shape:
+                raise WeightsMismatchError(f"tensor {name!r}: shape {np.shape(delta[name])}, expected {like.shape}")
 
     def _exact(self, name: str, flat: np.ndarray) -> np.ndarray:
         values = flat.astype(np.int64)

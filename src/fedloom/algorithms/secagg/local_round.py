@@ -17,9 +17,7 @@ from fedloom.algorithms.secagg.client import SecAggClient
 from fedloom.algorithms.secagg.codec import RingLayout
 from fedloom.algorithms.secagg.fields import SecAggMessageError
 from fedloom.algorithms.secagg.server import SecAggFailure, SecAggResult, SecAggServerRound, Stage
-from fedloom.algorithms.secagg.settings import SecAggSettings
-
-STAGES = ("advertise", "share", "collect", "unmask")
+from fedloom.algorithms.secagg.settings import STAGES, SecAggSettings
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,26 @@ def run_local_round(
     rng: np.random.Generator | None = None,
 ) -> LocalRoundOutcome:
     """Run the four stages over ``updates``' clients (all selected); ``dropouts[stage]`` stop there."""
-    selected: Sequence[str] = sorted(updates)
-    server = SecAggServerRound(round, selected, settings, seed, layout)
+    server = SecAggServerRound(round, sorted(updates), settings, seed, layout)
+    return run_protocol(server, updates, settings, seed, dropouts, rng)
+
+
+def run_protocol(
+    server: SecAggServerRound,
+    updates: Mapping[str, LocalUpdate],
+    settings: SecAggSettings,
+    seed: int,
+    dropouts: Mapping[str, set[str]] | None = None,
+    rng: np.random.Generator | None = None,
+) -> LocalRoundOutcome:
+    """Run the four stages of ``server``'s round; selected clients without an update never advertise."""
     if server.failure is not None:
         return LocalRoundOutcome(server.failure, server)
-    clients = {cid: SecAggClient(cid, round, selected, settings, seed, layout) for cid in selected}
+    selected: Sequence[str] = server.graph.ids
+    clients = {cid: SecAggClient(cid, server.round, selected, settings, seed, server.layout) for cid in updates}
     state = _Round(server, clients, {})
     drops = dropouts or {}
-    gone: set[str] = set()
+    gone: set[str] = set(selected) - set(updates)
     rounding = rng if settings.stochastic_rounding else None
 
     def masked(cid: str, client: SecAggClient) -> None:

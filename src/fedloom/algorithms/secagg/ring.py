@@ -7,7 +7,8 @@ Masks cancel only under exact arithmetic, so what clients add is integers modulo
     q(x) = round((clip(x, -c, c) + c) · L / (2c)),     x̂ = q · 2c / L - c
 
 so for x inside [-c, c] the error |x̂ - x| is at most c / L (half a step) with rounding
-to nearest, and below 2c / L (one step, unbiased) with stochastic rounding. A weighted
+to nearest, and below 2c / L (one step, unbiased) with stochastic rounding, plus float64
+rounding of a few ulps of c (:func:`error_bound`). A weighted
 mean of such values is off by at most the same bound, since it is a convex combination.
 A sum of m quantised values (with multiplicity, Σ n_k) is dequantised by subtracting
 m·c after scaling; it stays exact as long as L·m < 2^64, which the settings enforce.
@@ -26,9 +27,15 @@ def levels(bits: int) -> int:
 
 
 def error_bound(clip_range: float, bits: int, stochastic: bool = False) -> float:
-    """The largest per-element error of a value inside the clipping range (see the module docstring)."""
+    """The largest per-element error of a value inside the clipping range (see the module docstring).
+
+    Besides half a step (one step when stochastic), dequantising in float64 adds rounding
+    of a few ulps of ``clip_range``, counted here as ``4·2^-52·c``: it matters only at
+    bit widths near 48, where a step itself is that small.
+    """
     step = 2.0 * clip_range / levels(bits)
-    return step if stochastic else step / 2.0
+    float_rounding = 4.0 * float(np.finfo(np.float64).eps) * clip_range
+    return (step if stochastic else step / 2.0) + float_rounding
 
 
 def quantise(values: np.ndarray, clip_range: float, bits: int, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ a wrong sum.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -86,7 +87,8 @@ class SecAggServerRound:
         self.failure: SecAggFailure | None = None
         self._keys: dict[str, KeysMessage] = {}
         self._shares: dict[str, SharesMessage] = {}
-        self._masked: dict[str, np.ndarray] = {}
+        self._masked: dict[str, str] = {}  # client -> sha256 of its masked vector (the vectors are summed on arrival)
+        self._sum = np.zeros(layout.length, np.uint64)
         self._unmask: dict[str, UnmaskMessage] = {}
         self._after_share: frozenset[str] = frozenset()
         if self.threshold > self.graph.degree:
@@ -124,7 +126,10 @@ class SecAggServerRound:
         self._admit(Stage.COLLECT, message.round, message.client_id, self._masked)
         if message.words.shape != (self.layout.length,):
             raise SecAggMessageError("words", f"must hold {self.layout.length} words, got {message.words.size}")
-        self._masked[message.client_id] = message.words
+        self._sum = ring.add(self._sum, message.words)
+        self._masked[message.client_id] = hashlib.sha256(
+            np.ascontiguousarray(message.words, "<u8").tobytes()
+        ).hexdigest()
 
     def receive_unmask(self, message: UnmaskMessage) -> None:
         self._admit(Stage.UNMASK, message.round, message.client_id, self._unmask)
@@ -138,6 +143,13 @@ class SecAggServerRound:
                 if owner not in allowed or sent is None or message.client_id not in sent.shares:
                     raise SecAggMessageError(field, f"holds a share of {owner!r} that was not asked for")
         self._unmask[message.client_id] = message
+
+    def masked_sha256(self, client_id: str) -> str:
+        """The SHA-256 of the masked vector ``client_id`` sent (little-endian words): what a record may keep.
+
+        The server folds each masked vector into one running sum as it arrives, so a round holds
+        O(model) memory whatever the number of clients."""
+        return self._masked[client_id]
 
     # -- relaying ------------------------------------------------------------------
     def keys_for(self, client_id: str) -> KeysRelay:
@@ -210,9 +222,7 @@ class SecAggServerRound:
 
     def _unmasked_sum(self) -> np.ndarray:
         length = self.layout.length
-        total = np.zeros(length, np.uint64)
-        for words in self._masked.values():
-            total = ring.add(total, words)
+        total = self._sum.copy()
         for owner in sorted(self._masked):
             seed = self._rebuild(owner, "self_mask_shares")
             total = ring.subtract(total, self_mask(seed, self.round, length))

@@ -14,6 +14,8 @@ from fedloom.core.errors import ConfigError
 
 #: the ring is Z_{2^64}: every masked word is a uint64
 RING_BITS = 64
+#: the protocol's stages, in order; a simulated client may drop out at any of them
+STAGES = ("advertise", "share", "collect", "unmask")
 #: quantisation bit widths that leave room in the ring for sums over many samples
 MIN_BITS, MAX_BITS = 2, 48
 
