@@ -199,10 +199,10 @@ def test_dropouts_at_share_and_unmask_leave_fedavg_of_the_survivors(store, tmp_p
     assert_close(store.load_global_model(agg.run_id, 2), fedavg(first, FOUR), rounds=2)
     ids = {a.name: a.id for a in store.list_agents(agg.run_id)}
     dropped = {(r.round, r.client_id): r.reason for r in rejections(store, agg.run_id, "secagg_dropped")}
-    assert set(dropped) == {(1, ids["site-d"]), (2, ids["site-c"])}
-    assert "stage 'share'" in dropped[(1, ids["site-d"])] and "stage 'unmask'" in dropped[(2, ids["site-c"])]
+    assert set(dropped) == {(1, ids["site-d"])}  # site-c's masked input counts: it is a contributor, not a dropout
+    assert "stage 'share'" in dropped[(1, ids["site-d"])]
     assert {m.client_id for m in store.list_local_models(agg.run_id, round=1)} == {ids[n] for n in NAMES}
-    assert len(store.list_local_models(agg.run_id, round=2)) == 4
+    assert {m.client_id for m in store.list_local_models(agg.run_id, round=2)} == set(ids.values())
     assert store.verify_lineage(agg.run_id).ok
 
 
@@ -214,8 +214,11 @@ def test_too_many_dropouts_abandon_the_round_with_the_reason_and_the_run_goes_on
         assert run_agents(url, store, tmp_path, NAMES) == []
     assert [(r.round, r.status) for r in store.list_rounds(agg.run_id)] == [(1, "abandoned"), (2, "closed")]
     assert [m.round for m in store.list_global_models(agg.run_id)] == [0, 2]
-    [refused] = rejections(store, agg.run_id, "secagg_below_threshold")
-    assert refused.round == 1 and refused.client_id is None
+    ids = {a.name: a.id for a in store.list_agents(agg.run_id)}
+    [refused] = rejections(store, agg.run_id, "secagg_below_threshold")  # named after the one survivor
+    assert refused.round == 1 and refused.client_id == ids["site-a"]
+    dropped = {(r.round, r.client_id) for r in rejections(store, agg.run_id, "secagg_dropped")}
+    assert dropped == {(1, ids["site-b"]), (1, ids["site-c"])}
     assert "stage 'share'" in refused.reason and "threshold 2" in refused.reason
     assert_close(store.load_global_model(agg.run_id, 2), fedavg(dict(INIT), NAMES), rounds=1)
     assert store.verify_lineage(agg.run_id).ok

@@ -17,6 +17,7 @@ client refuses (too few neighbours left, a relay that does not open) ends its ro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.algorithms.secagg.digest import masked_words_sha256
 from fedloom.client.agent_fit import WithSiteState, fit_checked
 from fedloom.client.answers import AggregatorError, AggregatorUnavailableError, AuthError, TaskInfo, fit_config_from
 from fedloom.client.lineage_check import LineageChecker, check_download
@@ -140,6 +140,8 @@ class SecAggParticipant:
         weights, num_samples, metrics = fit_checked(WithSiteState(trainer, self.directory), self._global, config)
         rng = np.random.default_rng() if self._stochastic else None
         masked = self._protocol.masked_input(update_delta(weights, self._global), num_samples, relay, rng)
-        self._sent_sha256, self._sent_samples = masked_words_sha256(masked.words), num_samples
+        # the hash the server records for this input (SecAggServerRound.masked_sha256), which the lineage lists
+        sent = np.ascontiguousarray(masked.words, "<u8").tobytes()
+        self._sent_sha256, self._sent_samples = hashlib.sha256(sent).hexdigest(), num_samples
         log.info("round %d: trained on %d samples; sending the masked input", task.round, num_samples)
         return {"masked_input": masked.to_json(), "num_samples": num_samples, "metrics": dict(metrics)}

@@ -64,7 +64,7 @@ class RunContext:
         if self.config.secagg.enabled:  # [secagg]: the rounds run the SecAgg+ stages
             from fedloom.server.secagg_rounds import SecAggRounds
 
-            return SecAggRounds(engine, close_policy(self.config), self.config.secagg.settings(), self.config.run.seed)
+            return SecAggRounds(engine, close_policy(self.config), self.config.secagg.settings())
         return SyncRounds(engine, close_policy(self.config))
 
     def async_rounds(self, weights: Weights, version: int, uploaded: Sequence[tuple[str, int]] = ()) -> AsyncLifecycle:

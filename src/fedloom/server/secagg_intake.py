@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedloom.algorithms.secagg.digest import masked_words_sha256
 from fedloom.core.errors import RejectedUpdateError, ValidationError
 from fedloom.core.metrics import validate_metrics
 from fedloom.core.records import AgentRecord
 from fedloom.server.answers import RequestRefusedError
 from fedloom.server.model_serving import ModelServing
-from fedloom.server.secagg_rounds import STAGES, Claim, SecAggRounds
+from fedloom.server.secagg_rounds import STAGES, SecAggRounds
+
+if TYPE_CHECKING:
+    from fedloom.server.rounds.secure import Contribution
 
 #: the sender field of each stage's message
 SENDER_FIELD = {"advertise": "client_id", "share": "sender", "collect": "client_id", "unmask": "client_id"}
@@ -88,7 +90,7 @@ class SecAggIntake(ModelServing):
             self._changed()
             self._driver.advance_quietly()
 
-    def _check_claim(self, agent_id: str, claim: Claim, round: int) -> None:
+    def _check_claim(self, agent_id: str, claim: Contribution, round: int) -> None:
         detail = self._state.claim_problem(agent_id, claim.num_samples, self._driver.config.rounds.max_num_samples)
         if detail is not None:
             raise self.refuse_upload(agent_id, "bad_num_samples", detail, round)
@@ -97,7 +99,7 @@ class SecAggIntake(ModelServing):
         field = getattr(exc, "field", "body")
         return self.refuse_upload(agent_id, "invalid_payload", f"{stage} message: field {field!r}: {exc}", round)
 
-    def _parse_stage(self, agent: AgentRecord, stage: str, body: bytes) -> tuple[Any, Claim | None]:
+    def _parse_stage(self, agent: AgentRecord, stage: str, body: bytes) -> tuple[Any, Contribution | None]:
         """The stage's message (and, for ``collect``, the claim beside it), refused by field."""
         from fedloom.algorithms.secagg import messages as m
         from fedloom.algorithms.secagg.fields import SecAggMessageError, require_object
@@ -119,7 +121,7 @@ class SecAggIntake(ModelServing):
                 data = outer["masked_input"]
             message = parsers[stage](data)
             if stage == "collect":
-                claim = _claim(outer, message.words)
+                claim = _claim(outer)
         except (SecAggMessageError, ValidationError) as exc:
             raise self._invalid(agent.id, stage, exc) from None
         sender = getattr(message, SENDER_FIELD[stage])
@@ -129,8 +131,10 @@ class SecAggIntake(ModelServing):
         return message, claim
 
 
-def _claim(outer: Any, words: Any) -> Claim:
+def _claim(outer: Any) -> Contribution:
+    """The sample count and metrics beside a masked input (a ``Contribution`` of the secure round)."""
     from fedloom.algorithms.secagg.fields import SecAggMessageError
+    from fedloom.server.rounds.secure import Contribution
 
     samples = outer["num_samples"]
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -141,7 +145,7 @@ def _claim(outer: Any, words: Any) -> Claim:
         metrics = validate_metrics(outer["metrics"])
     except ValidationError as exc:
         raise SecAggMessageError("metrics", str(exc)) from None
-    return Claim(samples, metrics, masked_words_sha256(words))
+    return Contribution(samples, metrics)
 
 
 __all__ = ["SecAggIntake"]

@@ -6,12 +6,14 @@ of SecAgg+ between a round's opening and its close. When the engine opens a roun
 each stage closes when every client still in the protocol answered it or at its
 deadline (``[secagg] stage_timeout_seconds``; the masked-input stage, in which clients
 train, keeps ``[rounds] deadline_seconds`` when set), and who did not answer has dropped
-out (recorded, ``secagg_dropped``). After the unmask stage the global model plus the
-unmasked mean delta enters the engine as one merged partial sum
-(:func:`merged_partial`), so recording, the server optimiser and the lineage stay the
-one path every round takes. A round the protocol refuses (too few left, a secret that
-cannot be rebuilt, sample claims that disagree with the unmasked total) is recorded
-with the reason and abandoned: never a wrong model.
+out. Once the protocol is done (or failed) the round ends through the same helper as a
+simulated secure round, :meth:`fedloom.server.rounds.secure.SecureRounds.finish`: it
+records the dropouts (``secagg_dropped``), enters the global model plus the unmasked
+mean delta into the engine as one merged partial sum, so recording, the server optimiser
+and the lineage stay the one path every round takes, and the round closes at once; a
+round the protocol refuses (too few left, a secret that cannot be rebuilt, sample claims
+that disagree with the unmasked total, fewer inputs than ``[rounds] min_updates``) is
+recorded with the reason and abandoned: never a wrong model.
 
 The protocol's state lives in this process only: an aggregator restarted mid-round
 abandons that round with a recorded reason (``secagg_restarted``) and opens the next.
@@ -20,32 +22,23 @@ The protocol modules need the ``secagg`` extra, so they are imported when a roun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.secagg import SecAggSettings
 from fedloom.core.errors import RejectedUpdateError
-from fedloom.core.update import ClientUpdate, UpdateReport
-from fedloom.core.weights import Weights
+from fedloom.core.update import ClientUpdate
 from fedloom.server.engine import RoundEngine
 from fedloom.server.rounds import ClientTask, ClosePolicy, Event, RoundAbandoned, RoundClosed, RoundOpened, SyncRounds
 from fedloom.server.rounds.events import StageAdvanced
 
 if TYPE_CHECKING:
-    from fedloom.algorithms.secagg.server import SecAggFailure, SecAggResult, SecAggServerRound
+    from fedloom.algorithms.secagg.server import SecAggServerRound
+    from fedloom.server.rounds.secure import Contribution
 
 STAGES = ("advertise", "share", "collect", "unmask")
-#: the rejection codes of this lifecycle (docs/protocol.md)
-DROPPED, RESTARTED, WEIGHT_MISMATCH, BELOW_MINIMUM = (
-    "secagg_dropped",
-    "secagg_restarted",
-    "secagg_weight_mismatch",
-    "secagg_below_min_updates",
-)
+#: the rejection codes of this lifecycle beside the protocol's (docs/protocol.md)
+DROPPED, RESTARTED, BELOW_MINIMUM = "secagg_dropped", "secagg_restarted", "secagg_below_min_updates"
 
 
 class StageRefusedError(RejectedUpdateError):
@@ -56,31 +49,17 @@ class StageRefusedError(RejectedUpdateError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What a client states in the clear beside its masked input, as beside a plain upload."""
-
-    num_samples: int
-    metrics: Mapping[str, float]
-    sha256: str  # of the masked words as received: the local model row of a secure round
-
-
-def merged_partial(global_weights: Weights, mean_delta: Mapping[str, np.ndarray], total: int, count: int) -> Any:
-    """The engine's merged partial sum for an unmasked round: mean = global + mean delta, in float64."""
-    means = {k: np.asarray(v, np.float64) + np.asarray(mean_delta[k], np.float64) for k, v in global_weights.items()}
-    return WeightedMeanAccumulator.from_partial_sums(global_weights, means, float(total), count)
-
-
 class SecAggRounds(SyncRounds):
     """A synchronous federation whose rounds run SecAgg+ (see the module docstring)."""
 
-    def __init__(self, engine: RoundEngine, policy: ClosePolicy, settings: SecAggSettings, seed: int) -> None:
+    def __init__(self, engine: RoundEngine, policy: ClosePolicy, settings: SecAggSettings) -> None:
         super().__init__(engine, policy)
-        self.settings, self.seed = settings, seed
+        self.settings = settings
         self.protocol: SecAggServerRound | None = None
         self.stage_deadline: float | None = None
         self.answered: set[str] = set()
-        self.claims: dict[str, Claim] = {}
+        self.claims: dict[str, Contribution] = {}
+        self._closing = False  # the protocol is done: the next decision closes the round from its sum
 
     # -- what agents are told ----------------------------------------------------------
     @property
@@ -110,7 +89,7 @@ class SecAggRounds(SyncRounds):
             "stage": stage,
             "round": task.round,
             "selected": list(task.selected),
-            "graph_seed": self.seed,
+            "graph_seed": self.engine.seed,
             "settings": self.settings.describe(),
         }
 
@@ -142,7 +121,7 @@ class SecAggRounds(SyncRounds):
             raise StageRefusedError("wrong_stage", f"round {task.round} is at stage {self.stage!r}, not {stage!r}")
         return protocol
 
-    def receive(self, client_id: str, stage: str, message: Any, claim: Claim | None = None) -> None:
+    def receive(self, client_id: str, stage: str, message: Any, claim: Contribution | None = None) -> None:
         """Hand ``message`` (already parsed, naming ``client_id``) to the protocol, or raise why not.
 
         The protocol's own refusals are :class:`~fedloom.algorithms.secagg.fields.SecAggMessageError`
@@ -174,17 +153,18 @@ class SecAggRounds(SyncRounds):
     # -- time --------------------------------------------------------------------------
     def tick(self, now: float, *, may_open: bool = True) -> list[Event]:
         events = super().tick(now, may_open=may_open)
-        for event in events:
-            if isinstance(event, RoundOpened):
+        for event in events:  # a round opened by finish()'s own tick is started there already
+            if isinstance(event, RoundOpened) and (self.protocol is None or self.protocol.round != event.round):
                 self._start(event, now)
         return events
 
-    def _start(self, opened: RoundOpened, now: float) -> None:
-        from fedloom.algorithms.secagg.codec import RingLayout
-        from fedloom.algorithms.secagg.server import SecAggServerRound
+    def _secure(self) -> Any:
+        from fedloom.server.rounds.secure import SecureRounds  # needs the secagg extra
 
-        layout = RingLayout(opened.global_weights, self.settings)
-        self.protocol = SecAggServerRound(opened.round, opened.selected, self.settings, self.seed, layout)
+        return SecureRounds(self, self.settings)
+
+    def _start(self, opened: RoundOpened, now: float) -> None:
+        self.protocol = self._secure().start()
         self.answered, self.claims = set(), {}
         self.stage_deadline = now + self._timeout("advertise")
 
@@ -197,6 +177,8 @@ class SecAggRounds(SyncRounds):
 
     def _decide(self, now: float) -> list[Event]:
         protocol = self.protocol
+        if self._closing:
+            return self._close()
         if protocol is None or self.open_task is None or protocol.round != self.open_task.round:
             return self._abandon(RESTARTED, "the round has no secure-aggregation state in this process")
         waiting = protocol.active - self.answered
@@ -206,52 +188,35 @@ class SecAggRounds(SyncRounds):
         before = set(protocol.dropped)
         stage = protocol.close_stage()
         dropped = tuple(sorted(set(protocol.dropped) - before))
-        for client_id in dropped:
-            reason = f"did not answer stage {protocol.dropped[client_id]!r} of round {protocol.round} by its deadline"
-            self._record(protocol.round, client_id, DROPPED, reason)
-        if protocol.failure is not None:
-            return self._refuse(protocol.failure)
-        if stage.value == "done":
-            return self._finish(protocol.aggregate())
-        self.answered = set()
-        self.stage_deadline = now + self._timeout(stage.value)
-        return [StageAdvanced(protocol.round, stage.value, self.stage_deadline, dropped)]
+        if protocol.failure is None and stage.value != "done":
+            self.answered = set()
+            self.stage_deadline = now + self._timeout(stage.value)
+            return [StageAdvanced(protocol.round, stage.value, self.stage_deadline, dropped)]
+        self.protocol, self.stage_deadline, self._deadline = None, None, None
+        self._closing = True  # finish() submits the unmasked sum and ticks: _close answers that tick
+        try:
+            events: list[Event] = self._secure().finish(protocol, self.claims, now)
+        finally:
+            self._closing = False
+        return events
 
-    def _refuse(self, failure: SecAggFailure) -> list[Event]:
-        return self._abandon(failure.code, failure.reason)
+    def _close(self) -> list[Event]:
+        """Close the round from the merged sum finish() submitted (``[rounds] min_updates`` still holds)."""
+        task = self.open_task
+        assert task is not None
+        need = self.policy.minimum(len(task.selected))
+        if self.engine.received() < need:
+            why = f"{self.engine.received()} masked input(s) were unmasked, [rounds] min_updates needs {need}"
+            return self._abandon(BELOW_MINIMUM, f"round {task.round} refused: {why}")
+        return [RoundClosed(self.engine.close_round(min_updates=need))]
 
     def _abandon(self, code: str, reason: str) -> list[Event]:
         """Record why the open round gives no model, and abandon it (the next starts from the same model)."""
         self._record(self.current_round, None, code, reason)
+        received = self.engine.received()
         number = self.engine.abandon_round()
         self.protocol, self.stage_deadline, self._deadline = None, None, None
-        return [RoundAbandoned(number, 0)]
-
-    def _finish(self, result: SecAggResult | SecAggFailure) -> list[Event]:
-        from fedloom.algorithms.secagg.server import SecAggFailure
-
-        if isinstance(result, SecAggFailure):
-            return self._refuse(result)
-        task = self.open_task
-        assert task is not None
-        claimed = sum(self.claims[c].num_samples for c in result.contributors)
-        if claimed != result.total_weight:
-            why = f"the contributors claimed {claimed} samples but the unmasked total weight is {result.total_weight}"
-            return self._abandon(WEIGHT_MISMATCH, f"round {task.round} refused: {why}")
-        need = self.policy.minimum(len(task.selected))
-        if len(result.contributors) < need:
-            why = f"{len(result.contributors)} masked input(s) were unmasked, [rounds] min_updates needs {need}"
-            return self._abandon(BELOW_MINIMUM, f"round {task.round} refused: {why}")
-        reports = [self._report(task.round, c) for c in result.contributors]
-        partial = merged_partial(self.engine.global_weights, result.mean_delta, result.total_weight, len(reports))
-        self.engine.submit_merged(reports, partial)
-        outcome = self.engine.close_round(min_updates=need)
-        self.protocol, self.stage_deadline, self._deadline = None, None, None
-        return [RoundClosed(outcome)]
-
-    def _report(self, round: int, client_id: str) -> UpdateReport:
-        claim = self.claims[client_id]
-        return UpdateReport(client_id, round, claim.num_samples, dict(claim.metrics), claim.sha256)
+        return [RoundAbandoned(number, received)]
 
     def resume(self, selected: Sequence[str], opened_at: float, updates: Iterable[ClientUpdate]) -> None:
         """A round left open by an earlier process: its protocol state is gone, so it is abandoned (recorded)."""
