@@ -67,12 +67,25 @@ def test_file_then_environment_then_flags(tmp_path):
 
 def test_every_field_has_a_unique_flat_name():
     tables = {table for table, _ in FIELDS.values()}
-    assert tables == {"server", "run", "rounds", "client", "async", "strategy", "tls", "tracking", "evaluation"}
+    assert tables == {
+        "server",
+        "run",
+        "rounds",
+        "client",
+        "async",
+        "strategy",
+        "tls",
+        "tracking",
+        "evaluation",
+        "secagg",
+    }
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
     # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
     # + the six [tracking] keys (sinks, tensorboard_dir, mlflow_tracking_uri, mlflow_experiment, wandb_*)
     # + [evaluation] evaluator, evaluator_args
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2
+    # + the eight [secagg] keys (secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
+    #   max_total_samples, rounding, stage_timeout_seconds)
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 8
 
 
 @pytest.mark.parametrize(
