@@ -261,6 +261,13 @@ def test_hostile_stage_bodies_are_refused_by_field_and_recorded(store, tmp_path)
         assert (plain.status_code, plain.json()["error"]) == (409, "secagg_required")
         big = {**keys, "cipher_public": "A" * 200_000}
         assert post("advertise", big)[1]["error"] == "payload_too_large"
+        # the masked input's limit follows from the model: 12 words here, so 100 kB is far over it
+        words = {"round": 1, "client_id": me.agent_id, "words": encode(b"\0" * 8 * 12)}
+        masked = {"masked_input": words, "num_samples": 10, "metrics": {}}
+        status, body = post("collect", masked)
+        assert (status, body["error"]) == (409, "wrong_stage")  # the right size: refused for its stage only
+        status, body = post("collect", {**masked, "metrics": {"pad": 1.0, "x" * 100_000: 1.0}})
+        assert (status, body["error"]) == (413, "payload_too_large")
     codes = [r.code for r in store.list_rejections(agg.run_id)]
     for code in ("client_id_mismatch", "wrong_round", "invalid_payload", "wrong_stage", "not_found", "duplicate"):
         assert code in codes, code

@@ -67,3 +67,11 @@ def test_a_stage_deadline_drops_who_did_not_answer(store):
     assert agg._state.rounds.protocol.dropped == {regs[2].agent_id: "advertise"}
     task = agg.task_for(regs[0].agent_id)
     assert task.state == "secagg" and task.secagg is not None and task.secagg["stage"] == "share"
+
+
+def test_a_run_cannot_resume_with_secure_aggregation_switched(store):
+    from fedloom.core.errors import ConfigError
+
+    Aggregator(secure(), store, initial_weights=INIT)  # started with [secagg] on, then stopped
+    with pytest.raises(ConfigError, match=r"\[secagg\] secure_aggregation = 'on'; it cannot resume with 'off'"):
+        Aggregator(secure(secure_aggregation="off"), store)
