@@ -180,5 +180,70 @@ def test_asynchronous_mode_deadlines_and_dropouts_without_secagg_are_refused():
         _run(SecAggSettings(), environment=fedloom.Environment(deadline_seconds=5.0, client_sizes=[20] * 8))
     with pytest.raises(ConfigError, match="needs secure aggregation"):
         _run(None, environment=fedloom.Environment(secagg_dropout={"share": 0.1}))
+    with pytest.raises(ConfigError, match="never holds a local model"):
+        fedloom.simulate(
+            PullTrainer, 4, build_strategy("fedavg"), 1, recording=fedloom.Recording(None, keep_local_models=True),
+            observers=[], secure=SecAggSettings(),
+        )  # fmt: skip
     with pytest.raises(ConfigError, match="stage 'typo' is unknown"):
         fedloom.Environment(secagg_dropout={"typo": 0.1})
+
+
+def test_the_parallel_executor_gives_the_bitwise_same_secure_run():
+    """The ring sum is exact integer arithmetic, so the order in which workers deliver cannot change it."""
+    from fedloom.sim import ParallelExecutor
+
+    settings = SecAggSettings(bits=32, neighbours=4, threshold=3)
+    sequential = _run(settings, rounds=2)
+    parallel = fedloom.simulate(
+        PullTrainer,
+        8,
+        build_strategy("fedavg", fraction=1.0),
+        2,
+        seed=5,
+        executor=ParallelExecutor(workers=2),
+        recording=fedloom.Recording(None),
+        observers=[],
+        secure=settings,
+    )
+    for name, value in sequential.final_weights.items():
+        np.testing.assert_array_equal(parallel.final_weights[name], value)
+
+
+def test_an_interrupted_secure_run_resumes_bitwise_identical(tmp_path):
+    settings = SecAggSettings(bits=32, neighbours=4, threshold=3)
+    world = fedloom.Environment(secagg_dropout={"collect": 0.1})
+    strategy = build_strategy("fedadam", fraction=1.0, criteria=RoundCriteria(threshold=0.5))
+    common = {"seed": 5, "observers": [], "secure": settings, "environment": world, "initial_weights": _initial()}
+    reference = fedloom.simulate(PullTrainer, 8, strategy, 4, recording=fedloom.Recording(None), **common)
+    with SqlStore.open_default(tmp_path) as store:
+
+        def stop_in_round_three(i):
+            if len(store.list_global_models(store.list_runs()[0].id)) >= 2:
+                raise KeyboardInterrupt
+            return PullTrainer(i)
+
+        with pytest.raises(KeyboardInterrupt):
+            fedloom.simulate(stop_in_round_three, 8, strategy, 4, recording=fedloom.Recording(store), **common)
+        run = store.list_runs()[0]
+        result = fedloom.simulate(
+            PullTrainer, 8, strategy, 4, recording=fedloom.Recording(store, resume=run.id), **common
+        )
+    assert [s.round for s in result.history] == [3, 4]
+    for name, value in reference.final_weights.items():
+        np.testing.assert_array_equal(result.final_weights[name], value, err_msg=name)
+
+
+def test_clients_dropped_before_training_are_recorded_once(tmp_path):
+    from fedloom.sim.clock import ClientSpeeds
+
+    world = fedloom.Environment(client_sizes=[PullTrainer(i).size for i in range(8)], speeds=ClientSpeeds(dropout=0.3))
+    strategy = build_strategy("fedavg", fraction=1.0, criteria=RoundCriteria(threshold=0.3))
+    with SqlStore.open_default(tmp_path) as store:
+        result = _run(SecAggSettings(bits=32, threshold=3), rounds=2, strategy=strategy, environment=world, store=store)
+        rejections = store.list_rejections(store.list_runs()[0].id)
+    per_client = [(r.round, r.client_id) for r in rejections]
+    assert any(r.code == "dropped" for r in rejections)
+    assert not any(r.code == "secagg_dropped" for r in rejections)
+    assert len(per_client) == len(set(per_client))
+    assert [s.num_updates + sum(1 for r in rejections if r.round == s.round) for s in result.history] == [8, 8]

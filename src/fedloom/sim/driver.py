@@ -62,23 +62,17 @@ def simulate(
 ) -> SimulationResult:
     """Simulate ``rounds`` of federated training over ``num_clients`` clients.
 
-    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle
-    client costs nothing; ``initial_weights`` default to ``client_fn(0).get_weights()``.
-    ``environment`` is the simulated world (sizes, speeds, deadlines, adversaries,
-    asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what is
-    kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``).
-    ``observers`` are told about the run as it goes (default: a progress printer on
-    stderr; ``[]`` for silence). ``secure`` delivers every round's updates through secure
-    aggregation (weighted-mean strategies, synchronous rounds; docs/privacy.md). Same seed,
-    same settings: bitwise-identical results.
+    ``client_fn(i)`` builds the Trainer of client ``i`` (0-based) on demand, so an idle client costs nothing;
+    ``initial_weights`` default to ``client_fn(0).get_weights()``. ``environment`` is the simulated world (sizes,
+    speeds, deadlines, adversaries, asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what
+    is kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``). ``observers`` are told about
+    the run as it goes (default: a progress printer on stderr; ``[]`` for silence). ``secure`` masks every update
+    (secure aggregation, docs/privacy.md). Same seed, same settings: bitwise-identical results.
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
     _check_args(num_clients, rounds, world.client_sizes)
     weights = _initial_weights(strategy, initial_weights if initial_weights is not None else client_fn(0))
-    # the full description of the strategy wins over a config's bare strategy name
-    run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
-    poison = _poison(world.adversary, num_clients, seed, run_config)
-    secured = _secure_delivery(secure, strategy, world, seed, run_config)
+    run_config, poison, secured = _run_config(num_clients, rounds, strategy, world, kept, seed, secure)
     store = resolve_store(kept.store)
     point = resume_point(store, kept.resume, run_config) if kept.resume is not None else None
     state_dir = _client_state_dir(strategy, point.client_state_dir if point else kept.client_state_dir)
@@ -100,6 +94,27 @@ def simulate(
         if kept.client_state_dir is None and state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
     return SimulationResult(log.run_id, history, model_part(loop.lifecycle.global_weights), run_config)
+
+
+def _run_config(
+    num_clients: int,
+    rounds: int,
+    strategy: Strategy,
+    world: Environment,
+    kept: Recording,
+    seed: int,
+    secure: SecAggSettings | None,
+) -> tuple[dict[str, Any], tuple[Adversary, frozenset[int]] | None, SecureDelivery | None]:
+    """The run's recorded config, with the attack and the secure aggregation it asks for (each checked)."""
+    # the full description of the strategy wins over a config's bare strategy name
+    run_config = {"num_clients": num_clients, "rounds": rounds, **(kept.config or {}), "strategy": strategy.describe()}
+    poison = _poison(world.adversary, num_clients, seed, run_config)
+    if secure is not None and kept.keep_local_models:
+        raise ConfigError(
+            "keep_local_models cannot keep anything under secure aggregation: the server never holds a local"
+            " model, only the masked sum; drop keep_local_models (--keep-local-models)"
+        )
+    return run_config, poison, _secure(secure, strategy, world, seed, run_config)
 
 
 def _shown(observers: Sequence[RoundObserver] | None, rounds: int) -> Sequence[RoundObserver]:
@@ -202,7 +217,7 @@ def _check_args(num_clients: int, rounds: int, client_sizes: Sequence[int] | Non
         raise ConfigError(f"client_sizes has {len(client_sizes)} entries for {num_clients} clients")
 
 
-def _secure_delivery(
+def _secure(
     secure: SecAggSettings | None, strategy: Strategy, world: Environment, seed: int, run_config: dict[str, Any]
 ) -> SecureDelivery | None:
     """Secure aggregation of every round when asked for, refused where it cannot run (saying why)."""

@@ -81,4 +81,5 @@ class SecureDelivery:
         drops = self.dropouts(protocol.round, protocol.graph.ids)
         outcome = run_protocol(protocol, local, self.settings, self.seed, drops, rng)
         contributions = {u.client_id: Contribution(u.num_samples, dict(u.metrics)) for u in updates}
-        return rounds.finish(protocol, contributions, now, outcome.refusals)
+        absent = set(protocol.graph.ids) - set(local)  # dropped or failed before training: already recorded
+        return rounds.finish(protocol, contributions, now, outcome.refusals, absent)

@@ -150,3 +150,30 @@ def test_a_client_refuses_a_survivor_set_below_the_threshold_and_contradictions(
         me.unmask(UnmaskRequest(1, tuple(names[1:]), ()))
     with pytest.raises(SecAggMessageError, match="not selected"):
         me.unmask(UnmaskRequest(1, (*names, "intruder"), ()))
+
+
+def _unmask_all(server, clients, names):
+    server.close_stage()
+    request = server.unmask_request()
+    return {c: clients[c].unmask(request) for c in names}
+
+
+@pytest.mark.parametrize("count", [4, 6])  # 4 clients: exactly t = 3 holders; 6: spare shares
+def test_a_wrong_share_from_a_holder_refuses_the_round_instead_of_a_wrong_sum(count):
+    import dataclasses
+
+    from fedloom.algorithms.secagg import shamir
+
+    server, clients, names = _clients_through_collect(count=count, seed=count)
+    answers = _unmask_all(server, clients, names)
+    liar = names[1]
+    owner = next(iter(answers[liar].self_mask_shares))
+    value = shamir.share_from_bytes(answers[liar].self_mask_shares[owner])
+    forged = {**answers[liar].self_mask_shares, owner: shamir.share_to_bytes((value + 1) % shamir.PRIME)}
+    answers[liar] = dataclasses.replace(answers[liar], self_mask_shares=forged)
+    for c in names:
+        server.receive_unmask(answers[c])
+    server.close_stage()
+    result = server.aggregate()
+    assert isinstance(result, SecAggFailure), "a forged share must never give a sum"
+    assert result.stage == "unmask"

@@ -211,13 +211,13 @@ class SecAggServerRound:
         if self.stage is not Stage.DONE:
             raise ValidationError(f"round {self.round} is at stage {self.stage.value!r}; close UNMASK first")
         try:
-            total = self._unmasked_sum()
-        except _UnrecoverableError as exc:
+            mean_delta, weight = self.layout.decode(self._unmasked_sum())
+        except (_UnrecoverableError, ValidationError) as exc:
+            # a wrong share that no spare share exposed still scrambles the n_k word: refused, never decoded
             self.stage = Stage.UNMASK  # the failure is named after the stage whose answers fell short
             self._fail(str(exc))
             assert self.failure is not None
             return self.failure
-        mean_delta, weight = self.layout.decode(total)
         return SecAggResult(mean_delta, weight, tuple(sorted(self._masked)))
 
     def _unmasked_sum(self) -> np.ndarray:

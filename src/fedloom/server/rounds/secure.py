@@ -18,7 +18,7 @@ sending their masked input are recorded as ``secagg_dropped`` with the stage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,17 +68,19 @@ class SecureRounds:
         contributions: Mapping[str, Contribution],
         now: float,
         refusals: Mapping[str, str] | None = None,
+        absent: Collection[str] = (),
     ) -> list[Event]:
         """Record dropouts, then close the round from the unmasked sum or abandon it with the reason.
 
         ``refusals`` are the reasons clients gave for stopping (known in simulation; a deployed
-        server only sees that a client stopped answering)."""
+        server only sees that a client stopped answering); ``absent`` are clients whose absence
+        the caller has already recorded (in simulation: dropped or failed before training)."""
         engine = self.lifecycle.engine
         result = protocol.aggregate()
         contributed = set(result.contributors) if isinstance(result, SecAggResult) else set()
         said = refusals or {}
         for cid, stage in sorted(protocol.dropped.items()):
-            if cid not in contributed:
+            if cid not in contributed and cid not in absent:
                 why = f": it refused, {said[cid]}" if cid in said else ""
                 engine.reject_client(
                     cid, DROPPED, f"the client dropped out of secure aggregation at stage {stage!r}{why}"
