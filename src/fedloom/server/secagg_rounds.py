@@ -60,6 +60,7 @@ class SecAggRounds(SyncRounds):
         self.answered: set[str] = set()
         self.claims: dict[str, Contribution] = {}
         self._closing = False  # the protocol is done: the next decision closes the round from its sum
+        self._may_open = True
 
     # -- what agents are told ----------------------------------------------------------
     @property
@@ -152,6 +153,10 @@ class SecAggRounds(SyncRounds):
 
     # -- time --------------------------------------------------------------------------
     def tick(self, now: float, *, may_open: bool = True) -> list[Event]:
+        if self._closing:  # finish()'s own tick: the caller's may_open (enough agents) still holds
+            may_open = self._may_open
+        else:
+            self._may_open = may_open
         events = super().tick(now, may_open=may_open)
         for event in events:  # a round opened by finish()'s own tick is started there already
             if isinstance(event, RoundOpened) and (self.protocol is None or self.protocol.round != event.round):
