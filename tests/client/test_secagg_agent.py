@@ -71,3 +71,22 @@ def test_a_round_met_past_its_first_stage_is_sat_out(tmp_path, caplog):
     assert "sits the round out" in caplog.text and "without the round's keys" in caplog.text
     participant.act(task("advertise", 5), trainer=None, call=call)  # the next round: from the start
     assert client.posts == ["POST /v1/secagg/advertise"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"settings": {"bits": 99}}, "bits"),
+        ({"settings": {"bits": 16, "unknown": 1}}, "settings are unusable"),
+        ({"selected": ["ag_b", "ag_c"]}, "not among the round's selected"),
+        ({"graph_seed": "x"}, "settings are unusable"),
+    ],
+)
+def test_a_hostile_secagg_task_is_sat_out_without_sending(tmp_path, caplog, change, words):
+    client = Recorder()
+    participant = SecAggParticipant(client, tmp_path, None)  # type: ignore[arg-type]
+    hostile = task("advertise", 1)
+    hostile = TaskInfo("secagg", 1, 1, None, {}, None, {**(hostile.secagg or {}), **change})
+    with caplog.at_level(logging.WARNING, logger="fedloom.agent"):
+        participant.act(hostile, trainer=None, call=lambda fn, *a, **k: fn(*a, **k))
+    assert client.posts == [] and words in caplog.text
