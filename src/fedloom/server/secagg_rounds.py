@@ -76,8 +76,13 @@ class SecAggRounds(SyncRounds):
         task, stage = self.open_task, self.stage
         if self.finished or task is None:
             return super().task_for(client_id)
-        assert self.protocol is not None
-        if stage is not None and client_id in self.protocol.active and client_id not in self.answered:
+        protocol = self.protocol
+        if (
+            stage is not None
+            and protocol is not None
+            and client_id in protocol.active
+            and client_id not in self.answered
+        ):
             return ClientTask("train", task.round, self.engine.fit_config(client_id), self.stage_deadline)
         return ClientTask("wait", task.round, None, self.stage_deadline)
 
