@@ -28,7 +28,8 @@ MAX_EXAMPLES = int(os.environ.get("FEDLOOM_FUZZ_EXAMPLES", "60"))
 SEED = int(os.environ.get("FEDLOOM_FUZZ_SEED", "20261201"))
 #: wall-clock bound of one schemathesis run
 RUN_TIMEOUT_SECONDS = 90 + MAX_EXAMPLES // 10
-OPERATIONS = 9  # health, register, task, global model, lineage, initial model, updates, status, logs
+OPERATIONS = 11  # health, register, task, global model, lineage, initial model, updates, status, logs,
+#: and the secure-aggregation relay and stage messages (/v1/secagg/relay, /v1/secagg/{stage})
 
 
 def _digits_model() -> dict[str, np.ndarray]:

@@ -174,6 +174,7 @@ def test_full_sync_round_over_http(serve, store):
         "received": 0,
         "rounds_completed": 2,
         "max_rounds": 2,
+        "secagg_stage": None,  # no [secagg] in this run
     }
     assert client.get("/v1/task", headers=sites[0][1]).json()["state"] == "finished"
     assert [m.round for m in store.list_global_models(agg.run_id)] == [0, 1, 2]

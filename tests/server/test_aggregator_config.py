@@ -78,6 +78,7 @@ def test_every_field_has_a_unique_flat_name():
         "tracking",
         "evaluation",
         "privacy",
+        "secagg",
     }
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
     # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
@@ -85,7 +86,9 @@ def test_every_field_has_a_unique_flat_name():
     # + [evaluation] evaluator, evaluator_args
     # + the ten [privacy] dp_* keys
     # + [client] dp_sgd_noise, dp_sgd_clip, dp_sgd_delta
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3
+    # + the eight [secagg] keys (secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
+    #   max_total_samples, rounding, stage_timeout_seconds)
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ from fedloom.client.backoff import Backoff
 from fedloom.client.lineage_check import LineageChecker, check_download
 from fedloom.client.loading import check_trainer
 from fedloom.client.round_meter import AgentRoundMeter, update_payload_with_system
+from fedloom.client.secagg_agent import SecAggParticipant
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
     AggregatorClient,
@@ -132,6 +133,7 @@ class Agent(AgentIdentity):
         self._look_now = True
         self._meter = AgentRoundMeter(enabled=report_system)  # docs/protocol.md: system metrics
         self._lineage = LineageChecker(state_dir, lambda: self.client.agent_id) if verify_lineage else None
+        self._secure = SecAggParticipant(client, self.store.directory, self._lineage)  # [secagg] rounds
 
     @property
     def state(self) -> AgentState:
@@ -195,7 +197,7 @@ class Agent(AgentIdentity):
         """Do what the current phase says; True once the run is finished."""
         phase = self._state.phase
         if phase is AgentPhase.WAITING_GM:
-            self._poll()
+            self._poll(trainer)
         elif phase in (AgentPhase.GM_READY, AgentPhase.TRAINING):
             self._train(trainer)
         elif phase is AgentPhase.SENDING:
@@ -207,7 +209,7 @@ class Agent(AgentIdentity):
 
     # ---------------------------------------------------------------- phases
 
-    def _poll(self) -> None:
+    def _poll(self, trainer: Trainer) -> None:
         """Ask for the task: at once after a step (the next round may already be open), else long-poll.
 
         A long poll answers when the task *changes* during the wait, so one started while a
@@ -223,6 +225,8 @@ class Agent(AgentIdentity):
         if task.state == "train" and not self._uploaded(task):
             self._prepare_round(task)
             return
+        if task.state == "secagg":  # a secure round's stage (fedloom.client.secagg_agent)
+            return self._secure.act(task, trainer, self._call)
         self._note_wait(task)
         if not quick:  # a server that answers long polls at once is not hammered
             self._pause(self.min_poll_interval - (time.monotonic() - started))
@@ -338,12 +342,8 @@ class Agent(AgentIdentity):
                 self.store.clear_local()
                 self._transition(AgentPhase.WAITING_GM, why=f"round {pending.round}: upload refused", pending=None)
                 raise
-            log.info(
-                "round %d: the aggregator answered %s (%s): the update already landed or is obsolete; moving on",
-                pending.round,
-                exc.code,
-                exc.detail,
-            )
+            what = "the update already landed or is obsolete; moving on"
+            log.info("round %d: the aggregator answered %s (%s): %s", pending.round, exc.code, exc.detail, what)
         else:
             log.info("round %d: upload ok (%d samples)", pending.round, pending.num_samples)
             if self._lineage is not None and self._mode == "sync":

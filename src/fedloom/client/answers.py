@@ -30,7 +30,7 @@ __all__ = [
 
 log = logging.getLogger("fedloom.agent")
 
-TASK_STATES = ("train", "wait", "finished")
+TASK_STATES = ("train", "wait", "finished", "secagg")
 _FIT_FIELDS = frozenset(f.name for f in fields(FitConfig))
 
 
@@ -84,6 +84,8 @@ class TaskInfo:
     global_sha256: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     deadline: str | None = None
+    #: state ``secagg``: the secure-aggregation stage owed (checked by :mod:`fedloom.client.secagg_agent`)
+    secagg: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> TaskInfo:
@@ -93,6 +95,9 @@ class TaskInfo:
         config = data.get("config") or {}
         if not isinstance(config, Mapping):
             raise AggregatorError(200, "invalid_task", f"task config must be an object, got {config!r}")
+        secagg = data.get("secagg")
+        if (data["state"] == "secagg") != isinstance(secagg, Mapping):
+            raise AggregatorError(200, "invalid_task", "a task has a secagg object exactly when its state is 'secagg'")
         try:
             global_round = None if data.get("global_round") is None else int(data["global_round"])
             return cls(
@@ -102,6 +107,7 @@ class TaskInfo:
                 global_sha256=data.get("global_sha256") or None,
                 config=dict(config),
                 deadline=data.get("deadline"),
+                secagg=None if secagg is None else dict(secagg),
             )
         except (TypeError, ValueError) as exc:
             raise AggregatorError(200, "invalid_task", f"task answer has a bad field: {exc}") from None

@@ -122,7 +122,7 @@ def client_sender(client: AggregatorClient) -> Sender:
     def send(records: list[Record]) -> object:
         once = copy.copy(client)
         once.retry = RetryPolicy(max_attempts=1)
-        return once._json("POST", "/v1/logs", json={"records": records}, what="log upload")
+        return once.json_call("POST", "/v1/logs", json={"records": records}, what="log upload")
 
     return send
 

@@ -189,14 +189,14 @@ class AggregatorClient:
 
     def health(self) -> bool:
         """``GET /v1/health``: True when the aggregator answers ``{"ok": true}``."""
-        return bool(self._json("GET", "/v1/health", auth=False, what="health check").get("ok"))
+        return bool(self.json_call("GET", "/v1/health", auth=False, what="health check").get("ok"))
 
     def register(self, name: str, join_token: str) -> dict[str, str]:
         """Exchange a join token for a credential; the client then uses it (see :meth:`authenticate`).
 
         Returns ``{"agent_id", "credential", "role", "run_id"}``.
         """
-        answer = self._json(
+        answer = self.json_call(
             "POST",
             "/v1/agents/register",
             auth=False,
@@ -217,7 +217,7 @@ class AggregatorClient:
         wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
         timeout = httpx.Timeout(self.timeout, read=self.timeout + wait)
         params = {"wait": f"{wait:g}"}
-        return TaskInfo.from_json(self._json("GET", "/v1/task", params=params, timeout=timeout, what="task poll"))
+        return TaskInfo.from_json(self.json_call("GET", "/v1/task", params=params, timeout=timeout, what="task poll"))
 
     def download_global(self, round: int | str = "latest") -> tuple[Weights, str]:
         """The global model that starts ``round`` (or ``"latest"``) and its content hash, verified."""
@@ -248,24 +248,24 @@ class AggregatorClient:
 
     def upload_payload(self, payload: bytes) -> dict[str, Any]:
         """``POST /v1/updates`` with ready-made bytes (e.g. re-sending a saved update after a restart)."""
-        return self._json("POST", "/v1/updates", content=payload, headers={"Content-Type": _OCTET}, what="upload")
+        return self.json_call("POST", "/v1/updates", content=payload, headers={"Content-Type": _OCTET}, what="upload")
 
     def upload_initial(self, weights: Weights) -> dict[str, Any]:
         """``POST /v1/models/initial`` (admin agents only, and only while the run has no global model)."""
         body, headers = to_bytes(weights, client_id=self.agent_id or ""), {"Content-Type": _OCTET}
-        return self._json("POST", "/v1/models/initial", content=body, headers=headers, what="initial model upload")
+        return self.json_call("POST", "/v1/models/initial", content=body, headers=headers, what="initial model upload")
 
     def lineage(self, round: int | str = "latest") -> LineageEntry:
         """``GET /v1/lineage/{round}``: the lineage link of the model that starts ``round``, parsed as untrusted."""
-        return LineageEntry.from_json(self._json("GET", f"/v1/lineage/{round}", what=f"lineage of model {round}"))
+        return LineageEntry.from_json(self.json_call("GET", f"/v1/lineage/{round}", what=f"lineage of model {round}"))
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``: the run's round, state, mode and counts."""
-        return self._json("GET", "/v1/status", what="status")
+        return self.json_call("GET", "/v1/status", what="status")
 
     # ---------------------------------------------------------------- plumbing
 
-    def _json(self, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
+    def json_call(self, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, what=what, **kwargs)
         try:
             data = response.json()

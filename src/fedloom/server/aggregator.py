@@ -39,13 +39,13 @@ from fedloom.server.answers import AgentTask, Registration, RequestRefusedError,
 from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.limits import RejectionBudget, shorten
-from fedloom.server.model_serving import ModelServing
 from fedloom.server.registration import Registrar
 from fedloom.server.resume import RunContext
 from fedloom.server.round_watchers import RoundWatchers
 from fedloom.server.rounds import SyncRounds
 from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
+from fedloom.server.secagg_intake import SecAggIntake
 from fedloom.server.served_model import load_initial_model
 from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
@@ -53,7 +53,7 @@ from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_updat
 log = logging.getLogger("fedloom.aggregator")
 
 
-class Aggregator(ModelServing):
+class Aggregator(SecAggIntake):
     """The aggregator's state manager: registration, tasks, uploads, rounds, deadlines, resume.
 
     Thread-safe: public methods take one lock; request bodies are parsed outside it.
@@ -216,7 +216,7 @@ class Aggregator(ModelServing):
         may have happened between the agent's previous poll and this one.
         """
         task, version = await asyncio.to_thread(self._task_and_version, agent_id)
-        if task.state in ("train", "finished"):
+        if task.state in ("train", "finished", "secagg"):
             return task
         end = time.monotonic() + max(0.0, timeout)
         while (left := end - time.monotonic()) > 0:

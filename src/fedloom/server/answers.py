@@ -25,6 +25,9 @@ STATUS_OF: dict[str, int] = {
     "not_found": 404,
     "upload_timeout": 408,
     "wrong_round": 409,
+    "wrong_stage": 409,
+    "secagg_dropped": 409,
+    "secagg_required": 409,
     "not_selected": 409,
     "duplicate": 409,
     "round_closed": 409,
@@ -65,7 +68,7 @@ class Registration:
     run_id: str
 
 
-TaskState = Literal["train", "wait", "finished"]
+TaskState = Literal["train", "wait", "finished", "secagg"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class AgentTask:
     global_sha256: str | None = None
     config: Mapping[str, Any] | None = None
     deadline: str | None = None
+    #: for state ``secagg``: the stage an agent owes an answer to (docs/protocol.md, "Secure aggregation")
+    secagg: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,4 +92,5 @@ class AgentTask:
             "global_sha256": self.global_sha256,
             "config": None if self.config is None else dict(self.config),
             "deadline": self.deadline,
+            "secagg": None if self.secagg is None else dict(self.secagg),
         }

@@ -313,6 +313,9 @@ def create_app(
     app.state.log_limiter = log_rate_limiter()
     install_error_handlers(app)
     app.include_router(router)
+    from fedloom.server.secagg_routes import secagg_router  # it imports this module's dependencies
+
+    app.include_router(secagg_router)
     for extra in extra_routers:
         app.include_router(extra)
     return app

@@ -21,6 +21,8 @@ The file has these tables::
     [tracking] sinks (a list), tensorboard_dir, mlflow_tracking_uri, mlflow_experiment,
               wandb_project, wandb_mode (docs/tracking.md)
     [evaluation] evaluator, evaluator_args (the aggregator tests each global model itself)
+    [secagg]  secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
+              max_total_samples, rounding, stage_timeout_seconds (docs/protocol.md)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -55,6 +57,7 @@ from fedloom.server.config_sections import (
     TrackingSection,
     field_error,
 )
+from fedloom.server.secagg_config import SecAggSection
 from fedloom.server.tls_settings import TlsSection
 
 __all__ = [
@@ -92,6 +95,7 @@ class AggregatorConfig:
     tracking: TrackingSection = field(default_factory=TrackingSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
@@ -134,6 +138,7 @@ _TABLES = {
     "tracking": "tracking",
     "evaluation": "evaluation",
     "privacy": "privacy",
+    "secagg": "secagg",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -146,6 +151,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "tracking": TrackingSection,
     "evaluation": EvaluationSection,
     "privacy": PrivacySection,
+    "secagg": SecAggSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"

@@ -22,6 +22,7 @@ __all__ = [
     "LogsResponse",
     "RegisterRequest",
     "RegisterResponse",
+    "SecAggStage",
     "StatusResponse",
     "TaskInfo",
     "UploadResponse",
@@ -56,13 +57,26 @@ class FitConfigBody(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class SecAggStage(BaseModel):
+    """The secure-aggregation stage an agent owes an answer to (``TaskInfo.state == "secagg"``)."""
+
+    stage: Literal["advertise", "share", "collect", "unmask"]
+    round: int
+    selected: list[str]
+    graph_seed: int
+    settings: dict[str, Any]
+    #: every client enters the sum with weight 1, not its sample count (client-side DP)
+    uniform_weight: bool = False
+
+
 class TaskInfo(BaseModel):
-    state: Literal["train", "wait", "finished"]
+    state: Literal["train", "wait", "finished", "secagg"]
     round: int
     global_round: int | None = None
     global_sha256: str | None = None
     config: FitConfigBody | None = None
     deadline: str | None = None
+    secagg: SecAggStage | None = None
 
 
 class UploadResponse(BaseModel):
@@ -104,6 +118,8 @@ class StatusResponse(BaseModel):
     received: int
     rounds_completed: int
     max_rounds: int
+    #: the open round's secure-aggregation stage (None without [secagg] or between rounds)
+    secagg_stage: str | None = None
 
 
 class HealthResponse(BaseModel):

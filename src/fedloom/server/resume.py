@@ -61,6 +61,10 @@ class RunContext:
             server_opt_state=stored_opt_state(self, len(agents)),
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(agents))
+        if self.config.secagg.enabled:  # [secagg]: the rounds run the SecAgg+ stages
+            from fedloom.server.secagg_rounds import SecAggRounds
+
+            return SecAggRounds(engine, close_policy(self.config), self.config.secagg.settings())
         return SyncRounds(engine, close_policy(self.config))
 
     def async_rounds(self, weights: Weights, version: int, uploaded: Sequence[tuple[str, int]] = ()) -> AsyncLifecycle:
@@ -164,7 +168,8 @@ def load_sync(run: RunContext, latest: ModelRecord, weights: Weights, agents: Se
         if lifecycle.finished:  # max_rounds was lowered since the round opened
             run.store.close_round(run.run_id, next_round, status="abandoned")
         else:
-            stored = _stored_updates(run, run.store.list_local_models(run.run_id, round=next_round))
+            secure = run.config.secagg.enabled  # masked rounds keep no local blobs: the round is abandoned
+            stored = [] if secure else _stored_updates(run, run.store.list_local_models(run.run_id, round=next_round))
             lifecycle.resume(current.selected, epoch(current.opened_at), stored)
             log.info("round %d: resumed with %d update(s) already received", next_round, len(stored))
     return lifecycle

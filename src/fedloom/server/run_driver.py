@@ -30,7 +30,15 @@ from fedloom.server.config import AggregatorConfig
 from fedloom.server.engine import RoundOutcome
 from fedloom.server.resume import RunContext, load_async, load_sync
 from fedloom.server.round_watchers import RoundWatchers
-from fedloom.server.rounds import DeadlineExtended, Event, RoundAbandoned, RoundClosed, RoundOpened, RunFinished
+from fedloom.server.rounds import (
+    DeadlineExtended,
+    Event,
+    RoundAbandoned,
+    RoundClosed,
+    RoundOpened,
+    RunFinished,
+    StageAdvanced,
+)
 from fedloom.server.run_state import RunState
 from fedloom.server.served_model import ServedModel, read_only
 
@@ -164,6 +172,9 @@ class RunDriver:
             self.watchers.round_recorded(RoundSummary(event.round, 0, event.num_updates, 0, {}, 0.0))
         elif isinstance(event, DeadlineExtended):
             log.info("round %d: deadline passed with %d update(s); extended", event.round, event.received)
+        elif isinstance(event, StageAdvanced):
+            gone = f"; dropped {', '.join(event.dropped)}" if event.dropped else ""
+            log.info("round %d: secure aggregation at stage %s%s", event.round, event.stage, gone)
         elif isinstance(event, RunFinished) and self.finished_at is None:
             completed = self.state.rounds_completed()
             self.store.finish_run(self.run.run_id, "finished", {"rounds_completed": completed})

@@ -16,12 +16,19 @@ from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError, StoreError
 from fedloom.core.store_protocols import DeploymentStore
 from fedloom.server.config import AggregatorConfig
+from fedloom.server.secagg_config import check_secure_run
 
 log = logging.getLogger("fedloom.aggregator")
 
 RUN_KIND = "deployment"
 #: run settings a restarted aggregator must not change (they decide selection and weighting)
-FIXED_SETTINGS = (("run", "mode"), ("run", "seed"), ("async", "buffer_size"), ("strategy", "strategy"))
+FIXED_SETTINGS = (
+    ("run", "mode"),
+    ("run", "seed"),
+    ("async", "buffer_size"),
+    ("strategy", "strategy"),
+    ("secagg", "secure_aggregation"),
+)
 
 
 def deployment_strategy(config: AggregatorConfig) -> Strategy:
@@ -45,7 +52,10 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
     privacy = config.privacy.settings()
     # [rounds] min_agents is the smallest federation a round opens with: δ and the target ε are
     # checked against it; each round is accounted with the agents registered when it opens
-    return strategy if privacy is None else with_privacy(strategy, privacy, rounds.min_agents)
+    if privacy is not None:
+        strategy = with_privacy(strategy, privacy, rounds.min_agents)
+    check_secure_run(config.secagg, config.run.mode, strategy)  # [secagg] refuses what it cannot mask
+    return strategy
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:

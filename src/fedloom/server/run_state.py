@@ -76,6 +76,7 @@ class RunState:
             "received": self.rounds.received_count() if self.rounds is not None else 0,
             "rounds_completed": self.rounds_completed(),
             "max_rounds": max_rounds,
+            "secagg_stage": getattr(self.rounds, "stage", None),  # SecAggRounds only
         }
 
     # -- agents --------------------------------------------------------------------
@@ -92,6 +93,9 @@ class RunState:
             return AgentTask("wait", current, current, latest.sha256)
         deadline = None if task.deadline is None else iso(task.deadline)
         fit = None if task.fit is None else asdict(task.fit)
+        stage = rounds.stage_info(agent_id) if isinstance(rounds, SyncRounds) and task.state == "train" else None
+        if stage is not None:  # a secure-aggregation round: the agent owes this stage an answer
+            return AgentTask("secagg", task.round, current, latest.sha256, fit, deadline, stage)
         return AgentTask(task.state, task.round, current, latest.sha256, fit, deadline)
 
     def upload_problem(self, agent_id: str) -> tuple[str, str] | None:

@@ -38,3 +38,10 @@ def check_secure_compatible(strategy: Strategy) -> None:
             "secure aggregation shows the server only the sum of the updates; an update filter"
             " (filter_max_distance / filter_min_cosine) needs each update to judge it: remove the filter"
         )
+
+
+def uniform_weights(strategy: Strategy) -> bool:
+    """Whether ``strategy``'s clients enter the secure sum with weight 1 (its aggregator takes a
+    secure sum itself: DP in client/local mode) rather than with their sample counts."""
+    aggregator = strategy.aggregator
+    return isinstance(aggregator, SumsSecurely) and aggregator.takes_secure_sum

@@ -21,6 +21,7 @@ from fedloom.server.rounds.events import (
     RoundClosed,
     RoundOpened,
     RunFinished,
+    StageAdvanced,
 )
 from fedloom.server.rounds.policy import DEADLINE_POLICIES, ClosePolicy, DeadlinePolicy, Decision
 from fedloom.server.rounds.sync import SyncRounds
@@ -70,6 +71,7 @@ __all__ = [
     "RoundOpened",
     "Rounds",
     "RunFinished",
+    "StageAdvanced",
     "SyncRounds",
     "version_outcome",
 ]

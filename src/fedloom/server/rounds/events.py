@@ -56,8 +56,18 @@ class DeadlineExtended:
 
 
 @dataclass(frozen=True)
+class StageAdvanced:
+    """A secure-aggregation round moved to ``stage`` (due by ``deadline``); ``dropped`` did not answer the last."""
+
+    round: int
+    stage: str
+    deadline: float
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RunFinished:
     rounds_completed: int
 
 
-Event = RoundOpened | RoundClosed | RoundAbandoned | DeadlineExtended | RunFinished
+Event = RoundOpened | RoundClosed | RoundAbandoned | DeadlineExtended | StageAdvanced | RunFinished

@@ -25,9 +25,9 @@ import numpy as np
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.secagg.codec import RingLayout
+from fedloom.algorithms.secagg.compat import uniform_weights
 from fedloom.algorithms.secagg.server import SecAggFailure, SecAggResult, SecAggServerRound
 from fedloom.algorithms.secagg.settings import SecAggSettings
-from fedloom.algorithms.units import SumsSecurely
 from fedloom.core.update import UpdateReport
 from fedloom.server.rounds.events import Event, RoundAbandoned
 from fedloom.server.rounds.sync import SyncRounds
@@ -54,10 +54,8 @@ class SecureRounds:
 
     @property
     def uniform(self) -> bool:
-        """True when every client enters the sum with weight 1 instead of its sample count: the
-        strategy's aggregator takes a secure sum itself (DP in client/local mode)."""
-        aggregator = self.lifecycle.engine.strategy.aggregator
-        return isinstance(aggregator, SumsSecurely) and aggregator.takes_secure_sum
+        """True when every client enters the sum with weight 1 instead of its sample count."""
+        return uniform_weights(self.lifecycle.engine.strategy)
 
     def weight_of(self, num_samples: int) -> int:
         """What a client with ``num_samples`` puts into the ring as its weight."""

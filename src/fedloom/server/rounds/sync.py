@@ -11,6 +11,7 @@ Every store write goes through the engine's recorder, so both sides record alike
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
@@ -70,6 +71,10 @@ class SyncRounds:
 
     def received_count(self) -> int:
         return self.engine.received()
+
+    def stage_info(self, client_id: str) -> dict[str, Any] | None:
+        """The extra stage ``client_id`` owes the open round (secure aggregation overrides it), or None."""
+        return None
 
     # -- clients -----------------------------------------------------------------
     def add_client(self, client_id: str, num_samples: int | None = None) -> None:
