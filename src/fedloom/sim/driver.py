@@ -68,9 +68,8 @@ def simulate(
     ``initial_weights`` default to ``client_fn(0).get_weights()``. ``environment`` is the simulated world (sizes,
     speeds, deadlines, adversaries, asynchronous mode), ``evaluation`` how each round is judged, ``recording`` what
     is kept (by default the run is stored in ``$FEDLOOM_HOME`` or ``./fedloom-runs``). ``observers`` are told about
-    the run as it goes (default: a progress printer on stderr; ``[]`` for silence). ``privacy`` makes it user-level
-    differentially private; ``secure`` masks every update (secure aggregation); both in docs/privacy.md. Same seed,
-    same settings: bitwise-identical results (but DP noise, which is fresh entropy).
+    the run as it goes (default: a progress printer on stderr; ``[]`` for silence). ``privacy``: user-level DP;
+    ``secure``: secure aggregation (docs/privacy.md). Same seed, same settings: bitwise-identical results (not DP).
     """
     world, judged, kept = environment or Environment(), evaluation or Evaluation(), recording or Recording()
     strategy = _checked(strategy, privacy, num_clients, rounds, world, kept)
