@@ -263,3 +263,20 @@ def test_a_dp_run_shows_its_current_epsilon(store: SqlStore) -> None:
     }
     page = api.get("/dashboard/static/pages.js").text
     assert "privacyLine(run.privacy)" in page and "stopped: the next round would exceed the target ε" in page
+
+
+def test_a_dp_sgd_run_shows_its_worst_client_epsilon(store: SqlStore) -> None:
+    plain = make_run(store, name="plain")
+    private = store.create_run("dp-sgd", "simulation", {"dp_sgd": True}, seed=0)
+    for r, epsilon in ((1, 3.0), (2, 4.5)):
+        store.open_round(private, r, ["c0"])
+        store.record_metrics(private, r, {"privacy/dp_sgd_epsilon": epsilon, "privacy/dp_sgd_delta": 1e-6})
+        store.close_round(private, r, num_updates=1, num_samples=10)
+    api = client(store)
+    assert api.get(f"/dashboard/api/runs/{plain}").json()["sample_privacy"] is None
+    assert api.get(f"/dashboard/api/runs/{private}").json()["sample_privacy"] == {
+        "round": 2,
+        "epsilon": 4.5,
+        "delta": 1e-6,
+    }
+    assert "samplePrivacyLine(run.sample_privacy)" in api.get("/dashboard/static/pages.js").text

@@ -48,6 +48,10 @@ def test_sim_with_dp_sgd_stores_each_clients_epsilon_every_round(tmp_path, capsy
     assert main(["runs", "show", run.id[:8], "--home", str(home), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert {r["round"]: r["metrics"][EPSILON_METRIC] for r in shown["rounds"]} == worst
+    assert shown["sample_privacy"] == {"round": 2, "epsilon": max(worst.values()), "delta": 1e-6}
+    assert main(["runs", "show", run.id[:8], "--home", str(home)]) == 0
+    text = capsys.readouterr().out
+    assert f"sample-level DP-SGD: epsilon = {max(worst.values()):.4g} at delta = 1e-06 after round 2" in text
 
 
 def test_sim_with_dp_sgd_on_a_model_that_cannot_do_it_fails_naming_the_trainer(tmp_path, capsys):

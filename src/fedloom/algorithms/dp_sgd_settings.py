@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from fedloom.core.errors import ConfigError
 
+#: what each DP-SGD client reports per round (stored per client; the round's value is the worst client's)
+EPSILON_METRIC = "privacy/dp_sgd_epsilon"
+DELTA_METRIC = "privacy/dp_sgd_delta"
+STEPS_METRIC = "privacy/dp_sgd_steps"
+
 if TYPE_CHECKING:  # strategy.py reads DP_SGD_KEY from here
     from fedloom.algorithms.strategy import Strategy
 

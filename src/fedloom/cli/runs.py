@@ -17,7 +17,7 @@ from typing import Any
 
 from fedloom.algorithms.dp.report import EPSILON
 from fedloom.cli.output import dumps, fmt_time, print_help, table
-from fedloom.cli.runs_privacy import privacy_of, render_privacy
+from fedloom.cli.runs_privacy import privacy_of, render_privacy, render_sample_privacy, sample_privacy_of
 from fedloom.core.errors import StoreError
 from fedloom.store import MetricRecord, RoundRecord, RunRecord, SqlStore, resolve_home
 from fedloom.store.sql import DB_FILENAME, HOME_ENV
@@ -138,6 +138,7 @@ def _show_details(store: SqlStore, run: RunRecord) -> dict[str, Any]:
     return {
         "run": _run_dict(run),
         "privacy": privacy_of(run.config, rounds),
+        "sample_privacy": sample_privacy_of(rounds),
         "rounds": rounds,
         "global_models": len(store.list_global_models(run.id)),
         "rejections": len(rejections),
@@ -189,6 +190,7 @@ def _render_show(details: dict[str, Any]) -> str:
         f"created   {fmt_time(run['created_at'])}",
         f"finished  {fmt_time(run['finished_at'])}",
         *([f"privacy   {render_privacy(details['privacy'])}"] if details.get("privacy") else []),
+        *([f"privacy   {render_sample_privacy(details['sample_privacy'])}"] if details.get("sample_privacy") else []),
         "",
         "config:",
         _indent(json.dumps(run["config"], indent=2, sort_keys=True)),

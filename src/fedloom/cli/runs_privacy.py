@@ -6,13 +6,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fedloom.algorithms.dp.report import EPSILON, privacy_summary
+from fedloom.algorithms.dp.report import EPSILON, privacy_summary, sample_level_summary
+from fedloom.algorithms.dp_sgd_settings import DELTA_METRIC, EPSILON_METRIC
 
 
 def privacy_of(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The DP summary of ``runs show``'s round table (the newest round with an ε)."""
     private = [entry for entry in rounds if EPSILON in entry.get("metrics", {})]
     return privacy_summary(config, private[-1]["round"], private[-1]["metrics"]) if private else None
+
+
+def sample_privacy_of(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """DP-SGD's sample-level ε from ``runs show``'s round table (see ``sample_level_summary``)."""
+
+    def series(name: str) -> list[tuple[int, float]]:
+        return [(e["round"], float(e["metrics"][name])) for e in rounds if name in e.get("metrics", {})]
+
+    return sample_level_summary(series(EPSILON_METRIC), series(DELTA_METRIC))
+
+
+def render_sample_privacy(summary: Mapping[str, Any]) -> str:
+    """One line: ``sample-level DP-SGD: epsilon = 8.4 at delta = 1e-05 after round 10 (...)``."""
+    delta = "" if summary["delta"] is None else f" at delta = {summary['delta']:.3g}"
+    return (
+        f"sample-level DP-SGD: epsilon = {summary['epsilon']:.4g}{delta} after round {summary['round']}"
+        " (the worst client; protects one example of one client)"
+    )
 
 
 def render_privacy(summary: Mapping[str, Any]) -> str:

@@ -25,15 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from fedloom.algorithms.dp_sgd_settings import DP_SGD_KEY, DPSGDSettings
+from fedloom.algorithms.dp_sgd_settings import DELTA_METRIC, DP_SGD_KEY, EPSILON_METRIC, STEPS_METRIC, DPSGDSettings
 from fedloom.algorithms.privacy_accountant import Poisson, gaussian_epsilon
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitResult
 
 #: client metrics reported after every DP-SGD fit (stored per client per round)
-EPSILON_METRIC = "privacy/dp_sgd_epsilon"
-DELTA_METRIC = "privacy/dp_sgd_delta"
-STEPS_METRIC = "privacy/dp_sgd_steps"
 #: the folder of a client's state directory that holds its step ledger
 LEDGER_FOLDER = "dp_sgd"
 

@@ -19,7 +19,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from fedloom.algorithms.dp.report import EPSILON, SHOWN, privacy_summary
+from fedloom.algorithms.dp.report import EPSILON, SHOWN, privacy_summary, sample_level_summary
+from fedloom.algorithms.dp_sgd_settings import DELTA_METRIC as DP_SGD_DELTA
+from fedloom.algorithms.dp_sgd_settings import EPSILON_METRIC as DP_SGD_EPSILON
 from fedloom.core.errors import StoreError
 from fedloom.core.records import METRIC_SCOPES, RunRecord
 from fedloom.dashboard import views
@@ -104,6 +106,9 @@ def _add_run_routes(api: APIRouter, store: SqlStore) -> None:
         record = _run(store, run_id)
         document = views.run_detail(record, *store.run_progress([record])[record.id])
         document["privacy"] = _privacy(store, record)
+        document["sample_privacy"] = sample_level_summary(
+            store.metric_series(record.id, DP_SGD_EPSILON), store.metric_series(record.id, DP_SGD_DELTA)
+        )
         return document
 
     @api.get("/runs/{run_id}/series")

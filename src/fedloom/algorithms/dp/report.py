@@ -4,7 +4,7 @@ the store."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedloom.algorithms.dp.central import PRIVACY_PREFIX, TARGET_REACHED
@@ -42,3 +42,14 @@ def privacy_summary(config: Mapping[str, Any], round: int, latest: Mapping[str, 
         "stopped_at_target": bool(latest.get(TARGET_REACHED)),
         "noise_reproducible": bool(latest.get("privacy/noise_reproducible")),
     }
+
+
+def sample_level_summary(
+    epsilons: Sequence[tuple[int, float]], deltas: Sequence[tuple[int, float]]
+) -> dict[str, Any] | None:
+    """DP-SGD's sample-level privacy of a run from its per-round worst-client ε series (the round
+    metric is already the maximum over that round's clients): the largest so far, at its δ."""
+    if not epsilons:
+        return None
+    delta = deltas[-1][1] if deltas else None
+    return {"round": epsilons[-1][0], "epsilon": max(value for _round, value in epsilons), "delta": delta}

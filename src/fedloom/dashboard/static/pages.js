@@ -92,6 +92,12 @@
     return h("p", { id: "privacy", class: "privacy" }, text);
   }
 
+  // a DP-SGD run: the largest worst-client ε so far (sample level: one example of one client)
+  function samplePrivacyLine(p) {
+    const text = `sample-level DP-SGD · ε = ${fmtValue(p.epsilon)}` + (p.delta !== null ? ` at δ = ${p.delta}` : "") + ` after round ${p.round} (the worst client; protects one example of one client)`;
+    return h("p", { id: "sample-privacy", class: "privacy" }, text);
+  }
+
   function renderRun(main, d, state) {
     const { run, series, part } = d;
     const rounds = series.rounds;
@@ -99,6 +105,7 @@
     main.append(h("h1", {}, `${run.name} `, h("code", {}, run.short_id), " ", statusBadge(run.status)),
       h("p", { class: "muted" }, `${run.kind} · ${run.rounds_done} / ${run.rounds_planned ?? "?"} rounds · best accuracy ${fmtValue(run.best_accuracy)} · created ${when(run.created_at)}`));
     if (run.privacy) main.append(privacyLine(run.privacy));
+    if (run.sample_privacy) main.append(samplePrivacyLine(run.sample_privacy));
     const acc = h("div", { id: "chart-accuracy" }), loss = h("div", { id: "chart-loss" });
     main.append(h("div", { class: "grid2 row-gap" }, card("Accuracy per round", acc), card("Loss per round", loss)));
     const heat = h("div", { id: "participation" });
