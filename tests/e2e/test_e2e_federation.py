@@ -93,7 +93,9 @@ def test_agent_killed_mid_round_round_closes_at_deadline(cluster: Cluster) -> No
 def test_federation_up_command(tmp_path: Path) -> None:
     home = tmp_path / "home"
     command = [sys.executable, "-m", "fedloom.cli.main", "federation", "up", "--agents", "3", "--example", "digits"]
-    command += ["--rounds", "3", "--home", str(home), "--status-interval", "1"]
+    # 5 rounds: agent ids are random per run, so the fit seeds and hence the accuracy after 3 rounds
+    # vary between runs (0.847 to 0.933 seen); 5 rounds keep a margin above the bar
+    command += ["--rounds", "5", "--home", str(home), "--status-interval", "1"]
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
