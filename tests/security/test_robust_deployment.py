@@ -8,6 +8,7 @@ federation. The three runs are measured side by side and the numbers asserted.
 
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ def _federation(home: Path, strategy: str, attacker: bool) -> float:
             argv = agent_command(url, name, home / name, BOOSTED_SITE, args, upload_initial=i == 0)
             children.insert(0, Child(name, argv, log_file=home / f"{name}.log", env=agent_env(tokens[name])))
         for agent in children[:-1]:
-            code = agent.wait(120)
+            try:
+                code = agent.wait(120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{agent.name} still runs after 120 s:\n{agent.output()[-3000:]}")
             assert code == 0, f"{agent.name} exited with {code}:\n{agent.output()[-3000:]}"
     finally:
         stop_all(children, grace=5.0)

@@ -13,10 +13,12 @@ from fastapi import FastAPI
 
 @contextmanager
 def serving(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields its base URL and stops the server afterwards."""
+    """Serve ``app`` on a free loopback port; yields its base URL and stops the server afterwards.
+    ``app.state.test_server`` is the uvicorn server, for a test that stops it early as the CLI does."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     )
+    app.state.test_server = server
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     end = time.monotonic() + timeout

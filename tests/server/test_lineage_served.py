@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 
 import httpx
 import pytest
@@ -97,3 +98,57 @@ def test_the_lineage_endpoint_needs_a_credential_and_a_known_round(store, tmp_pa
                 client.lineage(7)
             with pytest.raises(Exception, match="not_found"):
                 client.lineage("x1")
+
+
+def test_the_final_check_is_fetched_before_the_aggregator_exits(store, tmp_path):
+    """``fedloom server`` exits once every agent downloaded the final model: an agent that asked
+    for the final model's lineage only after that download could find no aggregator and retried
+    for minutes (seen in CI). Each agent now asks for the final lineage before the final download."""
+    agg = Aggregator(config(min_agents=2, max_rounds=2, linger_seconds=600.0), store, initial_weights=INIT)
+    app = create_app(agg, on_done=lambda: setattr(app.state.test_server, "should_exit", True))
+    with serving(app) as url:
+        started = time.monotonic()
+        agents, calls = run_agents_stoppable(url, store, tmp_path, ["site-a", "site-b"], join=20)
+        assert [a.state.phase.value for a in agents] == ["finished", "finished"]
+        assert time.monotonic() - started < 20
+    for name in ("site-a", "site-b"):
+        assert calls[name][-2:] == [("lineage", "latest"), ("download_global", "latest")]
+    report = store.verify_lineage(agg.run_id)
+    for name in ("site-a", "site-b"):
+        assert head_of(tmp_path, name)["round"] == 2 and head_of(tmp_path, name)["link"] == report.last_link
+
+
+def run_agents_stoppable(url, store, tmp_path, names, *, join):
+    """Run agents in threads, recording each one's model and lineage requests; any still running
+    after ``join`` seconds is stopped (not left retrying)."""
+    agents, threads, calls = [], [], {}
+    for name in names:
+        client = AggregatorClient(url, timeout=10)
+        calls[name] = record_calls(client, ("lineage", "download_global"))
+        token = store.create_token(name)
+        agent = Agent(client, PlusOne, tmp_path / name, name, token, poll_wait=0.5, handle_signals=False)
+        agents.append(agent)
+        threads.append(threading.Thread(target=agent.run, daemon=True))
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + join
+    for agent, thread in zip(agents, threads, strict=True):
+        thread.join(max(0.0, end - time.monotonic()))
+        if thread.is_alive():
+            agent.stop()
+            thread.join(10)
+        agent.client.close()
+    return agents, calls
+
+
+def record_calls(client, methods):
+    calls = []
+    for method in methods:
+        real = getattr(client, method)
+
+        def recorded(source, *args, _real=real, _method=method, **kwargs):
+            calls.append((_method, source))
+            return _real(source, *args, **kwargs)
+
+        setattr(client, method, recorded)
+    return calls

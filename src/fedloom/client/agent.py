@@ -47,7 +47,7 @@ from fedloom.client.agent_identity import AgentIdentity, RunChanged
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.agent_stop import AgentInterrupted, StopControl
 from fedloom.client.backoff import Backoff
-from fedloom.client.lineage_check import LineageChecker, check_download
+from fedloom.client.lineage_check import LineageChecker, check_download, fetch_check
 from fedloom.client.loading import check_trainer
 from fedloom.client.round_meter import AgentRoundMeter, update_payload_with_system
 from fedloom.client.secagg_agent import SecAggParticipant
@@ -377,16 +377,18 @@ class Agent(AgentIdentity):
         return False
 
     def _finish(self) -> None:
-        """Keep the final global model on disk for the site, then stop."""
+        """Keep the final model for the site; lineage first, as the aggregator exits once all agents have it."""
+        checker, lineage = self._lineage, lambda r: self._call(self.client.lineage, r)
+        pending = None if checker is None else fetch_check(checker, lineage, "latest")
         try:
             weights, sha = self._call(self.client.download_global, "latest")
         except NotFoundError:
-            pass  # nothing to keep: the run made no global model
-        else:
-            check_download(self._lineage, lambda r: self._call(self.client.lineage, r), "latest", sha)
-            if sha != self._state.global_sha256:
-                self.store.save_global(weights, -1)
-                self._save(self._state.with_(global_sha256=sha, global_round=None))
+            return  # nothing to keep: the run made no global model
+        if pending is not None:
+            pending.verify(sha)
+        if sha != self._state.global_sha256:
+            self.store.save_global(weights, -1)
+            self._save(self._state.with_(global_sha256=sha, global_round=None))
         log.info("the run is finished; the last global model is in %s", self.store.global_path)
 
     # ---------------------------------------------------------------- persistence

@@ -98,7 +98,7 @@ class LineageChecker:
         self._contribution = Contribution(round, sha256, num_samples)
         self._save()
 
-    def verify(self, entry: LineageEntry, model_sha256: str, fetch: Callable[[int | str], LineageEntry]) -> None:
+    def verify(self, entry: LineageEntry, model_sha256: str, fetch: Callable[[int], LineageEntry]) -> None:
         """Check ``entry`` (of the model just downloaded, hashing to ``model_sha256``); ``fetch(r)``
         returns the entry of the model that starts round ``r``, used to walk from the last link."""
         if entry.model_sha256 != model_sha256:
@@ -114,7 +114,15 @@ class LineageChecker:
         self._head = _Head(entry.run_id, entry.round, entry.link)
         self._save()
 
-    def _join(self, head: _Head, entry: LineageEntry, fetch: Callable[[int | str], LineageEntry]) -> None:
+    def walk_starts(self, entry: LineageEntry) -> range:
+        """The rounds whose starting models lie between the last verified link and ``entry``
+        (the model that starts round r is global model r-1); empty when nothing is to walk."""
+        head = self._head
+        if head is None or head.run_id != entry.run_id or not 0 < entry.round - head.round <= MAX_WALK:
+            return range(0)
+        return range(head.round + 2, entry.round + 1)
+
+    def _join(self, head: _Head, entry: LineageEntry, fetch: Callable[[int], LineageEntry]) -> None:
         if entry.round < head.round or (entry.round == head.round and entry.link != head.link):
             raise LineageError(
                 f"global model {entry.round}: the chain was rewritten: this agent verified link "
@@ -123,7 +131,7 @@ class LineageChecker:
         last = _Head(head.run_id, head.round, head.link)
         if entry.round - head.round > MAX_WALK:
             raise LineageError(f"global model {entry.round}: more than {MAX_WALK} models since the last verified one")
-        for start in range(head.round + 2, entry.round + 1):  # the model that starts round r is global model r-1
+        for start in self.walk_starts(entry):
             between = fetch(start)
             if between.round <= last.round:
                 continue  # an abandoned round wrote no model: the same one starts the next round
@@ -162,23 +170,53 @@ def _check_previous(entry: LineageEntry, last: _Head) -> None:
         )
 
 
-def check_download(
-    checker: LineageChecker | None, lineage: Callable[[int | str], LineageEntry], source: int | str, sha256: str
-) -> None:
-    """Fetch and verify the entry of the model just downloaded for ``source``. An aggregator that
-    serves no lineage (older than the endpoint, or a run recorded before schema v6) is let
-    through with a warning only until this agent has verified a link of the run."""
-    if checker is None:
-        return
+class PendingCheck:
+    """A lineage check fetched before its model: the entry and the ones between it and the
+    last verified link. The aggregator exits once every agent fetched the final model, so
+    the final check's requests must all be made before that download (:func:`fetch_check`)."""
+
+    def __init__(self, checker: LineageChecker, entry: LineageEntry | None, between: dict[int, LineageEntry]) -> None:
+        self._checker, self._entry, self._between = checker, entry, between
+
+    def verify(self, model_sha256: str) -> None:
+        """Check the model that was downloaded (hashing to ``model_sha256``) against the fetched chain."""
+        if self._entry is None:
+            return
+        self._checker.verify(self._entry, model_sha256, self._between.__getitem__)
+        log.info("global model %d: lineage verified (link %s)", self._entry.round, self._entry.link[:12])
+
+
+#: fetches the lineage entry of the model that starts a round, or of ``"latest"``
+EntryFetcher = Callable[[int | str], LineageEntry]
+
+
+def fetch_check(checker: LineageChecker, lineage: EntryFetcher, source: int | str) -> PendingCheck:
+    """Fetch what checking the model of ``source`` needs. An aggregator that serves no lineage
+    (older than the endpoint, or a run recorded before schema v6) is let through with a warning
+    only until this agent has verified a link of the run."""
     try:
         entry = lineage(source)
     except NotFoundError as exc:
         if checker.has_head:
             raise LineageError(f"global model {source}: the aggregator no longer serves its lineage ({exc})") from exc
         log.warning("the aggregator serves no lineage for global model %s (%s): not verified", source, exc)
-        return
-    checker.verify(entry, sha256, lineage)
-    log.info("global model %d: lineage verified (link %s)", entry.round, entry.link[:12])
+        return PendingCheck(checker, None, {})
+    return PendingCheck(checker, entry, {start: lineage(start) for start in checker.walk_starts(entry)})
 
 
-__all__ = ["MAX_WALK", "Contribution", "LineageChecker", "LineageError", "check_download"]
+def check_download(checker: LineageChecker | None, lineage: EntryFetcher, source: int | str, sha256: str) -> None:
+    """Fetch and verify the entry of the model just downloaded for ``source`` (see :func:`fetch_check`)."""
+    if checker is not None:
+        fetch_check(checker, lineage, source).verify(sha256)
+
+
+__all__ = [
+    "MAX_WALK",
+    "Contribution",
+    "EntryFetcher",
+    "LineageChecker",
+    "LineageError",
+    "PendingCheck",
+    "check_download",
+    "fetch_check",
+]
