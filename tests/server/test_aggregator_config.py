@@ -88,7 +88,8 @@ def test_every_field_has_a_unique_flat_name():
     # + [client] dp_sgd_noise, dp_sgd_clip, dp_sgd_delta
     # + the eight [secagg] keys (secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
     #   max_total_samples, rounding, stage_timeout_seconds)
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8
+    # + [server] blob_url
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8 + 1
 
 
 @pytest.mark.parametrize(

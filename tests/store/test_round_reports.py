@@ -9,6 +9,7 @@ from test_store_contract import backend, run_id, store  # noqa: F401 - the contr
 from fedloom.core.errors import IntegrityError, StoreError
 from fedloom.core.serialization import content_hash
 from fedloom.store import SqlStore
+from fedloom.store.s3_blobs import S3BlobStore
 
 
 def _model(value: float) -> dict[str, np.ndarray]:
@@ -49,9 +50,16 @@ def test_the_latest_global_model_bytes_are_checked_against_their_hash(store: Sql
     assert content_hash(_model(2.0)) == store.latest_global_model(run_id).sha256  # type: ignore[union-attr]
     key = store.latest_global_model(run_id).blob_key  # type: ignore[union-attr]
     assert key is not None
-    path = store._blobs.path_for(key)  # type: ignore[union-attr]
-    path.chmod(0o600)
-    path.write_bytes(store._blobs.get(store.list_global_models(run_id)[0].blob_key))  # type: ignore[union-attr, arg-type]
+    other = store._blobs.get(store.list_global_models(run_id)[0].blob_key)  # type: ignore[union-attr, arg-type]
+    if isinstance(store._blobs, S3BlobStore):  # the sqlite-s3 backend: overwrite the object in the bucket
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=store._blobs.endpoint_url, region_name="us-east-1")
+        client.put_object(Bucket=store._blobs.bucket, Key=store._blobs.object_key(key), Body=other)
+    else:
+        path = store._blobs.path_for(key)  # type: ignore[union-attr]
+        path.chmod(0o600)
+        path.write_bytes(other)
     with pytest.raises(IntegrityError, match="is corrupted"):
         store.latest_global_model_bytes(run_id)
 

@@ -27,6 +27,8 @@ from fedloom.core.serialization import content_hash
 from fedloom.core.store_protocols import RunWriter
 from fedloom.core.weights import Weights
 from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, TokenRecord, schema
+from fedloom.store.blob_urls import S3_ENDPOINT_ENV, blob_store_from_url
+from fedloom.store.s3_blobs import S3BlobStore
 from fedloom.store.schema import AgentRow, Base, SchemaVersionRow
 from fedloom.store.sql import sqlite_url
 
@@ -38,8 +40,11 @@ class Backend:
     name: str
     url: str
     blob_root: Path
+    blob_url: str | None = None  # set: blobs in the store this URL names (S3), not under blob_root
 
     def open(self) -> SqlStore:
+        if self.blob_url is not None:
+            return SqlStore(self.url, blobs=blob_store_from_url(self.blob_url))
         return SqlStore(self.url, blob_root=self.blob_root)
 
 
@@ -52,6 +57,15 @@ def _postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend
     url: str = request.getfixturevalue("postgres_url")  # started once, on first use
     _empty_database(url)  # every test starts from an empty database
     return Backend("postgres", url, tmp_path / "blobs")
+
+
+def _sqlite_s3_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """SQLite rows with the blobs in a bucket of the session's moto S3 server (tests/store/conftest.py)."""
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    request.getfixturevalue("monkeypatch").setenv(S3_ENDPOINT_ENV, endpoint)
+    url = sqlite_url(tmp_path / "fedloom.db").render_as_string(hide_password=False)
+    return Backend("sqlite-s3", url, tmp_path / "blobs", blob_url=f"s3://{bucket}/contract/blobs")
 
 
 def _empty_database(url: str) -> None:
@@ -79,8 +93,9 @@ def _stamped_version(conn: Connection) -> int | None:
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
     "sqlite": _sqlite_backend,
     "postgres": _postgres_backend,
+    "sqlite-s3": _sqlite_s3_backend,
 }
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres", "sqlite-s3"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -262,6 +277,9 @@ def test_missing_global_model_is_a_store_error(store: SqlStore, run_id: str) -> 
 
 
 def test_blob_write_is_atomic(store: SqlStore, backend: Backend, run_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend.blob_url is not None:
+        pytest.skip("a filesystem rename; S3 PUTs are atomic and test_blob_contract.py covers failed S3 writes")
+
     def crash(src: str, dst: str) -> None:
         raise OSError("simulated crash during rename")
 
@@ -280,12 +298,28 @@ def test_corrupted_blob_raises_integrity_error(store: SqlStore, backend: Backend
     record = store.latest_global_model(run_id)
     assert record is not None
     assert record.blob_key is not None
-    path = FileBlobStore(backend.blob_root).path_for(record.blob_key)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _flip_last_byte(backend, record.blob_key)
     with pytest.raises(IntegrityError):
         store.load_global_model(run_id, 0)
+
+
+def _flip_last_byte(backend: Backend, key: str) -> None:
+    """Corrupt the stored blob the way a bad disk or a tampering hand would, file or S3."""
+    if backend.blob_url is None:
+        path = FileBlobStore(backend.blob_root).path_for(key)
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return
+    import boto3
+
+    blobs = blob_store_from_url(backend.blob_url)
+    assert isinstance(blobs, S3BlobStore)
+    client = boto3.client("s3", endpoint_url=blobs.endpoint_url, region_name="us-east-1")
+    name = blobs.object_key(key)
+    data = bytearray(client.get_object(Bucket=blobs.bucket, Key=name)["Body"].read())
+    data[-1] ^= 0xFF
+    client.put_object(Bucket=blobs.bucket, Key=name, Body=bytes(data))
 
 
 # --------------------------------------------------------------------- local models

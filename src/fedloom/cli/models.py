@@ -38,6 +38,7 @@ from fedloom.core.errors import StoreError
 from fedloom.core.reserved import model_part
 from fedloom.core.serialization import to_bytes
 from fedloom.store import FileBlobStore, ModelRecord, RunRecord, SqlStore, resolve_home
+from fedloom.store.blob_urls import blob_store_from_url
 from fedloom.store.sql import BLOBS_DIRNAME, DB_FILENAME, HOME_ENV, sqlite_url
 
 #: characters of the content hash shown in the table (``--json`` has all 64)
@@ -54,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     common.add_argument(
         "--db-url", metavar="URL", help="the database as a SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db"
+    )
+    common.add_argument(
+        "--blob-url",
+        metavar="URL",
+        help="where the blobs are: s3://bucket/prefix (endpoint from $FEDLOOM_S3_ENDPOINT) or a directory "
+        "(default: the run's recorded [server] blob_url, else HOME/blobs)",
     )
     parser = subparsers.add_parser(
         "models",
@@ -92,12 +99,13 @@ def _open_store(args: argparse.Namespace) -> Iterator[SqlStore]:
     """The store of ``--db-url`` / ``--home`` with the home's blobs; a missing SQLite store is an error."""
     home = resolve_home(args.home)
     blobs = home / BLOBS_DIRNAME
+    chosen = blob_store_from_url(args.blob_url) if getattr(args, "blob_url", None) else None
     if args.db_url:
-        store = SqlStore(args.db_url, blob_root=blobs if blobs.is_dir() else None)
+        store = SqlStore(args.db_url, blob_root=blobs if chosen is None and blobs.is_dir() else None, blobs=chosen)
     else:
         if not (home / DB_FILENAME).is_file():
             raise StoreError(f"no store in {_shown(home)}: pass --home DIR (or --db-url URL) to point at one")
-        store = SqlStore(sqlite_url(home / DB_FILENAME), blob_root=blobs)
+        store = SqlStore(sqlite_url(home / DB_FILENAME), blob_root=None if chosen else blobs, blobs=chosen)
         store.home = home
     try:
         yield store
@@ -120,12 +128,27 @@ def _run_store(args: argparse.Namespace) -> Iterator[tuple[SqlStore, RunRecord]]
     """The store and the run ``args.run``, with the blobs of that run's home."""
     with _open_store(args) as store:
         run = _find_run(store, args.run)
+        recorded = _recorded_blob_url(args, run)
         home = _home_of(args, run)
+        if recorded is not None:
+            url = args.db_url or sqlite_url(resolve_home(args.home) / DB_FILENAME)
+            with SqlStore(url, blobs=blob_store_from_url(recorded)) as located:
+                yield located, run
+            return
         if not args.db_url or home == resolve_home(args.home):
             yield store, run
             return
     with SqlStore(args.db_url, blob_root=home / BLOBS_DIRNAME) as located:
         yield located, run
+
+
+def _recorded_blob_url(args: argparse.Namespace, run: RunRecord) -> str | None:
+    """The run's ``[server] blob_url`` (an S3 store, say) when no ``--blob-url`` overrides it."""
+    if getattr(args, "blob_url", None):
+        return None
+    server = run.config.get("server") if isinstance(run.config, dict) else None
+    recorded = server.get("blob_url") if isinstance(server, dict) else None
+    return recorded if isinstance(recorded, str) and recorded else None
 
 
 def _shown(path: Path) -> str:

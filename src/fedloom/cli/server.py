@@ -213,16 +213,25 @@ def tracking_observers(config: AggregatorConfig, store: SqlStore, home: Path) ->
 def open_store(config: AggregatorConfig) -> tuple[SqlStore, Path]:
     """The store of ``[server] db_url`` (default SQLite in the home directory) and the home directory."""
     from fedloom.store import SqlStore, resolve_home
+    from fedloom.store.blob_urls import blob_store_from_url
     from fedloom.store.blobs import make_private_dir
 
     home = resolve_home(config.server.home)
-    if config.server.db_url is None:
-        return SqlStore.open_default(home), home
     try:
-        make_private_dir(home / "blobs")
+        blobs = None if config.server.blob_url is None else blob_store_from_url(config.server.blob_url)
+    except ConfigError as exc:
+        raise ConfigError(f"[server] blob_url: {exc}") from None
+    if config.server.db_url is None:
+        return SqlStore.open_default(home, blobs=blobs), home
+    try:
+        make_private_dir(home)
+        if blobs is None:
+            make_private_dir(home / "blobs")
     except OSError as exc:
         raise ConfigError(f"[server] home {str(home)!r} cannot be created: {exc}") from None
-    return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
+    if blobs is None:
+        return SqlStore(config.server.db_url, blob_root=home / "blobs"), home
+    return SqlStore(config.server.db_url, blobs=blobs), home
 
 
 def _process_sampler() -> Callable[[], dict[str, float]]:

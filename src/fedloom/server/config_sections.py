@@ -97,6 +97,9 @@ class ServerSection:
     db_url: str | None = None
     #: store directory (blobs, default database, port file); None means $FEDLOOM_HOME or ./fedloom-runs
     home: str | None = None
+    #: where model blobs go: ``s3://bucket/prefix`` (endpoint, region, profile from FEDLOOM_S3_*, credentials
+    #: from AWS_* or a profile, never here) or a directory; None means ``HOME/blobs``
+    blob_url: str | None = None
     #: once the run is finished, how long to keep serving so agents can fetch the final model
     #: (the server exits earlier when every agent has been told); ``fedloom server --keep-serving`` never exits
     linger_seconds: float = 30.0

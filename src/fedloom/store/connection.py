@@ -22,18 +22,21 @@ from sqlalchemy import URL, Connection, CursorResult, Engine, Update, create_eng
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from fedloom.core.errors import StoreError
+from fedloom.core.errors import ConfigError, StoreError
 from fedloom.core.redaction import redact_url
-from fedloom.store.blobs import FileBlobStore
+from fedloom.store.blobs import BlobStore, FileBlobStore
 from fedloom.store.schema import RunRow, upgrade
 
 
 class SqlCore:
     """The database engine and blob store of a store, with the transaction helper its parts use."""
 
-    def __init__(self, url: str | URL, blob_root: Path | str | None = None) -> None:
+    def __init__(self, url: str | URL, blob_root: Path | str | None = None, *, blobs: BlobStore | None = None) -> None:
+        """``blob_root`` puts blobs in a directory; ``blobs`` takes any blob store (S3); not both."""
+        if blob_root is not None and blobs is not None:
+            raise ConfigError("give a store either blob_root (a directory) or blobs (a blob store), not both")
+        self._blobs: BlobStore | None = FileBlobStore(blob_root) if blob_root is not None else blobs
         self._engine = _make_engine(url)
-        self._blobs = FileBlobStore(blob_root) if blob_root is not None else None
         #: the store directory when opened with :meth:`open_default` (for messages like "--home DIR")
         self.home: Path | None = None
         try:

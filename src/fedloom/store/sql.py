@@ -29,7 +29,7 @@ from sqlalchemy import URL
 from fedloom.core.errors import StoreError
 from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMixin
 from fedloom.store.agent_logs import AgentLogsMixin
-from fedloom.store.blobs import make_private_dir
+from fedloom.store.blobs import BlobStore, make_private_dir
 from fedloom.store.dashboard_queries import DashboardQueriesMixin
 from fedloom.store.lineage import LineageMixin
 from fedloom.store.metrics import MetricsMixin
@@ -91,14 +91,17 @@ class SqlStore(
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
     @classmethod
-    def open_default(cls, home: Path | str | None = None) -> SqlStore:
-        """Open (creating if needed) ``home/fedloom.db`` with blobs in ``home/blobs/``."""
+    def open_default(cls, home: Path | str | None = None, blobs: BlobStore | None = None) -> SqlStore:
+        """Open (creating if needed) ``home/fedloom.db`` with blobs in ``home/blobs/`` or in ``blobs``."""
         root = resolve_home(home)
         try:
             make_private_dir(root / BLOBS_DIRNAME)
             _create_private_file(root / DB_FILENAME)
         except OSError as exc:
             raise StoreError(f"could not create the store directory {root}: {exc}") from exc
-        store = cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
+        if blobs is None:
+            store = cls(sqlite_url(root / DB_FILENAME), blob_root=root / BLOBS_DIRNAME)
+        else:
+            store = cls(sqlite_url(root / DB_FILENAME), blobs=blobs)
         store.home = root
         return store
