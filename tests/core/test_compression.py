@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedloom.core.compression import CompressionSpec, decode_update, encode_update
-from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.errors import ConfigError, ValidationError, WeightsMismatchError
 
 
 def model(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -150,3 +150,7 @@ def test_bad_spec_and_bad_residual_are_refused_naming_the_field():
         encode_update(start, start, CompressionSpec("int8"), {"v": np.zeros(3)})
     with pytest.raises(ValidationError, match=r"residual 'w'.*finite"):
         encode_update(start, start, CompressionSpec("int8"), {"w": np.array([np.nan, 0, 0])})
+    with pytest.raises(WeightsMismatchError, match="missing tensors"):
+        encode_update({}, start, CompressionSpec("int8"))
+    with pytest.raises(WeightsMismatchError, match="'w' has dtype float64"):
+        encode_update({"w": np.zeros(3)}, start, CompressionSpec("int8"))

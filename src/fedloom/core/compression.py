@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedloom.core.errors import ConfigError, SerializationError, ValidationError
-from fedloom.core.weights import Weights
+from fedloom.core.weights import Weights, check_compatible
 
 #: the schemes a run may choose; "exact" is per tensor only, never a run's scheme
 SCHEMES = ("float16", "int8", "topk")
@@ -128,6 +128,7 @@ def encode_update(
     returned one holds what this update still owes, per lossy tensor (exact tensors owe
     nothing and are left out).
     """
+    check_compatible(local, start)
     _check_residual(residual or {}, start)
     tensors: dict[str, EncodedTensor] = {}
     owed: Weights = {}
