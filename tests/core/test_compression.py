@@ -154,3 +154,17 @@ def test_bad_spec_and_bad_residual_are_refused_naming_the_field():
         encode_update({}, start, CompressionSpec("int8"))
     with pytest.raises(WeightsMismatchError, match="'w' has dtype float64"):
         encode_update({"w": np.zeros(3)}, start, CompressionSpec("int8"))
+
+
+def test_the_run_s_spec_travels_in_fit_config_extra():
+    from fedloom.core.compression import spec_from_extra, spec_to_extra
+
+    spec = CompressionSpec("topk", 0.05)
+    assert spec_from_extra({"compression": spec_to_extra(spec)}) == spec
+    assert spec_from_extra({}) is None
+    bad_values = ("int8", {"scheme": "int8", "level": 3}, {"topk_fraction": 0.1}, {"scheme": "topk", "topk_fraction": "1"})
+    for bad in bad_values:
+        with pytest.raises(ConfigError, match="'compression'"):
+            spec_from_extra({"compression": bad})
+    with pytest.raises(ConfigError, match="scheme 'lz4' is unknown"):
+        spec_from_extra({"compression": {"scheme": "lz4"}})

@@ -109,7 +109,10 @@ def _exact(value: np.ndarray, base: np.ndarray) -> EncodedTensor:
 def _check_residual(residual: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> None:
     for name, value in residual.items():
         if name not in start or start[name].dtype.kind != "f":
-            raise ValidationError(f"residual {name!r} names no floating-point tensor of the model")
+            raise ValidationError(
+                f"residual {name!r} names no floating-point tensor of the model (it was kept for another"
+                " model: remove the client's compression state)"
+            )
         if np.shape(value) != start[name].shape:
             raise ValidationError(f"residual {name!r} has shape {np.shape(value)}, expected {start[name].shape}")
         if not np.isfinite(value).all():
@@ -248,3 +251,25 @@ def decode_update(update: CompressedUpdate, start: Mapping[str, np.ndarray]) -> 
             raise _refuse(name, "values", "decode to NaN or Inf against the global model")
         out[name] = decoded
     return out
+
+
+#: the FitConfig.extra key naming a run's compression (a JSON object: scheme, topk_fraction)
+EXTRA_KEY = "compression"
+
+
+def spec_from_extra(extra: Mapping[str, object]) -> CompressionSpec | None:
+    """The run's compression from a FitConfig's ``extra`` (None when the run sends plain models)."""
+    value = extra.get(EXTRA_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not set(value) <= {"scheme", "topk_fraction"} or "scheme" not in value:
+        raise ConfigError(f"fit config field {EXTRA_KEY!r} must be an object with 'scheme' (and 'topk_fraction')")
+    scheme, fraction = value["scheme"], value.get("topk_fraction", 0.01)
+    if not isinstance(scheme, str) or isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ConfigError(f"fit config field {EXTRA_KEY!r}: 'scheme' must be a string, 'topk_fraction' a number")
+    return CompressionSpec(scheme, float(fraction))
+
+
+def spec_to_extra(spec: CompressionSpec) -> dict[str, object]:
+    """What :func:`spec_from_extra` reads back: the spec as a FitConfig ``extra`` entry's value."""
+    return {"scheme": spec.scheme, "topk_fraction": spec.topk_fraction}
