@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedloom.client.client_state import LocalContext
 from fedloom.client.personal import PersonalStore
-from fedloom.core.compression import CompressionSpec, encode_update
-from fedloom.core.compression_wire import to_wire
+from fedloom.core.compression import CompressionSpec, decode_update, encode_update, spec_from_extra
+from fedloom.core.compression_wire import from_wire, to_wire
 from fedloom.core.errors import ClientError
-from fedloom.core.serialization import to_bytes
+from fedloom.core.fit import FitConfig, FitResult
+from fedloom.core.serialization import from_bytes, to_bytes
 from fedloom.core.weights import Weights
 
 #: the folder under a client's state directory holding its error-feedback residual
@@ -68,3 +70,33 @@ def compressed_upload(
     else:
         store.forget(client_id)
     return CompressedUpload(body, int(sum(np.asarray(v).nbytes for v in local.values())))
+
+
+#: the fit metrics a compressed fit adds: its upload's size on the wire and the uncompressed tensors'
+WIRE_BYTES_METRIC = "upload_wire_bytes"
+TENSOR_BYTES_METRIC = "upload_tensor_bytes"
+
+
+def as_received(result: FitResult, start: Weights, config: FitConfig, context: LocalContext) -> FitResult:
+    """``result`` as the aggregator will see it under the run's compression (unchanged when there is none).
+
+    The simulation uses this to train with exactly the loss a deployed run has: the
+    trained model is encoded (residual from the state directory), serialised, parsed and
+    decoded again, and the upload's bytes are reported as two metrics.
+    """
+    spec = spec_from_extra(config.extra)
+    if spec is None:
+        return result
+    upload = compressed_upload(
+        result.weights,
+        start,
+        spec,
+        client_id=context.client_id,
+        state_dir=context.state_dir,
+        round=config.round,
+        num_samples=result.num_samples,
+    )
+    tensors, header = from_bytes(upload.body)
+    decoded = decode_update(from_wire(tensors, header.extra), start)
+    sizes = {WIRE_BYTES_METRIC: float(upload.wire_bytes), TENSOR_BYTES_METRIC: float(upload.tensor_bytes)}
+    return FitResult(decoded, result.num_samples, {**result.metrics, **sizes})
