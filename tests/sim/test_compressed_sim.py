@@ -26,3 +26,11 @@ def test_int8_run_records_bytes_per_round_and_learns_like_the_plain_run():
         assert wire < 0.5 * tensors  # float32 weights as int8: a quarter of the bytes, plus the header
     assert "upload_wire_bytes" not in plain.history[-1].metrics
     assert small.history[-1].metrics["accuracy"] >= plain.history[-1].metrics["accuracy"] - 0.03
+
+
+def test_fedloom_sim_takes_the_compression_flags(capsys):
+    from fedloom.cli.main import main
+
+    assert main(["sim", "--clients", "3", "--rounds", "1", "--no-store", "--compression", "topk"]) == 0
+    assert main(["sim", "--rounds", "1", "--no-store", "--compression", "topk", "--compression-topk", "2"]) != 0
+    assert "topk_fraction must be a number in (0, 1], got 2.0" in capsys.readouterr().err
