@@ -169,3 +169,12 @@ def test_the_run_s_spec_travels_in_fit_config_extra():
             spec_from_extra({"compression": bad})
     with pytest.raises(ConfigError, match="scheme 'lz4' is unknown"):
         spec_from_extra({"compression": {"scheme": "lz4"}})
+
+
+@pytest.mark.parametrize("scheme", ["float16", "int8", "topk"])
+def test_an_empty_tensor_travels_exact(scheme):
+    start = {"empty": np.zeros((0, 4), dtype=np.float32), "w": np.zeros(3, dtype=np.float32)}
+    local = {"empty": np.zeros((0, 4), dtype=np.float32), "w": np.ones(3, dtype=np.float32)}
+    packed, _ = encode_update(local, start, CompressionSpec(scheme, 0.5))
+    assert packed.tensors["empty"].kind == "exact"
+    assert decode_update(packed, start)["empty"].shape == (0, 4)

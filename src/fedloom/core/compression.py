@@ -10,7 +10,7 @@ model itself, so a run may choose one scheme for every client:
 - ``topk``: the ``k = ceil(fraction · size)`` (at least 1) entries of largest magnitude,
   as ascending flat indices plus values; every other entry is dropped.
 
-Integer and bool tensors (BatchNorm's ``num_batches_tracked``), 0-d tensors and any
+Integer and bool tensors (BatchNorm's ``num_batches_tracked``), 0-d and empty tensors and any
 tensor a scheme cannot hold (a delta that overflows, half precision's range) travel
 ``exact``: the local value itself, so they arrive bit for bit. Decoding gives the local
 model back in the global model's dtypes and shapes, and validates everything it reads:
@@ -101,6 +101,11 @@ def _lossy(start: np.ndarray, delta: np.ndarray, spec: CompressionSpec) -> Encod
     return EncodedTensor("topk", values, indices=chosen.astype(index_dtype)) if np.isfinite(values).all() else None
 
 
+def _compressible(base: np.ndarray) -> bool:
+    """Only non-empty floating-point tensors with at least one axis are encoded lossily."""
+    return base.dtype.kind == "f" and base.ndim > 0 and base.size > 0
+
+
 def _exact(value: np.ndarray, base: np.ndarray) -> EncodedTensor:
     """The local tensor itself, in the global model's dtype: what arrives bit for bit."""
     return EncodedTensor("exact", np.array(value, dtype=base.dtype, copy=True))
@@ -137,7 +142,7 @@ def encode_update(
     owed: Weights = {}
     for name, base in start.items():
         value = np.asarray(local[name])
-        if base.dtype.kind != "f" or base.ndim == 0:
+        if not _compressible(base):
             tensors[name] = _exact(value, base)
             continue
         with np.errstate(over="ignore", invalid="ignore"):
@@ -196,7 +201,7 @@ def _check_kind(name: str, enc: EncodedTensor, base: np.ndarray) -> None:
     if not isinstance(enc, EncodedTensor) or enc.kind not in ("exact", *SCHEMES):
         kind = enc.kind if isinstance(enc, EncodedTensor) else type(enc).__name__
         raise _refuse(name, "kind", f"{str(kind)[:20]!r} is unknown (use exact, {', '.join(SCHEMES)})")
-    if enc.kind != "exact" and (base.dtype.kind != "f" or base.ndim == 0):
+    if enc.kind != "exact" and not _compressible(base):
         raise _refuse(name, "kind", f"is {enc.kind}, but a {base.dtype} tensor of shape {base.shape} travels exact")
     if enc.kind != "int8" and enc.scale is not None:
         raise _refuse(name, "scale", f"is only for int8, not {enc.kind}")
