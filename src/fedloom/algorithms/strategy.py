@@ -20,6 +20,7 @@ from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.algorithms.sampling import ClientSampler
 from fedloom.algorithms.server_opt import ServerOptimizer
 from fedloom.algorithms.units import CLIENT_PARTS_KEY, Describable, HasClientPart, Named, SeedsInitialModel
+from fedloom.core.compression import EXTRA_KEY as COMPRESSION_KEY
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.rng import stream_key
@@ -173,10 +174,11 @@ class Strategy:
     @property
     def keeps_client_state(self) -> bool:
         """Whether clients keep state between rounds (personal keys, a client part that keeps state,
-        or DP-SGD's count of the steps each client has taken)."""
+        or DP-SGD's count of the steps each client has taken, or compression's error-feedback residual)."""
         if isinstance(self.aggregator, HasClientPart) and self.aggregator.client_part().keeps_state:
             return True
-        return bool(self.personal_keys) or DP_SGD_KEY in self.client.extra
+        extra = self.client.extra
+        return bool(self.personal_keys) or DP_SGD_KEY in extra or COMPRESSION_KEY in extra
 
     def initial_weights(self, weights: Mapping[str, np.ndarray]) -> Weights:
         """The first global model: the user's, plus any state the aggregator keeps inside it

@@ -61,6 +61,10 @@ class PersonalStore:
         tmp.write_bytes(to_bytes(dict(weights), client_id=client_id))
         os.replace(tmp, path)
 
+    def forget(self, client_id: str) -> None:
+        """Remove this client's file, so the next :meth:`load` is empty (nothing left to keep)."""
+        self._path(client_id).unlink(missing_ok=True)
+
 
 def with_personal(global_weights: Weights, client_id: str, patterns: Sequence[str], store: PersonalStore) -> Weights:
     """The global model with this client's stored personal tensors put over it."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedloom.core.compression import CompressionSpec, decode_update
+from fedloom.core.compression_wire import HEADER_FIELD, from_wire
 from fedloom.core.errors import PayloadTooLargeError, SerializationError, ValidationError
 from fedloom.core.metrics import metrics_from_json
 from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, from_bytes
@@ -42,6 +44,7 @@ class ParsedUpload:
     sha256: str  # verified by from_bytes: nothing hashes the model again
     payload: bytes  # the bytes as received, stored as they are
     system: dict[str, float]  # the agent's own resource use (scope "system"), {} when not reported
+    header_extra: Mapping[str, str] | None = None  # the header's non-reserved fields (compression reads them)
 
 
 def parse_metrics(extra: Mapping[str, str] | None) -> dict[str, float]:
@@ -85,4 +88,22 @@ def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
     except SerializationError as exc:
         raise UploadRefusedError("invalid_payload", str(exc), header.round) from None
     parts = (header.round, header.num_samples, metrics, header.client_id, header.sha256, body, system)
-    return ParsedUpload(weights, *parts)
+    return ParsedUpload(weights, *parts, header.extra)
+
+
+def decode_compressed(parsed: ParsedUpload, start: Weights, spec: CompressionSpec) -> Weights:
+    """The local model a compressed upload encodes against ``start`` (the round's global model).
+
+    Not wired into the aggregator yet (it needs the round's global model, which only the
+    engine holds): the next step calls it after :func:`parse_update` in runs that set a
+    compression scheme. Every malformed compressed payload is ``invalid_payload``.
+    """
+    try:
+        update = from_wire(parsed.weights, parsed.header_extra)
+        if update.scheme != spec.scheme:
+            raise SerializationError(
+                f"header field {HEADER_FIELD!r} has scheme {update.scheme!r}, but this run uses {spec.scheme!r}"
+            )
+        return decode_update(update, start)
+    except SerializationError as exc:
+        raise UploadRefusedError("invalid_payload", str(exc), parsed.round) from None

@@ -19,6 +19,7 @@ from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.secagg import SecAggSettings, check_secure_compatible
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
+from fedloom.core.compression import EXTRA_KEY, CompressionSpec, spec_to_extra
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
@@ -84,6 +85,9 @@ class SimConfig:
     dp_sgd_noise: float = 1.0
     dp_sgd_clip: float = 1.0
     dp_sgd_delta: float = 1e-5
+    #: compressed updates (core/compression.py): "none", "float16", "int8" or "topk"
+    compression: str = "none"
+    compression_topk: float = 0.01
     secagg: bool = False
     secagg_bits: int = 24
     secagg_clip: float = 1.0
@@ -195,9 +199,18 @@ class SimConfig:
             params=self.strategy_params,
             criteria=RoundCriteria(threshold=self.threshold),
         )
+        strategy = self._with_compression(strategy)
         if not self.dp_sgd:
             return strategy
         return with_dp_sgd(strategy, DPSGDSettings(self.dp_sgd_noise, self.dp_sgd_clip, self.dp_sgd_delta))
+
+    def _with_compression(self, strategy: Strategy) -> Strategy:
+        """``strategy`` whose clients send compressed updates (FitConfig.extra["compression"])."""
+        if self.compression == "none":
+            return strategy
+        spec = CompressionSpec(self.compression, self.compression_topk)
+        client = dataclasses.replace(strategy.client, extra={**strategy.client.extra, EXTRA_KEY: spec_to_extra(spec)})
+        return dataclasses.replace(strategy, client=client)
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from fedloom.algorithms.mean import WeightedMeanAccumulator
 from fedloom.client.client_state import LocalContext, fit_with_state
+from fedloom.client.compressed_upload import as_received
 from fedloom.client.fit_check import checked_fit_result
 from fedloom.client.trainer import Trainer
 from fedloom.core.fit import FitConfig
@@ -75,9 +76,9 @@ def fit_one(
     see fedloom.client.client_state.
     """
     trainer = client_fn(int(client_id))
-    result = checked_fit_result(
-        fit_with_state(trainer, weights, config, LocalContext(client_id, state_dir)), config.round
-    )
+    context = LocalContext(client_id, state_dir)
+    result = checked_fit_result(fit_with_state(trainer, weights, config, context), config.round)
+    result = as_received(result, weights, config, context)
     return ClientUpdate(client_id, config.round, result.weights, result.num_samples, dict(result.metrics))
 
 
