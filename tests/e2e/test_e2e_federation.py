@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FAST_LEARNING, Cluster, wait_until
 
+from conftest import FAST_LEARNING, Cluster, wait_until
 from fedloom.cli.federation import final_accuracy, read_credential
 
 
