@@ -79,6 +79,7 @@ def test_every_field_has_a_unique_flat_name():
         "evaluation",
         "privacy",
         "secagg",
+        "federation",
     }
     # + [server] upload_timeout_seconds, rate_limit_per_second, rate_limit_burst, max_rejections_per_round
     # + [server] linger_seconds, [tls] client_ca_file and [strategy] feddyn_alpha
@@ -89,7 +90,8 @@ def test_every_field_has_a_unique_flat_name():
     # + the eight [secagg] keys (secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
     #   max_total_samples, rounding, stage_timeout_seconds)
     # + [server] blob_url
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8 + 1
+    # + the three [federation] keys (cluster, clusters, max_staleness_rounds)
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8 + 1 + 3
 
 
 @pytest.mark.parametrize(

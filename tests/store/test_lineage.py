@@ -188,13 +188,14 @@ def test_global_models_recorded_before_v6_are_named_unchained(tmp_path: Path) ->
     with sqlite3.connect(_db(tmp_path)) as conn:  # what schema version 5 left
         conn.execute("ALTER TABLE global_models DROP COLUMN lineage_sha256")
         conn.execute("ALTER TABLE global_models DROP COLUMN config_sha256")
+        conn.execute("DROP TABLE cluster_models")  # added by version 7
         conn.execute("UPDATE schema_version SET version = 5")
     with _open(tmp_path) as store:
         store.save_local_model(run_id, 1, "site-a", _weights(1.0), 10, {})
         store.save_global_model(run_id, 1, _weights(1.1), num_samples=10)
         report = store.verify_lineage(run_id)
     assert report.ok and (report.checked, report.unchained) == (1, (0,))
-    assert schema.SCHEMA_VERSION == 6
+    assert schema.SCHEMA_VERSION == 7
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _open(fresh).close()

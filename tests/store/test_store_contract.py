@@ -873,10 +873,11 @@ def _options(options: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _make_v1(backend: Backend) -> None:
     """Turn the backend's database into what schema version 1 left: version 2 only added two tables
     (version 3 a column of one of them, version 4 the ``server_states`` table, version 5 ``agent_logs``,
-    version 6 two columns of ``global_models``)."""
+    version 6 two columns of ``global_models``, version 7 ``cluster_models``)."""
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:
+            conn.execute(text("DROP TABLE cluster_models"))  # added by version 7
             conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
             conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))
@@ -921,7 +922,7 @@ def test_v1_database_upgrades_in_place_keeping_its_data(backend: Backend) -> Non
     engine = create_engine(backend.url)
     try:
         with engine.connect() as conn:
-            assert _stamped_version(conn) == SCHEMA_VERSION == 6
+            assert _stamped_version(conn) == SCHEMA_VERSION == 7
     finally:
         engine.dispose()
 
@@ -941,7 +942,7 @@ def test_v2_migration_is_all_or_nothing(backend: Backend, monkeypatch: pytest.Mo
     assert set(_schema_snapshot(backend.url)) == _V1_TABLES
     monkeypatch.undo()
     backend.open().close()
-    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states", "agent_logs"}
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states", "agent_logs", "cluster_models"}
 
 
 # --------------------------------------------------------------------- backend differences made equal
@@ -1088,6 +1089,7 @@ def test_v3_database_gains_server_states_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 3 left
+            conn.execute(text("DROP TABLE cluster_models"))  # added by version 7
             conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
             conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))  # added by version 5
@@ -1116,6 +1118,7 @@ def test_v4_database_gains_agent_logs_in_place(backend: Backend) -> None:
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 4 left
+            conn.execute(text("DROP TABLE cluster_models"))  # added by version 7
             conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))  # added by version 6
             conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(text("DROP TABLE agent_logs"))

@@ -127,7 +127,7 @@ def test_a_real_v1_database_upgrades_to_the_current_version_in_place(tmp_path: P
         assert token is not None
         agent, credential = store.register_agent(V1_RUN_ID, "site-a", token)
         assert store.authenticate(credential) == agent
-    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 6
+    assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 7
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _open(fresh).close()
@@ -240,6 +240,7 @@ def test_a_v2_database_gains_token_limits_and_keeps_its_tokens_and_agents(tmp_pa
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
         conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
+        conn.execute("DROP TABLE cluster_models")  # added by version 7
         conn.execute("UPDATE schema_version SET version = 2")
     with _open(tmp_path) as store:
         (token,) = store.list_tokens()
@@ -267,6 +268,7 @@ def test_the_v3_upgrade_masks_database_passwords_in_stored_run_configs(tmp_path:
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
         conn.execute("ALTER TABLE tokens DROP COLUMN max_agents")
+        conn.execute("DROP TABLE cluster_models")  # added by version 7
         conn.execute("UPDATE schema_version SET version = 2")
     with _open(tmp_path) as store:
         assert store.get_run(run_id).config == {
@@ -288,9 +290,10 @@ def test_a_v3_database_gains_server_states_and_keeps_its_models(tmp_path: Path) 
         conn.execute("ALTER TABLE global_models DROP COLUMN config_sha256")
         conn.execute("DROP TABLE agent_logs")  # added by version 5
         conn.execute("DROP TABLE server_states")
+        conn.execute("DROP TABLE cluster_models")  # added by version 7
         conn.execute("UPDATE schema_version SET version = 3")
     with _open(tmp_path) as store:
-        assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 6
+        assert _version(_db(tmp_path)) == schema.SCHEMA_VERSION == 7
         loaded = store.load_global_model(run_id, 0)
         assert all(loaded[k].tobytes() == weights[k].tobytes() for k in weights)
         assert store.load_server_state(run_id, 0) is None  # recorded before v4: resume replays instead

@@ -46,6 +46,7 @@ from fedloom.server.rounds import SyncRounds
 from fedloom.server.run_driver import RunDriver
 from fedloom.server.run_setup import RUN_KIND, deployment_strategy, fail_start, open_run
 from fedloom.server.secagg_intake import SecAggIntake
+from fedloom.server.semi_global_rounds import federation_synthesis
 from fedloom.server.served_model import load_initial_model
 from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
 from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
@@ -84,7 +85,8 @@ class Aggregator(SecAggIntake):
         self._recorder = MeteredRecorder(
             self.meter, store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
-        run = RunContext(config, store, self.run_id, self._strategy, self._recorder)
+        synthesis = federation_synthesis(config, store, self.run_id)  # [federation]: the semi-global model
+        run = RunContext(config, store, self.run_id, self._strategy, self._recorder, synthesis)
         self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
         self._driver = RunDriver(run, self._strategy, clock, self._changes.bump)
         self._driver.watchers = RoundWatchers(observers)  # told after each recorded round, off this thread

@@ -23,6 +23,7 @@ The file has these tables::
     [evaluation] evaluator, evaluator_args (the aggregator tests each global model itself)
     [secagg]  secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
               max_total_samples, rounding, stage_timeout_seconds (docs/protocol.md)
+    [federation] cluster, clusters, max_staleness_rounds (several aggregators, docs/deployment.md)
 
 Field names are unique across tables, so the variable of a field is
 ``FEDLOOM_SERVER_`` + its upper-case name (``FEDLOOM_SERVER_MAX_ROUNDS=20``) and its
@@ -57,6 +58,7 @@ from fedloom.server.config_sections import (
     TrackingSection,
     field_error,
 )
+from fedloom.server.federation_config import FederationSection
 from fedloom.server.secagg_config import SecAggSection
 from fedloom.server.tls_settings import TlsSection
 
@@ -96,9 +98,12 @@ class AggregatorConfig:
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     secagg: SecAggSection = field(default_factory=SecAggSection)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     def __post_init__(self) -> None:
         chosen = self.strategy
+        if self.federation.enabled:
+            _check_federation(self)
         if self.run.mode == "async" and self.privacy.dp_mode is not None:
             raise ConfigError(
                 "[privacy] is refused with [run] mode = 'async': FedBuff's arrivals are not a uniform draw of"
@@ -126,6 +131,22 @@ class AggregatorConfig:
         return _build(self.to_dict(), fields, "override")
 
 
+def _check_federation(config: AggregatorConfig) -> None:
+    """What ``[federation]`` cannot run with: rounds are what clusters exchange models at."""
+    if config.run.mode != "sync":
+        raise ConfigError(
+            "[federation] needs [run] mode = 'sync': clusters exchange their models at round closes (set mode = 'sync')"
+        )
+    name = config.federation.run_name(config.run.name)
+    if len(name) > 64:
+        raise field_error(
+            "run",
+            "name",
+            f"with cluster {config.federation.cluster!r} makes the run name {name!r},"
+            " longer than 64 characters: shorten the federation's name",
+        )
+
+
 #: TOML table name -> attribute of AggregatorConfig (``async`` is a Python keyword)
 _TABLES = {
     "server": "server",
@@ -139,6 +160,7 @@ _TABLES = {
     "evaluation": "evaluation",
     "privacy": "privacy",
     "secagg": "secagg",
+    "federation": "federation",
 }
 _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerSection,
@@ -152,6 +174,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "evaluation": EvaluationSection,
     "privacy": PrivacySection,
     "secagg": SecAggSection,
+    "federation": FederationSection,
 }
 _OPTIONAL_STR = "str | None"
 _OPTIONAL_FLOAT = "float | None"

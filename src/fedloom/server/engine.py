@@ -24,7 +24,7 @@ from fedloom.core.fit import FitConfig
 from fedloom.core.metrics import add_client_metrics, round_client_metrics
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights, copy_weights, validate_weights
-from fedloom.server.round_types import RoundOutcome, RoundRecorder, RoundTask
+from fedloom.server.round_types import RoundOutcome, RoundRecorder, RoundSynthesis, RoundTask
 
 __all__ = ["EngineState", "EngineStateError", "RoundEngine", "RoundOutcome", "RoundRecorder", "RoundTask"]
 
@@ -71,15 +71,18 @@ class RoundEngine:
         start_round: int = 1,
         recorder: RoundRecorder | None = None,
         server_opt_state: ServerOptState | None = None,
+        synthesis: RoundSynthesis | None = None,
     ) -> None:
         """``server_opt_state`` resumes the strategy's server optimiser (e.g. after a restart);
-        without it the optimiser starts fresh from ``initial_weights``."""
+        without it the optimiser starts fresh from ``initial_weights``. ``synthesis`` turns each
+        round's aggregate into the next global model (one cluster of a federation)."""
         validate_weights(initial_weights)
         self.strategy = strategy
         self._opt_state = self._initial_opt_state(strategy, initial_weights, server_opt_state)
         self.seed = seed
         self.max_rounds = max_rounds
         self.recorder = recorder
+        self.synthesis = synthesis
         self._global = _frozen(initial_weights)
         self._next_round = start_round
         self._clients: dict[str, int | None] = {}
@@ -332,6 +335,9 @@ class RoundEngine:
         if self.strategy.personal_keys:  # never aggregated: the global values stay as they were
             kept = {k: v if self.strategy.shared(k) else self._global[k] for k, v in outcome.weights.items()}
             outcome = replace(outcome, weights=kept)
+        if self.synthesis is not None:  # a federation's cluster: the aggregate is mixed with the peers' models
+            outcome = self.synthesis.synthesise(outcome)
+            validate_weights(outcome.weights, self._global)
         self._global = _frozen(outcome.weights)
         self._open = None
         self._next_round = outcome.round + 1

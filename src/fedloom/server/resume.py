@@ -25,6 +25,7 @@ from fedloom.core.weights import Weights
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.engine import RoundEngine
 from fedloom.server.recording import StoreRecorder
+from fedloom.server.round_types import RoundSynthesis
 from fedloom.server.rounds import AsyncLifecycle, AsyncSettings, ClosePolicy, SyncRounds
 
 log = logging.getLogger("fedloom.aggregator")
@@ -42,13 +43,14 @@ def close_policy(config: AggregatorConfig) -> ClosePolicy:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every lifecycle of one run is built from."""
+    """What every lifecycle of one run is built from (``synthesis``: one cluster of a federation)."""
 
     config: AggregatorConfig
     store: DeploymentStore
     run_id: str
     strategy: Strategy
     recorder: StoreRecorder
+    synthesis: RoundSynthesis | None = None
 
     def sync_rounds(self, weights: Weights, start_round: int, agents: Sequence[str]) -> SyncRounds:
         engine = RoundEngine(
@@ -59,6 +61,7 @@ class RunContext:
             start_round=start_round,
             recorder=self.recorder,
             server_opt_state=stored_opt_state(self, len(agents)),
+            synthesis=self.synthesis,
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(agents))
         if self.config.secagg.enabled:  # [secagg]: the rounds run the SecAgg+ stages

@@ -40,6 +40,17 @@ class RoundOutcome:
     server_opt_state: ServerOptState | None = None
 
 
+class RoundSynthesis(Protocol):
+    """Turns a closed round's own aggregate into the model the next round starts from.
+
+    Used by an aggregator that is one cluster of a federation
+    (:mod:`fedloom.server.semi_global_rounds`): the engine's aggregate is the cluster's
+    model, and the returned outcome carries the semi-global model. Called before the
+    engine changes any state, so a failure leaves the round open."""
+
+    def synthesise(self, outcome: RoundOutcome) -> RoundOutcome: ...
+
+
 class RoundRecorder(Protocol):
     """Where the engine reports what happened (a Store adapter, a logger, a test double)."""
 

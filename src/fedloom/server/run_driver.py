@@ -185,7 +185,8 @@ class RunDriver:
     def run_info(self) -> RunInfo:
         """The run as its watchers see it (its config as stored: secrets masked)."""
         config = self.config
-        return RunInfo(self.run.run_id, config.run.name, "deployment", config.rounds.max_rounds, config.run.seed)
+        name = config.federation.run_name(config.run.name)
+        return RunInfo(self.run.run_id, name, "deployment", config.rounds.max_rounds, config.run.seed)
 
     def may_stop(self, now: float) -> bool:
         """Whether a finished run's server may exit: every agent has downloaded the final model, or

@@ -59,8 +59,10 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:
-    """Resume the newest unfinished run of this name, or start one; returns (run id, resumed)."""
-    name = config.run.name
+    """Resume the newest unfinished run of this name, or start one; returns (run id, resumed).
+
+    In a federation the name is ``<[run] name>.<cluster>``: each aggregator drives its own run."""
+    name = config.federation.run_name(config.run.name)
     found = store.find_run(name, kind=RUN_KIND)
     if found is None or found.status == "finished":
         run_id = store.create_run(name, RUN_KIND, config.to_record(), config.run.seed)

@@ -44,12 +44,13 @@ from fedloom.core.errors import StoreError
 from fedloom.core.redaction import redact_url
 from fedloom.store.schema_v5 import to_v5
 from fedloom.store.schema_v6 import to_v6
+from fedloom.store.schema_v7 import to_v7
 from fedloom.store.types import JsonText, NanFloat, UtcDateTime, dump_json
 
 #: the schema version this code writes and reads (2 added ``tokens`` and ``agents``,
 #: 3 added ``tokens.max_agents``, 4 added ``server_states``, 5 added ``agent_logs``,
-#: 6 added the lineage columns of ``global_models``)
-SCHEMA_VERSION = 6
+#: 6 added the lineage columns of ``global_models``, 7 added ``cluster_models``)
+SCHEMA_VERSION = 7
 #: agents a join token admits when its creator names no limit: one site, one agent
 DEFAULT_MAX_AGENTS = 1
 
@@ -346,7 +347,7 @@ def _to_v4(conn: Connection) -> None:
 
 
 #: upgrade steps keyed by the version they upgrade *to*
-MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: to_v5, 6: to_v6}
+MIGRATIONS: dict[int, Migration] = {2: _to_v2, 3: _to_v3, 4: _to_v4, 5: to_v5, 6: to_v6, 7: to_v7}
 
 
 def current_version(conn: Connection) -> int | None:

@@ -9,7 +9,8 @@ one-transaction sessions, the schema upgrade):
 - :mod:`fedloom.store.server_states` — the server optimiser's state stored with each global model;
 - :mod:`fedloom.store.metrics` — metrics and rejections;
 - :mod:`fedloom.store.access` — join tokens, agents, credentials;
-- :mod:`fedloom.store.lineage` — the hash chain of a run's global models and its verification.
+- :mod:`fedloom.store.lineage` — the hash chain of a run's global models and its verification;
+- :mod:`fedloom.store.cluster_models` — the cluster models a federation of aggregators shares.
 
 Mixins rather than delegation because every part shares the same engine and the same
 transaction helper and no state of its own: a part is a group of methods, and the one
@@ -30,6 +31,7 @@ from fedloom.core.errors import StoreError
 from fedloom.store.access import CREDENTIAL_PREFIX, JOIN_TOKEN_PREFIX, AccessMixin
 from fedloom.store.agent_logs import AgentLogsMixin
 from fedloom.store.blobs import BlobStore, make_private_dir
+from fedloom.store.cluster_models import ClusterModelsMixin
 from fedloom.store.dashboard_queries import DashboardQueriesMixin
 from fedloom.store.lineage import LineageMixin
 from fedloom.store.metrics import MetricsMixin
@@ -87,6 +89,7 @@ class SqlStore(
     DashboardQueriesMixin,
     AgentLogsMixin,
     LineageMixin,
+    ClusterModelsMixin,
 ):
     """The persistent record of runs: every store protocol of :mod:`fedloom.core.store_protocols`."""
 
