@@ -20,13 +20,15 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from fedloom.client.agent import Agent
+    from fedloom.client.trainer import Trainer
     from fedloom.client.transport import AggregatorClient
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,6 +36,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 #: environment variables standing in for --ca-file, --tls-cert and --tls-key
 CA_ENV, CERT_ENV, KEY_ENV = "FEDLOOM_AGENT_CA_FILE", "FEDLOOM_AGENT_TLS_CERT", "FEDLOOM_AGENT_TLS_KEY"
+#: tries of one request before an agent given several aggregators moves to the next (without --max-retries)
+FAILOVER_ATTEMPTS = 6
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +48,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Register with an aggregator, then train and upload every round this agent is selected for.",
     )
     add = parser.add_argument
-    add("--server", required=True, metavar="URL", help="the aggregator's base URL, e.g. https://agg.example.org:8443")
+    add(
+        "--server",
+        required=True,
+        action="append",
+        metavar="URL",
+        help="the aggregator's base URL, e.g. https://agg.example.org:8443; repeat it for a federation of several"
+        " aggregators: the agent works with one (chosen by rendezvous hashing of its name) and moves to the next"
+        " when that one is unreachable",
+    )
     add(
         "--token",
         metavar="T",
@@ -80,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-retries",
         type=int,
         metavar="N",
-        help="retries of a request that failed on the network or with 5xx (default: retry forever)",
+        help="retries of a request that failed on the network or with 5xx (default: forever with one --server;"
+        f" {FAILOVER_ATTEMPTS - 1} with several, then the agent moves to the next aggregator)",
     )
     add("--poll-wait", type=float, default=30.0, metavar="S", help="long-poll duration in seconds (default: 30)")
     add("--log-level", choices=LOG_LEVELS, default="info", help="how much to log to stderr (default: info)")
@@ -93,26 +106,49 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedloom.client.agent import Agent, default_agent_name
+    from fedloom.client.agent import default_agent_name
+    from fedloom.client.aggregator_choice import AggregatorFailover
     from fedloom.client.loading import load_trainer_factory, parse_trainer_args
-    from fedloom.client.log_shipper import shipping_logs
     from fedloom.core.errors import ConfigError
 
     if args.max_retries is not None and args.max_retries < 0:
         raise ConfigError(f"--max-retries must be >= 0, got {args.max_retries}")
     name = args.name or default_agent_name()
-    host = urlsplit(args.server).hostname or ""
-    if args.server.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
-        logging.getLogger("fedloom.agent").warning(
-            "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", args.server
-        )
+    servers = server_urls(args)
+    for url in servers:
+        host = urlsplit(url).hostname or ""
+        if url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+            logging.getLogger("fedloom.agent").warning(
+                "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", url
+            )
     token = join_token(args, os.environ)
     factory = load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
-    with make_client(args) as client:
+    state_dir = Path(args.state_dir or f"fedloom-agent-{name}")
+
+    @contextmanager
+    def session(url: str, directory: Path) -> Iterator[Agent]:
+        yield from _agent_session(args, url, directory, name, token, factory)
+
+    if len(servers) == 1:  # one aggregator: the state directory is the agent's own, as it always was
+        with session(servers[0], state_dir) as agent:
+            agent.run()
+        return 0
+    AggregatorFailover(name, servers, state_dir, session).run()
+    return 0
+
+
+def _agent_session(
+    args: argparse.Namespace, url: str, state_dir: Path, name: str, token: str | None, factory: Callable[[], Trainer]
+) -> Iterator[Agent]:
+    """One agent against one aggregator, with its log shipping, closed afterwards."""
+    from fedloom.client.agent import Agent
+    from fedloom.client.log_shipper import shipping_logs
+
+    with make_client(args, server=url) as client:
         agent = Agent(
             client,
             factory,
-            args.state_dir or f"fedloom-agent-{name}",
+            state_dir,
             name,
             token,
             discard_stale=not args.keep_stale,
@@ -122,8 +158,12 @@ def _run(args: argparse.Namespace) -> int:
             verify_lineage=not args.no_verify_lineage,
         )
         with shipping_logs(client, token, enabled=not args.no_ship_logs):
-            agent.run()
-    return 0
+            yield agent
+
+
+def server_urls(args: argparse.Namespace) -> list[str]:
+    """The ``--server`` URLs given (one, or the aggregators of a federation)."""
+    return [args.server] if isinstance(args.server, str) else list(args.server)
 
 
 def join_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -152,11 +192,17 @@ def join_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | No
     return environ.get(TOKEN_ENV) or None
 
 
-def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:
-    """The AggregatorClient for ``args`` (tests pass ``transport=`` through ``overrides``)."""
+def make_client(args: argparse.Namespace, server: str | None = None, **overrides: Any) -> AggregatorClient:
+    """The AggregatorClient for ``server`` (default: the first ``--server``); tests pass ``transport=``
+    through ``overrides``. With several aggregators a request is tried :data:`FAILOVER_ATTEMPTS` times
+    unless ``--max-retries`` says otherwise, then the agent moves to the next aggregator."""
     from fedloom.client.transport import AggregatorClient, RetryPolicy
 
-    attempts = None if args.max_retries is None else args.max_retries + 1
+    urls = server_urls(args)
+    if args.max_retries is not None:
+        attempts: int | None = args.max_retries + 1
+    else:
+        attempts = FAILOVER_ATTEMPTS if len(urls) > 1 else None
     ca_file = getattr(args, "ca_file", None) or os.environ.get(CA_ENV) or None
     cert = getattr(args, "tls_cert", None) or os.environ.get(CERT_ENV) or None
     key = getattr(args, "tls_key", None) or os.environ.get(KEY_ENV) or None
@@ -166,7 +212,7 @@ def make_client(args: argparse.Namespace, **overrides: Any) -> AggregatorClient:
         raise ConfigError(f"--tls-cert and --tls-key ({CERT_ENV}, {KEY_ENV}) go together: give both or neither")
     client_cert = (cert, key) if cert is not None and key is not None else None
     retry = RetryPolicy(max_attempts=attempts)
-    return AggregatorClient(args.server, ca_file=ca_file, client_cert=client_cert, retry=retry, **overrides)
+    return AggregatorClient(server or urls[0], ca_file=ca_file, client_cert=client_cert, retry=retry, **overrides)
 
 
 @contextmanager
