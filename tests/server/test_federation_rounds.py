@@ -170,3 +170,15 @@ def test_the_federation_table_is_checked_at_start() -> None:
         config(cluster="a1", clusters=CLUSTERS, mode="async")
     with pytest.raises(ConfigError, match=r"\[run\] name with cluster 'a1' makes the run name"):
         config(cluster="a1", clusters=CLUSTERS, name="f" * 62)
+
+
+def test_the_example_config_of_a_federation_loads() -> None:
+    from pathlib import Path
+
+    from fedloom.server.config import load_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "federation-a1.toml"
+    loaded = load_config(example, environ={})
+    assert (loaded.federation.cluster, loaded.federation.clusters) == ("a1", ("a1", "a2", "a3"))
+    assert loaded.federation.max_staleness_rounds == 2
+    assert loaded.federation.run_name(loaded.run.name) == "eu-pilot.a1"
