@@ -182,3 +182,23 @@ def test_the_example_config_of_a_federation_loads() -> None:
     assert (loaded.federation.cluster, loaded.federation.clusters) == ("a1", ("a1", "a2", "a3"))
     assert loaded.federation.max_staleness_rounds == 2
     assert loaded.federation.run_name(loaded.run.name) == "eu-pilot.a1"
+
+
+def test_a_peer_model_that_does_not_fit_is_left_out_and_recorded(store, clock):
+    a1 = start(store, clock, "a1")
+    for cluster, weights in (
+        ("a2", {**weights_of(1.0, 1), "w": np.zeros((3, 2), np.float32)}),  # another shape
+        ("a3", {**weights_of(1.0, 1), "bn.running_var": np.full(3, np.nan)}),  # not finite
+    ):
+        peer = store.create_run(f"fed.{cluster}", "deployment", {}, seed=0)
+        store.save_cluster_model(peer, "fed", cluster, 1, weights, 50, [])
+    ids = [a1.register(n, store.create_token(n)).agent_id for n in ("x0", "x1")]
+    upload(a1, store, ids[0], 2.0, 10, 4)
+    upload(a1, store, ids[1], 4.0, 30, 8)
+    assert a1.current_round == 2  # the round closed without them
+    assert store.cluster_model(a1.run_id, 1).peers == ()
+    check_against_formula(a1, store, 1)
+    refused = [(r.client_id, r.code, r.round) for r in store.list_rejections(a1.run_id)]
+    assert refused == [("a2", "peer_model_refused", 1), ("a3", "peer_model_refused", 1)]
+    reasons = " ".join(r.reason for r in store.list_rejections(a1.run_id))
+    assert "cluster 'a2' round 1" in reasons and "'w'" in reasons and "cluster 'a3' round 1" in reasons

@@ -73,6 +73,8 @@ def test_the_newest_model_per_cluster_up_to_a_round_from_runs_of_this_federation
     # a1's newest round <= 2, a2's round of this federation (its old finished run's round 9 is ignored)
     assert [(m.cluster, m.round, m.run_id) for m in newest] == [("a1", 2, a1), ("a2", 1, a2)]
     assert [(m.cluster, m.round) for m in store.latest_cluster_models("fed", 0, since)] == []
+    # a lower bound keeps to the rounds that can still count: a2 has nothing from round 2 on
+    assert [(m.cluster, m.round) for m in store.latest_cluster_models("fed", 3, since, from_round=2)] == [("a1", 3)]
     # an earlier start admits the old run too, but a cluster's newest run still decides
     before = store.latest_cluster_models("fed", 10, since - timedelta(days=1))
     assert [(m.cluster, m.round) for m in before] == [("a1", 3), ("a2", 1)]

@@ -942,7 +942,13 @@ def test_v2_migration_is_all_or_nothing(backend: Backend, monkeypatch: pytest.Mo
     assert set(_schema_snapshot(backend.url)) == _V1_TABLES
     monkeypatch.undo()
     backend.open().close()
-    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {"tokens", "agents", "server_states", "agent_logs", "cluster_models"}
+    assert set(_schema_snapshot(backend.url)) == _V1_TABLES | {
+        "tokens",
+        "agents",
+        "server_states",
+        "agent_logs",
+        "cluster_models",
+    }
 
 
 # --------------------------------------------------------------------- backend differences made equal

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         _write_port_file(port_file, port)
         print(
             f"fedloom aggregator listening on {_url(config, port)} "
-            f"(run {config.run.name}, round {aggregator.current_round})",
+            f"(run {config.federation.run_name(config.run.name)}, round {aggregator.current_round})",
             flush=True,
         )
         stopper = _Stopper(aggregator.wake_waiters)
@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         server = stopper.server = _make_server(uv_config, on_exit=aggregator.wake_waiters)
         with _stop_signals():
             server.run(sockets=[sock])
-        print(f"fedloom aggregator stopped (run {config.run.name}, round {aggregator.reported_round})", flush=True)
+        name = config.federation.run_name(config.run.name)
+        print(f"fedloom aggregator stopped (run {name}, round {aggregator.reported_round})", flush=True)
     finally:
         with contextlib.suppress(FileNotFoundError):
             port_file.unlink()

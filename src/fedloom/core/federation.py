@@ -70,9 +70,11 @@ class ClusterStore(Protocol):
         """The run's cluster model of ``round``, or None."""
         ...
 
-    def latest_cluster_models(self, federation: str, up_to_round: int, since: datetime) -> list[ClusterModelRecord]:
-        """Per cluster of ``federation``, its newest cluster model of a round ``<= up_to_round``, from
-        runs that had not finished before ``since`` (so an earlier federation of the same name is ignored)."""
+    def latest_cluster_models(
+        self, federation: str, up_to_round: int, since: datetime, from_round: int = 0
+    ) -> list[ClusterModelRecord]:
+        """Per cluster of ``federation``, its newest cluster model of a round in ``[from_round, up_to_round]``,
+        from runs that had not finished before ``since`` (so an earlier federation of the same name is ignored)."""
         ...
 
     def load_cluster_model(self, record: ClusterModelRecord) -> Weights:

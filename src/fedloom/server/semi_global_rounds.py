@@ -6,7 +6,10 @@ samples. :class:`SemiGlobalSynthesis` then, through the shared store only:
 
 1. reads each other listed cluster's newest recorded cluster model of a round ``<= r``
    and keeps those at most ``max_staleness_rounds`` behind
-   (:func:`~fedloom.algorithms.semi_global.fresh_peers`);
+   (:func:`~fedloom.algorithms.semi_global.fresh_peers`); a peer model that does not fit
+   this cluster's model (other tensors, shapes or dtypes, non-finite values, a blob that
+   fails its hash) is left out and recorded in ``rejections`` with code
+   :data:`PEER_REFUSED`, naming the cluster, the round and what was wrong;
 2. records ``C_i(r)`` with ``n_i(r)`` and the peer models it is about to use, once: if the
    round was recorded already (the aggregator crashed after that write and aggregated the
    round again on restart), the stored cluster model and the stored peer list are used
@@ -26,14 +29,18 @@ from dataclasses import replace
 from datetime import datetime
 
 from fedloom.algorithms.semi_global import ClusterModel, fresh_peers, semi_global
-from fedloom.core.errors import ConfigError, IntegrityError
+from fedloom.core.errors import ConfigError, FedloomError, IntegrityError
 from fedloom.core.federation import ClusterModelRecord, ClusterStore, PeerInput
-from fedloom.core.store_protocols import DeploymentStore
+from fedloom.core.store_protocols import DeploymentStore, RunWriter
+from fedloom.core.weights import Weights, validate_weights
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.federation_config import FederationSection
 from fedloom.server.round_types import RoundOutcome
 
 log = logging.getLogger("fedloom.aggregator")
+
+#: the rejection code of a peer's cluster model that was left out of a semi-global model
+PEER_REFUSED = "peer_model_refused"
 
 
 class SemiGlobalSynthesis:
@@ -41,10 +48,17 @@ class SemiGlobalSynthesis:
     so cluster models of an earlier federation of the same name are never read."""
 
     def __init__(
-        self, store: ClusterStore, run_id: str, federation: str, section: FederationSection, since: datetime
+        self,
+        store: ClusterStore,
+        rejections: RunWriter,
+        run_id: str,
+        federation: str,
+        section: FederationSection,
+        since: datetime,
     ) -> None:
         assert section.cluster is not None
-        self.store, self.run_id, self.federation, self.since = store, run_id, federation, since
+        self.store, self.rejections = store, rejections
+        self.run_id, self.federation, self.since = run_id, federation, since
         self.cluster = section.cluster
         self.clusters = frozenset(section.clusters)
         self.max_staleness_rounds = section.max_staleness_rounds
@@ -54,8 +68,9 @@ class SemiGlobalSynthesis:
         number = outcome.round
         recorded = self.store.cluster_model(self.run_id, number)
         if recorded is None:
-            fresh = self._fresh_records(number)
-            used = [self._loaded(r) for r in fresh]
+            loaded = [(r, self._checked(r, outcome.weights, number)) for r in self._fresh_records(number)]
+            fresh = [r for r, model in loaded if model is not None]
+            used = [model for _, model in loaded if model is not None]
             inputs = [PeerInput(r.cluster, r.round, r.num_samples, r.sha256) for r in fresh]
             recorded = self.store.save_cluster_model(
                 self.run_id, self.federation, self.cluster, number, outcome.weights, outcome.num_samples, inputs
@@ -72,11 +87,24 @@ class SemiGlobalSynthesis:
 
     def _fresh_records(self, number: int) -> list[ClusterModelRecord]:
         """The other listed clusters' newest models that count for round ``number`` (none loaded yet)."""
-        records = self.store.latest_cluster_models(self.federation, number, self.since)
+        oldest = max(0, number - self.max_staleness_rounds)  # nothing older can count
+        records = self.store.latest_cluster_models(self.federation, number, self.since, from_round=oldest)
         listed = {r.cluster: r for r in records if r.cluster in self.clusters and r.cluster != self.cluster}
         shells = [ClusterModel(r.cluster, r.round, r.num_samples, {}) for r in listed.values()]
         kept = fresh_peers(self.cluster, number, shells, self.max_staleness_rounds)
         return [listed[m.cluster] for m in kept]
+
+    def _checked(self, record: ClusterModelRecord, own: Weights, number: int) -> ClusterModel | None:
+        """A fresh peer's model, or None (recorded as refused) when it cannot be mixed into ``own``."""
+        try:
+            model = self._loaded(record)
+            validate_weights(model.weights, own)
+        except FedloomError as exc:  # a mismatch, a non-finite value, a blob that fails its hash
+            reason = f"cluster {record.cluster!r} round {record.round}: its model was left out of round {number}: {exc}"
+            log.warning("round %d: %s", number, reason)
+            self.rejections.record_rejection(self.run_id, number, record.cluster, PEER_REFUSED, reason)
+            return None
+        return model
 
     def _loaded(self, record: ClusterModelRecord) -> ClusterModel:
         return ClusterModel(record.cluster, record.round, record.num_samples, self.store.load_cluster_model(record))
@@ -84,7 +112,7 @@ class SemiGlobalSynthesis:
     def _recorded_peer(self, peer: PeerInput) -> ClusterModel:
         """A peer model named in this cluster's record, read back and checked against the recorded hash
         (cluster models are written once, so the newest of a round ``<= peer.round`` is that round's)."""
-        found = self.store.latest_cluster_models(self.federation, peer.round, self.since)
+        found = self.store.latest_cluster_models(self.federation, peer.round, self.since, from_round=peer.round)
         record = next((r for r in found if r.cluster == peer.cluster), None)
         if record is None or record.round != peer.round or record.sha256 != peer.sha256:
             raise IntegrityError(
@@ -104,4 +132,4 @@ def federation_synthesis(config: AggregatorConfig, store: DeploymentStore, run_i
             f"[federation] needs a store that keeps cluster models; {type(store).__name__} does not"
             " (use fedloom's SQL store, shared by every aggregator of the federation)"
         )
-    return SemiGlobalSynthesis(store, run_id, config.run.name, section, store.get_run(run_id).created_at)
+    return SemiGlobalSynthesis(store, store, run_id, config.run.name, section, store.get_run(run_id).created_at)

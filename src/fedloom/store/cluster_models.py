@@ -98,15 +98,19 @@ class ClusterModelsMixin(SqlCore):
             row = session.scalars(select(ClusterModelRow).where(*where)).first()
             return None if row is None else _record(row)
 
-    def latest_cluster_models(self, federation: str, up_to_round: int, since: datetime) -> list[ClusterModelRecord]:
-        """Per cluster, its newest cluster model of a round ``<= up_to_round`` (from its newest run
-        that had not finished before ``since``), in cluster order."""
+    def latest_cluster_models(
+        self, federation: str, up_to_round: int, since: datetime, from_round: int = 0
+    ) -> list[ClusterModelRecord]:
+        """Per cluster, its newest cluster model of a round in ``[from_round, up_to_round]`` (from its newest
+        run that had not finished before ``since``), in cluster order. ``from_round`` keeps the read to
+        the rounds that can still count (one index range), however long the federation has run."""
         stmt = (
             select(ClusterModelRow)
             .join(RunRow, RunRow.id == ClusterModelRow.run_id)
             .where(
                 ClusterModelRow.federation == federation,
                 ClusterModelRow.round <= up_to_round,
+                ClusterModelRow.round >= from_round,
                 or_(RunRow.finished_at.is_(None), RunRow.finished_at >= since),
             )
             .order_by(RunRow.created_at.desc(), ClusterModelRow.round.desc())
