@@ -102,3 +102,84 @@ def test_a_stopped_agent_does_not_move(tmp_path: Path) -> None:
     sessions = Sessions(down=set(), outcome="stopped")
     assert AggregatorFailover("site-1", SERVERS, tmp_path, sessions).run() == "stopped"
     assert len(sessions.opened) == 1
+
+
+# --------------------------------------------------------------------- `fedloom agent --server A --server B`
+
+
+def _fake_module():
+    """tests/client/test_agent.py (its fake aggregator), imported by path: tests are not a package."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("_agent_tests_for_choice", Path(__file__).with_name("test_agent.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAINER = """
+from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+import numpy as np
+
+def make_trainer():
+    rng = np.random.default_rng(0)
+    return NumpyLogisticTrainer(rng.normal(size=(40, 5)).astype(np.float32), rng.integers(0, 3, 40), 3)
+"""
+
+
+def test_the_agent_command_moves_from_an_unreachable_aggregator_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from fedloom.cli import agent as agent_cli
+    from fedloom.cli.main import main
+
+    fakes = _fake_module()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "site.py").write_text(TRAINER)
+    fake = fakes.FakeAggregator(fakes.initial_weights(), max_rounds=1)
+    down, up = "http://down.test", "http://up.test"
+    name = next(f"site-{i}" for i in range(100) if rendezvous_order(f"site-{i}", [down, up])[0] == down)
+    tried: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        if request.url.host == "down.test":
+            raise httpx.ConnectError("connection refused", request=request)
+        return fake.handle(request)
+
+    original = agent_cli.make_client
+    made = []
+
+    def make_client(args, server=None, **overrides):
+        client = original(args, server, transport=httpx.MockTransport(handle), **overrides)
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(agent_cli, "make_client", make_client)
+    monkeypatch.setenv(agent_cli.TOKEN_ENV, fakes.SITE_TOKEN)
+    argv = ["agent", "--server", up, "--server", down, "--name", name, "--trainer", "site.py:make_trainer"]
+    assert main([*argv, "--poll-wait", "0", "--max-retries", "0"]) == 0
+    assert tried[0] == "down.test" and set(tried[1:]) == {"up.test"}  # its first choice, then the next
+    assert [c.retry.max_attempts for c in made] == [1, 1]
+    assert [a["round"] for a in fake.accepted] == [1]  # it trained and uploaded on the aggregator it moved to
+    state = tmp_path / f"fedloom-agent-{name}"
+    assert json.loads((state / "aggregator.json").read_text())["server"] == up
+    assert json.loads((state / "aggregators" / server_key(up) / "state.json").read_text())["state"] == "finished"
+
+
+def test_several_servers_bound_the_retries_of_a_request_unless_told() -> None:
+    import argparse
+
+    from fedloom.cli import agent as agent_cli
+
+    several = argparse.Namespace(server=SERVERS, ca_file=None, max_retries=None)
+    with agent_cli.make_client(several, SERVERS[2]) as client:
+        assert client.retry.max_attempts == agent_cli.FAILOVER_ATTEMPTS and client.base_url == SERVERS[2]
+    one = argparse.Namespace(server=SERVERS[:1], ca_file=None, max_retries=None)
+    with agent_cli.make_client(one) as client:
+        assert client.retry.max_attempts is None  # one aggregator: ride out its outages forever, as before
