@@ -36,6 +36,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TOKEN_ENV = "FEDLOOM_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 #: environment variables standing in for --ca-file, --tls-cert and --tls-key
 CA_ENV, CERT_ENV, KEY_ENV = "FEDLOOM_AGENT_CA_FILE", "FEDLOOM_AGENT_TLS_CERT", "FEDLOOM_AGENT_TLS_KEY"
+SERVER_HELP = (
+    "the aggregator's base URL, e.g. https://agg.example.org:8443; repeat it for a federation of several"
+    " aggregators: the agent works with one (chosen by rendezvous hashing of its name) and moves to the next"
+    " when that one is unreachable"
+)
 #: tries of one request before an agent given several aggregators moves to the next (without --max-retries)
 FAILOVER_ATTEMPTS = 6
 
@@ -48,15 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Register with an aggregator, then train and upload every round this agent is selected for.",
     )
     add = parser.add_argument
-    add(
-        "--server",
-        required=True,
-        action="append",
-        metavar="URL",
-        help="the aggregator's base URL, e.g. https://agg.example.org:8443; repeat it for a federation of several"
-        " aggregators: the agent works with one (chosen by rendezvous hashing of its name) and moves to the next"
-        " when that one is unreachable",
-    )
+    add("--server", required=True, action="append", metavar="URL", help=SERVER_HELP)
     add(
         "--token",
         metavar="T",
