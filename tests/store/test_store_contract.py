@@ -1149,6 +1149,7 @@ def test_v5_database_gains_lineage_columns_and_verifies_on_every_backend(backend
     engine = create_engine(backend.url)
     try:
         with engine.begin() as conn:  # what schema version 5 left
+            conn.execute(text("DROP TABLE cluster_models"))  # added by version 7
             conn.execute(text("ALTER TABLE global_models DROP COLUMN lineage_sha256"))
             conn.execute(text("ALTER TABLE global_models DROP COLUMN config_sha256"))
             conn.execute(update(SchemaVersionRow).values(version=5))
