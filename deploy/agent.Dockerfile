@@ -14,6 +14,7 @@ COPY src ./src
 COPY examples ./examples
 RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints-ci.txt ".[${EXTRAS}]"
 
+RUN mkdir -p /home/fedloom/state /home/fedloom/tokens && chown fedloom:fedloom /home/fedloom/state /home/fedloom/tokens
 USER fedloom
 WORKDIR /home/fedloom
 # the state directory keeps the credential, the models and the error-feedback residuals: mount it

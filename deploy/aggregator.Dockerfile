@@ -11,6 +11,8 @@ COPY pyproject.toml README.md constraints-ci.txt ./
 COPY src ./src
 RUN pip install -c constraints-ci.txt '.[server,postgres,s3,secagg,dp]'
 
+# the store's home and the join tokens a setup job writes (a named volume takes this ownership)
+RUN mkdir -p /home/fedloom/runs /home/fedloom/tokens && chown fedloom:fedloom /home/fedloom/runs /home/fedloom/tokens
 USER fedloom
 WORKDIR /home/fedloom
 EXPOSE 8080
