@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test security lint typecheck fmnist chromium bench clean
+.PHONY: demo test security lint typecheck fmnist chromium compose-tool bench clean
 
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m venv $(VENV)
@@ -29,11 +29,19 @@ chromium:
 	  else echo "Chromium missing: run 'sudo apt-get install chromium' (the dashboard's browser tests need it)"; exit 1; fi; \
 	fi
 
+# The container tests validate deploy/compose.yaml with Debian's docker-compose (no daemon needed).
+compose-tool:
+	@if ! command -v docker-compose >/dev/null; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q docker-compose >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null); \
+	  else echo "docker-compose missing: run 'sudo apt-get install docker-compose' (the container tests need it)"; exit 1; fi; \
+	fi
+
 demo: $(STAMP) fmnist
 	$(BIN)/fedloom sim --dataset fmnist --model cnn --clients 100 --partition dirichlet --alpha 0.5 \
 	  --fraction 0.1 --rounds 15 --epochs 1 --batch-size 32 --lr 0.1 --seed 0 --executor parallel
 
-test: $(STAMP) fmnist chromium
+test: $(STAMP) fmnist chromium compose-tool
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy

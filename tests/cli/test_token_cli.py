@@ -173,3 +173,26 @@ def test_max_agents_limits_a_token_and_list_shows_used_of_limit(
         with pytest.raises(SystemExit):
             _parser().parse_args(["token", "create", "--name", "x", "--max-agents", bad])
         assert "--max-agents: must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_create_writes_the_token_to_a_new_private_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home, path = tmp_path / "home", tmp_path / "site-a.token"
+    code, out = _run(capsys, "token", "create", "--name", "site-a", "--home", str(home), "--token-file", str(path))
+    assert code == 0 and TOKEN.search(out) is None  # not printed
+    token = path.read_text(encoding="utf-8").strip()
+    assert TOKEN.fullmatch(token) and path.stat().st_mode & 0o777 == 0o600
+    store = SqlStore.open_default(home)
+    try:
+        record = store.verify_join_token(token)
+        assert record is not None and record.name == "site-a"
+        assert [t.name for t in store.list_tokens()] == ["site-a"]
+    finally:
+        store.close()
+    with pytest.raises(StoreError, match="already exists: remove it"):
+        _run(capsys, "token", "create", "--name", "site-b", "--home", str(home), "--token-file", str(path))
+    assert path.read_text(encoding="utf-8").strip() == token  # never overwritten
+    store = SqlStore.open_default(home)
+    try:
+        assert [t.name for t in store.list_tokens()] == ["site-a"]  # and no token made for site-b
+    finally:
+        store.close()

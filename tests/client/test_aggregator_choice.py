@@ -177,9 +177,13 @@ def test_several_servers_bound_the_retries_of_a_request_unless_told() -> None:
 
     from fedloom.cli import agent as agent_cli
 
-    several = argparse.Namespace(server=SERVERS, ca_file=None, max_retries=None)
+    several = argparse.Namespace(server=SERVERS[0], servers=SERVERS, ca_file=None, max_retries=None)
     with agent_cli.make_client(several, SERVERS[2]) as client:
         assert client.retry.max_attempts == agent_cli.FAILOVER_ATTEMPTS and client.base_url == SERVERS[2]
-    one = argparse.Namespace(server=SERVERS[:1], ca_file=None, max_retries=None)
+    one = argparse.Namespace(server=SERVERS[0], ca_file=None, max_retries=None)
     with agent_cli.make_client(one) as client:
         assert client.retry.max_attempts is None  # one aggregator: ride out its outages forever, as before
+    parser = argparse.ArgumentParser()
+    agent_cli.register(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args(["agent", "--server", SERVERS[1], "--server", SERVERS[0], "--trainer", "m:f"])
+    assert (parsed.server, parsed.servers) == (SERVERS[1], [SERVERS[1], SERVERS[0]])  # the first stays a string

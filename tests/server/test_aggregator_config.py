@@ -90,8 +90,9 @@ def test_every_field_has_a_unique_flat_name():
     # + the eight [secagg] keys (secure_aggregation, clip_range, bits, secagg_threshold, neighbours,
     #   max_total_samples, rounding, stage_timeout_seconds)
     # + [server] blob_url
+    # + [client] compression, compression_topk
     # + the three [federation] keys (cluster, clusters, max_staleness_rounds)
-    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8 + 1 + 3
+    assert len(FIELDS) == 27 + 21 + 4 + 1 + 6 + 2 + 10 + 3 + 8 + 1 + 2 + 3
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,8 @@ def test_every_field_has_a_unique_flat_name():
         ({"server": {"tls_cert": "cert.pem"}}, r"\[server\] tls_key is missing: HTTPS needs both"),
         ({"server": {"max_upload_mb": 0}}, r"\[server\] max_upload_mb"),
         ({"client": {"lr": 0}}, r"\[client\] lr must be a positive number"),
+        ({"client": {"compression": "gzip"}}, r"\[client\] compression must be one of 'none', 'float16'"),
+        ({"client": {"compression_topk": 1.5}}, r"\[client\] compression_topk must be in \(0, 1\], got 1.5"),
         ({"client": {"epochs": True}}, r"\[client\] epochs must be an int, got bool"),
         ({"async": {"staleness_exponent": -0.5}}, r"\[async\] staleness_exponent must be >= 0"),
         ({"async": {"buffer_size": 0}}, r"\[async\] buffer_size must be >= 1"),

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Register with an aggregator, then train and upload every round this agent is selected for.",
     )
     add = parser.add_argument
-    add("--server", required=True, action="append", metavar="URL", help=SERVER_HELP)
+    add("--server", required=True, action=_ServerUrls, metavar="URL", help=SERVER_HELP)
     add(
         "--token",
         metavar="T",
@@ -158,9 +158,20 @@ def _agent_session(
             yield agent
 
 
+class _ServerUrls(argparse.Action):
+    """``--server`` repeated: ``args.servers`` lists every URL, ``args.server`` stays the first (a string)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        urls = [*(getattr(namespace, "servers", None) or []), str(values)]
+        namespace.servers, namespace.server = urls, urls[0]
+
+
 def server_urls(args: argparse.Namespace) -> list[str]:
     """The ``--server`` URLs given (one, or the aggregators of a federation)."""
-    return [args.server] if isinstance(args.server, str) else list(args.server)
+    servers = getattr(args, "servers", None)
+    return list(servers) if servers else [args.server]
 
 
 def join_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ default, or any SQLAlchemy database given with ``--db-url``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help=f"distinct agent names that may register with it (default: {DEFAULT_MAX_AGENTS}, one site one agent)",
     )
+    create.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="write the token to FILE (created with mode 0600, never overwritten) instead of printing it;"
+        " for scripts and containers",
+    )
     create.set_defaults(func=run_create)
 
     revoke = actions.add_parser("revoke", parents=[common], help="revoke a token and lock out its agents")
@@ -86,11 +93,23 @@ def _location(args: argparse.Namespace) -> str:
 def run_create(args: argparse.Namespace) -> int:
     """Issue a token and print it once, with how the partner's agent uses it."""
     role = "admin" if args.admin else "agent"
-    with _open_store(args, create=True) as store:
-        assert store is not None
-        token = store.create_token(args.name, role=role, max_agents=args.max_agents)
+    target = _new_token_file(args.token_file) if args.token_file else None
+    try:
+        with _open_store(args, create=True) as store:
+            assert store is not None
+            token = store.create_token(args.name, role=role, max_agents=args.max_agents)
+    except BaseException:
+        if target is not None:
+            os.close(target)
+            os.unlink(args.token_file)
+        raise
     agents = "1 agent" if args.max_agents == 1 else f"up to {args.max_agents} agents"
     print(f"Created {role} join token {args.name!r} ({agents}) in {_location(args)}.")
+    if target is not None:
+        with os.fdopen(target, "w", encoding="utf-8") as out:
+            out.write(token + "\n")
+        print(f"It is in {args.token_file} (mode 0600); an agent reads it with --token-file {args.token_file}.")
+        return 0
     print("It is shown only this once (the store keeps only its hash); copy it now:")
     print()
     print(f"    {token}")
@@ -101,6 +120,16 @@ def run_create(args: argparse.Namespace) -> int:
     print()
     print(f"Revoke it with `fedloom token revoke --name {args.name}`.")
     return 0
+
+
+def _new_token_file(path: str) -> int:
+    """A file descriptor of ``path``, created for this token only (an existing file is never overwritten)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StoreError(f"--token-file {path} already exists: remove it, or choose another file") from None
+    except OSError as exc:
+        raise StoreError(f"--token-file {path} cannot be created: {exc.strerror}") from None
 
 
 def run_revoke(args: argparse.Namespace) -> int:

@@ -47,9 +47,10 @@ from fedloom.client.agent_identity import AgentIdentity, RunChanged
 from fedloom.client.agent_state import AgentPhase, AgentState, AgentStateStore, PendingUpload
 from fedloom.client.agent_stop import AgentInterrupted, StopControl
 from fedloom.client.backoff import Backoff
+from fedloom.client.compressed_upload import agent_update_body
 from fedloom.client.lineage_check import LineageChecker, check_download, fetch_check
 from fedloom.client.loading import check_trainer
-from fedloom.client.round_meter import AgentRoundMeter, update_payload_with_system
+from fedloom.client.round_meter import AgentRoundMeter
 from fedloom.client.secagg_agent import SecAggParticipant
 from fedloom.client.trainer import Trainer
 from fedloom.client.transport import (
@@ -61,7 +62,7 @@ from fedloom.client.transport import (
     fit_config_from,
 )
 from fedloom.core.errors import ConfigError
-from fedloom.core.serialization import content_hash
+from fedloom.core.fit import FitResult
 
 __all__ = ["OBSOLETE_CODES", "Agent", "AgentInterrupted", "AgentOutcome", "default_agent_name"]
 
@@ -310,16 +311,12 @@ class Agent(AgentIdentity):
             weights, num_samples, metrics = _fit(WithSiteState(trainer, self.store.directory), held[0], config)
         self._meter.trained(time.monotonic() - started)
         system = self._meter.report(weights)
-        payload = update_payload_with_system(self.client.agent_id, state.round, weights, num_samples, metrics, system)
+        fitted, agent_id, folder = FitResult(weights, num_samples, metrics), self.client.agent_id, self.store.directory
+        payload, sha = agent_update_body(agent_id, state.round, fitted, held[0], system, config.extra, folder)
         self.store.save_local(payload)
-        log.info(
-            "round %d: trained on %d samples in %.1f s%s",
-            state.round,
-            num_samples,
-            time.monotonic() - started,
-            "".join(f", {k}={v:.4g}" for k, v in metrics.items()),
-        )
-        pending = PendingUpload(state.round, num_samples, content_hash(weights), state.global_sha256, metrics)
+        took, shown = time.monotonic() - started, "".join(f", {k}={v:.4g}" for k, v in metrics.items())
+        log.info("round %d: trained on %d samples in %.1f s%s", state.round, num_samples, took, shown)
+        pending = PendingUpload(state.round, num_samples, sha, state.global_sha256, metrics)
         self._transition(AgentPhase.SENDING, why=f"round {state.round}", pending=pending)
 
     def _send(self) -> None:

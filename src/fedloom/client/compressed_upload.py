@@ -17,11 +17,12 @@ import numpy as np
 
 from fedloom.client.client_state import LocalContext
 from fedloom.client.personal import PersonalStore
+from fedloom.client.round_meter import known_agent_id, upload_header_fields
 from fedloom.core.compression import CompressionSpec, decode_update, encode_update, spec_from_extra
-from fedloom.core.compression_wire import from_wire, to_wire
+from fedloom.core.compression_wire import TENSOR_BYTES_METRIC, WIRE_BYTES_METRIC, from_wire, to_wire
 from fedloom.core.errors import ClientError
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.serialization import from_bytes, to_bytes
+from fedloom.core.serialization import content_hash, from_bytes, to_bytes
 from fedloom.core.weights import Weights
 
 #: the folder under a client's state directory holding its error-feedback residual
@@ -72,11 +73,6 @@ def compressed_upload(
     return CompressedUpload(body, int(sum(np.asarray(v).nbytes for v in local.values())))
 
 
-#: the fit metrics a compressed fit adds: its upload's size on the wire and the uncompressed tensors'
-WIRE_BYTES_METRIC = "upload_wire_bytes"
-TENSOR_BYTES_METRIC = "upload_tensor_bytes"
-
-
 def as_received(result: FitResult, start: Weights, config: FitConfig, context: LocalContext) -> FitResult:
     """``result`` as the aggregator will see it under the run's compression (unchanged when there is none).
 
@@ -96,7 +92,40 @@ def as_received(result: FitResult, start: Weights, config: FitConfig, context: L
         round=config.round,
         num_samples=result.num_samples,
     )
-    tensors, header = from_bytes(upload.body)
-    decoded = decode_update(from_wire(tensors, header.extra), start)
     sizes = {WIRE_BYTES_METRIC: float(upload.wire_bytes), TENSOR_BYTES_METRIC: float(upload.tensor_bytes)}
-    return FitResult(decoded, result.num_samples, {**result.metrics, **sizes})
+    return FitResult(decoded_model(upload.body, start), result.num_samples, {**result.metrics, **sizes})
+
+
+def decoded_model(body: bytes, start: Weights) -> Weights:
+    """The local model the aggregator decodes from the compressed upload ``body`` (bitwise the same)."""
+    tensors, header = from_bytes(body)
+    return decode_update(from_wire(tensors, header.extra), start)
+
+
+def agent_update_body(
+    agent_id: str | None,
+    round: int,
+    fitted: FitResult,
+    start: Weights,
+    system: Mapping[str, float],
+    config_extra: Mapping[str, object],
+    state_dir: Path,
+) -> tuple[bytes, str]:
+    """An agent's upload of ``fitted`` (trained from ``start``), compressed when the task says so,
+    and the hash of the local model the aggregator will record from it (the lineage lists that one)."""
+    fields = upload_header_fields(fitted.metrics, system)
+    client_id, spec = known_agent_id(agent_id), spec_from_extra(config_extra)
+    if spec is None:
+        body = to_bytes(fitted.weights, round=round, client_id=client_id, num_samples=fitted.num_samples, extra=fields)
+        return body, content_hash(fitted.weights)
+    upload = compressed_upload(
+        fitted.weights,
+        start,
+        spec,
+        client_id=client_id,
+        state_dir=state_dir,
+        round=round,
+        num_samples=fitted.num_samples,
+        extra=fields,
+    )
+    return upload.body, content_hash(decoded_model(upload.body, start))

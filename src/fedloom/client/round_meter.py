@@ -81,9 +81,20 @@ def update_payload_with_system(
     system: Mapping[str, float],
 ) -> bytes:
     """An update upload's bytes with the optional ``system`` header field (docs/protocol.md)."""
-    if agent_id is None:
-        raise ConfigError("the client has no agent id: call register() or authenticate() first")
+    extra = upload_header_fields(metrics, system)
+    return to_bytes(weights, round=round, client_id=known_agent_id(agent_id), num_samples=num_samples, extra=extra)
+
+
+def upload_header_fields(metrics: Mapping[str, float], system: Mapping[str, float]) -> dict[str, str]:
+    """An update header's ``metrics`` field and, when measured, its ``system`` field."""
     extra = {"metrics": json.dumps(dict(metrics), allow_nan=False)}
     if system:
         extra["system"] = system_metrics_json(system)
-    return to_bytes(weights, round=round, client_id=agent_id, num_samples=num_samples, extra=extra)
+    return extra
+
+
+def known_agent_id(agent_id: str | None) -> str:
+    """``agent_id``, which an upload must name: an agent that never registered has none."""
+    if agent_id is None:
+        raise ConfigError("the client has no agent id: call register() or authenticate() first")
+    return agent_id

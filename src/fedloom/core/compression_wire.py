@@ -29,6 +29,9 @@ from fedloom.core.weights import Weights
 HEADER_FIELD = "compression"
 #: where top-k's indices travel, keyed by the tensor they belong to
 INDEX_PREFIX = "fedloom.compression.indices/"
+#: the metrics a compressed update is reported with: its size on the wire and its model's uncompressed size
+WIRE_BYTES_METRIC = "upload_wire_bytes"
+TENSOR_BYTES_METRIC = "upload_tensor_bytes"
 
 
 def _entry(enc: EncodedTensor) -> dict[str, object]:

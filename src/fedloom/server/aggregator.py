@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fedloom.algorithms.compression_settings import compression_of
 from fedloom.core.errors import PayloadTooLargeError, RejectedUpdateError, SerializationError, ValidationError
 from fedloom.core.observe import RoundObserver, RunEnd
 from fedloom.core.records import AgentRecord
@@ -49,7 +50,7 @@ from fedloom.server.secagg_intake import SecAggIntake
 from fedloom.server.semi_global_rounds import federation_synthesis
 from fedloom.server.served_model import load_initial_model
 from fedloom.server.system_meter import AggregatorMeter, MeteredRecorder, ProcessSampler
-from fedloom.server.uploads import ParsedUpload, UploadRefusedError, parse_update
+from fedloom.server.uploads import ParsedUpload, UploadRefusedError, as_local_model, parse_update
 
 log = logging.getLogger("fedloom.aggregator")
 
@@ -79,6 +80,7 @@ class Aggregator(SecAggIntake):
         self._lock = threading.RLock()
         self._changes = ChangeNotifier()
         self._strategy = deployment_strategy(config)
+        self._compression = compression_of(self._strategy)  # [client] compression: uploads are decoded
         self.run_id, self.resumed = open_run(config, store)
         self.meter = AggregatorMeter(system_sampler)
         self._rejections = RejectionBudget(config.server.max_rejections_per_round)
@@ -280,20 +282,32 @@ class Aggregator(SecAggIntake):
         if upload.client_id != agent.id:
             detail = f"the update names client {upload.client_id!r} but was sent by agent {agent.id!r}"
             raise self.refuse_upload(agent.id, "client_id_mismatch", detail, round_no)
-        try:
-            update = ClientUpdate(
-                agent.id, round_no, upload.weights, upload.num_samples, upload.metrics, upload.sha256, upload.payload
-            )
-        except ValidationError as exc:
-            raise self.refuse_upload(agent.id, "invalid_payload", f"the update header is invalid: {exc}") from None
         with self._lock:
             self._driver.ensure_loaded()
+            update = self._client_update(agent.id, self._as_local_model(agent.id, upload))
             self._check_num_samples(agent.id, update)
             self.meter.expect(agent.id, agent.name, upload.system)  # stored with the accepted update
             self._submit(update)
             self._changed()
             self._driver.advance_quietly()
         return round_no
+
+    def _as_local_model(self, agent_id: str, upload: ParsedUpload) -> ParsedUpload:
+        """A compressed upload decoded against the open round's global model (:func:`as_local_model`)."""
+        rounds = self._state.rounds  # compression runs are synchronous (server/run_setup.py)
+        open_task = rounds.open_task if isinstance(rounds, SyncRounds) else None
+        start = open_task.global_weights if open_task is not None and open_task.round == upload.round else None
+        try:
+            return as_local_model(upload, start, self._compression)
+        except UploadRefusedError as exc:
+            raise self.refuse_upload(agent_id, exc.code, exc.detail, exc.round) from None
+
+    def _client_update(self, agent_id: str, upload: ParsedUpload) -> ClientUpdate:
+        try:
+            parts = (upload.weights, upload.num_samples, upload.metrics, upload.sha256, upload.payload)
+            return ClientUpdate(agent_id, upload.round, *parts)
+        except ValidationError as exc:
+            raise self.refuse_upload(agent_id, "invalid_payload", f"the update header is invalid: {exc}") from None
 
     def _submit(self, update: ClientUpdate) -> None:
         rounds = self._state.rounds

@@ -14,11 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fedloom.algorithms.compression_settings import CHOICES as COMPRESSION_CHOICES
+from fedloom.algorithms.compression_settings import compression_spec
 from fedloom.algorithms.dp_sgd_settings import DPSGDSettings
 from fedloom.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedloom.algorithms.dp.settings import PrivacySettings
+    from fedloom.core.compression import CompressionSpec
 
 __all__ = [
     "DEADLINE_POLICIES",
@@ -181,7 +184,8 @@ class RoundsSection:
 @dataclass(frozen=True)
 class ClientSection:
     """``[client]``: the local training settings every agent receives in its task; with
-    ``dp_sgd_noise`` set, every agent trains with sample-level DP-SGD (docs/privacy.md)."""
+    ``dp_sgd_noise`` set, every agent trains with sample-level DP-SGD (docs/privacy.md); with
+    ``compression`` set, every agent sends its update compressed (docs/deployment.md)."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -189,15 +193,24 @@ class ClientSection:
     dp_sgd_noise: float | None = None
     dp_sgd_clip: float = 1.0
     dp_sgd_delta: float = 1e-5
+    compression: str = "none"
+    compression_topk: float = 0.01
 
     def __post_init__(self) -> None:
         _at_least("client", "epochs", self.epochs, 1)
+        _choice("client", "compression", self.compression, COMPRESSION_CHOICES)
+        if not 0 < self.compression_topk <= 1:
+            raise field_error("client", "compression_topk", f"must be in (0, 1], got {self.compression_topk!r}")
         _at_least("client", "batch_size", self.batch_size, 1)
         _positive("client", "lr", self.lr)
         try:
             self.dp_sgd()
         except ConfigError as exc:
             raise ConfigError(f"[client] {exc} {_where_to_set('client', 'dp_sgd_noise')}") from None
+
+    def compression_spec(self) -> CompressionSpec | None:
+        """The compression every agent encodes its update under, or None (plain models)."""
+        return compression_spec(self.compression, self.compression_topk)
 
     def dp_sgd(self) -> DPSGDSettings | None:
         """The DP-SGD settings sent to every agent, or None (``dp_sgd_noise`` unset: no DP-SGD)."""

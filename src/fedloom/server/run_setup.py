@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from fedloom.algorithms.compression_settings import with_compression
 from fedloom.algorithms.dp import with_privacy
 from fedloom.algorithms.dp_sgd_settings import with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
+from fedloom.core.compression import CompressionSpec
 from fedloom.core.errors import ConfigError, StoreError
 from fedloom.core.store_protocols import DeploymentStore
 from fedloom.server.config import AggregatorConfig
@@ -49,6 +51,7 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
     )
     dp_sgd = client.dp_sgd()
     strategy = strategy if dp_sgd is None else with_dp_sgd(strategy, dp_sgd)
+    strategy = with_compression(strategy, _compression(config))
     privacy = config.privacy.settings()
     # [rounds] min_agents is the smallest federation a round opens with: δ and the target ε are
     # checked against it; each round is accounted with the agents registered when it opens
@@ -56,6 +59,18 @@ def deployment_strategy(config: AggregatorConfig) -> Strategy:
         strategy = with_privacy(strategy, privacy, rounds.min_agents)
     check_secure_run(config.secagg, config.run.mode, strategy)  # [secagg] refuses what it cannot mask
     return strategy
+
+
+def _compression(config: AggregatorConfig) -> CompressionSpec | None:
+    """``[client] compression``, refused in the asynchronous mode: an agent there trains from
+    whichever global model it last fetched, and the aggregator decodes against the open round's."""
+    spec = config.client.compression_spec()
+    if spec is not None and config.run.mode != "sync":
+        raise ConfigError(
+            f"[client] compression = {spec.scheme!r} needs [run] mode = 'sync': a compressed update is a delta"
+            " against the round's global model, which asynchronous agents do not share (set compression = 'none')"
+        )
+    return spec
 
 
 def open_run(config: AggregatorConfig, store: DeploymentStore) -> tuple[str, bool]:

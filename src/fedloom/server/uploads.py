@@ -10,14 +10,18 @@ parsing of untrusted bytes can change independently.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedloom.core.compression import CompressionSpec, decode_update
-from fedloom.core.compression_wire import HEADER_FIELD, from_wire
+from fedloom.core.compression_wire import HEADER_FIELD, TENSOR_BYTES_METRIC, WIRE_BYTES_METRIC, from_wire
 from fedloom.core.errors import PayloadTooLargeError, SerializationError, ValidationError
 from fedloom.core.metrics import metrics_from_json
-from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, from_bytes
+from fedloom.core.serialization import MAX_NUM_SAMPLES, MAX_ROUND, content_hash, from_bytes, to_bytes
 from fedloom.core.system_metrics import system_metrics_from_json
 from fedloom.core.weights import Weights
 
@@ -92,12 +96,8 @@ def parse_update(body: bytes, max_bytes: int) -> ParsedUpload:
 
 
 def decode_compressed(parsed: ParsedUpload, start: Weights, spec: CompressionSpec) -> Weights:
-    """The local model a compressed upload encodes against ``start`` (the round's global model).
-
-    Not wired into the aggregator yet (it needs the round's global model, which only the
-    engine holds): the next step calls it after :func:`parse_update` in runs that set a
-    compression scheme. Every malformed compressed payload is ``invalid_payload``.
-    """
+    """The local model a compressed upload encodes against ``start`` (the round's global model);
+    every malformed compressed payload is ``invalid_payload``."""
     try:
         update = from_wire(parsed.weights, parsed.header_extra)
         if update.scheme != spec.scheme:
@@ -107,3 +107,36 @@ def decode_compressed(parsed: ParsedUpload, start: Weights, spec: CompressionSpe
         return decode_update(update, start)
     except SerializationError as exc:
         raise UploadRefusedError("invalid_payload", str(exc), parsed.round) from None
+
+
+def as_local_model(parsed: ParsedUpload, start: Weights | None, spec: CompressionSpec | None) -> ParsedUpload:
+    """The upload as the local model it stands for, which is what the round and the store get.
+
+    Plain uploads pass unchanged (one with a ``compression`` field in a run without
+    compression is refused). A compressed one is decoded against ``start`` (the open round's
+    global model; None when the upload is for another round, which the engine refuses by its
+    round) and re-serialised, so the store keeps every local model in the plain form and its
+    hash is the decoded model's (the hash the agent lists in the lineage). Its wire size and
+    the model's tensor size are added to its metrics, as the simulation reports them.
+    """
+    compressed = HEADER_FIELD in (parsed.header_extra or {})
+    if spec is None or start is None:
+        if compressed and spec is None:
+            detail = f"header field {HEADER_FIELD!r} is set, but this run does not use compression"
+            raise UploadRefusedError("invalid_payload", detail, parsed.round)
+        return parsed
+    weights = decode_compressed(parsed, start, spec)
+    sizes = {WIRE_BYTES_METRIC: float(len(parsed.payload)), TENSOR_BYTES_METRIC: float(_tensor_bytes(weights))}
+    metrics = {**parsed.metrics, **sizes}
+    extra = {k: v for k, v in (parsed.header_extra or {}).items() if k != HEADER_FIELD}
+    extra["metrics"] = json.dumps(metrics, allow_nan=False)
+    body = to_bytes(
+        weights, round=parsed.round, client_id=parsed.client_id, num_samples=parsed.num_samples, extra=extra
+    )
+    return dataclasses.replace(
+        parsed, weights=weights, metrics=metrics, sha256=content_hash(weights), payload=body, header_extra=extra
+    )
+
+
+def _tensor_bytes(weights: Weights) -> int:
+    return int(sum(np.asarray(value).nbytes for value in weights.values()))

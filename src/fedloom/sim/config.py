@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.compression_settings import compression_spec, with_compression
 from fedloom.algorithms.dp import PrivacySettings, with_privacy
 from fedloom.algorithms.dp.settings import privacy_from_mapping
 from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.secagg import SecAggSettings, check_secure_compatible
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
-from fedloom.core.compression import EXTRA_KEY, CompressionSpec, spec_to_extra
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
@@ -199,18 +199,10 @@ class SimConfig:
             params=self.strategy_params,
             criteria=RoundCriteria(threshold=self.threshold),
         )
-        strategy = self._with_compression(strategy)
+        strategy = with_compression(strategy, compression_spec(self.compression, self.compression_topk))
         if not self.dp_sgd:
             return strategy
         return with_dp_sgd(strategy, DPSGDSettings(self.dp_sgd_noise, self.dp_sgd_clip, self.dp_sgd_delta))
-
-    def _with_compression(self, strategy: Strategy) -> Strategy:
-        """``strategy`` whose clients send compressed updates (FitConfig.extra["compression"])."""
-        if self.compression == "none":
-            return strategy
-        spec = CompressionSpec(self.compression, self.compression_topk)
-        client = dataclasses.replace(strategy.client, extra={**strategy.client.extra, EXTRA_KEY: spec_to_extra(spec)})
-        return dataclasses.replace(strategy, client=client)
 
 
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:

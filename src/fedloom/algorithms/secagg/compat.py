@@ -7,13 +7,14 @@ clipped and noised their own updates and enter the sum with weight 1. Robust rul
 at each update (a median, a distance, a score), FedNova and q-FedAvg weight each one by
 what it reports, SCAFFOLD, FedDyn and FedCurv aggregate reserved per-client tensors with
 their own rules, and an update filter judges each update: all of those are refused, with
-the reason, before a round starts.
+the reason, before a round starts. So are compressed updates: masking expands them again.
 """
 
 from __future__ import annotations
 
 from fedloom.algorithms.strategy import Strategy, WeightedMean
 from fedloom.algorithms.units import SumsSecurely
+from fedloom.core.compression import EXTRA_KEY as COMPRESSION_KEY
 from fedloom.core.errors import ConfigError
 
 
@@ -32,6 +33,12 @@ def check_secure_compatible(strategy: Strategy) -> None:
             f"secure aggregation shows the server only the sum of the updates; aggregator {name!r} needs each"
             " update (or per-client values) on its own, so it cannot combine with --secagg: use fedavg, fedprox"
             " or a server optimiser (fedavgm, fedadam, fedadagrad, fedyogi) on the weighted mean"
+        )
+    if COMPRESSION_KEY in strategy.client.extra:
+        raise ConfigError(
+            "secure aggregation masks every update as whole words of Z_2^64, so a compressed update"
+            " would be expanded again before it is sent: turn compression off (--compression none /"
+            " [client] compression = 'none')"
         )
     if strategy.update_filter is not None:
         raise ConfigError(
