@@ -3,6 +3,8 @@ module but fedloom.light), so the import-isolation test can load it with everyth
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from fedloom.light import LightLogisticTrainer
@@ -19,9 +21,21 @@ def site_data(site: int) -> tuple[np.ndarray, np.ndarray]:
     return centres[y] + rng.normal(0.0, 0.5 + 0.1 * site, (n, FEATURES)), y
 
 
-def make_trainer(site: str = "0") -> LightLogisticTrainer:
+class Slow:
+    """A trainer that takes ``delay`` seconds more per round (a slow device, for crash timing)."""
+
+    def __init__(self, trainer: LightLogisticTrainer, delay: float) -> None:
+        self.trainer, self.delay = trainer, delay
+
+    def fit(self, weights, config):
+        time.sleep(self.delay)
+        return self.trainer.fit(weights, config)
+
+
+def make_trainer(site: str = "0", delay: str = "0") -> LightLogisticTrainer | Slow:
     x, y = site_data(int(site))
-    return LightLogisticTrainer(x, y, CLASSES)
+    trainer = LightLogisticTrainer(x, y, CLASSES)
+    return Slow(trainer, float(delay)) if float(delay) > 0 else trainer
 
 
 def initial_model() -> dict[str, np.ndarray]:
