@@ -71,7 +71,8 @@ def test_two_edges_over_four_devices_equal_flat_fedavg(tmp_path):
     ("fields", "message"),
     [
         ({"strategy": "median"}, "strategy 'median' .* is refused .* --allow-non-mean"),
-        ({"strategy": "fedadam"}, "server_opt|refused"),
+        ({"strategy": "fedadam"}, "strategy = 'fedadam' .server optimiser 'fedadam'. is refused"),
+        ({"strategy": "fedprox"}, "strategy 'fedprox' .aggregator 'mean'. is refused"),
         ({"strategy": "scaffold"}, "strategy 'scaffold' .* only a sample-weighted mean"),
         ({"aggregator": "krum"}, "aggregator 'krum'"),
         ({"filter_max_distance": 3.0}, "filter_max_distance are refused"),
@@ -88,3 +89,23 @@ def test_a_robust_rule_at_the_edge_only_when_asked_for():
     strategy = edge_strategy(config, EdgeRelay(), allow_non_mean=True)
     assert strategy.aggregator.inner.name == "trimmed_mean"
     assert edge_strategy(AggregatorConfig(), EdgeRelay()).aggregator.inner.name == "weighted_mean"
+
+
+def test_a_server_optimiser_at_the_top_steps_the_flat_mean(tmp_path):
+    """FedAdam at the top over edges is FedAdam over the leaves: its step sees the same mean."""
+    from light_site import initial_model as logistic_model
+    from light_site import make_trainer
+
+    trainers = [make_trainer(str(s)) for s in range(4)]
+    top = {"strategy": "fedadam", "server_lr": 0.1, "batch_size": 10_000, "lr": 0.5}
+    flat_store, flat_run, errors = run_flat(tmp_path / "flat", logistic_model(), trainers, 2, **top)
+    assert errors == []
+    hier_store, hier_run, _nodes, errors = run_edges(
+        tmp_path / "hier", logistic_model(), [trainers[:2], trainers[2:]], 2, **top
+    )
+    assert errors == []
+    flat, hier = global_models(flat_store, flat_run), global_models(hier_store, hier_run)
+    for r in (1, 2):
+        for name in flat[r]:
+            np.testing.assert_allclose(hier[r][name], flat[r][name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(flat[2]["weight"], 0.0)

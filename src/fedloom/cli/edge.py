@@ -74,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from fedloom.client.agent import default_agent_name
     from fedloom.client.transport import AggregatorClient
     from fedloom.server.app import create_app
+    from fedloom.server.edge_setup import check_edge_config
 
     overrides = {name: getattr(args, name, None) for name in FIELDS}
     config = load_config(args.config, overrides=overrides)
     chosen = overrides.get("max_rounds") is not None or "FEDLOOM_SERVER_MAX_ROUNDS" in os.environ
     if not chosen and not _file_sets(args.config, "max_rounds"):
         config = config.replace(max_rounds=EDGE_MAX_ROUNDS)  # the top decides when the run ends
+    check_edge_config(config, args.allow_non_mean)  # refused before the home or a log line is made
     args.token = None  # `fedloom agent`'s --token is not offered: a command line is readable by local users
     token = join_token(args, os.environ)
     _setup_logging()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedloom.algorithms.registry import AGGREGATORS, build_strategy
+from fedloom.algorithms.registry import AGGREGATORS, STRATEGIES, build_strategy
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
 from fedloom.core.errors import ConfigError
 from fedloom.server.config import AggregatorConfig
@@ -29,7 +29,7 @@ from fedloom.server.engine import RoundEngine
 from fedloom.server.resume import LifecycleFactory
 from fedloom.server.rounds import ClosePolicy
 
-__all__ = ["MEAN_STRATEGIES", "ROBUST_AGGREGATORS", "edge_lifecycle", "edge_strategy"]
+__all__ = ["MEAN_STRATEGIES", "ROBUST_AGGREGATORS", "check_edge_config", "edge_lifecycle", "edge_strategy"]
 
 #: downstream strategies whose aggregate makes the top's result flat FedAvg over the leaves
 MEAN_STRATEGIES = ("fedavg",)
@@ -50,22 +50,25 @@ def _where(field: str) -> str:
     return f"(an edge aggregator's [strategy] {field}; see docs/deployment.md, 'Edge aggregators')"
 
 
-def _check(config: AggregatorConfig, allow_non_mean: bool) -> str:
+def check_edge_config(config: AggregatorConfig, allow_non_mean: bool = False) -> str:
     """The downstream aggregator's registry name, or a ConfigError naming the field and the fix."""
     chosen = config.strategy
     if config.run.mode != "sync":
         raise ConfigError("[run] mode must be 'sync' for an edge aggregator: its rounds follow the top's")
     if config.secagg.enabled or config.privacy.dp_mode is not None:
         raise ConfigError("[secagg] and [privacy] are refused on an edge aggregator: set them on the top aggregator")
-    if chosen.server_opt is not None:
+    default_aggregator, default_opt, _terms = STRATEGIES.get(chosen.strategy, (chosen.strategy, None, ()))
+    server_opt = chosen.server_opt or default_opt
+    if server_opt is not None:
+        field = "server_opt" if chosen.server_opt else "strategy"
         raise ConfigError(
-            f"server_opt = {chosen.server_opt!r} is refused {_where('server_opt')}: the edge's next"
-            " model is the top's, so an optimiser would do nothing (set it on the top aggregator)"
+            f"{field} = {getattr(chosen, field)!r} (server optimiser {server_opt!r}) is refused {_where(field)}: the"
+            " edge's next model is the top's, so an optimiser would do nothing (set it on the top aggregator)"
         )
     extras = [k for k in ("filter_max_distance", "filter_min_cosine", "personal_keys") if getattr(chosen, k)]
     if extras:
         raise ConfigError(f"{', '.join(extras)} are refused {_where(extras[0])}: set them on the top aggregator")
-    name = chosen.aggregator or ("mean" if chosen.strategy in MEAN_STRATEGIES else chosen.strategy)
+    name = chosen.aggregator or default_aggregator
     if name == "mean" and chosen.strategy in MEAN_STRATEGIES:
         return name
     if name in ROBUST_AGGREGATORS and allow_non_mean:
@@ -87,7 +90,7 @@ def _check(config: AggregatorConfig, allow_non_mean: bool) -> str:
 
 def edge_strategy(config: AggregatorConfig, relay: EdgeRelay, *, allow_non_mean: bool = False) -> Strategy:
     """The downstream Strategy: the config's selection and criteria, the relay as its aggregator."""
-    inner_name = _check(config, allow_non_mean)
+    inner_name = check_edge_config(config, allow_non_mean)
     rounds, chosen = config.rounds, config.strategy
     params = {k: v for k, v in chosen.params().items() if k in AGGREGATORS[inner_name][0]}
     base = build_strategy(
