@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.cli.server import (
     _TYPES,
@@ -34,7 +35,12 @@ from fedloom.cli.server import (
     tls_arguments,
 )
 from fedloom.core.errors import ConfigError
-from fedloom.server.config import FIELDS, load_config
+from fedloom.server.config import FIELDS, AggregatorConfig, load_config
+
+if TYPE_CHECKING:
+    from fedloom.cli.edge_node import EdgeNode
+    from fedloom.client.transport import AggregatorClient
+    from fedloom.store import SqlStore
 
 PORT_FILENAME = "aggregator.port"
 
@@ -70,17 +76,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Open the downstream store, start the upstream agent and serve until both sides are done."""
     from fedloom.cli.agent import join_token
-    from fedloom.cli.edge_node import EDGE_MAX_ROUNDS, EdgeNode
-    from fedloom.client.agent import default_agent_name
     from fedloom.client.transport import AggregatorClient
     from fedloom.server.app import create_app
     from fedloom.server.edge_setup import check_edge_config
 
-    overrides = {name: getattr(args, name, None) for name in FIELDS}
-    config = load_config(args.config, overrides=overrides)
-    chosen = overrides.get("max_rounds") is not None or "FEDLOOM_SERVER_MAX_ROUNDS" in os.environ
-    if not chosen and not _file_sets(args.config, "max_rounds"):
-        config = config.replace(max_rounds=EDGE_MAX_ROUNDS)  # the top decides when the run ends
+    config = edge_config(args)
     check_edge_config(config, args.allow_non_mean)  # refused before the home or a log line is made
     args.token = None  # `fedloom agent`'s --token is not offered: a command line is readable by local users
     token = join_token(args, os.environ)
@@ -92,26 +92,14 @@ def run(args: argparse.Namespace) -> int:
     upstream = AggregatorClient(args.upstream, ca_file=args.upstream_ca_file)
     node: EdgeNode | None = None
     try:
-        node = EdgeNode(
-            config,
-            store,
-            upstream,
-            name=args.agent_name or f"edge-{default_agent_name()}"[:64],
-            state_dir=args.upstream_state_dir or home / "upstream",
-            join_token=token,
-            allow_non_mean=args.allow_non_mean,
-            poll_wait=args.poll_wait,
-            system_sampler=_process_sampler(),
-            on_exit=lambda: stopper.stop() if stopper is not None else None,
-        )
+        node = _node(args, config, store, upstream, home, token, lambda: stopper.stop() if stopper else None)
         sock = bind_socket(config.server.host, config.server.port)
         port = int(sock.getsockname()[1])
         _write_port_file(port_file, port)
         print(f"fedloom edge listening on port {port} (run {config.run.name}), upstream {args.upstream}", flush=True)
         stopper = _Stopper(node.aggregator.wake_waiters)
         app = create_app(node.aggregator, on_done=stopper.stop)
-        uv_config = _uvicorn_config(app, config)
-        server = stopper.server = _make_server(uv_config, on_exit=node.aggregator.wake_waiters)
+        server = stopper.server = _make_server(_uvicorn_config(app, config), on_exit=node.aggregator.wake_waiters)
         node.start()
         with _stop_signals():
             server.run(sockets=[sock])
@@ -120,6 +108,44 @@ def run(args: argparse.Namespace) -> int:
     if node is not None and node.error is not None:
         raise ConfigError(f"the edge's upstream agent failed: {node.error}")
     return 0
+
+
+def edge_config(args: argparse.Namespace) -> AggregatorConfig:
+    """``fedloom server``'s layered config, with the edge's ``max_rounds`` default (the top decides)."""
+    from fedloom.cli.edge_node import EDGE_MAX_ROUNDS
+
+    overrides = {name: getattr(args, name, None) for name in FIELDS}
+    config = load_config(args.config, overrides=overrides)
+    chosen = overrides.get("max_rounds") is not None or "FEDLOOM_SERVER_MAX_ROUNDS" in os.environ
+    if not chosen and not _file_sets(args.config, "max_rounds"):
+        config = config.replace(max_rounds=EDGE_MAX_ROUNDS)
+    return config
+
+
+def _node(
+    args: argparse.Namespace,
+    config: AggregatorConfig,
+    store: SqlStore,
+    upstream: AggregatorClient,
+    home: Path,
+    token: str | None,
+    on_exit: Callable[[], None],
+) -> EdgeNode:
+    from fedloom.cli.edge_node import EdgeNode
+    from fedloom.client.agent import default_agent_name
+
+    return EdgeNode(
+        config,
+        store,
+        upstream,
+        name=args.agent_name or f"edge-{default_agent_name()}"[:64],
+        state_dir=args.upstream_state_dir or home / "upstream",
+        join_token=token,
+        allow_non_mean=args.allow_non_mean,
+        poll_wait=args.poll_wait,
+        system_sampler=_process_sampler(),
+        on_exit=on_exit,
+    )
 
 
 def _uvicorn_config(app: Any, config: Any) -> Any:
