@@ -13,6 +13,7 @@ from aggregator_helpers import config
 from live_server import serving
 
 from fedloom.cli.edge_node import EDGE_MAX_ROUNDS, EdgeNode
+from fedloom.client.agent import Agent
 from fedloom.client.transport import AggregatorClient
 from fedloom.light import LightAgent, LightClient
 from fedloom.server.aggregator import Aggregator
@@ -22,21 +23,33 @@ from fedloom.store import SqlStore
 FAST = {"check_interval_seconds": 0.05, "linger_seconds": 0.0}
 
 
+class FullSite:
+    """Marks a site run by the full agent (``factory`` makes its fedloom Trainer)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+
 def start_device(url, store, tmp_path, name, trainer, errors):
+    """A light device, or a full ``fedloom agent`` (lineage checks on) when ``trainer`` is a FullSite."""
+
     def run():
-        agent = LightAgent(
-            LightClient(url, timeout=10),
-            trainer,
-            str(tmp_path / name),
-            name,
-            store.create_token(name),
-            poll_wait=0.5,
-            min_poll_interval=0.05,
-        )
+        token = store.create_token(name)
+        if isinstance(trainer, FullSite):
+            client = AggregatorClient(url, timeout=10)
+            agent = Agent(client, trainer.factory, tmp_path / name, name, token, poll_wait=0.5, handle_signals=False)
+        else:
+            client = LightClient(url, timeout=10)
+            agent = LightAgent(
+                client, trainer, str(tmp_path / name), name, token, poll_wait=0.5, min_poll_interval=0.05
+            )
         try:
             agent.run()
         except BaseException as exc:
             errors.append((name, exc))
+        finally:
+            if isinstance(client, AggregatorClient):
+                client.close()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()

@@ -109,3 +109,33 @@ def test_a_server_optimiser_at_the_top_steps_the_flat_mean(tmp_path):
         for name in flat[r]:
             np.testing.assert_allclose(hier[r][name], flat[r][name], rtol=1e-5, atol=1e-6)
     assert not np.allclose(flat[2]["weight"], 0.0)
+
+
+def test_full_agents_under_an_edge_verify_its_lineage_and_match_flat(tmp_path):
+    """``fedloom agent`` leaves (lineage checks on) under an edge: every model they download is the
+    edge's global model, which is the top's, and its lineage chain verifies; same result as flat."""
+    from federations import FullSite
+    from light_site import initial_model as logistic_model
+    from light_site import site_data
+
+    from fedloom.client import NumpyLogisticTrainer
+
+    def site(s):
+        x, y = site_data(s)
+        return FullSite(lambda: NumpyLogisticTrainer(x.astype(np.float32), y, 3))
+
+    sites = [site(s) for s in range(4)]
+    learning = {"batch_size": 10_000, "lr": 0.5}
+    flat_store, flat_run, errors = run_flat(tmp_path / "flat", logistic_model(), sites, 2, **learning)
+    assert errors == []
+    hier_store, hier_run, nodes, errors = run_edges(
+        tmp_path / "hier", logistic_model(), [sites[:2], sites[2:]], 2, **learning
+    )
+    assert errors == []
+    flat, hier = global_models(flat_store, flat_run), global_models(hier_store, hier_run)
+    for r in (1, 2):
+        for name in flat[r]:
+            np.testing.assert_allclose(hier[r][name], flat[r][name], rtol=1e-6, atol=1e-7)
+    for node, edge_store in nodes:
+        report = edge_store.verify_lineage(node.aggregator.run_id)
+        assert report.ok and report.checked == 3
