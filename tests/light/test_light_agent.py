@@ -138,3 +138,31 @@ def test_a_device_killed_after_its_upload_landed_resends_and_is_counted_once(sto
 def test_a_task_config_of_the_wrong_type_is_refused_by_name(field):
     with pytest.raises(ValueError, match=f"task config field '{field}' must be an integer"):
         LightFitConfig.from_task({field: "3"}, 1)
+
+
+def test_a_refused_credential_registers_again_once_with_the_join_token(store, tmp_path):
+    from fedloom.light.state import LightState, StateDir
+
+    agg = Aggregator(config(min_agents=1, max_rounds=1, **SETTINGS), store, initial_weights=initial_model())
+    StateDir(tmp_path / "dev").save(LightState(name="dev", agent_id="ag_old", credential="fla_" + "x" * 43))
+    with serving(create_app(agg)) as url:
+        agent = LightAgent(
+            LightClient(url, timeout=10),
+            make_trainer("0"),
+            str(tmp_path / "dev"),
+            "dev",
+            store.create_token("dev"),
+            poll_wait=0.5,
+            min_poll_interval=0.05,
+        )
+        assert agent.run() == "finished"
+    state = StateDir(tmp_path / "dev").load()
+    assert state.agent_id != "ag_old" and state.credential != "fla_" + "x" * 43 and state.uploaded_round == 1
+
+
+def test_without_a_credential_or_a_join_token_the_error_says_what_to_set(tmp_path):
+    from fedloom.light import LightAgentError
+
+    agent = LightAgent(LightClient("http://127.0.0.1:9", timeout=1), make_trainer("0"), str(tmp_path / "d"), "d")
+    with pytest.raises(LightAgentError, match="FEDLOOM_AGENT_TOKEN or pass --token-file"):
+        agent.run()
