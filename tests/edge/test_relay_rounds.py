@@ -111,3 +111,27 @@ def test_the_trainer_waits_for_its_round_and_refuses_what_it_cannot_forward(stor
     with pytest.raises(ClientError, match="per-client losses"):
         check_upstream_task({}, ClientTerms(report_initial_loss=True))
     check_upstream_task({"client_parts": ["fedprox"]}, ClientTerms())  # the leaves apply FedProx's term
+
+
+def test_an_edge_restarted_while_holding_a_round_closes_it_with_the_tops_next_model(store, clock):
+    """Killed after its aggregate went upstream, before the top moved on: the restarted edge holds the
+    same round (its stored updates, counted once), publishes the same aggregate, and closes the round
+    with the top's next model when its upstream agent brings it."""
+    agg, relay = edge(store, clock)
+    ids = [join(agg, store, f"leaf-{i}").agent_id for i in range(3)]
+    agg.set_initial_model(G0)
+    sha0 = relay.offer(G0, UPSTREAM)
+    agg.tick()
+    for i, agent_id in enumerate(ids):
+        upload(agg, store, agent_id, 1, float(i), 10 * (i + 1))
+    before = relay.wait_aggregate(sha0, timeout=0)
+    again, relay2 = edge(store, clock)  # the restart: the relay's memory is gone, the store is not
+    again.tick()
+    after = relay2.wait_aggregate(sha0, timeout=0)  # the held round publishes the same aggregate again
+    assert after.num_samples == before.num_samples == 60
+    assert content_hash(after.weights) == content_hash(before.weights)
+    relay2.offer(G1, UPSTREAM)
+    again.tick()
+    assert content_hash(store.load_global_model(again.run_id, 1)) == content_hash(G1)
+    assert len(store.list_local_models(again.run_id, round=1)) == 3
+    assert again.task_for(ids[0]).round == 2 and again.task_for(ids[0]).state == "train"
