@@ -6,14 +6,30 @@ Trainer protocol and built-in trainers, strategies, and :func:`simulate`.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from fedloom.algorithms import ClientSampler, RoundCriteria, Strategy, fedavg
-from fedloom.client import EvalConfig, FitConfig, FitResult, NumpyLogisticTrainer, Trainer
-from fedloom.core import ClientUpdate, FedloomError, Weights, from_bytes, to_bytes
-from fedloom.sim.driver import simulate
-from fedloom.sim.history import SimulationResult
-from fedloom.sim.options import Environment, Evaluation, Recording
+if TYPE_CHECKING:
+    from fedloom.algorithms import ClientSampler, RoundCriteria, Strategy, fedavg
+    from fedloom.client import EvalConfig, FitConfig, FitResult, NumpyLogisticTrainer, Trainer
+    from fedloom.client.torch_trainer import TorchTrainer
+    from fedloom.core import ClientUpdate, FedloomError, Weights, from_bytes, to_bytes
+    from fedloom.sim.driver import simulate
+    from fedloom.sim.history import SimulationResult
+    from fedloom.sim.options import Environment, Evaluation, Recording
+
+#: public name -> the module it lives in. Imported on first use (PEP 562), so that
+#: ``import fedloom.light`` on a device needs only NumPy and the standard library, and
+#: ``import fedloom`` never requires PyTorch.
+_LAZY = {
+    **dict.fromkeys(("ClientSampler", "RoundCriteria", "Strategy", "fedavg"), "fedloom.algorithms"),
+    **dict.fromkeys(("EvalConfig", "FitConfig", "FitResult", "NumpyLogisticTrainer", "Trainer"), "fedloom.client"),
+    **dict.fromkeys(("ClientUpdate", "FedloomError", "Weights", "from_bytes", "to_bytes"), "fedloom.core"),
+    "TorchTrainer": "fedloom.client.torch_trainer",
+    "simulate": "fedloom.sim.driver",
+    "SimulationResult": "fedloom.sim.history",
+    **dict.fromkeys(("Environment", "Evaluation", "Recording"), "fedloom.sim.options"),
+}
 
 __version__ = "0.1.0"
 
@@ -43,8 +59,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TorchTrainer":  # lazy: importing fedloom must not require PyTorch
-        from fedloom.client.torch_trainer import TorchTrainer
-
-        return TorchTrainer
-    raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value

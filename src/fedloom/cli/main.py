@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "agent",
     "token",
     "server",
+    "edge",
     "models",
     "federation",
     "certs",

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fedloom.algorithms.compression_settings import compression_of
+from fedloom.algorithms.strategy import Strategy
 from fedloom.core.errors import PayloadTooLargeError, RejectedUpdateError, SerializationError, ValidationError
 from fedloom.core.observe import RoundObserver, RunEnd
 from fedloom.core.records import AgentRecord
@@ -41,7 +42,7 @@ from fedloom.server.changes import ChangeNotifier
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.limits import RejectionBudget, shorten
 from fedloom.server.registration import Registrar
-from fedloom.server.resume import RunContext
+from fedloom.server.resume import LifecycleFactory, RunContext
 from fedloom.server.round_watchers import RoundWatchers
 from fedloom.server.rounds import SyncRounds
 from fedloom.server.run_driver import RunDriver
@@ -73,13 +74,15 @@ class Aggregator(SecAggIntake):
         initial_weights: Weights | None = None,
         observers: Sequence[RoundObserver] = (),
         system_sampler: ProcessSampler | None = None,
+        strategy: Strategy | None = None,
+        lifecycle: LifecycleFactory | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self._clock = clock
         self._lock = threading.RLock()
         self._changes = ChangeNotifier()
-        self._strategy = deployment_strategy(config)
+        self._strategy = strategy or deployment_strategy(config)  # an edge passes its relay's (server/edge_rounds.py)
         self._compression = compression_of(self._strategy)  # [client] compression: uploads are decoded
         self.run_id, self.resumed = open_run(config, store)
         self.meter = AggregatorMeter(system_sampler)
@@ -88,7 +91,7 @@ class Aggregator(SecAggIntake):
             self.meter, store, self.run_id, self._rejections, self._current_round, keep_local_models=True
         )
         synthesis = federation_synthesis(config, store, self.run_id)  # [federation]: the semi-global model
-        run = RunContext(config, store, self.run_id, self._strategy, self._recorder, synthesis)
+        run = RunContext(config, store, self.run_id, self._strategy, self._recorder, lifecycle, synthesis)
         self._registrar = Registrar(store, self.run_id, config.rounds.max_num_samples)
         self._driver = RunDriver(run, self._strategy, clock, self._changes.bump)
         self._driver.watchers = RoundWatchers(observers)  # told after each recorded round, off this thread
@@ -338,6 +341,20 @@ class Aggregator(SecAggIntake):
             self._driver.ensure_loaded()
             if self._state.latest is not None:
                 raise self.refuse_upload(agent.id, "model_exists", "the run already has a global model", 0)
+            with self._driver.recording():
+                sha256 = self._driver.set_initial(weights)
+            self._driver.advance_quietly()
+            return sha256
+
+    def set_initial_model(self, weights: Weights) -> str | None:
+        """Record ``weights`` as global model 0 unless the run has one; its hash, or None if it had one.
+
+        For an edge aggregator, whose first model comes from its upstream aggregator, not an agent."""
+        validate_weights(weights)
+        with self._lock:
+            self._driver.ensure_loaded()
+            if self._state.latest is not None:
+                return None
             with self._driver.recording():
                 sha256 = self._driver.set_initial(weights)
             self._driver.advance_quietly()

@@ -11,7 +11,7 @@ here (:func:`repair_round`), so a restart ends with exactly one global model per
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,15 +41,21 @@ def close_policy(config: AggregatorConfig) -> ClosePolicy:
     return ClosePolicy(rounds.threshold, rounds.min_updates, rounds.deadline_seconds, rounds.deadline_policy)  # type: ignore[arg-type]
 
 
+#: builds a run's synchronous lifecycle from its engine and close policy (an edge aggregator's relay)
+LifecycleFactory = Callable[[RoundEngine, ClosePolicy], SyncRounds]
+
+
 @dataclass(frozen=True)
 class RunContext:
-    """What every lifecycle of one run is built from (``synthesis``: one cluster of a federation)."""
+    """What every lifecycle of one run is built from (``lifecycle``: a SyncRounds other than the plain one;
+    ``synthesis``: one cluster of a federation)."""
 
     config: AggregatorConfig
     store: DeploymentStore
     run_id: str
     strategy: Strategy
     recorder: StoreRecorder
+    lifecycle: LifecycleFactory | None = None
     synthesis: RoundSynthesis | None = None
 
     def sync_rounds(self, weights: Weights, start_round: int, agents: Sequence[str]) -> SyncRounds:
@@ -64,6 +70,8 @@ class RunContext:
             synthesis=self.synthesis,
         )
         engine.register_clients((agent_id, None) for agent_id in sorted(agents))
+        if self.lifecycle is not None:
+            return self.lifecycle(engine, close_policy(self.config))
         if self.config.secagg.enabled:  # [secagg]: the rounds run the SecAgg+ stages
             from fedloom.server.secagg_rounds import SecAggRounds
 
