@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from fedloom.cli.main import build_parser
+from fedloom.client.aggregator_choice import rendezvous_order
 from fedloom.client.loading import load_trainer_factory, parse_trainer_args
 from fedloom.server.config import load_config
 from fedloom.store import SqlStore
@@ -85,20 +87,23 @@ def test_every_agent_command_parses_and_its_trainer_exists(services):
     image = (DEPLOY / "agent.Dockerfile").read_text(encoding="utf-8")
     entry = yaml.safe_load(re.search(r"^ENTRYPOINT (.+)$", image, re.M).group(1))
     assert entry[:2] == ["fedloom", "agent"]
-    admins = 0
+    first_choices: list[str] = []
     for name, service in services.items():
         if not name.startswith("site-"):
             continue
         args = build_parser().parse_args([*entry[1:], *service["command"]])
         assert args.name == name and args.token_file == f"/home/fedloom/tokens/{name}"
-        aggregator = args.server.split("//")[1].split(":")[0]
-        assert aggregator in services, f"{name} points at {aggregator}, which is not a service"
+        for url in args.servers:
+            aggregator = url.split("//")[1].split(":")[0]
+            assert aggregator in services, f"{name} points at {aggregator}, which is not a service"
+        if args.upload_initial:
+            first_choices.append(rendezvous_order(name, args.servers)[0])
         path, _, function = args.trainer.rpartition(":")
         local = ROOT / Path(path).relative_to(IMAGE_ROOT)
         factory = load_trainer_factory(f"{local}:{function}", parse_trainer_args(args.trainer_arg))
         assert factory().get_weights()  # the site's data loads and its model exists
-        admins += args.upload_initial
-    assert admins == 2  # each cluster's run gets its initial model from one admin site
+    # each cluster's run gets its initial model from the admin site whose first choice it is
+    assert sorted(first_choices) == ["http://aggregator-a1:8080", "http://aggregator-a2:8080"]
 
 
 def test_the_token_job_writes_one_private_token_per_site(services, tmp_path):
@@ -108,7 +113,7 @@ def test_the_token_job_writes_one_private_token_per_site(services, tmp_path):
     tokens.mkdir()
     db = f"sqlite:///{tmp_path / 'fedloom.db'}"
     env = {**os.environ, **job["environment"], "FEDLOOM_SERVER_DB_URL": db}
-    env["PATH"] = f"{Path(shutil.which('fedloom') or ROOT / '.venv/bin/fedloom').parent}:{env['PATH']}"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the venv's fedloom script
     for _ in range(2):  # a second start of the stack keeps the tokens it made
         command = ["sh", "-c", script.replace("/home/fedloom/tokens", str(tokens))]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
@@ -117,7 +122,7 @@ def test_the_token_job_writes_one_private_token_per_site(services, tmp_path):
     store = SqlStore(db)
     try:
         roles = {t.name: t.role for t in store.list_tokens()}
-        assert roles == {"site-0": "admin", "site-1": "agent", "site-2": "admin", "site-3": "agent"}
+        assert roles == {"site-0": "admin", "site-1": "admin", "site-2": "agent", "site-3": "agent"}
         for path in tokens.iterdir():
             assert path.stat().st_mode & 0o777 == 0o600
             assert store.verify_join_token(path.read_text(encoding="utf-8").strip()) is not None
