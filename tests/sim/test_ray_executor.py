@@ -321,3 +321,53 @@ def test_ray_settings_are_checked_up_front() -> None:
         SimConfig(executor="ray", ray_address="auto", ray_cpus=2)
     assert SimConfig(executor="ray", ray_memory_per_client="512MiB").ray_resources().memory == 512 * 2**20
     assert SimConfig(executor="ray", ray_memory_per_client="2GB").ray_resources().memory == 2 * 10**9
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_fedloom_sim_executor_ray_runs_on_the_cluster_and_records_its_settings(cluster: Any, tmp_path: Path) -> None:
+    from fedloom.cli.main import main
+
+    common = ["sim", "--dataset", "digits", "--clients", "4", "--rounds", "2", "--seed", "3"]
+    ray_flags = ["--executor", "ray", "--ray-cpus-per-client", "0.5", "--ray-memory-per-client", "600MB"]
+    assert main([*common, *ray_flags, "--home", str(tmp_path / "ray")]) == 0
+    assert main([*common, "--home", str(tmp_path / "seq")]) == 0
+    with SqlStore.open_default(tmp_path / "ray") as store:
+        (run,) = store.list_runs()
+        assert (run.config["executor"], run.config["ray_memory_per_client"]) == ("ray", "600MB")
+        on_ray = store.metric_series(run.id, "accuracy")
+    with SqlStore.open_default(tmp_path / "seq") as store:
+        (run,) = store.list_runs()
+        sequential = store.metric_series(run.id, "accuracy")
+    assert [r for r, _ in on_ray] == [1, 2]
+    assert [v for _, v in on_ray] == pytest.approx([v for _, v in sequential], abs=1e-6)
+
+
+LOCAL_RAY = """
+import ray
+from fedloom.core import FitConfig
+from fedloom.sim.config import SimConfig
+from fedloom.sim.tasks import build_task
+from fedloom.sim.ray_executor import RayExecutor
+
+task = build_task(SimConfig(dataset="digits", clients=3))
+configs = {str(i): FitConfig(round=1, epochs=1, batch_size=32, lr=0.05, seed=i) for i in range(3)}
+executor = RayExecutor(num_cpus=1)
+results = list(executor.run_round(1, task.initial_weights, configs, task.client_fn))
+print("nodes", len(ray.nodes()), "cpus", ray.cluster_resources()["CPU"], "results", len(results))
+executor.close()
+print("after close", ray.is_initialized())
+"""
+
+
+def test_without_an_address_a_local_ray_is_started_and_shut_down(cluster: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    command = [sys.executable, "-c", LOCAL_RAY]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nodes 1 cpus 1.0 results 3" in done.stdout  # its own one-node Ray of --ray-cpus CPUs, not the test's
+    assert "after close False" in done.stdout

@@ -149,7 +149,7 @@ class SimConfig:
         given = [f.name for f in ray_fields if getattr(self, f.name) != f.default]
         if given and self.executor != "ray":
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{flags} configure the Ray executor: add --executor ray, or drop them")
+            raise ConfigError(f"{flags}: only the Ray executor reads these; add --executor ray, or drop them")
         if self.ray_cpus < 0 or self.ray_retries < 0:
             raise ConfigError(f"ray_cpus and ray_retries must be >= 0, got {self.ray_cpus} and {self.ray_retries}")
         if self.ray_address and self.ray_cpus:

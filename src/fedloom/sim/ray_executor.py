@@ -95,7 +95,8 @@ class RayExecutor:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             else:
                 cpus = self.num_cpus or max(1, len(os.sched_getaffinity(0)))
-                ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+                # "local": a new Ray of its own, even where another runs on this machine
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         except ConnectionError as exc:
             raise ConfigError(
                 f"could not join the Ray cluster at {self.address!r}: {exc}; check --ray-address"
