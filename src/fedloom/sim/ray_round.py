@@ -45,7 +45,8 @@ def lost_errors() -> tuple[type[BaseException], ...]:
     """Ray's errors that mean the work was lost with its worker or node (not the client's own error)."""
     from ray import exceptions as rex
 
-    return (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
+    actor_gone = (rex.RayActorError, rex.ActorUnschedulableError)
+    return (*actor_gone, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)
 
 
 class RayRound:

@@ -99,6 +99,7 @@ class SlotPool:
                 f"client_fn cannot be sent to the Ray workers ({type(exc).__name__}: {exc}); build such"
                 " objects inside the Trainer instead of capturing them in client_fn"
             ) from exc
+        self._actor_class = ray.remote(ClientSlot)
         self.slots: list[Slot] = []
         self._next_index = 0
 
@@ -116,18 +117,12 @@ class SlotPool:
             raise ConfigError(self._no_room(nodes))
 
     def _start(self, node_id: str) -> Slot:
-        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         threads = max(1, math.ceil(self.resources.cpus))
-        actor = (
-            ray.remote(ClientSlot)
-            .options(
-                **self.resources.actor_options(),
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            )
-            .remote(self._client_ref, threads)
-        )
+        pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        options = self._actor_class.options(**self.resources.actor_options(), scheduling_strategy=pinned)
+        actor = options.remote(self._client_ref, threads)
         self._next_index += 1
         return Slot(actor, node_id, self._next_index)
 
