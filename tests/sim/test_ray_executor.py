@@ -345,6 +345,7 @@ def test_fedloom_sim_executor_ray_runs_on_the_cluster_and_records_its_settings(c
 
 
 LOCAL_RAY = """
+import sys
 import ray
 from fedloom.core import FitConfig
 from fedloom.sim.config import SimConfig
@@ -353,9 +354,10 @@ from fedloom.sim.ray_executor import RayExecutor
 
 task = build_task(SimConfig(dataset="digits", clients=3))
 configs = {str(i): FitConfig(round=1, epochs=1, batch_size=32, lr=0.05, seed=i) for i in range(3)}
-executor = RayExecutor(num_cpus=1)
+executor = RayExecutor(sys.argv[1]) if len(sys.argv) > 1 else RayExecutor(num_cpus=1)
 results = list(executor.run_round(1, task.initial_weights, configs, task.client_fn))
-print("nodes", len(ray.nodes()), "cpus", ray.cluster_resources()["CPU"], "results", len(results))
+alive = sum(node["Alive"] for node in ray.nodes())
+print("nodes", alive, "cpus", ray.cluster_resources()["CPU"], "results", len(results))
 executor.close()
 print("after close", ray.is_initialized())
 """
@@ -371,3 +373,17 @@ def test_without_an_address_a_local_ray_is_started_and_shut_down(cluster: Any, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert "nodes 1 cpus 1.0 results 3" in done.stdout  # its own one-node Ray of --ray-cpus CPUs, not the test's
     assert "after close False" in done.stdout
+
+
+def test_ray_address_joins_a_running_cluster_and_leaves_it_running(cluster: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    command = [sys.executable, "-c", LOCAL_RAY, cluster.address]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nodes 3 cpus 2.0 results 3" in done.stdout  # the test's head and two worker nodes
+    assert "after close False" in done.stdout
+    assert sum(node["Alive"] for node in ray.nodes()) == 3  # closing the executor left the cluster up
