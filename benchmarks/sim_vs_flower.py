@@ -8,10 +8,13 @@ evaluation on the 10k test set every round):
 Contenders, each a fresh process (start-up included), memory = peak of its whole tree:
   bare     hand-written loop, one process, one thread (the compute floor)
   fedloom  parallel executor, one worker per core, default SQLite store
+  fedloom-ray  the Ray executor on a local Ray of one CPU per core, one CPU per client
   flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
 
     python -m benchmarks.sim_vs_flower --setup-flower      # once: flwr[simulation] in .bench-venvs/flower
-    python -m benchmarks.sim_vs_flower                     # both workloads, all contenders
+    python -m benchmarks.sim_vs_flower                     # both workloads, bare / fedloom / flower
+    python -m benchmarks.sim_vs_flower --contenders bare,fedloom,fedloom-ray,flower \
+        --out benchmarks/results/sim_vs_flower_ray.json    # with the Ray executor (needs fedloom[ray])
 (run from the repository root, with fedloom installed, e.g. `.venv/bin/python -m ...`)
 """
 
@@ -37,7 +40,8 @@ from fedloom.sim.partition import partition
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
-CONTENDERS = ("bare", "fedloom", "flower")
+CONTENDERS = ("bare", "fedloom", "fedloom-ray", "flower")
+DEFAULT_CONTENDERS = ("bare", "fedloom", "flower")
 
 
 def setup_flower() -> None:
@@ -76,6 +80,8 @@ def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: i
         return [sys.executable, "-m", "benchmarks.simbench.run_bare", *common, "--partitions", str(parts)]
     if contender == "fedloom":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common]
+    if contender == "fedloom-ray":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--executor", "ray"]
     python = str(FLOWER_VENV / "bin" / "python")
     return [python, "-m", "benchmarks.simbench.run_flower", *common, "--partitions", str(parts)]
 
@@ -115,6 +121,15 @@ def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[
         out["flower_over_fedloom_time"] = num("flower", "wall_seconds") / num("fedloom", "wall_seconds")
         out["fedloom_over_flower_rss"] = num("fedloom", "peak_rss_mib") / num("flower", "peak_rss_mib")
         out["fedloom_over_flower_pss"] = num("fedloom", "peak_pss_mib") / num("flower", "peak_pss_mib")
+    if "fedloom-ray" in res:
+        out["fedloom_ray_minus_bare_accuracy_points"] = 100 * (
+            num("fedloom-ray", "final_accuracy") - num("bare", "final_accuracy")
+        )
+        out["fedloom_ray_over_parallel_time"] = num("fedloom-ray", "wall_seconds") / num("fedloom", "wall_seconds")
+    if "fedloom-ray" in res and "flower" in res:
+        out["fedloom_ray_over_flower_time"] = num("fedloom-ray", "wall_seconds") / num("flower", "wall_seconds")
+        out["fedloom_ray_over_flower_rss"] = num("fedloom-ray", "peak_rss_mib") / num("flower", "peak_rss_mib")
+        out["fedloom_ray_over_flower_pss"] = num("fedloom-ray", "peak_pss_mib") / num("flower", "peak_pss_mib")
     return out
 
 
@@ -122,7 +137,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup-flower", action="store_true", help="create the Flower virtualenv and exit")
     p.add_argument("--workloads", default=",".join(plain.WORKLOADS))
-    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"any of {', '.join(CONTENDERS)}")
     p.add_argument("--rounds", type=int, help="override the rounds (quick checks only)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sim_vs_flower.json"))

@@ -1,4 +1,4 @@
-"""fedloom on the workload: the built-in task, the parallel executor, the default SQLite store."""
+"""fedloom on the workload: the built-in task, the parallel (or Ray) executor, the default SQLite store."""
 
 from __future__ import annotations
 
@@ -9,9 +9,20 @@ import tempfile
 from benchmarks.simbench import plain
 from fedloom import Environment, Evaluation, Recording, fedavg, simulate
 from fedloom.sim.config import SimConfig
+from fedloom.sim.executor import Executor
 from fedloom.sim.parallel import ParallelExecutor
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
+
+
+def executor(args: argparse.Namespace) -> Executor:
+    """The parallel executor (one forked worker per core), or a local Ray of one CPU per core
+    running one client per CPU (what Flower's Ray backend is given)."""
+    if args.executor == "ray":
+        from fedloom.sim.ray_executor import RayExecutor
+
+        return RayExecutor(num_cpus=args.workers or None)
+    return ParallelExecutor(args.workers or None)
 
 
 def main() -> None:
@@ -20,6 +31,7 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--executor", choices=("parallel", "ray"), default="parallel")
     p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
     w = plain.WORKLOADS[args.workload]
@@ -49,7 +61,7 @@ def main() -> None:
             initial_weights=task.initial_weights,
             environment=Environment(client_sizes=task.client_sizes),
             evaluation=Evaluation(task.evaluate_fn, overlap=args.overlap),
-            executor=ParallelExecutor(args.workers or None),
+            executor=executor(args),
             recording=Recording(store=store),
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))

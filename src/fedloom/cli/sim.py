@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     add("--lr", type=float, help=f"client learning rate (default {defaults.lr})")
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
-    add("--executor", choices=EXECUTORS, help="sequential (reproducible reference) or parallel (one process per core)")
+    add("--executor", choices=EXECUTORS, help="sequential (reproducible reference), parallel (a process per core), ray")
     add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")
     add("--max-retries", type=int, help="re-runs of a client whose worker process died (default 0)")
     add("--client-eval-fraction", type=float, help="fraction of clients evaluated on local data each round")
@@ -62,6 +62,7 @@ def register(subparsers: Any) -> None:
     squeeze.add_argument("--compression", choices=("none", "float16", "int8", "topk"), help="scheme (default none)")
     squeeze.add_argument("--compression-topk", type=float, metavar="FRACTION", help="share of entries topk sends")
     _add_world_flags(parser)
+    _add_ray_flags(parser)
     _add_privacy_flags(parser)
     local = parser.add_argument_group("personalisation evaluation")
     local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
@@ -102,6 +103,17 @@ def _add_world_flags(parser: argparse.ArgumentParser) -> None:
         "--secagg-dropout", action="append", metavar="STAGE=P", help="drop clients at a stage (advertise, share,"
         " collect, unmask) with probability P; repeatable"
     )  # fmt: skip
+
+
+def _add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The Ray executor (docs/architecture.md): where it runs and what each client reserves there."""
+    ray = parser.add_argument_group("the Ray executor (--executor ray; pip install 'fedloom[ray]')")
+    ray.add_argument("--ray-address", help="join this cluster (auto, HOST:6379, ray://HOST:10001); default: local")
+    ray.add_argument("--ray-cpus-per-client", type=float, metavar="N", help="CPUs each client reserves (default 1)")
+    ray.add_argument("--ray-gpus-per-client", type=float, metavar="N", help="GPUs each client reserves (default 0)")
+    ray.add_argument("--ray-memory-per-client", metavar="SIZE", help="memory each client reserves: bytes, 2GB, 512MiB")
+    ray.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: one per core)")
+    ray.add_argument("--ray-retries", type=int, metavar="N", help="re-runs of a client lost with its node (default 3)")
 
 
 #: ``--dp-X`` flag -> PrivacySettings field (``--dp MODE`` is ``mode``)

@@ -24,11 +24,12 @@ from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
+from fedloom.sim.ray_resources import ClientResources
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 DATASETS = ("digits", "fmnist", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
-EXECUTORS = ("sequential", "parallel")
+EXECUTORS = ("sequential", "parallel", "ray")
 #: ``sync`` rounds, or the asynchronous lifecycle (FedBuff, FedAsync)
 MODES = ("sync", "fedbuff", "fedasync")
 
@@ -55,6 +56,15 @@ class SimConfig:
     executor: str = "sequential"
     workers: int = 0
     max_retries: int = 0
+    #: --executor ray: a cluster to join (None: start a local Ray), what each client reserves
+    #: there (memory as bytes or "2GB"), the local Ray's CPUs (0: one per core) and how often a
+    #: client lost with its Ray node or worker is re-run
+    ray_address: str | None = None
+    ray_cpus_per_client: float = 1.0
+    ray_gpus_per_client: float = 0.0
+    ray_memory_per_client: str | None = None
+    ray_cpus: int = 0
+    ray_retries: int = 3
     client_eval_fraction: float = 0.0
     on_client_error: str = "fail"
     keep_local_models: bool = False
@@ -119,6 +129,7 @@ class SimConfig:
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
+        self._check_ray()
         _one_of("speeds", self.speeds, ("none", *DISTRIBUTIONS))
         if self.workers < 0 or self.max_retries < 0:
             raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")
@@ -131,6 +142,24 @@ class SimConfig:
             raise ConfigError(f"client_eval_fraction must be in [0, 1], got {self.client_eval_fraction}")
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
+
+    def _check_ray(self) -> None:
+        """The ``ray_*`` settings: only with ``executor = "ray"``, each in range."""
+        ray_fields = [f for f in dataclasses.fields(self) if f.name.startswith("ray_")]
+        given = [f.name for f in ray_fields if getattr(self, f.name) != f.default]
+        if given and self.executor != "ray":
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags}: only the Ray executor reads these; add --executor ray, or drop them")
+        if self.ray_cpus < 0 or self.ray_retries < 0:
+            raise ConfigError(f"ray_cpus and ray_retries must be >= 0, got {self.ray_cpus} and {self.ray_retries}")
+        if self.ray_address and self.ray_cpus:
+            raise ConfigError("--ray-cpus sizes a local Ray; a cluster joined with --ray-address has its own CPUs")
+        self.ray_resources()
+
+    def ray_resources(self) -> ClientResources:
+        """What each client reserves on a Ray node (``--ray-cpus/gpus/memory-per-client``)."""
+        memory = self.ray_memory_per_client
+        return ClientResources.from_flags(self.ray_cpus_per_client, self.ray_gpus_per_client, memory)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -49,6 +49,7 @@ class RoundJudge:
         else:
             number, updates, samples, weights = end.round, end.num_updates, 0, trained.start_weights
             metrics = {**self._metrics({}, weights, number, per_client), "abandoned": 1.0}
+        metrics.update(trained.executor_metrics)
         if trained.sim_seconds is not None:
             metrics["sim_seconds"] = trained.sim_seconds
         return RoundSummary(

@@ -29,22 +29,20 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
-import traceback
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from fedloom.algorithms.mean import WeightedMeanAccumulator
-from fedloom.core.errors import ConfigError, ValidationError
+from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
-from fedloom.core.serialization import from_bytes, to_bytes
+from fedloom.core.serialization import to_bytes
 from fedloom.core.update import ClientUpdate, UpdateReport
-from fedloom.core.weights import Weights, validate_weights
-from fedloom.sim.executor import ClientFailure, ClientFn, MergedUpdates, fit_one
+from fedloom.core.weights import Weights
+from fedloom.sim.executor import ClientFailure, ClientFn, MergedUpdates
 from fedloom.sim.wire import WorkerGone, recv_frame, send_frame
+from fedloom.sim.worker_fit import WorkerState, fit_header, limit_threads, partial_from, result_from
 
 
 def default_workers() -> int:
@@ -52,50 +50,13 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _limit_threads(threads: int) -> None:
-    """Stop each worker from spawning a thread per core (N workers x N threads oversubscribes)."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    except ImportError:  # numpy's BLAS keeps its default; only matters for BLAS-heavy trainers
-        pass
-
-
 # ----------------------------------------------------------------------------- worker side
 
 
-@dataclass
-class _WorkerState:
-    weights: Weights | None = None
-    accumulator: WeightedMeanAccumulator | None = None
-
-
-def _fit_message(state: _WorkerState, client_fn: ClientFn, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    client_id = header["client_id"]
-    assert state.weights is not None
-    try:
-        update = fit_one(client_fn, client_id, state.weights, FitConfig(**header["config"]), header.get("state_dir"))
-        validate_weights(update.weights, state.weights)
-    except ValidationError as exc:
-        return {"type": "failure", "client_id": client_id, "code": "invalid_weights", "message": str(exc)}, b""
-    except Exception as exc:  # the user's Trainer may raise anything: report it with its traceback
-        message = f"{type(exc).__name__}: {exc}"
-        return {"type": "failure", "client_id": client_id, "message": message, "details": traceback.format_exc()}, b""
-    report = asdict(update.report())
-    if state.accumulator is not None:
-        state.accumulator.add(update)
-        return {"type": "fitted", "report": report}, b""
-    return {"type": "update", "report": report}, to_bytes(update.weights)
-
-
 def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None:
-    _limit_threads(threads)
+    limit_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    state = _WorkerState()
+    state = WorkerState()
     with contextlib.suppress(WorkerGone):  # the driver is gone (exited or killed): nothing left to do
         while True:
             header, payload = recv_frame(sock)
@@ -103,17 +64,11 @@ def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None
             if kind == "stop":
                 return
             if kind == "round":
-                state.weights, _ = from_bytes(payload)
-                state.accumulator = WeightedMeanAccumulator(state.weights) if header["merge"] else None
+                state.begin_round(payload, header["merge"])
             elif kind == "fit":
-                send_frame(sock, *_fit_message(state, client_fn, header))
+                send_frame(sock, *state.fit(client_fn, header))
             elif kind == "flush":
-                assert state.accumulator is not None
-                sums, total, count = state.accumulator.partial_sums()
-                partial = to_bytes(sums) if count else b""
-                send_frame(sock, {"type": "partial", "total": total, "count": count}, partial)
-                assert state.weights is not None
-                state.accumulator = WeightedMeanAccumulator(state.weights)
+                send_frame(sock, *state.flush())
 
 
 def _worker_main(sock: socket.socket, inherited: list[socket.socket], client_fn: ClientFn, threads: int) -> None:
@@ -294,9 +249,7 @@ class _RoundRun:
             return
         client_id = self.queue.popleft()
         worker.busy_with, worker.busy_since = client_id, time.monotonic()
-        config = asdict(self.configs[client_id])
-        config["extra"] = dict(config["extra"])
-        send_frame(worker.sock, {"type": "fit", "client_id": client_id, "config": config, "state_dir": self.state_dir})
+        send_frame(worker.sock, fit_header(client_id, self.configs[client_id], self.state_dir))
 
     def _step(self) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
         for key, _ in self.selector.select(timeout=1.0):
@@ -312,17 +265,11 @@ class _RoundRun:
     def _handle(
         self, worker: _Worker, header: dict[str, Any], payload: bytes
     ) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
-        kind = header["type"]
-        if kind == "fitted":
-            worker.merged.append(UpdateReport(**header["report"]))
-        elif kind == "update":
-            report = UpdateReport(**header["report"])
-            tensors, _ = from_bytes(payload)
-            yield ClientUpdate(report.client_id, report.round, tensors, report.num_samples, report.metrics)
-        elif kind == "failure":
-            details = header.get("details", "")
-            code = header.get("code", "client_failed")
-            yield ClientFailure(header["client_id"], self.round, header["message"], details, code)
+        result = result_from(self.round, (header, payload))
+        if isinstance(result, UpdateReport):
+            worker.merged.append(result)
+        else:
+            yield result
         try:
             self._assign(worker)
         except WorkerGone:
@@ -371,7 +318,5 @@ class _RoundRun:
             except WorkerGone:
                 yield from self._replace(worker, _death_message(worker))
                 continue
-            sums, _ = from_bytes(payload)
-            partial = WeightedMeanAccumulator.from_partial_sums(self.weights, sums, header["total"], header["count"])
-            yield MergedUpdates(worker.merged, partial)
+            yield MergedUpdates(worker.merged, partial_from(self.weights, (header, payload)))
             worker.merged = []

@@ -41,6 +41,8 @@ class TrainedRound:
     sim_seconds: float | None
     #: client id (or ``"simulation"``) -> system metrics of the round (sync rounds only)
     system: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: what the executor reports about the round (the Ray executor's ``clients_retried``)
+    executor_metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class SyncLoop:
         self._end: RoundEnd | None = None
         self._meter = SimSystemMeter()
         self._usage: RoundUsage = {}
+        self._executor_metrics: dict[str, float] = {}
 
     def _take(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -102,7 +105,9 @@ class SyncLoop:
         assert self._end is not None
         sim_seconds = self.now if self.environment else None
         selected = len(opened.selected)
-        return TrainedRound(self._end, selected, opened.global_weights, started, sim_seconds, self._usage)
+        return TrainedRound(
+            self._end, selected, opened.global_weights, started, sim_seconds, self._usage, self._executor_metrics
+        )
 
     def _train(self, opened: RoundOpened) -> list[tuple[float, ExecutorResult]]:
         """Every delivering client's result with its arrival time (dropouts are refused here)."""
@@ -121,6 +126,8 @@ class SyncLoop:
         inner = getattr(self.executor, "executor", self.executor)  # the run's executor, under its local-context wrapper
         sequential = isinstance(inner, SequentialExecutor)
         results, self._usage = self._meter.draw(drawn, opened.global_weights, per_client_time=sequential)
+        reported = getattr(inner, "round_metrics", None)  # executors that have figures of their own
+        self._executor_metrics = dict(reported()) if callable(reported) else {}
         if self.poison is not None:
             results = self._poisoned(opened, results)
         return sorted(((self._arrival(r, when), r) for r in results), key=lambda item: item[0])

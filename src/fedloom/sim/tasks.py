@@ -129,6 +129,13 @@ def make_executor(config: SimConfig) -> Executor:
         from fedloom.sim.parallel import ParallelExecutor
 
         return ParallelExecutor(config.workers or None, max_retries=config.max_retries)
+    if config.executor == "ray":
+        from fedloom.sim.ray_executor import RayExecutor
+
+        resources = config.ray_resources()
+        return RayExecutor(
+            config.ray_address, resources=resources, num_cpus=config.ray_cpus or None, max_retries=config.ray_retries
+        )
     return SequentialExecutor()
 
 
