@@ -48,7 +48,7 @@ def test_every_model_matches_per_client_training(build):
 
 def test_batchnorm_running_statistics_and_counter_are_per_client():
     model = bn_model()
-    per_client, cohort, diff = compare(strategy(), model, federation(UNEVEN))
+    _, cohort, diff = compare(strategy(), model, federation(UNEVEN))
     assert diff <= TOL
     counters = [int(u.weights["1.num_batches_tracked"]) for u in cohort]
     assert counters == [5, 2, 3, 1, 8, 2]  # each client's own number of steps, a 0-d int64

@@ -10,10 +10,11 @@ from torch import nn
 
 from fedloom import fedavg
 from fedloom.core.errors import ConfigError
-from fedloom.sim.cohort.budget import auto_cohort_size, client_bytes, parse_cohort
+from fedloom.models import mlp
+from fedloom.sim.cohort.budget import auto_cohort_size, client_bytes
+from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.cohort.stacking import stack_weights, unstack_weights
 from fedloom.sim.executor import ClientFailure, ClientUpdate, SequentialExecutor
-from fedloom.models import mlp
 
 pytestmark = pytest.mark.torch
 
@@ -56,7 +57,7 @@ def cohort_records(caplog):
 def test_data_dependent_control_flow_falls_back_with_one_log_line(caplog):
     caplog.set_level(logging.INFO, logger="fedloom.sim.cohort")
     torch.manual_seed(0)
-    per_client, cohort, diff = compare(fedavg(1.0, 1, 1, 8, 0.1), Branchy(), federation(SIZES), rounds=2)
+    _, _, diff = compare(fedavg(1.0, 1, 1, 8, 0.1), Branchy(), federation(SIZES), rounds=2)
     assert diff == 0.0  # trained by the very same per-client code
     records = cohort_records(caplog)
     assert len(records) == 1, [r.getMessage() for r in records]
@@ -76,7 +77,7 @@ def test_dropout_is_refused_because_a_cohort_cannot_replay_its_masks(caplog):
 
 def test_zero_d_parameter_and_in_place_int_counter_match():
     torch.manual_seed(0)
-    per_client, cohort, diff = compare(fedavg(1.0, 1, 2, 8, 0.1), CountsCalls(), federation(SIZES))
+    _, cohort, diff = compare(fedavg(1.0, 1, 2, 8, 0.1), CountsCalls(), federation(SIZES))
     assert diff <= TOL
     assert [int(u.weights["calls"]) for u in cohort] == [4, 2, 6]  # 2 epochs of 2, 1, 3 batches
     assert cohort[0].weights["temperature"].shape == () and cohort[0].weights["calls"].dtype == np.int64

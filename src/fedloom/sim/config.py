@@ -24,6 +24,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
+from fedloom.sim.cohort.setting import parse_cohort
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 DATASETS = ("digits", "fmnist", "cifar10")
@@ -55,6 +56,8 @@ class SimConfig:
     executor: str = "sequential"
     workers: int = 0
     max_retries: int = 0
+    #: cohort training (fedloom.sim.cohort): "auto" (sized to memory, where the model is safe), "off", or "N"
+    cohort: str = "auto"
     client_eval_fraction: float = 0.0
     on_client_error: str = "fail"
     keep_local_models: bool = False
@@ -119,6 +122,7 @@ class SimConfig:
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
+        parse_cohort(self.cohort)
         _one_of("speeds", self.speeds, ("none", *DISTRIBUTIONS))
         if self.workers < 0 or self.max_retries < 0:
             raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")

@@ -19,6 +19,7 @@ from fedloom.client.trainer import Trainer
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
+from fedloom.sim.cohort.setting import parse_cohort
 
 ClientFn = Callable[[int], Trainer]
 
@@ -94,8 +95,6 @@ class SequentialExecutor:
     is safe for it; ``"off"`` (the Python default) is the bit-for-bit reference."""
 
     def __init__(self, cohort: str | int = "off") -> None:
-        from fedloom.sim.cohort.budget import parse_cohort
-
         self.cohort = parse_cohort(cohort)
 
     def run_round(

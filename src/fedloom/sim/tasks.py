@@ -129,7 +129,7 @@ def make_executor(config: SimConfig) -> Executor:
         from fedloom.sim.parallel import ParallelExecutor
 
         return ParallelExecutor(config.workers or None, max_retries=config.max_retries)
-    return SequentialExecutor()
+    return SequentialExecutor(cohort=config.cohort)  # cohort training where the model is safe (issue 13)
 
 
 def simulate_config(

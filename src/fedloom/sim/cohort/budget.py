@@ -14,21 +14,9 @@ import copy
 import torch
 from torch import nn
 
-from fedloom.core.errors import ConfigError
-
 CPU_BUDGET_BYTES = 1 << 30
 STATE_COPIES = 6
 ACTIVATION_COPIES = 2
-
-
-def parse_cohort(value: object) -> str | int:
-    """``"auto"``, ``"off"`` or a positive cohort size; anything else is refused naming the field."""
-    if isinstance(value, str) and value in ("auto", "off"):
-        return value
-    text = str(value).strip()
-    if not isinstance(value, bool) and text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise ConfigError(f"cohort must be 'auto', 'off' or a positive number of clients, got {value!r}")
 
 
 def budget_bytes(device: torch.device) -> int:
@@ -61,8 +49,8 @@ def activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
 
 def client_bytes(model: nn.Module, sample: torch.Tensor, batch_size: int, samples_per_client: int) -> int:
     """The estimated memory one client adds to a cohort."""
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    data = samples_per_client * sample[:1].numel() * sample.element_size()
+    state = sum(int(t.numel()) * int(t.element_size()) for t in model.state_dict().values())
+    data = samples_per_client * int(sample[:1].numel()) * int(sample.element_size())
     return STATE_COPIES * state + data + ACTIVATION_COPIES * batch_size * activation_bytes(model, sample)
 
 

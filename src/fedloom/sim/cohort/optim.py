@@ -101,4 +101,3 @@ def make_stacked_optimizer(
     if name == "adam":  # like TorchTrainer, Adam ignores ``momentum`` (it has its own betas)
         return StackedAdam(params, lr, weight_decay)
     raise ConfigError(f"optimizer {name!r} has no cohort counterpart; use 'sgd' or 'adam' (or --cohort off)")
-

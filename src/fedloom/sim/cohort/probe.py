@@ -22,10 +22,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedloom.algorithms.dp_sgd_settings import dp_sgd_from_extra
-from fedloom.client.trainer import Trainer
 from fedloom.client.torch_trainer import TorchTrainer
+from fedloom.client.trainer import Trainer
 from fedloom.core.fit import FitConfig
-from fedloom.sim.cohort.stacking import trainable_names
+from fedloom.sim.cohort.stacking import Tensors, trainable_names
 
 PROBE_SAMPLES = 4
 #: relative bound on a probe gradient's difference from autograd's (float32 reassociation)
@@ -79,15 +79,13 @@ def _reference_step(
     return out | {f"buffer:{n}": b.detach().clone() for n, b in twin.named_buffers()}
 
 
-def _vmapped_step(
-    model: nn.Module, trainer: TorchTrainer, x: torch.Tensor, y: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def _vmapped_step(model: nn.Module, trainer: TorchTrainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """The same step for two stacked copies under vmap; the first copy's gradients and buffers."""
     trainable = set(trainable_names(model))
     params = {n: torch.stack([p.detach()] * 2) for n, p in model.named_parameters() if n in trainable}
     fixed = {n: torch.stack([t.detach()] * 2) for n, t in model.state_dict().items() if n not in trainable}
 
-    def loss_of(p: dict[str, torch.Tensor], f: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def loss_of(p: Tensors, f: Tensors, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return trainer.loss_fn(functional_call(model, (p, f), (xb,)), yb)
 
     was_training = model.training

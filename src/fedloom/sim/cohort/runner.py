@@ -61,6 +61,10 @@ class _Member:
     context: LocalContext
 
 
+def _job(member: _Member) -> CohortJob:
+    return CohortJob(member.trainer.x, member.trainer.y, member.prepared.model, member.config, member.prepared.terms)
+
+
 class CohortRound:
     """One round: clients prepared in order, cohorts trained when full, results yielded in order."""
 
@@ -125,7 +129,7 @@ class CohortRound:
                 out[group[0].client_id] = self._alone(group[0].trainer, group[0].client_id, group[0].config)
                 continue
             try:
-                jobs = [CohortJob(m.trainer.x, m.trainer.y, m.prepared.model, m.config, m.prepared.terms) for m in group]
+                jobs = [_job(m) for m in group]
                 results = train_cohort(TrainerSettings.of(group[0].trainer), jobs)
             except Exception as exc:  # the batched path failed: each client trains (and fails) on its own
                 say_once(f"cohort training failed ({type(exc).__name__}: {exc}); training those clients one by one")
@@ -142,7 +146,8 @@ class CohortRound:
             result = as_received(result, self.weights, member.config, member.context)
         except Exception as exc:  # reported as the sequential executor reports it
             return failure(member.client_id, self.round, exc)
-        return ClientUpdate(member.client_id, member.config.round, result.weights, result.num_samples, dict(result.metrics))
+        round_ = member.config.round
+        return ClientUpdate(member.client_id, round_, result.weights, result.num_samples, dict(result.metrics))
 
 
 def run_cohort_round(

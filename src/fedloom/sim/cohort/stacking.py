@@ -56,7 +56,8 @@ def stack_weights(model: nn.Module, weights: Sequence[Weights], device: torch.de
 def unstack_weights(stacked: StackedWeights) -> list[Weights]:
     """One NumPy Weights per client, in the state_dict's order (copies, on CPU)."""
     host = {k: v.detach().cpu().numpy() for k, v in {**stacked.params, **stacked.fixed}.items()}
-    return [{name: np.array(host[name][c], copy=True) for name in stacked.names} for c in range(stacked.clients)]  # 0-d stays an array
+    # np.array, not .copy(): a 0-d slice (num_batches_tracked) must stay an array, not a NumPy scalar
+    return [{name: np.array(host[name][c], copy=True) for name in stacked.names} for c in range(stacked.clients)]
 
 
 def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedloom.client.torch_trainer import LossFn, TorchTrainer
 from fedloom.core.fit import FitConfig, FitResult
-from fedloom.core.terms import FISHER_PREFIX, ClientTerms
+from fedloom.core.terms import FISHER_PREFIX, AffineTerm, ClientTerms
 from fedloom.core.weights import Weights
 from fedloom.sim.cohort.optim import StackedOptimizer, make_stacked_optimizer
 from fedloom.sim.cohort.plan import BatchPlan, plan_batches
 from fedloom.sim.cohort.stacking import StackedWeights, Tensors, stack_weights, trainable_names, unstack_weights
+
+StackedTerm = tuple[torch.Tensor, torch.Tensor]  # (scale, offset), each (clients, *shape)
 
 
 @dataclass(frozen=True)
@@ -83,23 +85,29 @@ def step_function(model: nn.Module, loss_fn: LossFn, masked: bool) -> Callable[.
         correct = ((out.argmax(dim=1) == y).to(w.dtype) * w).sum()
         return loss, (loss.detach(), correct.detach())
 
-    return vmap(grad(loss_of, has_aux=True), randomness="error")  # type: ignore[no-any-return]
+    return vmap(grad(loss_of, has_aux=True), randomness="error")
 
 
-def stack_terms(model: nn.Module, jobs: Sequence[CohortJob], device: torch.device) -> dict[str, tuple[torch.Tensor, ...]]:
+def stack_terms(model: nn.Module, jobs: Sequence[CohortJob], device: torch.device) -> dict[str, StackedTerm]:
     """Per trainable parameter with a term in any client: stacked (scale, offset), zeros where none."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    stacked: dict[str, tuple[torch.Tensor, ...]] = {}
+    stacked: dict[str, StackedTerm] = {}
     for name in trainable_names(model):
         terms = [job.terms.term(name) for job in jobs]
         if all(t is None for t in terms):
             continue
-        parts = [
-            [np.broadcast_to(np.asarray(0.0 if t is None else getattr(t, field), np.float32), shapes[name]) for t in terms]
+        scale, offset = (
+            torch.from_numpy(np.stack([_broadcast(t, field, shapes[name]) for t in terms])).to(device)
             for field in ("scale", "offset")
-        ]
-        stacked[name] = tuple(torch.from_numpy(np.stack(p)).to(device) for p in parts)
+        )
+        stacked[name] = (scale, offset)
     return stacked
+
+
+def _broadcast(term: AffineTerm | None, field: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A term's scale or offset as float32 of the parameter's shape (0 for a client without the term)."""
+    value = 0.0 if term is None else getattr(term, field)
+    return np.broadcast_to(np.asarray(value, np.float32), shape)
 
 
 class CohortLoop:
@@ -168,7 +176,8 @@ def train_cohort(settings: TrainerSettings, jobs: Sequence[CohortJob]) -> list[F
     model, device = settings.model, settings.device
     batch_size = jobs[0].config.batch_size
     stack = stack_weights(model, [job.weights for job in jobs], device)
-    initial = [_initial_loss(settings, stack, c, job) if job.terms.report_initial_loss else None for c, job in enumerate(jobs)]
+    asked = [job.terms.report_initial_loss for job in jobs]
+    initial = [_initial_loss(settings, stack, c, job) if asked[c] else None for c, job in enumerate(jobs)]
     sizes = [len(job.x) for job in jobs]
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     seeds, epochs = [job.config.seed for job in jobs], [job.config.epochs for job in jobs]
