@@ -8,6 +8,8 @@ evaluation on the 10k test set every round):
 Contenders, each a fresh process (start-up included), memory = peak of its whole tree:
   bare     hand-written loop, one process, one thread (the compute floor)
   fedloom  parallel executor, one worker per core, default SQLite store
+  fedloom-cohort  sequential executor, each round's clients trained as one vmapped cohort
+                  (--cohort auto; torch's intra-op threads use every core), default SQLite store
   flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
 
     python -m benchmarks.sim_vs_flower --setup-flower      # once: flwr[simulation] in .bench-venvs/flower
@@ -37,7 +39,7 @@ from fedloom.sim.partition import partition
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
-CONTENDERS = ("bare", "fedloom", "flower")
+CONTENDERS = ("bare", "fedloom", "fedloom-cohort", "flower")
 
 
 def setup_flower() -> None:
@@ -76,6 +78,8 @@ def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: i
         return [sys.executable, "-m", "benchmarks.simbench.run_bare", *common, "--partitions", str(parts)]
     if contender == "fedloom":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common]
+    if contender == "fedloom-cohort":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto"]
     python = str(FLOWER_VENV / "bin" / "python")
     return [python, "-m", "benchmarks.simbench.run_flower", *common, "--partitions", str(parts)]
 
@@ -106,15 +110,19 @@ def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[
     out: dict[str, float] = {}
     floor = num("bare", "wall_seconds") / cores
     out["parallel_floor_seconds"] = floor
-    out["fedloom_over_floor"] = num("fedloom", "wall_seconds") / floor
-    overhead = (num("fedloom", "wall_seconds") * cores - num("bare", "wall_seconds")) / updates
-    out["fedloom_overhead_ms_per_update"] = 1000 * overhead
-    out["fedloom_minus_bare_accuracy_points"] = 100 * (num("fedloom", "final_accuracy") - num("bare", "final_accuracy"))
-    if "flower" in res:
-        out["fedloom_over_flower_time"] = num("fedloom", "wall_seconds") / num("flower", "wall_seconds")
-        out["flower_over_fedloom_time"] = num("flower", "wall_seconds") / num("fedloom", "wall_seconds")
-        out["fedloom_over_flower_rss"] = num("fedloom", "peak_rss_mib") / num("flower", "peak_rss_mib")
-        out["fedloom_over_flower_pss"] = num("fedloom", "peak_pss_mib") / num("flower", "peak_pss_mib")
+    for name in ("fedloom", "fedloom-cohort"):
+        if name not in res:
+            continue
+        key = name.replace("-", "_")
+        out[f"{key}_over_floor"] = num(name, "wall_seconds") / floor
+        overhead = (num(name, "wall_seconds") * cores - num("bare", "wall_seconds")) / updates
+        out[f"{key}_overhead_ms_per_update"] = 1000 * overhead
+        out[f"{key}_minus_bare_accuracy_points"] = 100 * (num(name, "final_accuracy") - num("bare", "final_accuracy"))
+        if "flower" in res:
+            out[f"{key}_over_flower_time"] = num(name, "wall_seconds") / num("flower", "wall_seconds")
+            out[f"flower_over_{key}_time"] = num("flower", "wall_seconds") / num(name, "wall_seconds")
+            out[f"{key}_over_flower_rss"] = num(name, "peak_rss_mib") / num("flower", "peak_rss_mib")
+            out[f"{key}_over_flower_pss"] = num(name, "peak_pss_mib") / num("flower", "peak_pss_mib")
     return out
 
 

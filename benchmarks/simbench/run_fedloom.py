@@ -1,4 +1,5 @@
-"""fedloom on the workload: the built-in task, the parallel executor, the default SQLite store."""
+"""fedloom on the workload: the built-in task, the parallel executor (or, with ``--cohort``, the
+sequential executor training each round's clients as batched cohorts), the default SQLite store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from benchmarks.simbench import plain
 from fedloom import Environment, Evaluation, Recording, fedavg, simulate
 from fedloom.sim.config import SimConfig
+from fedloom.sim.executor import SequentialExecutor
 from fedloom.sim.parallel import ParallelExecutor
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
@@ -20,6 +22,7 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--cohort", help="auto|N: the sequential executor with cohort training (all cores via torch)")
     p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
     w = plain.WORKLOADS[args.workload]
@@ -49,7 +52,7 @@ def main() -> None:
             initial_weights=task.initial_weights,
             environment=Environment(client_sizes=task.client_sizes),
             evaluation=Evaluation(task.evaluate_fn, overlap=args.overlap),
-            executor=ParallelExecutor(args.workers or None),
+            executor=SequentialExecutor(args.cohort) if args.cohort else ParallelExecutor(args.workers or None),
             recording=Recording(store=store),
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))
