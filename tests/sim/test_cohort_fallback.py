@@ -12,6 +12,7 @@ from fedloom import fedavg
 from fedloom.core.errors import ConfigError
 from fedloom.models import mlp
 from fedloom.sim.cohort.budget import auto_cohort_size, client_bytes
+from fedloom.sim.cohort.probe import CPU_AUTO_MAX_PARAMETERS
 from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.cohort.stacking import stack_weights, unstack_weights
 from fedloom.sim.executor import ClientFailure, ClientUpdate, SequentialExecutor
@@ -176,3 +177,22 @@ def test_stacking_round_trip_keeps_every_value_and_dtype():
         for k in want:
             assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
             assert got[k].tobytes() == np.asarray(want[k]).tobytes()  # bitwise, -0.0 and subnormals too
+
+
+def test_auto_on_cpu_trains_a_large_model_one_by_one_and_says_why(caplog):
+    """Above CPU_AUTO_MAX_PARAMETERS, auto keeps per-client training (measured faster on CPU); N forces a cohort."""
+    caplog.set_level(logging.INFO, logger="fedloom.sim.cohort")
+    torch.manual_seed(0)
+    model = mlp((1, 8, 8), 3, hidden=(800,))  # 54,403 parameters
+    assert sum(p.numel() for p in model.parameters()) > CPU_AUTO_MAX_PARAMETERS
+    initial = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    make = client_fn_for(model, federation(SIZES))
+    strategy = fedavg(1.0, 1, 1, 8, 0.1)
+    off, _ = run_rounds(strategy, make, 3, initial, SequentialExecutor("off"))
+    auto, _ = run_rounds(strategy, make, 3, initial, SequentialExecutor("auto"))
+    forced, _ = run_rounds(strategy, make, 3, initial, SequentialExecutor(3))
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for a, b in zip(off, auto, strict=True) for k in a.weights)
+    said = [r.getMessage() for r in cohort_records(caplog)]
+    assert len(said) == 1 and "batches models of up to 50,000 parameters and this one has 54,403" in said[0]
+    diffs = [np.abs(a.weights[k] - b.weights[k]).max() for a, b in zip(off, forced, strict=True) for k in a.weights]
+    assert 0 < max(diffs) <= TOL  # the forced cohort really is the batched path, and equal within the bound

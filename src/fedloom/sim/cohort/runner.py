@@ -28,7 +28,7 @@ from fedloom.core.fit import FitConfig, FitResult
 from fedloom.core.update import ClientUpdate
 from fedloom.core.weights import Weights
 from fedloom.sim.cohort.budget import auto_cohort_size
-from fedloom.sim.cohort.probe import cohort_refusal
+from fedloom.sim.cohort.probe import auto_refusal, cohort_refusal
 from fedloom.sim.cohort.train import CohortJob, TrainerSettings, train_cohort
 from fedloom.sim.executor import ClientFailure, ClientFn, fit_trainer
 
@@ -99,6 +99,8 @@ class CohortRound:
         try:
             trainer = client_fn(int(client_id))
             reason = cohort_refusal(trainer, config)
+            if reason is None and self.setting == "auto" and isinstance(trainer, TorchTrainer):
+                reason = auto_refusal(trainer)
             if reason is not None:
                 level = logging.INFO if self.setting == "auto" else logging.WARNING
                 say_once(f"cohort training off for these clients, trained one by one: {reason}", level)
