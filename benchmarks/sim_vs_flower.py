@@ -40,6 +40,8 @@ from fedloom.sim.partition import partition
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
 CONTENDERS = ("bare", "fedloom", "fedloom-cohort", "flower")
+#: also runnable (--contenders): the cohort path with one torch thread (2 threads oversubscribe a busy machine)
+EXTRA_CONTENDERS = ("fedloom-cohort-1t",)
 
 
 def setup_flower() -> None:
@@ -80,6 +82,8 @@ def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: i
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common]
     if contender == "fedloom-cohort":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto"]
+    if contender == "fedloom-cohort-1t":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto", "--threads", "1"]
     python = str(FLOWER_VENV / "bin" / "python")
     return [python, "-m", "benchmarks.simbench.run_flower", *common, "--partitions", str(parts)]
 
@@ -110,7 +114,7 @@ def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[
     out: dict[str, float] = {}
     floor = num("bare", "wall_seconds") / cores
     out["parallel_floor_seconds"] = floor
-    for name in ("fedloom", "fedloom-cohort"):
+    for name in ("fedloom", "fedloom-cohort", "fedloom-cohort-1t"):
         if name not in res:
             continue
         key = name.replace("-", "_")

@@ -23,8 +23,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--cohort", help="auto|N: the sequential executor with cohort training (all cores via torch)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     w = plain.WORKLOADS[args.workload]
     clients, per_round = int(w["clients"]), int(w["per_round"])
     config = SimConfig(
