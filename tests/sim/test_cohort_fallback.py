@@ -11,6 +11,7 @@ from torch import nn
 from fedloom import fedavg
 from fedloom.core.errors import ConfigError
 from fedloom.models import mlp
+from fedloom.sim.cohort import runner
 from fedloom.sim.cohort.budget import auto_cohort_size, client_bytes
 from fedloom.sim.cohort.probe import CPU_AUTO_MAX_PARAMETERS
 from fedloom.sim.cohort.setting import parse_cohort
@@ -49,6 +50,12 @@ class CountsCalls(nn.Module):
         if self.training:
             self.calls.add_(1)
         return self.linear(x.flatten(1)) * self.temperature
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_memory(monkeypatch):
+    """Each reason is logged once per process: start every test as a fresh process would."""
+    monkeypatch.setattr(runner, "_said", set())
 
 
 def cohort_records(caplog):
