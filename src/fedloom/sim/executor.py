@@ -94,6 +94,8 @@ class SequentialExecutor:
     ``"auto"`` or a size N, together as batched cohorts (fedloom.sim.cohort) where the model
     is safe for it; ``"off"`` (the Python default) is the bit-for-bit reference."""
 
+    cohort: str | int = "off"  # a class default too: subclasses that skip __init__ train one by one
+
     def __init__(self, cohort: str | int = "off") -> None:
         self.cohort = parse_cohort(cohort)
 
