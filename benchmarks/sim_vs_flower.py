@@ -9,6 +9,8 @@ Contenders, each a fresh process (start-up included), memory = peak of its whole
   bare     hand-written loop, one process, one thread (the compute floor)
   fedloom  parallel executor, one worker per core, default SQLite store
   fedloom-ray  the Ray executor on a local Ray of one CPU per core, one CPU per client
+  fedloom-cohort  sequential executor, each round's clients trained as one vmapped cohort
+                  (--cohort auto; torch's intra-op threads use every core), default SQLite store
   flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
 
     python -m benchmarks.sim_vs_flower --setup-flower      # once: flwr[simulation] in .bench-venvs/flower
@@ -40,8 +42,10 @@ from fedloom.sim.partition import partition
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
-CONTENDERS = ("bare", "fedloom", "fedloom-ray", "flower")
-DEFAULT_CONTENDERS = ("bare", "fedloom", "flower")
+CONTENDERS = ("bare", "fedloom", "fedloom-ray", "fedloom-cohort", "flower")
+DEFAULT_CONTENDERS = ("bare", "fedloom", "fedloom-cohort", "flower")
+#: also runnable (--contenders): the cohort path with one torch thread (2 threads oversubscribe a busy machine)
+EXTRA_CONTENDERS = ("fedloom-cohort-1t",)
 
 
 def setup_flower() -> None:
@@ -82,6 +86,10 @@ def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: i
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common]
     if contender == "fedloom-ray":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--executor", "ray"]
+    if contender == "fedloom-cohort":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto"]
+    if contender == "fedloom-cohort-1t":
+        return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto", "--threads", "1"]
     python = str(FLOWER_VENV / "bin" / "python")
     return [python, "-m", "benchmarks.simbench.run_flower", *common, "--partitions", str(parts)]
 
@@ -112,24 +120,21 @@ def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[
     out: dict[str, float] = {}
     floor = num("bare", "wall_seconds") / cores
     out["parallel_floor_seconds"] = floor
-    out["fedloom_over_floor"] = num("fedloom", "wall_seconds") / floor
-    overhead = (num("fedloom", "wall_seconds") * cores - num("bare", "wall_seconds")) / updates
-    out["fedloom_overhead_ms_per_update"] = 1000 * overhead
-    out["fedloom_minus_bare_accuracy_points"] = 100 * (num("fedloom", "final_accuracy") - num("bare", "final_accuracy"))
-    if "flower" in res:
-        out["fedloom_over_flower_time"] = num("fedloom", "wall_seconds") / num("flower", "wall_seconds")
-        out["flower_over_fedloom_time"] = num("flower", "wall_seconds") / num("fedloom", "wall_seconds")
-        out["fedloom_over_flower_rss"] = num("fedloom", "peak_rss_mib") / num("flower", "peak_rss_mib")
-        out["fedloom_over_flower_pss"] = num("fedloom", "peak_pss_mib") / num("flower", "peak_pss_mib")
+    for name in ("fedloom", "fedloom-ray", "fedloom-cohort", "fedloom-cohort-1t"):
+        if name not in res:
+            continue
+        key = name.replace("-", "_")
+        out[f"{key}_over_floor"] = num(name, "wall_seconds") / floor
+        overhead = (num(name, "wall_seconds") * cores - num("bare", "wall_seconds")) / updates
+        out[f"{key}_overhead_ms_per_update"] = 1000 * overhead
+        out[f"{key}_minus_bare_accuracy_points"] = 100 * (num(name, "final_accuracy") - num("bare", "final_accuracy"))
+        if "flower" in res:
+            out[f"{key}_over_flower_time"] = num(name, "wall_seconds") / num("flower", "wall_seconds")
+            out[f"flower_over_{key}_time"] = num("flower", "wall_seconds") / num(name, "wall_seconds")
+            out[f"{key}_over_flower_rss"] = num(name, "peak_rss_mib") / num("flower", "peak_rss_mib")
+            out[f"{key}_over_flower_pss"] = num(name, "peak_pss_mib") / num("flower", "peak_pss_mib")
     if "fedloom-ray" in res:
-        out["fedloom_ray_minus_bare_accuracy_points"] = 100 * (
-            num("fedloom-ray", "final_accuracy") - num("bare", "final_accuracy")
-        )
         out["fedloom_ray_over_parallel_time"] = num("fedloom-ray", "wall_seconds") / num("fedloom", "wall_seconds")
-    if "fedloom-ray" in res and "flower" in res:
-        out["fedloom_ray_over_flower_time"] = num("fedloom-ray", "wall_seconds") / num("flower", "wall_seconds")
-        out["fedloom_ray_over_flower_rss"] = num("fedloom-ray", "peak_rss_mib") / num("flower", "peak_rss_mib")
-        out["fedloom_ray_over_flower_pss"] = num("fedloom-ray", "peak_pss_mib") / num("flower", "peak_pss_mib")
     return out
 
 
@@ -137,7 +142,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup-flower", action="store_true", help="create the Flower virtualenv and exit")
     p.add_argument("--workloads", default=",".join(plain.WORKLOADS))
-    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"any of {', '.join(CONTENDERS)}")
+    p.add_argument(
+        "--contenders", default=",".join(DEFAULT_CONTENDERS), help=f"any of {', '.join(CONTENDERS + EXTRA_CONTENDERS)}"
+    )
     p.add_argument("--rounds", type=int, help="override the rounds (quick checks only)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sim_vs_flower.json"))

@@ -1,4 +1,5 @@
-"""fedloom on the workload: the built-in task, the parallel (or Ray) executor, the default SQLite store."""
+"""fedloom on the workload: the built-in task, the parallel (or Ray) executor, or, with ``--cohort``,
+the sequential executor training each round's clients as batched cohorts; the default SQLite store."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from benchmarks.simbench import plain
 from fedloom import Environment, Evaluation, Recording, fedavg, simulate
 from fedloom.sim.config import SimConfig
-from fedloom.sim.executor import Executor
+from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.parallel import ParallelExecutor
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
@@ -32,8 +33,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--executor", choices=("parallel", "ray"), default="parallel")
+    p.add_argument("--cohort", help="auto|N: the sequential executor with cohort training (all cores via torch)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     w = plain.WORKLOADS[args.workload]
     clients, per_round = int(w["clients"]), int(w["per_round"])
     config = SimConfig(
@@ -61,7 +68,7 @@ def main() -> None:
             initial_weights=task.initial_weights,
             environment=Environment(client_sizes=task.client_sizes),
             evaluation=Evaluation(task.evaluate_fn, overlap=args.overlap),
-            executor=executor(args),
+            executor=SequentialExecutor(args.cohort) if args.cohort else executor(args),
             recording=Recording(store=store),
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))

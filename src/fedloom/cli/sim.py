@@ -50,6 +50,7 @@ def register(subparsers: Any) -> None:
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     add("--executor", choices=EXECUTORS, help="sequential (reproducible reference), parallel (a process per core), ray")
+    add("--cohort", help="batched cohort training: auto (default, where the model is safe), off, or a size N")
     add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")
     add("--max-retries", type=int, help="re-runs of a client whose worker process died (default 0)")
     add("--client-eval-fraction", type=float, help="fraction of clients evaluated on local data each round")

@@ -64,7 +64,21 @@ def fit_with_state(trainer: Trainer, weights: Weights, config: FitConfig, contex
     return accounted(result, dp_sgd, rate, LedgerStore(context.state_dir), context.client_id)
 
 
-def _fit_parts(trainer: Trainer, weights: Weights, config: FitConfig, context: LocalContext) -> FitResult:
+@dataclass(frozen=True)
+class PreparedFit:
+    """One client's fit before training: the model it starts from, the terms its parts add,
+    and what :func:`finish_fit` needs afterwards. Split out so a cohort of clients can be
+    trained together between the two halves (fedloom.sim.cohort) with the same semantics."""
+
+    model: Weights
+    terms: ClientTerms
+    steps: list[tuple[ClientPart, ClientRound]]
+    patterns: tuple[str, ...]
+    personal: PersonalStore | None
+
+
+def prepare_fit(weights: Weights, config: FitConfig, context: LocalContext) -> PreparedFit:
+    """The first half of a plain (non-DP) fit: personal tensors loaded, every part's terms built."""
     patterns, parts = personal_patterns(config.extra), client_parts(config.extra)
     model = model_part(weights)
     if (patterns or any(p.keeps_state for p in parts)) and context.state_dir is None:
@@ -76,20 +90,29 @@ def _fit_parts(trainer: Trainer, weights: Weights, config: FitConfig, context: L
     terms = ClientTerms(report_initial_loss=bool(config.extra.get(REPORT_INITIAL_LOSS, False)))
     for part, step in steps:
         terms = terms.plus(part.terms(step))
-    result = _train(trainer, model, config, terms)
-    if personal is not None and isinstance(result, FitResult):
-        keep_personal(result.weights, context.client_id, patterns, personal)
-    if not parts:
+    return PreparedFit(model, terms, steps, patterns, personal)
+
+
+def finish_fit(prepared: PreparedFit, result: FitResult, context: LocalContext) -> FitResult:
+    """The second half: personal tensors kept, every part's outcome stored and sent."""
+    if prepared.personal is not None and isinstance(result, FitResult):
+        keep_personal(result.weights, context.client_id, prepared.patterns, prepared.personal)
+    if not prepared.steps:
         return result  # checked by the caller (fit_one, the agent), as a plain fit's result is
     if not isinstance(result, FitResult):
         raise ClientError(f"Trainer.fit must return a FitResult, got {type(result).__name__}")
     sent: Weights = {}
-    for part, step in steps:
+    for part, step in prepared.steps:
         outcome = part.outcome(step, result)
         if part.keeps_state and context.state_dir is not None:
             part_store(context.state_dir, part).save(context.client_id, outcome.kept)
         sent |= outcome.sent
     return FitResult({**model_part(result.weights), **sent}, result.num_samples, result.metrics)
+
+
+def _fit_parts(trainer: Trainer, weights: Weights, config: FitConfig, context: LocalContext) -> FitResult:
+    prepared = prepare_fit(weights, config, context)
+    return finish_fit(prepared, _train(trainer, prepared.model, config, prepared.terms), context)
 
 
 def _kept(part: ClientPart, context: LocalContext) -> Weights:

@@ -24,6 +24,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
+from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.ray_resources import ClientResources
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
@@ -65,6 +66,8 @@ class SimConfig:
     ray_memory_per_client: str | None = None
     ray_cpus: int = 0
     ray_retries: int = 3
+    #: cohort training (fedloom.sim.cohort): "auto" (sized to memory, where the model is safe), "off", or "N"
+    cohort: str = "auto"
     client_eval_fraction: float = 0.0
     on_client_error: str = "fail"
     keep_local_models: bool = False
@@ -130,6 +133,7 @@ class SimConfig:
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
         self._check_ray()
+        parse_cohort(self.cohort)
         _one_of("speeds", self.speeds, ("none", *DISTRIBUTIONS))
         if self.workers < 0 or self.max_retries < 0:
             raise ConfigError(f"workers and max_retries must be >= 0 (0 workers = one per core); got {self.workers}")

@@ -19,6 +19,7 @@ from fedloom.client.trainer import Trainer
 from fedloom.core.fit import FitConfig
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
+from fedloom.sim.cohort.setting import parse_cohort
 
 ClientFn = Callable[[int], Trainer]
 
@@ -75,7 +76,13 @@ def fit_one(
     under ``state_dir``, the run's local folder (never part of the wire's ``config``);
     see fedloom.client.client_state.
     """
-    trainer = client_fn(int(client_id))
+    return fit_trainer(client_fn(int(client_id)), client_id, weights, config, state_dir)
+
+
+def fit_trainer(
+    trainer: Trainer, client_id: str, weights: Weights, config: FitConfig, state_dir: str | None = None
+) -> ClientUpdate:
+    """:func:`fit_one` with the client's trainer already built (the cohort runner's per-client path)."""
     context = LocalContext(client_id, state_dir)
     result = checked_fit_result(fit_with_state(trainer, weights, config, context), config.round)
     result = as_received(result, weights, config, context)
@@ -83,7 +90,14 @@ def fit_one(
 
 
 class SequentialExecutor:
-    """Trains the selected clients one after another in this process."""
+    """Trains the selected clients one after another in this process, or, with ``cohort``
+    ``"auto"`` or a size N, together as batched cohorts (fedloom.sim.cohort) where the model
+    is safe for it; ``"off"`` (the Python default) is the bit-for-bit reference."""
+
+    cohort: str | int = "off"  # a class default too: subclasses that skip __init__ train one by one
+
+    def __init__(self, cohort: str | int = "off") -> None:
+        self.cohort = parse_cohort(cohort)
 
     def run_round(
         self,
@@ -94,6 +108,11 @@ class SequentialExecutor:
         merge: bool = False,
         state_dir: str | None = None,
     ) -> Iterator[ExecutorResult]:
+        if self.cohort != "off":  # cohort training (issue 13): same clients, seeds and failures, batched
+            from fedloom.sim.cohort.runner import run_cohort_round
+
+            yield from run_cohort_round(round, weights, configs, client_fn, state_dir, self.cohort)
+            return
         for client_id, config in configs.items():
             try:
                 yield fit_one(client_fn, client_id, weights, config, state_dir)

@@ -136,7 +136,7 @@ def make_executor(config: SimConfig) -> Executor:
         return RayExecutor(
             config.ray_address, resources=resources, num_cpus=config.ray_cpus or None, max_retries=config.ray_retries
         )
-    return SequentialExecutor()
+    return SequentialExecutor(cohort=config.cohort)  # cohort training where the model is safe (issue 13)
 
 
 def simulate_config(
