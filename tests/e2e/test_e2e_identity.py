@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 import httpx
-from conftest import Cluster, bearer, digits_weights, wait_until
 
+from conftest import Cluster, bearer, digits_weights, wait_until
 from fedloom.core import to_bytes
 
 DEADLINE = 600.0  # far longer than the test: a round that closes did not wait for its deadline

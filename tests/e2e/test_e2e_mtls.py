@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Cluster, bearer
 from pki import Pki, make_ca, make_pki, site_cert
+
+from conftest import Cluster, bearer
 
 SITES = ("site-0", "site-1")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-from conftest import Cluster, bearer, digits_weights
 
+from conftest import Cluster, bearer, digits_weights
 from fedloom.core import to_bytes
 
 #: 0.02 MiB: a digits model (~2.7 kB) fits, 64 kB of bytes do not

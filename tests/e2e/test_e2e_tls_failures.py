@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
 from pki import Pki, make_ca, make_pki, sign, site_cert
 
+from conftest import Cluster
 from fedloom.cli.main import main
 from fedloom.client.tls import TlsHandshakeError
 from fedloom.client.transport import AggregatorClient, RetryPolicy

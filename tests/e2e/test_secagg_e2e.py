@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FAST_LEARNING, SLOW_SITE, Cluster, wait_until
 
+from conftest import FAST_LEARNING, SLOW_SITE, Cluster, wait_until
 from fedloom.cli.children import fedloom_command
 from fedloom.server.config import AggregatorConfig
 from fedloom.server.run_setup import deployment_strategy
