@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.client.numpy_logreg import NumpyLogisticTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
@@ -21,6 +20,7 @@ from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.adversary import flip_labels
+from fedloom.sim.builtin_trainer import TrainerMaker, trainer_maker
 from fedloom.sim.config import SimConfig, config_from_mapping
 from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
@@ -40,34 +40,6 @@ class SimTask:
     client_sizes: list[int]
     partitions: list[np.ndarray]
     data: DatasetSplits
-
-
-def _torch_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDataset, ArrayDataset | None], Trainer]:
-    import torch
-
-    from fedloom.client.torch_trainer import TorchTrainer
-    from fedloom.models import build_model
-
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, tuple(train.x.shape[1:]), train.num_classes)
-
-    def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
-        extra: dict[str, Any] = {}
-        if evaluation is not None:
-            extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
-        return TorchTrainer(model, data.x, data.y, device=config.device, **extra)
-
-    return make
-
-
-def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDataset, ArrayDataset | None], Trainer]:
-    def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
-        extra: dict[str, Any] = {}
-        if evaluation is not None:
-            extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
-        return NumpyLogisticTrainer(data.x, data.y, train.num_classes, **extra)
-
-    return make
 
 
 def _held_out(size: int, fraction: float) -> int:
@@ -95,18 +67,7 @@ def build_task(config: SimConfig) -> SimTask:
         alpha=config.alpha,
         classes_per_client=config.classes_per_client,
     )
-    factory = _numpy_factory if config.model == "logreg" else _torch_factory
-    make = factory(config, data.train)
-    adversary = config.adversary()
-    flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
-
-    def client_fn(index: int) -> Trainer:
-        train_idx, test_idx = _local_split(parts[index], config.local_test_fraction, config.seed, index)
-        local = data.train.subset(train_idx)
-        if index in flipped:
-            local = ArrayDataset(local.x, flip_labels(local.y, local.num_classes), local.num_classes)
-        return make(local, data.train.subset(test_idx).materialised() if len(test_idx) else None)
-
+    make = trainer_maker(config.model, data.input_shape, data.num_classes, seed=config.seed, device=config.device)
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
     def evaluate_fn(weights: Weights) -> Mapping[str, float]:
@@ -114,13 +75,30 @@ def build_task(config: SimConfig) -> SimTask:
         return {k: v for k, v in metrics.items() if k != "num_samples"}
 
     return SimTask(
-        client_fn=client_fn,
+        client_fn=_client_fn(config, data.train, parts, make),
         evaluate_fn=evaluate_fn,
         initial_weights=evaluator.get_weights(),
         client_sizes=[len(p) - _held_out(len(p), config.local_test_fraction) for p in parts],
         partitions=parts,
         data=data,
     )
+
+
+def _client_fn(
+    config: SimConfig, train: ArrayDataset, parts: list[np.ndarray], make: TrainerMaker
+) -> Callable[[int], Trainer]:
+    """Client ``index``'s trainer on its partition (less its local test share), labels flipped if malicious."""
+    adversary = config.adversary()
+    flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
+
+    def client_fn(index: int) -> Trainer:
+        train_idx, test_idx = _local_split(parts[index], config.local_test_fraction, config.seed, index)
+        local = train.subset(train_idx)
+        if index in flipped:
+            local = ArrayDataset(local.x, flip_labels(local.y, local.num_classes), local.num_classes)
+        return make(local, train.subset(test_idx).materialised() if len(test_idx) else None)
+
+    return client_fn
 
 
 def make_executor(config: SimConfig) -> Executor:
