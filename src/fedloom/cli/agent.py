@@ -3,6 +3,11 @@
     fedloom agent --server https://agg.example.org:8443 --token flj_... \\
         --trainer examples/digits_site.py:make_trainer --trainer-arg site=1
 
+or, with no Python of its own (docs/data.md)::
+
+    fedloom agent --server ... --data table:/secure/local.csv --target outcome \\
+        --classes no,yes --model mlp --seed 0
+
 The trainer spec names the site's factory (``module:function`` or ``file.py:function``);
 it loads the site's private data, which never leaves the machine. State (credential,
 round, models) lives in ``--state-dir``, so the same command resumes after a restart and
@@ -25,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from fedloom.cli.agent_data import add_builtin_trainer_flags, trainer_factory
 
 if TYPE_CHECKING:
     from fedloom.client.agent import Agent
@@ -62,9 +69,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--token-file", metavar="FILE", help="file holding the join token (needed until the agent has registered)")
     add(
         "--trainer",
-        required=True,
         metavar="SPEC",
-        help="the site's factory: module:function or path/to/file.py:function",
+        help="the site's factory: module:function or path/to/file.py:function (or --data: no Python needed)",
     )
     add("--name", help="this agent's name at the aggregator (default: the host name)")
     add(
@@ -94,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add("--poll-wait", type=float, default=30.0, metavar="S", help="long-poll duration in seconds (default: 30)")
     add("--log-level", choices=LOG_LEVELS, default="info", help="how much to log to stderr (default: info)")
+    add_builtin_trainer_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -105,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fedloom.client.agent import default_agent_name
     from fedloom.client.aggregator_choice import AggregatorFailover
-    from fedloom.client.loading import load_trainer_factory, parse_trainer_args
     from fedloom.core.errors import ConfigError
 
     if args.max_retries is not None and args.max_retries < 0:
@@ -119,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
                 "%s is plain HTTP: the credential and models travel unencrypted; use https:// outside a test", url
             )
     token = join_token(args, os.environ)
-    factory = load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
+    factory = trainer_factory(args)  # --trainer or --data, checked before any server is contacted
     state_dir = Path(args.state_dir or f"fedloom-agent-{name}")
 
     @contextmanager
