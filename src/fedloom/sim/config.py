@@ -25,11 +25,12 @@ from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 from fedloom.sim.cohort.setting import parse_cohort
+from fedloom.sim.partition import PARTITION_SCHEMES
 from fedloom.sim.ray_resources import ClientResources
 
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 DATASETS = ("digits", "fmnist", "cifar10")
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+PARTITIONS = PARTITION_SCHEMES
 EXECUTORS = ("sequential", "parallel", "ray")
 #: ``sync`` rounds, or the asynchronous lifecycle (FedBuff, FedAsync)
 MODES = ("sync", "fedbuff", "fedasync")
@@ -46,6 +47,8 @@ class SimConfig:
     partition: str = "iid"
     alpha: float = 0.5
     classes_per_client: int = 2
+    #: --partition natural: the data column whose distinct values are the clients (a site or user id)
+    partition_by: str | None = None
     fraction: float = 1.0
     min_clients: int = 1
     rounds: int = 10
@@ -130,6 +133,7 @@ class SimConfig:
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("model", self.model, MODELS)
         _one_of("partition", self.partition, PARTITIONS)
+        self._check_partition()
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
         self._check_ray()
@@ -146,6 +150,17 @@ class SimConfig:
             raise ConfigError(f"client_eval_fraction must be in [0, 1], got {self.client_eval_fraction}")
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
+
+    def _check_partition(self) -> None:
+        """The settings of the new partition schemes: each only with its scheme, each in range."""
+        if self.partition == "natural" and not self.partition_by:
+            raise ConfigError(
+                "partition natural needs partition_by: the column naming each sample's client (--by site)"
+            )
+        if self.partition_by is not None and self.partition != "natural":
+            raise ConfigError(
+                f"partition_by (--by) only applies to partition natural, got partition {self.partition!r}"
+            )
 
     def _check_ray(self) -> None:
         """The ``ray_*`` settings: only with ``executor = "ray"``, each in range."""

@@ -14,9 +14,20 @@ import math
 import numpy as np
 
 from fedloom.core.errors import ConfigError
+from fedloom.sim.partition_checks import (
+    check_alpha,
+    check_count,
+    check_labels,
+    check_min_size,
+    check_num_clients,
+    safe_dirichlet,
+    sorted_parts,
+    split_by_owner,
+)
+from fedloom.sim.partition_natural import natural
 
 #: names accepted by :func:`partition` (and by the CLI's ``--partition``).
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity")
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
 #: how many full redraws :func:`dirichlet` makes before giving up on ``min_size``.
 DIRICHLET_MAX_TRIES = 100
 
@@ -26,10 +37,10 @@ def iid(num_samples: int, num_clients: int, seed: int) -> list[np.ndarray]:
 
     The baseline every non-IID result is compared against.
     """
-    _check_count("num_samples", num_samples, 1)
-    _check_num_clients(num_clients, num_samples)
+    check_count("num_samples", num_samples, 1)
+    check_num_clients(num_clients, num_samples)
     order = np.random.default_rng(seed).permutation(num_samples)
-    return _finish(np.array_split(order, num_clients))
+    return sorted_parts(np.array_split(order, num_clients))
 
 
 def dirichlet(
@@ -50,15 +61,15 @@ def dirichlet(
     client sizes from exploding. The whole draw is repeated until every client holds at
     least ``min_size`` samples, up to :data:`DIRICHLET_MAX_TRIES` times.
     """
-    y = _check_labels(labels)
-    _check_num_clients(num_clients, y.size)
-    _check_alpha(alpha)
-    _check_min_size(min_size, num_clients, y.size)
+    y = check_labels(labels)
+    check_num_clients(num_clients, y.size)
+    check_alpha(alpha)
+    check_min_size(min_size, num_clients, y.size)
     rng = np.random.default_rng(seed)
     for _ in range(DIRICHLET_MAX_TRIES):
         owner = _dirichlet_draw(y, num_clients, alpha, rng, balance)
         if int(np.bincount(owner, minlength=num_clients).min()) >= min_size:
-            return _finish(_split_by_owner(owner, num_clients))
+            return sorted_parts(split_by_owner(owner, num_clients))
     raise ConfigError(
         f"dirichlet partition: no draw in {DIRICHLET_MAX_TRIES} tries gave every one of {num_clients} clients "
         f"at least min_size={min_size} samples (alpha={alpha}, {y.size} samples); "
@@ -75,8 +86,8 @@ def shards(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: 
     labels and every client really holds at most ``classes_per_client`` classes; with
     equal class sizes that divide evenly this is exactly McMahan's split.
     """
-    y = _check_labels(labels)
-    _check_num_clients(num_clients, y.size)
+    y = check_labels(labels)
+    check_num_clients(num_clients, y.size)
     classes, counts = np.unique(y, return_counts=True)
     num_shards = _check_classes_per_client(classes_per_client, num_clients, classes.size, y.size)
     rng = np.random.default_rng(seed)
@@ -86,7 +97,7 @@ def shards(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: 
         members = rng.permutation(np.flatnonzero(y == cls))
         shard_list.extend(np.array_split(members, int(count)))
     dealt = rng.permutation(num_shards).reshape(num_clients, classes_per_client)
-    return _finish([np.concatenate([shard_list[s] for s in row]) for row in dealt])
+    return sorted_parts([np.concatenate([shard_list[s] for s in row]) for row in dealt])
 
 
 def quantity_skew(num_samples: int, num_clients: int, alpha: float, seed: int, min_size: int = 1) -> list[np.ndarray]:
@@ -96,15 +107,15 @@ def quantity_skew(num_samples: int, num_clients: int, alpha: float, seed: int, m
     draw with Dir(alpha) probabilities, so sizes vary (strongly for small ``alpha``)
     while every client's label mix stays close to the global one.
     """
-    _check_count("num_samples", num_samples, 1)
-    _check_num_clients(num_clients, num_samples)
-    _check_alpha(alpha)
-    _check_min_size(min_size, num_clients, num_samples)
+    check_count("num_samples", num_samples, 1)
+    check_num_clients(num_clients, num_samples)
+    check_alpha(alpha)
+    check_min_size(min_size, num_clients, num_samples)
     rng = np.random.default_rng(seed)
-    proportions = _safe_dirichlet(rng, alpha, num_clients)
+    proportions = safe_dirichlet(rng, alpha, num_clients)
     sizes = min_size + rng.multinomial(num_samples - min_size * num_clients, proportions)
     order = rng.permutation(num_samples)
-    return _finish(np.split(order, np.cumsum(sizes)[:-1]))
+    return sorted_parts(np.split(order, np.cumsum(sizes)[:-1]))
 
 
 def partition(
@@ -116,9 +127,13 @@ def partition(
     alpha: float = 0.5,
     classes_per_client: int = 2,
     min_size: int = 1,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Partition by scheme name (one of :data:`PARTITION_SCHEMES`), so configs can choose by string."""
-    y = _check_labels(labels)
+    """Partition by scheme name (one of :data:`PARTITION_SCHEMES`), so configs can choose by string.
+
+    ``groups`` (one value per sample) is what ``natural`` splits by; the other schemes ignore it.
+    """
+    y = check_labels(labels)
     if scheme == "iid":
         return iid(y.size, num_clients, seed)
     if scheme == "dirichlet":
@@ -127,13 +142,27 @@ def partition(
         return shards(y, num_clients, classes_per_client, seed)
     if scheme == "quantity":
         return quantity_skew(y.size, num_clients, alpha, seed, min_size)
+    if scheme == "natural":
+        return natural(_per_sample("groups", groups, y.size, "natural"), num_clients)
     raise ConfigError(f"partition scheme {scheme!r} is unknown; valid schemes: {', '.join(PARTITION_SCHEMES)}")
+
+
+def _per_sample(name: str, values: np.ndarray | None, num_samples: int, scheme: str) -> np.ndarray:
+    """The per-sample array a scheme needs, present and as long as the labels."""
+    if values is None:
+        raise ConfigError(f"partition scheme {scheme!r} needs {name} (one value per sample); pass {name}=...")
+    array = np.asarray(values)
+    if array.ndim == 0 or array.shape[0] != num_samples:
+        raise ConfigError(
+            f"{name} must have one row per sample: {num_samples} labels but {name} of shape {array.shape}"
+        )
+    return array
 
 
 def partition_stats(partitions: list[np.ndarray], labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The ``(clients, classes)`` matrix of per-client label counts: how skewed a partition is."""
-    y = _check_labels(labels)
-    _check_count("num_classes", num_classes, 1)
+    y = check_labels(labels)
+    check_count("num_classes", num_classes, 1)
     if y.size and int(y.max()) >= num_classes:
         raise ConfigError(f"num_classes={num_classes} but labels go up to {int(y.max())}")
     stats = np.zeros((len(partitions), num_classes), dtype=np.int64)
@@ -154,7 +183,7 @@ def _dirichlet_draw(
     cap = y.size / num_clients
     for cls in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == cls))
-        proportions = _safe_dirichlet(rng, alpha, num_clients)
+        proportions = safe_dirichlet(rng, alpha, num_clients)
         if balance:
             proportions = _balanced(proportions, sizes < cap)
         cuts = (np.cumsum(proportions) * members.size).astype(np.int64)[:-1]
@@ -162,23 +191,6 @@ def _dirichlet_draw(
         owner[members] = clients
         sizes += np.bincount(clients, minlength=num_clients)
     return owner
-
-
-def _split_by_owner(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
-    """Indices grouped by owning client, ascending within each client."""
-    order = np.argsort(owner, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(owner, minlength=num_clients))[:-1])
-
-
-def _safe_dirichlet(rng: np.random.Generator, alpha: float, k: int) -> np.ndarray:
-    """Dir(alpha, ..., alpha) proportions; for tiny alpha all may underflow, then one client takes all."""
-    proportions = rng.dirichlet(np.full(k, alpha))
-    total = proportions.sum()
-    if not np.isfinite(total) or total <= 0:
-        proportions = np.zeros(k)
-        proportions[rng.integers(k)] = 1.0
-        return proportions
-    return np.asarray(proportions / total, dtype=np.float64)
 
 
 def _balanced(proportions: np.ndarray, open_clients: np.ndarray) -> np.ndarray:
@@ -200,50 +212,9 @@ def _shards_per_class(counts: np.ndarray, num_shards: int) -> np.ndarray:
     return per_class
 
 
-def _finish(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Each client's indices as a sorted int64 array (stable output regardless of draw order)."""
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.size == 0:
-        raise ConfigError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
-    if y.dtype.kind not in "iu":
-        raise ConfigError(f"labels must be integers, got dtype {y.dtype}")
-    if int(y.min()) < 0:
-        raise ConfigError(f"labels must be >= 0, got {int(y.min())}")
-    return y.astype(np.int64, copy=False)
-
-
-def _check_count(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_num_clients(num_clients: int, num_samples: int) -> None:
-    _check_count("num_clients", num_clients, 1)
-    if num_clients > num_samples:
-        raise ConfigError(f"num_clients must be between 1 and the number of samples ({num_samples}), got {num_clients}")
-
-
-def _check_alpha(alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha <= 0:
-        raise ConfigError(f"alpha must be a finite number > 0 (e.g. 0.1 very skewed, 100 near IID), got {alpha!r}")
-
-
-def _check_min_size(min_size: int, num_clients: int, num_samples: int) -> None:
-    _check_count("min_size", min_size, 0)
-    if min_size * num_clients > num_samples:
-        raise ConfigError(
-            f"min_size must be between 0 and num_samples // num_clients = {num_samples // num_clients} "
-            f"({num_samples} samples, {num_clients} clients), got {min_size}"
-        )
-
-
 def _check_classes_per_client(classes_per_client: int, num_clients: int, num_classes: int, num_samples: int) -> int:
     """Validate and return the number of shards, ``num_clients * classes_per_client``."""
-    _check_count("classes_per_client", classes_per_client, 1)
+    check_count("classes_per_client", classes_per_client, 1)
     low = math.ceil(num_classes / num_clients)
     high = min(num_classes, num_samples // num_clients)
     if not low <= classes_per_client <= high:
