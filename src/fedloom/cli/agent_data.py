@@ -47,7 +47,7 @@ def add_builtin_trainer_flags(parser: argparse.ArgumentParser) -> None:
     """``--data`` and its description, ``--classes``, ``--model``, ``--seed``, ``--device``."""
     from fedloom.sim.config import MODELS
 
-    add_data_flags(parser, with_groups=False)
+    add_data_flags(parser)
     group = parser.add_argument_group("the built-in model (with --data)")
     add = group.add_argument
     add("--classes", metavar="L1,L2", help="every label of the federation, in order (the same on every site)")

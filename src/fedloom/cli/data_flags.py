@@ -31,8 +31,8 @@ DATA_FLAGS = (
 )
 
 
-def add_data_flags(parser: argparse.ArgumentParser, *, with_groups: bool) -> None:
-    """Add ``--data`` and the description flags; ``with_groups`` adds ``--by`` (the simulation's sites)."""
+def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add ``--data`` and the description flags (in a group, returned for a command's own additions)."""
     group = parser.add_argument_group("the data description (docs/data.md)")
     add = group.add_argument
     add("--data", metavar="KIND:PATH", help="a local dataset: table:F.csv|F.parquet, images:DIR, hf:DIR, arrays:F.npz")
@@ -50,14 +50,13 @@ def add_data_flags(parser: argparse.ArgumentParser, *, with_groups: bool) -> Non
     add("--image-size", metavar="HxW", help="images are resized to this size, e.g. 32x32")
     add("--test-fraction", type=float, metavar="F", help="share of the rows held out as the test split (seeded)")
     add("--test-path", metavar="PATH", help="a separate test file or folder instead of --test-fraction")
-    if with_groups:
-        add("--by", metavar="COL", help="the column naming each row's site or user, for --partition natural")
+    return group
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:
     """The DataSpec fields the flags in ``args`` give (those left out keep the loader's defaults)."""
     options: dict[str, Any] = {}
-    for name in (*DATA_FLAGS, "by"):
+    for name in DATA_FLAGS:
         value = getattr(args, name, None)
         if value is None:
             continue

@@ -8,6 +8,7 @@ from typing import Any
 from fedloom.algorithms.dp import PRIVACY_MODES
 from fedloom.algorithms.privacy_accountant import ACCOUNTANTS
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
+from fedloom.cli.data_flags import DATA_FLAGS, add_data_flags, data_options
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES
 from fedloom.sim.adversary import ATTACKS
@@ -20,6 +21,7 @@ from fedloom.sim.config import (
     PARTITIONS,
     SimConfig,
     config_from_mapping,
+    data_shorthand,
     load_config_file,
 )
 from fedloom.tracking.settings import TrackingSettings, parse_track_flag
@@ -34,13 +36,17 @@ def register(subparsers: Any) -> None:
     defaults = SimConfig()
     add = parser.add_argument
     add("--config", help="TOML file whose keys are the long option names (with _ for -)")
-    add("--dataset", choices=DATASETS, help=f"dataset (default {defaults.dataset})")
+    add("--dataset", choices=DATASETS, help="a built-in dataset (default digits); or --data for a local one")
     add("--data-dir", help="folder holding the dataset files (default: $FEDLOOM_DATA or the system location)")
     add("--model", choices=MODELS, help=f"model (default {defaults.model}); logreg needs no PyTorch")
     add("--clients", type=int, help=f"number of clients (default {defaults.clients})")
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
     add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
+    data = add_data_flags(parser)
+    data.add_argument(
+        "--by", dest="partition_by", metavar="COL", help="--partition natural: the column naming each row's site"
+    )
     add("--fraction", type=float, help=f"fraction C of clients per round (default {defaults.fraction})")
     add("--min-clients", type=int, help="minimum clients per round (default 1)")
     add("--rounds", type=int, help=f"rounds (default {defaults.rounds})")
@@ -125,6 +131,7 @@ DP_FLAGS = {
     "dp_accountant": "accountant", "dp_noise_seed": "noise_seed",
 }  # fmt: skip
 _NOT_CONFIG = {"config", "home", "no_store", "resume", "track", "func", "command", *PARAM_TYPES, *DP_FLAGS}
+_NOT_CONFIG |= {"data", *DATA_FLAGS}  # gathered into the ``data`` table by data_from_flags
 
 
 def _add_privacy_flags(parser: argparse.ArgumentParser) -> None:
@@ -187,10 +194,11 @@ def run(args: argparse.Namespace) -> int:
     flags["strategy_params"] = strategy_params_from_flags(args, base.strategy_params)
     flags["privacy"] = privacy_from_flags(args, base.privacy)
     flags["secagg_dropout"] = _secagg_dropout(args.secagg_dropout, base.secagg_dropout)
+    flags["data"] = data_from_flags(args, base.data)
     config = config_from_mapping(flags, base)
     tracking = _tracking(args)  # a wrong sink is refused before anything is printed or stored
     print(
-        f"fedloom sim: {config.dataset} / {config.model}, {config.clients} clients ({config.partition}), "
+        f"fedloom sim: {config.dataset_name()} / {config.model}, {config.clients} clients ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
         f"strategy {config.strategy}"
         + (f", DP {config.privacy['mode']}" if config.privacy else "")
@@ -207,6 +215,18 @@ def run(args: argparse.Namespace) -> int:
         store = SqlStore.open_default(args.home)
     simulate_config(config, store=store, tracking=tracking, observers=[ProgressPrinter(config.rounds)])
     return 0
+
+
+def data_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The config file's ``data`` table, with ``--data KIND:PATH`` and the description flags over it."""
+    options = data_options(args)
+    if args.data is None and not options:
+        return None  # nothing given: the config file's table (or none) stands
+    if args.data is None and not base:
+        flags = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise ConfigError(f"{flags} describe a local dataset: add --data KIND:PATH (e.g. --data table:hospital.csv)")
+    given = data_shorthand(args.data) if args.data is not None else {}
+    return {**base, **given, **options}
 
 
 def _secagg_dropout(given: list[str] | None, base: dict[str, Any]) -> dict[str, Any]:
@@ -239,14 +259,16 @@ def _resume(args: argparse.Namespace) -> int:
     from fedloom.sim.tasks import resume_config, simulate_config
     from fedloom.store import SqlStore
 
-    given = sorted(k for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None)
+    described = {"data", *DATA_FLAGS}
+    given = sorted(k for k, v in vars(args).items() if (k not in _NOT_CONFIG or k in described) and v is not None)
     if args.no_store or args.config or given:
         extra = ", ".join(["--no-store"] * bool(args.no_store) + ["--config"] * bool(args.config) + given)
         raise ConfigError(f"--resume continues a run with its recorded settings; drop {extra}")
     with SqlStore.open_default(args.home) as store:
         run_id = store.get_run(args.resume).id
         config = resume_config(store, run_id)
-        print(f"fedloom sim: resuming run {run_id[:8]} ({config.dataset} / {config.model}, {config.rounds} rounds)")
+        what = f"{config.dataset_name()} / {config.model}, {config.rounds} rounds"
+        print(f"fedloom sim: resuming run {run_id[:8]} ({what})")
         simulate_config(
             config, store=store, resume=run_id, tracking=_tracking(args), observers=[ProgressPrinter(config.rounds)]
         )

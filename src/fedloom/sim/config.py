@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.algorithms.compression_settings import compression_spec, with_compression
 from fedloom.algorithms.dp import PrivacySettings, with_privacy
@@ -28,6 +28,9 @@ from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.partition import PARTITION_SCHEMES
 from fedloom.sim.ray_resources import ClientResources
 
+if TYPE_CHECKING:
+    from fedloom.data.spec import DataSpec
+
 MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 DATASETS = ("digits", "fmnist", "cifar10")
 PARTITIONS = PARTITION_SCHEMES
@@ -40,8 +43,12 @@ MODES = ("sync", "fedbuff", "fedasync")
 class SimConfig:
     """Everything ``fedloom sim`` needs; the same fields are the keys of a ``--config`` TOML file."""
 
-    dataset: str = "digits"
+    #: a built-in dataset by name (None: digits, unless ``data`` names a local one); never both
+    dataset: str | None = None
     data_dir: str | None = None
+    #: a local dataset: the fields of fedloom.data.spec.DataSpec (kind, path, target, ...; docs/data.md);
+    #: ``fedloom sim --data table:F.csv --target COL`` or a ``[sim.data]`` table; the group column is partition_by
+    data: dict[str, Any] = field(default_factory=dict)
     model: str = "logreg"
     clients: int = 10
     partition: str = "iid"
@@ -130,7 +137,7 @@ class SimConfig:
             )
         if self.deadline_seconds < 0:
             raise ConfigError(f"deadline_seconds must be >= 0 (0 = none), got {self.deadline_seconds}")
-        _one_of("dataset", self.dataset, DATASETS)
+        self._check_data()
         _one_of("model", self.model, MODELS)
         _one_of("partition", self.partition, PARTITIONS)
         self._check_partition()
@@ -150,6 +157,35 @@ class SimConfig:
             raise ConfigError(f"client_eval_fraction must be in [0, 1], got {self.client_eval_fraction}")
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
+
+    def _check_data(self) -> None:
+        """``dataset`` or ``data``, not both; a data description that DataSpec accepts."""
+        if not self.data:
+            _one_of("dataset", self.dataset_name(), DATASETS)
+            return
+        if self.dataset is not None:
+            raise ConfigError(
+                f"dataset ({self.dataset!r}) and data ({self.dataset_name()}) exclude each other: give --dataset NAME"
+                " for a built-in dataset or --data KIND:PATH for a local one, not both"
+            )
+        if "by" in self.data:
+            raise ConfigError("data.by: the group column is partition_by (--by COL), beside --partition natural")
+        self.data_spec()
+
+    def dataset_name(self) -> str:
+        """What the run trains on, for names and messages: ``digits``, or ``table:hospital.csv``."""
+        if self.data:
+            return f"{self.data.get('kind')}:{self.data.get('path')}"
+        return self.dataset or "digits"
+
+    def data_spec(self) -> DataSpec:
+        """The local dataset's description (with ``partition_by`` as its group column, ``seed`` as its seed)."""
+        from fedloom.data.spec import DataSpec
+
+        extra: dict[str, Any] = {"seed": self.seed}
+        if self.partition_by is not None:
+            extra["by"] = self.partition_by
+        return DataSpec.from_mapping({**extra, **self.data})
 
     def _check_partition(self) -> None:
         """The settings of the new partition schemes: each only with its scheme, each in range."""
@@ -277,8 +313,18 @@ def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None
     unknown = sorted(set(values) - set(_FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown config fields {unknown}; valid fields are: {', '.join(_FIELD_TYPES)}")
+    if isinstance(values.get("data"), str):
+        values = {**values, "data": data_shorthand(values["data"])}
     checked = {k: _coerce(k, v, _FIELD_TYPES[k]) for k, v in values.items() if v is not None}
     return dataclasses.replace(base or SimConfig(), **checked)
+
+
+def data_shorthand(text: str) -> dict[str, Any]:
+    """``"table:hospital.csv"`` -> ``{"kind": "table", "path": "hospital.csv"}`` (the kind checked)."""
+    from fedloom.data.spec import parse_data_spec
+
+    spec = parse_data_spec(text)
+    return {"kind": spec.kind, "path": str(spec.path)}
 
 
 def load_config_file(path: str | Path) -> SimConfig:

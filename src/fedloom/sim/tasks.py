@@ -18,7 +18,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
 from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
-from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
+from fedloom.data import ArrayDataset, DatasetSplits
 from fedloom.sim.adversary import flip_labels
 from fedloom.sim.builtin_trainer import TrainerMaker, trainer_maker
 from fedloom.sim.config import SimConfig, config_from_mapping
@@ -27,6 +27,7 @@ from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
 from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.partition import partition
+from fedloom.sim.task_data import load_task_data, with_natural_clients
 from fedloom.tracking.settings import TrackingSettings
 
 
@@ -40,6 +41,10 @@ class SimTask:
     client_sizes: list[int]
     partitions: list[np.ndarray]
     data: DatasetSplits
+    #: the settings the task was built for (``--partition natural``: one client per group)
+    config: SimConfig
+    #: the local dataset's description and fitted preprocessing, recorded with the run; empty for a built-in one
+    description: dict[str, Any]
 
 
 def _held_out(size: int, fraction: float) -> int:
@@ -57,8 +62,14 @@ def _local_split(indices: np.ndarray, fraction: float, seed: int, client: int) -
 
 
 def build_task(config: SimConfig) -> SimTask:
-    """Load the dataset, partition it, and make the client factory and the central evaluator."""
-    data = load_dataset(config.dataset, config.data_dir, compact=True)
+    """Load the dataset, partition it, and make the client factory and the central evaluator.
+
+    The model's input shape and class count come from the data loaded, so a local table
+    of any width trains the same built-in models as the named datasets.
+    """
+    loaded = load_task_data(config)
+    config = with_natural_clients(config, loaded)
+    data = loaded.splits
     parts = partition(
         config.partition,
         data.train.y,
@@ -66,6 +77,7 @@ def build_task(config: SimConfig) -> SimTask:
         config.seed,
         alpha=config.alpha,
         classes_per_client=config.classes_per_client,
+        groups=loaded.groups,
     )
     make = trainer_maker(config.model, data.input_shape, data.num_classes, seed=config.seed, device=config.device)
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
@@ -81,6 +93,8 @@ def build_task(config: SimConfig) -> SimTask:
         client_sizes=[len(p) - _held_out(len(p), config.local_test_fraction) for p in parts],
         partitions=parts,
         data=data,
+        config=config,
+        description=loaded.description,
     )
 
 
@@ -134,6 +148,8 @@ def simulate_config(
         records nothing; ``tracking`` feeds the sinks it names (``fedloom sim --track``).
     """
     task = build_task(config)
+    config = task.config  # --partition natural: the client count is the data's
+    recorded = {**config.to_dict(), **({"data_description": task.description} if task.description else {})}
     kwargs: dict[str, Any] = {
         "seed": config.seed,
         "initial_weights": task.initial_weights,
@@ -152,8 +168,8 @@ def simulate_config(
         "evaluation": Evaluation(task.evaluate_fn, config.client_eval_fraction, config.finetune_epochs),
         "recording": Recording(
             store=store,
-            run_name=config.name or f"{config.dataset}-{config.model}-{config.partition}",
-            config=config.to_dict(),
+            run_name=config.name or f"{_short_name(config)}-{config.model}-{config.partition}",
+            config=recorded,
             keep_local_models=config.keep_local_models,
             resume=resume,
             tracking=tracking,
@@ -164,6 +180,13 @@ def simulate_config(
         **overrides,
     }
     return simulate(task.client_fn, config.clients, config.build_strategy(), config.rounds, **kwargs)
+
+
+def _short_name(config: SimConfig) -> str:
+    """``digits``, or a local dataset's file name without its folders (``hospital.csv``)."""
+    if not config.data:
+        return config.dataset_name()
+    return str(config.data.get("path", "data")).rstrip("/").rsplit("/", 1)[-1]
 
 
 def resume_config(store: Any, run_id: str) -> SimConfig:
