@@ -1,14 +1,23 @@
-"""fedloom.data — dataset loaders returning plain NumPy arrays (:class:`DatasetSplits`)."""
+"""fedloom.data — dataset loaders returning plain NumPy arrays (:class:`DatasetSplits`).
+
+Named datasets (:func:`load_dataset`) and a user's own data described by a
+:class:`DataSpec` (:func:`load_data`: image folders, CSV/Parquet tables, Hugging Face
+datasets saved to disk, NumPy arrays).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError
+from fedloom.data.arrays import from_arrays
 from fedloom.data.cifar10 import load_cifar10
 from fedloom.data.dataset import ArrayDataset, DatasetSplits
 from fedloom.data.digits import load_digits
 from fedloom.data.fashion_mnist import load_fashion_mnist
+from fedloom.data.loaded import LoadedData
+from fedloom.data.loading import load_data
+from fedloom.data.spec import DATA_KINDS, DataSpec, parse_data_spec
 
 #: canonical dataset names accepted by :func:`load_dataset` (and the CLI).
 DATASETS = ("fmnist", "digits", "cifar10")
@@ -35,10 +44,16 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, compact: bool
 
 __all__ = [
     "DATASETS",
+    "DATA_KINDS",
     "ArrayDataset",
+    "DataSpec",
     "DatasetSplits",
+    "LoadedData",
+    "from_arrays",
+    "load_data",
     "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
+    "parse_data_spec",
 ]
