@@ -149,7 +149,11 @@ def feature_skew(
     :func:`~fedloom.sim.partition_features.feature_mean_spread` measures it.
     """
     clusters = feature_clusters(features, num_clusters, seed)
-    return dirichlet(clusters, num_clients, alpha, seed, min_size)
+    try:
+        return dirichlet(clusters, num_clients, alpha, seed, min_size)
+    except ConfigError as exc:
+        found = np.unique(clusters).size
+        raise ConfigError(f"feature_skew: the features fell into {found} of {num_clusters} clusters; {exc}") from None
 
 
 def partition(

@@ -135,14 +135,25 @@ def _embedded(x: np.ndarray, scale: np.ndarray, rng: np.random.Generator) -> np.
 
 
 def _plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ starting centres: each next one drawn with probability proportional to its squared distance."""
+    """Greedy k-means++ starting centres (Arthur & Vassilvitskii 2007).
+
+    Each next centre is the best (lowest total squared distance) of ``2 + ln k`` candidates
+    drawn with probability proportional to their squared distance to the centres so far;
+    the greedy pick avoids the two-blobs-in-one-cluster starts that plain k-means++ can make.
+    """
     chosen = [int(rng.integers(points.shape[0]))]
     distance = ((points - points[chosen[0]]) ** 2).sum(axis=1)
+    tries = 2 + int(np.log(k))
     for _ in range(1, k):
         total = distance.sum()
-        pick = int(rng.choice(points.shape[0], p=distance / total)) if total > 0 else int(rng.integers(points.shape[0]))
-        chosen.append(pick)
-        distance = np.minimum(distance, ((points - points[pick]) ** 2).sum(axis=1))
+        if total > 0:
+            candidates = rng.choice(points.shape[0], size=tries, p=distance / total)
+        else:
+            candidates = rng.integers(points.shape[0], size=1)
+        options = [np.minimum(distance, ((points - points[c]) ** 2).sum(axis=1)) for c in candidates]
+        best = int(np.argmin([o.sum() for o in options]))
+        chosen.append(int(candidates[best]))
+        distance = options[best]
     return points[chosen].copy()
 
 
