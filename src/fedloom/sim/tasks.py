@@ -80,6 +80,7 @@ def build_task(config: SimConfig) -> SimTask:
         config.seed,
         alpha=config.alpha,
         classes_per_client=config.classes_per_client,
+        **config.partition_options(features=data.train.x),
     )
     factory = _numpy_factory if config.model == "logreg" else _torch_factory
     make = factory(config, data.train)
