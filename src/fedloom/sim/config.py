@@ -7,11 +7,14 @@ in a config file are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedloom.algorithms.compression_settings import compression_spec, with_compression
 from fedloom.algorithms.dp import PrivacySettings, with_privacy
@@ -26,6 +29,7 @@ from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.partition import PARTITION_SCHEMES
+from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.sim.ray_resources import ClientResources
 
 if TYPE_CHECKING:
@@ -56,6 +60,13 @@ class SimConfig:
     classes_per_client: int = 2
     #: --partition natural: the data column whose distinct values are the clients (a site or user id)
     partition_by: str | None = None
+    #: --partition inner_dirichlet: one size per client, adding up to the training set (empty: equal sizes)
+    client_sizes: list[int] = field(default_factory=list)
+    #: --partition size_skew: the size law (linear, square, exponential) and the exponential's rate
+    size_skew: str = "linear"
+    size_skew_rate: float = 1.0
+    #: --partition feature_skew: how many k-means clusters of the features are dealt among clients
+    feature_clusters: int = 10
     fraction: float = 1.0
     min_clients: int = 1
     rounds: int = 10
@@ -188,15 +199,48 @@ class SimConfig:
         return DataSpec.from_mapping({**extra, **self.data})
 
     def _check_partition(self) -> None:
-        """The settings of the new partition schemes: each only with its scheme, each in range."""
+        """The settings of the newer partition schemes: each only with its scheme, each in range."""
         if self.partition == "natural" and not self.partition_by:
             raise ConfigError(
                 "partition natural needs partition_by: the column naming each sample's client (--by site)"
             )
-        if self.partition_by is not None and self.partition != "natural":
+        for name, (scheme, default) in _SCHEME_FIELDS.items():
+            if getattr(self, name) != default and self.partition != scheme:
+                flag = "--by" if name == "partition_by" else "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"{name} ({flag}) only applies to partition {scheme}, got partition {self.partition!r}"
+                )
+        _one_of("size_skew", self.size_skew, SIZE_SKEW_KINDS)
+        if not self.size_skew_rate > 0 or not math.isfinite(self.size_skew_rate) or self.feature_clusters < 1:
             raise ConfigError(
-                f"partition_by (--by) only applies to partition natural, got partition {self.partition!r}"
+                f"size_skew_rate must be > 0 and feature_clusters >= 1, got {self.size_skew_rate} and "
+                f"{self.feature_clusters} (set --size-skew-rate / --feature-clusters)"
             )
+        sizes = self.client_sizes
+        if sizes and (
+            len(sizes) != self.clients or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)
+        ):
+            raise ConfigError(
+                f"client_sizes must list {self.clients} whole numbers >= 1 (one per client), got {sizes!r}"
+            )
+
+    def partition_options(
+        self, *, features: np.ndarray | None = None, groups: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """The :func:`~fedloom.sim.partition.partition` keywords this scheme reads, with the data it needs.
+
+        ``features`` (the training inputs) reach ``feature_skew`` and ``groups`` (the
+        ``partition_by`` column) reach ``natural``; the other schemes get neither.
+        """
+        if self.partition == "natural":
+            return {"groups": groups}
+        if self.partition == "inner_dirichlet":
+            return {"client_sizes": list(self.client_sizes)} if self.client_sizes else {}
+        if self.partition == "size_skew":
+            return {"size_skew": self.size_skew, "size_skew_rate": self.size_skew_rate}
+        if self.partition == "feature_skew":
+            return {"features": features, "feature_clusters": self.feature_clusters}
+        return {}
 
     def _check_ray(self) -> None:
         """The ``ray_*`` settings: only with ``executor = "ray"``, each in range."""
@@ -289,6 +333,16 @@ class SimConfig:
         return with_dp_sgd(strategy, DPSGDSettings(self.dp_sgd_noise, self.dp_sgd_clip, self.dp_sgd_delta))
 
 
+#: the fields only one partition scheme reads: field -> (that scheme, the field's default)
+_SCHEME_FIELDS: dict[str, tuple[str, Any]] = {
+    "partition_by": ("natural", None),
+    "client_sizes": ("inner_dirichlet", []),
+    "size_skew": ("size_skew", "linear"),
+    "size_skew_rate": ("size_skew", 1.0),
+    "feature_clusters": ("feature_skew", 10),
+}
+
+
 def _one_of(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {value!r}")
@@ -303,7 +357,7 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"int": int, "float": float, "bool": bool, "dict[str, Any]": dict}.get(str(f.type), str)
+    f.name: {"int": int, "float": float, "bool": bool, "dict[str, Any]": dict, "list[int]": list}.get(str(f.type), str)
     for f in dataclasses.fields(SimConfig)
 }
 

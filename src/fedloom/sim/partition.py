@@ -10,10 +10,12 @@ arrays cover every sample exactly once, so no data is silently lost or duplicate
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from fedloom.core.errors import ConfigError
+from fedloom.sim import partition_size
 from fedloom.sim.partition_checks import (
     check_alpha,
     check_count,
@@ -24,10 +26,29 @@ from fedloom.sim.partition_checks import (
     sorted_parts,
     split_by_owner,
 )
+from fedloom.sim.partition_features import feature_clusters
+from fedloom.sim.partition_inner import equal_sizes, inner_dirichlet
 from fedloom.sim.partition_natural import natural
 
 #: names accepted by :func:`partition` (and by the CLI's ``--partition``).
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
+PARTITION_SCHEMES = (
+    "iid",
+    "dirichlet",
+    "shards",
+    "quantity",
+    "natural",
+    "inner_dirichlet",
+    "size_skew",
+    "feature_skew",
+)
+#: the keywords of :func:`partition` beyond ``alpha`` / ``classes_per_client`` / ``min_size``, per scheme.
+SCHEME_KEYWORDS: dict[str, tuple[str, ...]] = {
+    **{scheme: () for scheme in ("iid", "dirichlet", "shards", "quantity")},
+    "natural": ("groups",),
+    "inner_dirichlet": ("client_sizes",),
+    "size_skew": ("size_skew", "size_skew_rate"),
+    "feature_skew": ("features", "feature_clusters"),
+}
 #: how many full redraws :func:`dirichlet` makes before giving up on ``min_size``.
 DIRICHLET_MAX_TRIES = 100
 
@@ -118,6 +139,23 @@ def quantity_skew(num_samples: int, num_clients: int, alpha: float, seed: int, m
     return sorted_parts(np.split(order, np.cumsum(sizes)[:-1]))
 
 
+def feature_skew(
+    features: np.ndarray, num_clients: int, alpha: float, seed: int, num_clusters: int = 10, min_size: int = 1
+) -> list[np.ndarray]:
+    """Feature-distribution skew: k-means clusters of the features, dealt among clients like :func:`dirichlet` classes.
+
+    See :mod:`fedloom.sim.partition_features`: small ``alpha`` gives each client few
+    clusters (its feature mean far from the global one), large ``alpha`` approaches IID;
+    :func:`~fedloom.sim.partition_features.feature_mean_spread` measures it.
+    """
+    clusters = feature_clusters(features, num_clusters, seed)
+    try:
+        return dirichlet(clusters, num_clients, alpha, seed, min_size)
+    except ConfigError as exc:
+        found = np.unique(clusters).size
+        raise ConfigError(f"feature_skew: the features fell into {found} of {num_clusters} clusters; {exc}") from None
+
+
 def partition(
     scheme: str,
     labels: np.ndarray,
@@ -127,13 +165,17 @@ def partition(
     alpha: float = 0.5,
     classes_per_client: int = 2,
     min_size: int = 1,
-    groups: np.ndarray | None = None,
+    **extra: Any,
 ) -> list[np.ndarray]:
     """Partition by scheme name (one of :data:`PARTITION_SCHEMES`), so configs can choose by string.
 
-    ``groups`` (one value per sample) is what ``natural`` splits by; the other schemes ignore it.
+    The newer schemes take their own keywords (``extra``): ``groups`` (natural: one group
+    value per sample), ``client_sizes`` (inner_dirichlet; default equal sizes),
+    ``size_skew`` and ``size_skew_rate`` (size_skew), ``features`` and
+    ``feature_clusters`` (feature_skew). A keyword the scheme does not read is an error.
     """
     y = check_labels(labels)
+    _check_extra(scheme, extra)
     if scheme == "iid":
         return iid(y.size, num_clients, seed)
     if scheme == "dirichlet":
@@ -143,8 +185,28 @@ def partition(
     if scheme == "quantity":
         return quantity_skew(y.size, num_clients, alpha, seed, min_size)
     if scheme == "natural":
-        return natural(_per_sample("groups", groups, y.size, "natural"), num_clients)
+        return natural(_per_sample("groups", extra.get("groups"), y.size, scheme), num_clients)
+    if scheme == "inner_dirichlet":
+        sizes = extra.get("client_sizes")
+        if sizes is not None and len(sizes) != num_clients:
+            raise ConfigError(f"client_sizes lists {len(sizes)} sizes for {num_clients} clients; give one per client")
+        return inner_dirichlet(y, equal_sizes(y.size, num_clients) if sizes is None else sizes, alpha, seed)
+    if scheme == "size_skew":
+        kind, rate = extra.get("size_skew", "linear"), extra.get("size_skew_rate", 1.0)
+        return partition_size.size_skew(y.size, num_clients, kind, seed, rate=rate)
+    if scheme == "feature_skew":
+        features = _per_sample("features", extra.get("features"), y.size, scheme)
+        return feature_skew(features, num_clients, alpha, seed, extra.get("feature_clusters", 10), min_size)
     raise ConfigError(f"partition scheme {scheme!r} is unknown; valid schemes: {', '.join(PARTITION_SCHEMES)}")
+
+
+def _check_extra(scheme: str, extra: dict[str, Any]) -> None:
+    """Only the keywords ``scheme`` reads (a stray one is a misconfiguration, not something to ignore)."""
+    allowed = SCHEME_KEYWORDS.get(scheme, ())
+    stray = sorted(set(extra) - set(allowed))
+    if stray and scheme in SCHEME_KEYWORDS:
+        reads = ", ".join(allowed) or "none of them"
+        raise ConfigError(f"partition scheme {scheme!r} does not use {', '.join(stray)} (it reads {reads}); drop it")
 
 
 def _per_sample(name: str, values: np.ndarray | None, num_samples: int, scheme: str) -> np.ndarray:

@@ -16,7 +16,6 @@ import numpy as np
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
-from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits
 from fedloom.sim.adversary import flip_labels
@@ -27,6 +26,7 @@ from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
 from fedloom.sim.options import Environment, Evaluation, Recording
 from fedloom.sim.partition import partition
+from fedloom.sim.partition_split import held_out_count, split_client
 from fedloom.sim.task_data import load_task_data, with_natural_clients
 from fedloom.tracking.settings import TrackingSettings
 
@@ -47,20 +47,6 @@ class SimTask:
     description: dict[str, Any]
 
 
-def _held_out(size: int, fraction: float) -> int:
-    """How many of a client's samples are kept back for its local test set (at least one trains)."""
-    return min(size - 1, round(fraction * size)) if fraction > 0 else 0
-
-
-def _local_split(indices: np.ndarray, fraction: float, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
-    """A client's (train, local test) indices: a seeded ``fraction`` held out for client evaluation."""
-    held = _held_out(len(indices), fraction)
-    if held == 0:
-        return indices, indices[:0]
-    order = rng_for(seed, "local-test", client).permutation(len(indices))
-    return indices[np.sort(order[held:])], indices[np.sort(order[:held])]
-
-
 def build_task(config: SimConfig) -> SimTask:
     """Load the dataset, partition it, and make the client factory and the central evaluator.
 
@@ -77,7 +63,7 @@ def build_task(config: SimConfig) -> SimTask:
         config.seed,
         alpha=config.alpha,
         classes_per_client=config.classes_per_client,
-        groups=loaded.groups,
+        **config.partition_options(features=data.train.x, groups=loaded.groups),
     )
     make = trainer_maker(config.model, data.input_shape, data.num_classes, seed=config.seed, device=config.device)
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
@@ -90,7 +76,7 @@ def build_task(config: SimConfig) -> SimTask:
         client_fn=_client_fn(config, data.train, parts, make),
         evaluate_fn=evaluate_fn,
         initial_weights=evaluator.get_weights(),
-        client_sizes=[len(p) - _held_out(len(p), config.local_test_fraction) for p in parts],
+        client_sizes=[len(p) - held_out_count(len(p), config.local_test_fraction) for p in parts],
         partitions=parts,
         data=data,
         config=config,
@@ -106,7 +92,7 @@ def _client_fn(
     flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
 
     def client_fn(index: int) -> Trainer:
-        train_idx, test_idx = _local_split(parts[index], config.local_test_fraction, config.seed, index)
+        train_idx, test_idx = split_client(parts[index], config.local_test_fraction, config.seed, index)
         local = train.subset(train_idx)
         if index in flipped:
             local = ArrayDataset(local.x, flip_labels(local.y, local.num_classes), local.num_classes)
