@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+from fedloom.client.numpy_mlp import NumpyMLPTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
@@ -21,7 +22,7 @@ from fedloom.core.rng import rng_for
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits, load_dataset
 from fedloom.sim.adversary import flip_labels
-from fedloom.sim.config import SimConfig, config_from_mapping
+from fedloom.sim.config import NUMPY_MODELS, SimConfig, config_from_mapping
 from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
 from fedloom.sim.history import SimulationResult
@@ -55,16 +56,20 @@ def _torch_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDat
         extra: dict[str, Any] = {}
         if evaluation is not None:
             extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
-        return TorchTrainer(model, data.x, data.y, device=config.device, **extra)
+        return TorchTrainer(model, data.x, data.y, device=config.device, class_weight=config.class_weight, **extra)
 
     return make
 
 
 def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDataset, ArrayDataset | None], Trainer]:
+    """``logreg`` (NumpyLogisticTrainer) or ``mlp-numpy`` (NumpyMLPTrainer, initialised from the run's seed)."""
+
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"class_weight": config.class_weight}
         if evaluation is not None:
-            extra = {"x_eval": evaluation.x, "y_eval": evaluation.y}
+            extra.update(x_eval=evaluation.x, y_eval=evaluation.y)
+        if config.model == "mlp-numpy":
+            return NumpyMLPTrainer(data.x, data.y, train.num_classes, seed=config.seed, **extra)
         return NumpyLogisticTrainer(data.x, data.y, train.num_classes, **extra)
 
     return make
@@ -95,7 +100,7 @@ def build_task(config: SimConfig) -> SimTask:
         alpha=config.alpha,
         classes_per_client=config.classes_per_client,
     )
-    factory = _numpy_factory if config.model == "logreg" else _torch_factory
+    factory = _numpy_factory if config.model in NUMPY_MODELS else _torch_factory
     make = factory(config, data.train)
     adversary = config.adversary()
     flipped = adversary.malicious(config.clients, config.seed) if adversary.kind == "label_flip" else frozenset()
