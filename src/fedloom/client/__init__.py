@@ -8,9 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+from fedloom.client.numpy_mlp import NumpyMLPTrainer
 from fedloom.client.trainer import EvalConfig, FitConfig, FitResult, Trainer
 
-__all__ = ["EvalConfig", "FitConfig", "FitResult", "NumpyLogisticTrainer", "Trainer", "TorchTrainer"]
+__all__ = [
+    "EvalConfig",
+    "FitConfig",
+    "FitResult",
+    "NumpyLogisticTrainer",
+    "NumpyMLPTrainer",
+    "Trainer",
+    "TorchTrainer",
+]
 
 
 def __getattr__(name: str) -> Any:

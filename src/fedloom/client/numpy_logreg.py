@@ -11,6 +11,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.client.class_weights import ClassWeight, class_weight_vector
+from fedloom.client.softmax_loss import cross_entropy, logit_gradient, softmax
+from fedloom.core.classification_metrics import classification_metrics
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.terms import FISHER_PREFIX, NO_TERMS, ClientTerms
 from fedloom.core.weights import Weights, check_compatible, copy_weights
@@ -22,18 +25,13 @@ def _extra(terms: ClientTerms, name: str, theta: np.ndarray) -> np.ndarray | flo
     return 0.0 if grad is None else grad
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probs: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
-    return probs
-
-
 class NumpyLogisticTrainer:
     """Softmax regression trained with mini-batch SGD on cross-entropy.
 
     Weights are ``{"weight": (classes, features), "bias": (classes,)}`` in float32,
     starting at zero (the usual, deterministic initialisation for a convex model).
+    ``class_weight`` ("none", "balanced" from this client's labels, or one weight per class)
+    weights the training loss (fedloom.client.class_weights); ``evaluate`` reports the plain one.
     """
 
     def __init__(
@@ -45,6 +43,7 @@ class NumpyLogisticTrainer:
         x_eval: np.ndarray | None = None,
         y_eval: np.ndarray | None = None,
         l2: float = 0.0,
+        class_weight: ClassWeight = "none",
     ) -> None:
         check_arrays(x, y, "train")
         self.x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
@@ -53,6 +52,7 @@ class NumpyLogisticTrainer:
         self.y_eval = self.y if y_eval is None else np.asarray(y_eval, dtype=np.int64)
         self.num_classes = num_classes
         self.l2 = l2
+        self.class_weights = class_weight_vector(class_weight, self.y, num_classes)
         self._weights: Weights = {
             "weight": np.zeros((num_classes, self.x.shape[1]), dtype=np.float32),
             "bias": np.zeros(num_classes, dtype=np.float32),
@@ -75,9 +75,9 @@ class NumpyLogisticTrainer:
         for _ in range(config.epochs):
             for idx in epoch_batches(len(self.x), config.batch_size, rng):
                 xb = self.x[idx].astype(np.float64)
-                probs = _softmax(xb @ w.T + b)
-                losses.append(-np.log(probs[np.arange(len(idx)), self.y[idx]] + 1e-12).mean())
-                grad = (probs - onehot[idx]) / len(idx)
+                probs = softmax(xb @ w.T + b)
+                losses.append(cross_entropy(probs, self.y[idx], self.class_weights))
+                grad = logit_gradient(probs, onehot[idx], self.y[idx], self.class_weights)
                 w -= config.lr * (grad.T @ xb + self.l2 * w + _extra(terms, "weight", w))
                 b -= config.lr * (grad.sum(axis=0) + _extra(terms, "bias", b))
         self._weights = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
@@ -90,8 +90,8 @@ class NumpyLogisticTrainer:
         onehot = np.eye(self.num_classes)[self.y]
         fw, fb, batches = np.zeros_like(w), np.zeros_like(b), 0
         for start in range(0, len(self.x), batch_size):
-            xb = self.x[start : start + batch_size].astype(np.float64)
-            grad = (_softmax(xb @ w.T + b) - onehot[start : start + batch_size]) / len(xb)
+            xb, yb = self.x[start : start + batch_size].astype(np.float64), self.y[start : start + batch_size]
+            grad = logit_gradient(softmax(xb @ w.T + b), onehot[start : start + batch_size], yb, self.class_weights)
             fw += (grad.T @ xb) ** 2
             fb += grad.sum(axis=0) ** 2
             batches += 1
@@ -100,14 +100,13 @@ class NumpyLogisticTrainer:
             FISHER_PREFIX + "bias": (fb / batches).astype(np.float32),
         }
 
-    @staticmethod
-    def _loss(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-        probs = _softmax(x.astype(np.float64) @ w.T + b)
-        return float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
+    def _loss(self, w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        """The training objective (class-weighted when asked) at ``w``, ``b`` on ``x``, ``y``."""
+        return cross_entropy(softmax(x.astype(np.float64) @ w.T + b), y, self.class_weights)
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
+        """The unweighted loss, accuracy and fedloom.core.classification_metrics on the evaluation data."""
         w, b = self._load(weights)
-        probs = _softmax(self.x_eval.astype(np.float64) @ w.T + b)
-        loss = -np.log(probs[np.arange(len(self.y_eval)), self.y_eval] + 1e-12).mean()
-        accuracy = (probs.argmax(axis=1) == self.y_eval).mean()
-        return {"loss": float(loss), "accuracy": float(accuracy), "num_samples": float(len(self.y_eval))}
+        probs = softmax(self.x_eval.astype(np.float64) @ w.T + b)
+        loss = cross_entropy(probs, self.y_eval, None)
+        return {"loss": loss, **classification_metrics(self.y_eval, probs), "num_samples": float(len(self.y_eval))}

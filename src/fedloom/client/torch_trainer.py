@@ -16,8 +16,10 @@ from torch import nn
 
 from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, dp_sgd_from_extra
 from fedloom.client.batching import check_arrays, epoch_batches
+from fedloom.client.class_weights import ClassWeight, class_weight_vector, parse_class_weight
 from fedloom.client.dp_sgd import poisson_rate
 from fedloom.client.dp_sgd_torch import PrivateBatches, PrivateFit, refuse_unsupported, train_dp_sgd
+from fedloom.core.classification_metrics import classification_metrics
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig, FitConfig, FitResult
 from fedloom.core.terms import FISHER_PREFIX, NO_TERMS, ClientTerms
@@ -83,12 +85,33 @@ def _add_terms(triples: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             param.grad.add_(torch.addcmul(offset, param, scale))
 
 
+def _weighted(weight: torch.Tensor) -> LossFn:
+    """Class-weighted cross-entropy: the weighted mean ``Σ w[y_i] ce_i / Σ w[y_i]``."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(out, y, weight=weight)
+
+    return loss
+
+
+def _per_example_weighted(weight: torch.Tensor) -> LossFn:
+    """DP-SGD's class-weighted loss, ``mean_i w[y_i] ce_i``: each example's term depends on its own
+    label only, as per-example clipping needs (the weighted mean's denominator couples them)."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (nn.functional.cross_entropy(out, y, reduction="none") * weight[y]).mean()
+
+    return loss
+
+
 class TorchTrainer:
     """A Trainer around a PyTorch module and one client's (x, y) arrays.
 
     ``model`` may be a module (reused, e.g. one per worker process) or a zero-argument
     factory. A fresh optimiser is made each round, as in FedAvg, so no optimiser state
     leaks across rounds. ``device`` is any torch device string ("cpu", "cuda", "cuda:1").
+    ``class_weight`` ("none", "balanced" or one weight per class, fedloom.client.class_weights)
+    weights the training cross-entropy by class; ``evaluate`` reports the unweighted loss.
     """
 
     def __init__(
@@ -104,6 +127,7 @@ class TorchTrainer:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         device: str = "cpu",
+        class_weight: ClassWeight = "none",
     ) -> None:
         check_arrays(x, y, "train")
         if optimizer not in OPTIMIZERS:
@@ -114,10 +138,26 @@ class TorchTrainer:
         self.y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
         self.x_eval = self.x if x_eval is None else torch.from_numpy(np.ascontiguousarray(x_eval, dtype=np.float32))
         self.y_eval = self.y if y_eval is None else torch.from_numpy(np.ascontiguousarray(y_eval, dtype=np.int64))
-        self.loss_fn: LossFn = loss or nn.functional.cross_entropy
+        self.eval_loss_fn: LossFn = loss or nn.functional.cross_entropy
+        self.class_weights = self._class_weights(class_weight, loss)
+        self.loss_fn: LossFn = self.eval_loss_fn if self.class_weights is None else _weighted(self.class_weights)
         self.optimizer = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
+
+    def _class_weights(self, spec: ClassWeight, loss: LossFn | None) -> torch.Tensor | None:
+        """The per-class weights of the training loss (see fedloom.client.class_weights), None for none.
+
+        Their length is the model's number of outputs, read from one forward pass in eval mode."""
+        if parse_class_weight(spec) == "none":
+            return None
+        if loss is not None:
+            raise ConfigError("class_weight weights the built-in cross-entropy: drop loss=..., or weight your own loss")
+        self.model.eval()
+        with torch.no_grad():
+            num_classes = int(self.model(self.x[:1].to(self.device)).shape[1])
+        vector = class_weight_vector(spec, self.y.numpy(), num_classes)
+        return None if vector is None else torch.from_numpy(vector.astype(np.float32)).to(self.device)
 
     def get_weights(self) -> Weights:
         return state_to_weights(self.model)
@@ -172,7 +212,7 @@ class TorchTrainer:
             self.model,
             self.x,
             self.y,
-            self.loss_fn,
+            self.loss_fn if self.class_weights is None else _per_example_weighted(self.class_weights),
             lambda params: self._torch_optimizer(params, config.lr),
             self.device,
         )
@@ -232,15 +272,25 @@ class TorchTrainer:
         return total / len(self.x)
 
     def evaluate(self, weights: Weights, config: EvalConfig) -> dict[str, float]:
+        """Loss, accuracy and the imbalance-aware metrics (fedloom.core.classification_metrics) of one
+        pass over the evaluation data; the class weights shape training only, not this loss."""
         load_weights(self.model, weights)
         self.model.eval()
-        total_loss, correct = 0.0, 0
+        total_loss, probs = 0.0, []
         with torch.no_grad():
             for start in range(0, len(self.x_eval), config.batch_size):
                 xb = self.x_eval[start : start + config.batch_size].to(self.device)
                 yb = self.y_eval[start : start + config.batch_size].to(self.device)
                 out = self.model(xb)
-                total_loss += float(self.loss_fn(out, yb)) * len(yb)
-                correct += int((out.argmax(dim=1) == yb).sum())
+                total_loss += float(self.eval_loss_fn(out, yb)) * len(yb)
+                probs.append(out.detach().double().softmax(dim=1).cpu())
         n = len(self.y_eval)
-        return {"loss": total_loss / n, "accuracy": correct / n, "num_samples": float(n)}
+        scores = torch.cat(probs).numpy()
+        return {"loss": total_loss / n, **_class_metrics(self.y_eval.numpy(), scores), "num_samples": float(n)}
+
+
+def _class_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The classification metrics; a model whose output is not one score per class gets accuracy only."""
+    if probs.ndim == 2 and probs.shape[1] >= 2 and y.min() >= 0 and y.max() < probs.shape[1]:
+        return classification_metrics(y, probs)
+    return {"accuracy": float((probs.reshape(len(y), -1).argmax(axis=1) == y).mean())}

@@ -13,44 +13,56 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fedloom.client.class_weights import ClassWeight
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
+from fedloom.client.numpy_mlp import NumpyMLPTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.data import ArrayDataset
+from fedloom.sim.config import MODELS, NUMPY_MODELS
 
-__all__ = ["NUMPY_MODELS", "TrainerMaker", "trainer_maker"]
+__all__ = ["TrainerMaker", "trainer_maker"]
 
 #: ``(local training data, local evaluation data or None) -> Trainer``
 TrainerMaker = Callable[[ArrayDataset, ArrayDataset | None], Trainer]
-#: the models that need no PyTorch
-NUMPY_MODELS = ("logreg",)
 
 
 def trainer_maker(
-    model: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int, device: str = "cpu"
+    model: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int,
+    device: str = "cpu",
+    class_weight: ClassWeight = "none",
 ) -> TrainerMaker:
     """Trainers of the built-in ``model`` for samples of ``input_shape``, initialised from ``seed``."""
+    if model not in MODELS:
+        raise ConfigError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     if model in NUMPY_MODELS:
-        return _numpy_maker(num_classes)
-    from fedloom.models import TORCH_MODELS
-
-    if model not in TORCH_MODELS:
-        raise ConfigError(f"model must be one of {', '.join((*NUMPY_MODELS, *TORCH_MODELS))}; got {model!r}")
-    return _torch_maker(model, input_shape, num_classes, seed, device)
+        return _numpy_maker(model, num_classes, seed, class_weight)
+    return _torch_maker(model, input_shape, num_classes, seed, device, class_weight)
 
 
 def _evaluation_arrays(evaluation: ArrayDataset | None) -> dict[str, Any]:
     return {} if evaluation is None else {"x_eval": evaluation.x, "y_eval": evaluation.y}
 
 
-def _numpy_maker(num_classes: int) -> TrainerMaker:
+def _numpy_maker(model: str, num_classes: int, seed: int, class_weight: ClassWeight) -> TrainerMaker:
+    """``logreg`` (NumpyLogisticTrainer) or ``mlp-numpy`` (NumpyMLPTrainer, initialised from ``seed``)."""
+
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
-        return NumpyLogisticTrainer(data.x, data.y, num_classes, **_evaluation_arrays(evaluation))
+        extra = {"class_weight": class_weight, **_evaluation_arrays(evaluation)}
+        if model == "mlp-numpy":
+            return NumpyMLPTrainer(data.x, data.y, num_classes, seed=seed, **extra)
+        return NumpyLogisticTrainer(data.x, data.y, num_classes, **extra)
 
     return make
 
 
-def _torch_maker(model: str, input_shape: tuple[int, ...], num_classes: int, seed: int, device: str) -> TrainerMaker:
+def _torch_maker(
+    model: str, input_shape: tuple[int, ...], num_classes: int, seed: int, device: str, class_weight: ClassWeight
+) -> TrainerMaker:
     import torch
 
     from fedloom.client.torch_trainer import TorchTrainer
@@ -60,6 +72,7 @@ def _torch_maker(model: str, input_shape: tuple[int, ...], num_classes: int, see
     module = build_model(model, input_shape, num_classes)
 
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
-        return TorchTrainer(module, data.x, data.y, device=device, **_evaluation_arrays(evaluation))
+        extra = _evaluation_arrays(evaluation)
+        return TorchTrainer(module, data.x, data.y, device=device, class_weight=class_weight, **extra)
 
     return make

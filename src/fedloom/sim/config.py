@@ -23,6 +23,7 @@ from fedloom.algorithms.dp_sgd_settings import DPSGDSettings, with_dp_sgd
 from fedloom.algorithms.registry import build_strategy
 from fedloom.algorithms.secagg import SecAggSettings, check_secure_compatible
 from fedloom.algorithms.strategy import RoundCriteria, Strategy
+from fedloom.client.class_weights import parse_class_weight
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
@@ -35,7 +36,9 @@ from fedloom.sim.ray_resources import ClientResources
 if TYPE_CHECKING:
     from fedloom.data.spec import DataSpec
 
-MODELS = ("logreg", "logreg-torch", "mlp", "cnn", "cifar_cnn")
+MODELS = ("logreg", "mlp-numpy", "logreg-torch", "mlp", "cnn", "cifar_cnn")
+#: the models trained in NumPy (no PyTorch needed): NumpyLogisticTrainer and NumpyMLPTrainer
+NUMPY_MODELS = ("logreg", "mlp-numpy")
 DATASETS = ("digits", "fmnist", "cifar10")
 PARTITIONS = PARTITION_SCHEMES
 EXECUTORS = ("sequential", "parallel", "ray")
@@ -75,6 +78,9 @@ class SimConfig:
     lr: float = 0.05
     seed: int = 0
     device: str = "cpu"
+    #: the training loss's class weights (fedloom.client.class_weights): "none", "balanced" (each client
+    #: from its own labels) or one weight per class, "1,19"
+    class_weight: str = "none"
     executor: str = "sequential"
     workers: int = 0
     max_retries: int = 0
@@ -150,6 +156,7 @@ class SimConfig:
             raise ConfigError(f"deadline_seconds must be >= 0 (0 = none), got {self.deadline_seconds}")
         self._check_data()
         _one_of("model", self.model, MODELS)
+        parse_class_weight(self.class_weight)
         _one_of("partition", self.partition, PARTITIONS)
         self._check_partition()
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))

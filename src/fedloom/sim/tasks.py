@@ -65,7 +65,14 @@ def build_task(config: SimConfig) -> SimTask:
         classes_per_client=config.classes_per_client,
         **config.partition_options(features=data.train.x, groups=loaded.groups),
     )
-    make = trainer_maker(config.model, data.input_shape, data.num_classes, seed=config.seed, device=config.device)
+    make = trainer_maker(
+        config.model,
+        data.input_shape,
+        data.num_classes,
+        seed=config.seed,
+        device=config.device,
+        class_weight=config.class_weight,
+    )
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
     def evaluate_fn(weights: Weights) -> Mapping[str, float]:
