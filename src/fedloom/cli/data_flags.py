@@ -23,6 +23,7 @@ DATA_FLAGS = (
     "features",
     "categorical",
     "categories",
+    "classes",
     "missing",
     "scale",
     "image_size",
@@ -44,6 +45,12 @@ def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         action="append",
         metavar="COL=L1,L2",
         help="the fixed levels of a categorical column, so every site encodes the same width; repeatable",
+    )
+    add(
+        "--classes",
+        metavar="L1,L2",
+        type=_columns,
+        help="the labels in class-id order (default: the sorted labels seen; fixed, every site numbers them alike)",
     )
     add("--missing", help="missing values: error (default), drop, mean, median, zero")
     add("--scale", help="feature scaling fitted on the training rows: standard (default), minmax, none")
@@ -98,8 +105,8 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 
 def _columns(text: str) -> list[str]:
-    """A comma-separated list of column names (empty names refused)."""
+    """A comma-separated list of names (column names, labels); empty names refused."""
     names = [name.strip() for name in text.split(",")]
     if not all(names):
-        raise argparse.ArgumentTypeError(f"{text!r} must be column names separated by commas, e.g. age,weight")
+        raise argparse.ArgumentTypeError(f"{text!r} must be names separated by commas, e.g. age,weight")
     return names

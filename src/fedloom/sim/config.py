@@ -34,7 +34,7 @@ from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.sim.ray_resources import ClientResources
 
 if TYPE_CHECKING:
-    from fedloom.data.spec import DataSpec
+    from fedloom.data import DataSpec
 
 MODELS = ("logreg", "mlp-numpy", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 #: the models trained in NumPy (no PyTorch needed): NumpyLogisticTrainer and NumpyMLPTrainer
@@ -198,7 +198,7 @@ class SimConfig:
 
     def data_spec(self) -> DataSpec:
         """The local dataset's description (with ``partition_by`` as its group column, ``seed`` as its seed)."""
-        from fedloom.data.spec import DataSpec
+        from fedloom.data import DataSpec
 
         extra: dict[str, Any] = {"seed": self.seed}
         if self.partition_by is not None:
@@ -382,7 +382,7 @@ def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None
 
 def data_shorthand(text: str) -> dict[str, Any]:
     """``"table:hospital.csv"`` -> ``{"kind": "table", "path": "hospital.csv"}`` (the kind checked)."""
-    from fedloom.data.spec import parse_data_spec
+    from fedloom.data import parse_data_spec
 
     spec = parse_data_spec(text)
     return {"kind": spec.kind, "path": str(spec.path)}

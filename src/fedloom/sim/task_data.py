@@ -40,7 +40,7 @@ def load_task_data(config: SimConfig) -> TaskData:
     """The built-in dataset ``config.dataset``, or the local one ``config.data`` describes."""
     if not config.data:
         return TaskData(load_dataset(config.dataset_name(), config.data_dir, compact=True))
-    from fedloom.data.spec import load_data
+    from fedloom.data import load_data
 
     spec = config.data_spec()
     loaded = load_data(spec)
