@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_mapping(flags, base)
     tracking = _tracking(args)  # a wrong sink is refused before anything is printed or stored
     print(
-        f"fedloom sim: {config.dataset_name()} / {config.model}, {config.clients} clients ({config.partition}), "
+        f"fedloom sim: {config.dataset_name()} / {config.model}, {_clients(config)} ({config.partition}), "
         f"C={config.fraction}, E={config.epochs}, B={config.batch_size}, lr={config.lr}, {config.rounds} rounds, "
         f"strategy {config.strategy}"
         + (f", DP {config.privacy['mode']}" if config.privacy else "")
@@ -216,6 +216,14 @@ def run(args: argparse.Namespace) -> int:
         store = SqlStore.open_default(args.home)
     simulate_config(config, store=store, tracking=tracking, observers=[ProgressPrinter(config.rounds)])
     return 0
+
+
+def _clients(config: SimConfig) -> str:
+    """``10 clients``, or ``one client per site`` for a natural partition that follows the data."""
+    default = SimConfig.__dataclass_fields__["clients"].default
+    if config.partition == "natural" and config.clients == default:
+        return f"one client per {config.partition_by}"
+    return f"{config.clients} clients"
 
 
 def data_from_flags(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any] | None:

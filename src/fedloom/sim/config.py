@@ -382,10 +382,10 @@ def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None
 
 def data_shorthand(text: str) -> dict[str, Any]:
     """``"table:hospital.csv"`` -> ``{"kind": "table", "path": "hospital.csv"}`` (the kind checked)."""
-    from fedloom.data import parse_data_spec
+    from fedloom.data.spec import split_kind_path
 
-    spec = parse_data_spec(text)
-    return {"kind": spec.kind, "path": str(spec.path)}
+    kind, path = split_kind_path(text)
+    return {"kind": kind, "path": path}
 
 
 def load_config_file(path: str | Path) -> SimConfig:
