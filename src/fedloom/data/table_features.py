@@ -18,6 +18,9 @@ from fedloom.core.errors import DataError
 from fedloom.data.spec import DataSpec
 from fedloom.data.table_read import RawTable, is_missing
 
+#: magnitudes whose squares neither overflow nor underflow float64 (see :func:`robust_mean_std`)
+SAFE_MAGNITUDE = (1e-100, 1e100)
+
 
 @dataclass(frozen=True)
 class NumericColumn:
@@ -130,14 +133,15 @@ def robust_mean_std(values: np.ndarray) -> tuple[float, float]:
     """Population mean and std of finite float64 ``values``, safe for huge and tiny magnitudes.
 
     Squaring 1e200 overflows and squaring 1e-200 underflows to zero (which would make a
-    varying column look constant), so the moments are computed on ``values / max|values|``
-    and scaled back.
+    varying column look constant), so outside a safe range the moments are computed on
+    ``values / max|values|`` and scaled back; inside it they are numpy's, to the last bit.
     """
     peak = float(np.max(np.abs(values))) if values.size else 0.0
     if peak == 0.0:
         return 0.0, 0.0
-    scaled = values / peak
-    return float(np.mean(scaled)) * peak, float(np.std(scaled)) * peak
+    unit = 1.0 if SAFE_MAGNITUDE[0] < peak < SAFE_MAGNITUDE[1] else peak
+    scaled = values / unit
+    return float(np.mean(scaled)) * unit, float(np.std(scaled)) * unit
 
 
 def _fit_numeric(table: RawTable, rows: np.ndarray, name: str, spec: DataSpec) -> NumericColumn:
