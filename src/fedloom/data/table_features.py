@@ -68,6 +68,16 @@ class TableEncoder:
                 blocks.append(_numeric_block(table, rows, column)[:, None])
         return np.concatenate(blocks, axis=1)
 
+    def unseen_levels(self, table: RawTable, rows: np.ndarray) -> dict[str, int]:
+        """Per categorical column, how many present cells of ``rows`` have no level (encoded as zeros)."""
+        counts = {}
+        for column in self.columns:
+            if isinstance(column, CategoricalColumn):
+                known = set(column.levels)
+                texts = level_texts(table.column(column.name)[rows])
+                counts[column.name] = sum(1 for text in texts if text is not None and text not in known)
+        return {name: count for name, count in counts.items() if count}
+
     def record(self) -> dict[str, Any]:
         """The fitted encoders as JSON data, to store beside a run's config."""
         numeric = {c.name: {"fill": c.fill, "shift": c.shift, "divisor": c.divisor} for c in self._numeric()}
