@@ -77,8 +77,18 @@ def test_test_folder_is_scaled_with_the_train_statistics(folder, tmp_path):
     assert data.preprocessing["mean"] == without.preprocessing["mean"]  # the white test image changes nothing
     stray = tmp_path / "stray"
     write_image(stray / "yak" / "y.png", 1)
-    with pytest.raises(DataError, match="class folder\\(s\\) yak are not among the training classes"):
+    with pytest.raises(
+        DataError, match=r"stray: class folder\(s\) yak are not among the classes \['cat', 'dog', 'emu'\]"
+    ):
         load(folder, test_path=str(stray))
+
+
+def test_fixed_classes_keep_the_ids_of_a_site_that_lacks_a_class(folder):
+    data = load(folder, classes=["ant", "cat", "dog", "emu"], test_fraction=0)
+    assert data.splits.num_classes == 4 and data.class_names == ("ant", "cat", "dog", "emu")
+    np.testing.assert_array_equal(data.splits.train.y, [1, 1, 2, 2, 3])
+    with pytest.raises(DataError, match=r"class folder\(s\) emu are not among the classes \['cat', 'dog'\]"):
+        load(folder, classes=["cat", "dog"])
 
 
 def test_held_out_fraction_is_stratified_and_seeded(tmp_path):
