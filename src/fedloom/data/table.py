@@ -23,7 +23,7 @@ from fedloom.data.labels import encode_labels, label_levels
 from fedloom.data.loaded import LoadedData
 from fedloom.data.spec import DataSpec
 from fedloom.data.table_features import TableEncoder, fit_encoder, level_texts
-from fedloom.data.table_read import RawTable, is_missing, read_table_file
+from fedloom.data.table_read import RawTable, missing_mask, read_table_file
 
 log = logging.getLogger("fedloom.data")
 #: the label column of a Hugging Face dataset when the spec names none
@@ -132,7 +132,7 @@ def _usable(spec: DataSpec, table: RawTable, used: tuple[str, ...], target: str)
     keep = np.ones(len(table), dtype=bool)
     for column in used:
         cells = table.column(column)
-        missing = np.fromiter((is_missing(cell) for cell in cells), dtype=bool, count=len(cells))
+        missing = missing_mask(cells)
         if not missing.any():
             continue
         if spec.missing == "drop":

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedloom.core.errors import DataError
 from fedloom.data.spec import DataSpec
-from fedloom.data.table_read import RawTable, is_missing
+from fedloom.data.table_read import RawTable, is_missing, missing_mask
 
 #: magnitudes whose squares neither overflow nor underflow float64 (see :func:`robust_mean_std`)
 SAFE_MAGNITUDE = (1e-100, 1e100)
@@ -107,7 +107,8 @@ def numbers(table: RawTable, name: str, rows: np.ndarray) -> np.ndarray:
     saying how to declare the column categorical if it holds categories.
     """
     cells = table.column(name)[rows]
-    filled = np.array([np.nan if is_missing(cell) else cell for cell in cells], dtype=object)
+    filled = cells.copy()
+    filled[missing_mask(cells)] = np.nan
     try:
         values = filled.astype(np.float64)
     except (TypeError, ValueError):
