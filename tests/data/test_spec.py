@@ -63,6 +63,8 @@ def test_options_of_another_kind_are_refused():
         parse_data_spec("images:photos", target="label")
     with pytest.raises(ConfigError, match="missing does not apply to kind 'arrays'"):
         parse_data_spec("arrays:d.npz", missing="drop")
+    with pytest.raises(ConfigError, match="test_path does not apply to kind 'arrays'"):
+        parse_data_spec("arrays:d.npz", test_path="t.npz")  # the .npz holds x_test / y_test itself
     assert parse_data_spec("images:photos", image_size=[32, 24], grayscale=True).image_size == (32, 24)
 
 

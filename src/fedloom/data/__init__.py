@@ -15,6 +15,7 @@ from fedloom.data.cifar10 import load_cifar10
 from fedloom.data.dataset import ArrayDataset, DatasetSplits
 from fedloom.data.digits import load_digits
 from fedloom.data.fashion_mnist import load_fashion_mnist
+from fedloom.data.hf_datasets import from_hf_dataset
 from fedloom.data.loaded import LoadedData
 from fedloom.data.loading import load_data
 from fedloom.data.spec import DATA_KINDS, DataSpec, parse_data_spec
@@ -50,6 +51,7 @@ __all__ = [
     "DatasetSplits",
     "LoadedData",
     "from_arrays",
+    "from_hf_dataset",
     "load_data",
     "load_cifar10",
     "load_dataset",

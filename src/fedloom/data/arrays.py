@@ -20,6 +20,7 @@ from fedloom.data.digits import stratified_split
 from fedloom.data.labels import encode_labels, label_levels
 from fedloom.data.loaded import LoadedData
 from fedloom.data.spec import DataSpec
+from fedloom.data.table_features import SAFE_MAGNITUDE
 
 #: the arrays an ``.npz`` file holds (the test pair is optional: else ``test_fraction`` is held out)
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -106,6 +107,8 @@ def from_arrays(
 def _read_npz(file: Path) -> dict[str, np.ndarray]:
     if not file.is_file():
         raise DataError(f"{file}: no such .npz file (fedloom reads local files only, never downloads)")
+    if not zipfile.is_zipfile(file):  # else numpy would take it for a pickle
+        raise DataError(f"{file}: not a readable .npz file (not a zip archive); write it with numpy.savez")
     try:
         with np.load(file, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
@@ -176,7 +179,7 @@ def _fit_scale(x: np.ndarray, scale: str) -> tuple[np.ndarray, np.ndarray]:
         spread = x.max(axis=0) - low
         return low, np.where((spread > 0) & np.isfinite(spread), spread, ones)
     peak = np.max(np.abs(x), axis=0)
-    peak = np.where(peak > 0, peak, ones)
+    peak = np.where((peak > SAFE_MAGNITUDE[0]) & (peak < SAFE_MAGNITUDE[1]) | (peak == 0), ones, peak)
     scaled = x / peak
     std = scaled.std(axis=0) * peak
     return np.asarray(scaled.mean(axis=0) * peak), np.where(std > 0, std, ones)

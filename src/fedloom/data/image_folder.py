@@ -46,8 +46,10 @@ def load_image_folder(spec: DataSpec) -> LoadedData:
     """Load ``spec.path`` (one sub-folder per class), and ``spec.test_path`` if given."""
     require("PIL", "images", "image folders")
     root = Path(spec.path).expanduser()
-    class_names = class_folders(root)
-    folder = scan_folder(root, class_names)
+    class_names = _classes(root, spec.classes)
+    folder = scan_folder(root, class_names, allow_missing=spec.classes is not None)
+    if not folder.files:
+        raise DataError(f"{root}: none of the class folders {list(class_names)} holds an image")
     resize = spec.image_size is not None
     pixels = decode_files(folder.files, spec.image_size, spec.grayscale, resize=resize)
     if spec.test_path is None:
@@ -57,10 +59,8 @@ def load_image_folder(spec: DataSpec) -> LoadedData:
         skipped = folder.skipped
     else:
         test_root = Path(spec.test_path).expanduser()
-        stray = sorted(set(class_folders(test_root)) - set(class_names))
-        if stray:
-            raise DataError(f"{test_root}: class folder(s) {', '.join(stray)} are not among the training classes")
-        held = scan_folder(test_root, class_names, allow_empty=True)
+        _classes(test_root, class_names)
+        held = scan_folder(test_root, class_names, allow_missing=True)
         size = spec.image_size or _size_of(pixels)
         test = (decode_files(held.files, size, spec.grayscale, resize=resize), held.labels)
         train, skipped = (pixels, folder.labels), folder.skipped + held.skipped
@@ -108,15 +108,36 @@ def class_folders(root: Path) -> tuple[str, ...]:
     return names
 
 
-def scan_folder(root: Path, class_names: Sequence[str], *, allow_empty: bool = False) -> _Folder:
-    """Every image file under each class folder (recursively, sorted); others are counted as skipped."""
+def _classes(root: Path, fixed: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The class names: ``fixed`` (the spec's ``classes``) or the sorted folder names.
+
+    With fixed classes a site that lacks a class's folder keeps the same class ids as its
+    neighbours; a folder that is not one of them is refused, as it would have no id.
+    """
+    found = class_folders(root)
+    if fixed is None:
+        return found
+    stray = [name for name in found if name not in fixed]
+    if stray:
+        raise DataError(f"{root}: class folder(s) {', '.join(stray)} are not among the classes {list(fixed)}")
+    return fixed
+
+
+def scan_folder(root: Path, class_names: Sequence[str], *, allow_missing: bool = False) -> _Folder:
+    """Every image file under each class folder (recursively, sorted); others are counted as skipped.
+
+    ``allow_missing``: a class may have no folder (a test folder, or fixed ``classes``); an
+    existing class folder without any image is always an error.
+    """
     files: list[Path] = []
     labels: list[int] = []
     skipped = sum(1 for p in root.iterdir() if not p.is_dir())
     for class_id, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
-            continue  # a test folder may lack a class
+            if not allow_missing:
+                raise DataError(f"{folder}: no such class folder")
+            continue
         found = 0
         for path in sorted(folder.rglob("*")):
             if not path.is_file():
@@ -128,7 +149,7 @@ def scan_folder(root: Path, class_names: Sequence[str], *, allow_empty: bool = F
             files.append(path)
             labels.append(class_id)
             found += 1
-        if found == 0 and not allow_empty:
+        if found == 0:
             raise DataError(
                 f"{folder}: class folder holds no image ({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
             )

@@ -38,6 +38,7 @@ _ONLY_FOR = {
     "image_size": ("images", "hf"),
     "grayscale": ("images", "hf"),
     "by": ("table", "hf", "arrays"),
+    "test_path": ("table", "images", "hf"),
 }
 
 

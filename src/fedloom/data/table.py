@@ -22,8 +22,8 @@ from fedloom.data.digits import stratified_split
 from fedloom.data.labels import encode_labels, label_levels
 from fedloom.data.loaded import LoadedData
 from fedloom.data.spec import DataSpec
-from fedloom.data.table_features import fit_encoder, level_texts
-from fedloom.data.table_read import RawTable, is_missing, read_table_file
+from fedloom.data.table_features import TableEncoder, fit_encoder, level_texts
+from fedloom.data.table_read import RawTable, missing_mask, read_table_file
 
 log = logging.getLogger("fedloom.data")
 #: the label column of a Hugging Face dataset when the spec names none
@@ -71,18 +71,39 @@ def load_raw_tables(spec: DataSpec, table: RawTable, test_table: RawTable | None
         test=ArrayDataset(encoder.transform(test.table, test.rows), y_test, len(classes)),
     )
     groups = None if spec.by is None else np.asarray(level_texts(train.table.column(spec.by)[train.rows]), dtype=str)
-    record: dict[str, Any] = {
+    record = _record(spec, table, columns, classes, parts, (train, test), encoder)
+    return LoadedData(splits, groups, encoder.feature_names, tuple(classes), record)
+
+
+def _record(
+    spec: DataSpec,
+    table: RawTable,
+    columns: tuple[str, ...],
+    classes: tuple[str, ...],
+    parts: list[_Part],
+    splits: tuple[_Part, _Part],
+    encoder: TableEncoder,
+) -> dict[str, Any]:
+    """What the load did, as JSON data: columns, classes, rows kept and dropped, fitted encoders."""
+    train, test = splits
+    unseen = {
+        "train": encoder.unseen_levels(train.table, train.rows),
+        "test": encoder.unseen_levels(test.table, test.rows),
+    }
+    if any(unseen.values()):
+        log.info("%s: levels outside the categories, encoded as all zeros: %s", table.source, unseen)
+    return {
         "kind": "table",
         "source": table.source,
-        "target": target,
+        "target": spec.target or DEFAULT_TARGET,
         "features": list(columns),
         "classes": list(classes),
         "missing": spec.missing,
         "dropped_rows": [part.dropped for part in parts],
         "rows": {"train": len(train.rows), "test": len(test.rows)},
+        "unseen_levels": unseen,
         **encoder.record(),
     }
-    return LoadedData(splits, groups, encoder.feature_names, tuple(classes), record)
 
 
 def feature_columns(spec: DataSpec, table: RawTable) -> tuple[str, ...]:
@@ -111,7 +132,7 @@ def _usable(spec: DataSpec, table: RawTable, used: tuple[str, ...], target: str)
     keep = np.ones(len(table), dtype=bool)
     for column in used:
         cells = table.column(column)
-        missing = np.fromiter((is_missing(cell) for cell in cells), dtype=bool, count=len(cells))
+        missing = missing_mask(cells)
         if not missing.any():
             continue
         if spec.missing == "drop":

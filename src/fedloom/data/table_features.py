@@ -16,7 +16,10 @@ import numpy as np
 
 from fedloom.core.errors import DataError
 from fedloom.data.spec import DataSpec
-from fedloom.data.table_read import RawTable, is_missing
+from fedloom.data.table_read import RawTable, is_missing, missing_mask
+
+#: magnitudes whose squares neither overflow nor underflow float64 (see :func:`robust_mean_std`)
+SAFE_MAGNITUDE = (1e-100, 1e100)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,16 @@ class TableEncoder:
                 blocks.append(_numeric_block(table, rows, column)[:, None])
         return np.concatenate(blocks, axis=1)
 
+    def unseen_levels(self, table: RawTable, rows: np.ndarray) -> dict[str, int]:
+        """Per categorical column, how many present cells of ``rows`` have no level (encoded as zeros)."""
+        counts = {}
+        for column in self.columns:
+            if isinstance(column, CategoricalColumn):
+                known = set(column.levels)
+                texts = level_texts(table.column(column.name)[rows])
+                counts[column.name] = sum(1 for text in texts if text is not None and text not in known)
+        return {name: count for name, count in counts.items() if count}
+
     def record(self) -> dict[str, Any]:
         """The fitted encoders as JSON data, to store beside a run's config."""
         numeric = {c.name: {"fill": c.fill, "shift": c.shift, "divisor": c.divisor} for c in self._numeric()}
@@ -94,7 +107,8 @@ def numbers(table: RawTable, name: str, rows: np.ndarray) -> np.ndarray:
     saying how to declare the column categorical if it holds categories.
     """
     cells = table.column(name)[rows]
-    filled = np.array([np.nan if is_missing(cell) else cell for cell in cells], dtype=object)
+    filled = cells.copy()
+    filled[missing_mask(cells)] = np.nan
     try:
         values = filled.astype(np.float64)
     except (TypeError, ValueError):
@@ -130,14 +144,15 @@ def robust_mean_std(values: np.ndarray) -> tuple[float, float]:
     """Population mean and std of finite float64 ``values``, safe for huge and tiny magnitudes.
 
     Squaring 1e200 overflows and squaring 1e-200 underflows to zero (which would make a
-    varying column look constant), so the moments are computed on ``values / max|values|``
-    and scaled back.
+    varying column look constant), so outside a safe range the moments are computed on
+    ``values / max|values|`` and scaled back; inside it they are numpy's, to the last bit.
     """
     peak = float(np.max(np.abs(values))) if values.size else 0.0
     if peak == 0.0:
         return 0.0, 0.0
-    scaled = values / peak
-    return float(np.mean(scaled)) * peak, float(np.std(scaled)) * peak
+    unit = 1.0 if SAFE_MAGNITUDE[0] < peak < SAFE_MAGNITUDE[1] else peak
+    scaled = values / unit
+    return float(np.mean(scaled)) * unit, float(np.std(scaled)) * unit
 
 
 def _fit_numeric(table: RawTable, rows: np.ndarray, name: str, spec: DataSpec) -> NumericColumn:
