@@ -21,6 +21,7 @@ import numpy as np
 from fedloom.core.errors import ConfigError
 from fedloom.data import DATASETS, load_dataset
 from fedloom.sim.partition import PARTITION_SCHEMES, partition
+from fedloom.sim.partition_inner import parse_client_sizes
 from fedloom.sim.partition_natural import natural_names
 from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.sim.partition_split import train_test_split
@@ -164,16 +165,6 @@ def _scheme_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.partition == "feature_skew":
         options["feature_clusters"] = args.feature_clusters
     return options
-
-
-def parse_client_sizes(text: str) -> list[int]:
-    """``"100,200,300"`` as ``[100, 200, 300]`` (``--client-sizes``)."""
-    try:
-        return [int(item) for item in text.split(",")]
-    except ValueError:
-        raise ConfigError(
-            f"--client-sizes {text!r}: write whole numbers separated by commas, e.g. 600,400,347"
-        ) from None
 
 
 def _groups_from_args(args: argparse.Namespace, num_samples: int) -> np.ndarray | None:

@@ -22,6 +22,8 @@ from fedloom.sim.config import (
     config_from_mapping,
     load_config_file,
 )
+from fedloom.sim.partition_inner import parse_client_sizes
+from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.tracking.settings import TrackingSettings, parse_track_flag
 
 
@@ -41,6 +43,10 @@ def register(subparsers: Any) -> None:
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
     add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
+    add("--client-sizes", type=_client_sizes, metavar="N,N,...", help="inner_dirichlet: a size per client")
+    add("--size-skew", choices=SIZE_SKEW_KINDS, help="size_skew: the size law (default linear)")
+    add("--size-skew-rate", type=float, help="size_skew exponential: size ~ exp(rate * client) (default 1)")
+    add("--feature-clusters", type=int, help="feature_skew: k-means clusters dealt by Dirichlet (default 10)")
     add("--fraction", type=float, help=f"fraction C of clients per round (default {defaults.fraction})")
     add("--min-clients", type=int, help="minimum clients per round (default 1)")
     add("--rounds", type=int, help=f"rounds (default {defaults.rounds})")
@@ -73,6 +79,14 @@ def register(subparsers: Any) -> None:
     add("--track", metavar="SINKS", help="feed sinks, comma-separated: tensorboard,mlflow,wandb (docs/tracking.md)")
     add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
     parser.set_defaults(func=run)
+
+
+def _client_sizes(text: str) -> list[int]:
+    """``--client-sizes 600,747``; a malformed list is argparse's usage error, with the fix."""
+    try:
+        return parse_client_sizes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_world_flags(parser: argparse.ArgumentParser) -> None:
