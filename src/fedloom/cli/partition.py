@@ -103,13 +103,7 @@ def report_partition(
     ``num_clients=None`` means one client per group for ``natural`` and
     :data:`DEFAULT_CLIENTS` otherwise; ``options`` are :func:`partition`'s keywords.
     """
-    extra = dict(options)
-    if scheme == "natural":
-        if groups is None:
-            raise ConfigError("partition natural needs each sample's group: --groups-file F.npy, or F.csv --by COLUMN")
-        extra["groups"] = groups
-    if scheme == "feature_skew":
-        extra["features"] = features
+    extra = _with_arrays(scheme, options, groups, features)
     count = num_clients if num_clients is not None else _default_clients(scheme, groups)
     parts = partition(scheme, labels, count, seed, **extra)
     summary = summarise_partition(
@@ -138,6 +132,20 @@ def report_partition(
         "histogram": histogram,
         "summary": summary,
     }
+
+
+def _with_arrays(
+    scheme: str, options: dict[str, Any], groups: np.ndarray | None, features: np.ndarray | None
+) -> dict[str, Any]:
+    """``options`` plus the per-sample array the scheme splits by (natural: groups, feature_skew: features)."""
+    extra = dict(options)
+    if scheme == "natural":
+        if groups is None:
+            raise ConfigError("partition natural needs each sample's group: --groups-file F.npy, or F.csv --by COLUMN")
+        extra["groups"] = groups
+    if scheme == "feature_skew":
+        extra["features"] = features
+    return extra
 
 
 #: the flags only one scheme reads: flag attribute -> (that scheme, the flag's default)

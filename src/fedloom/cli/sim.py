@@ -43,10 +43,7 @@ def register(subparsers: Any) -> None:
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
     add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
-    add("--client-sizes", type=_client_sizes, metavar="N,N,...", help="inner_dirichlet: a size per client")
-    add("--size-skew", choices=SIZE_SKEW_KINDS, help="size_skew: the size law (default linear)")
-    add("--size-skew-rate", type=float, help="size_skew exponential: size ~ exp(rate * client) (default 1)")
-    add("--feature-clusters", type=int, help="feature_skew: k-means clusters dealt by Dirichlet (default 10)")
+    _add_partition_flags(parser)
     add("--fraction", type=float, help=f"fraction C of clients per round (default {defaults.fraction})")
     add("--min-clients", type=int, help="minimum clients per round (default 1)")
     add("--rounds", type=int, help=f"rounds (default {defaults.rounds})")
@@ -79,6 +76,15 @@ def register(subparsers: Any) -> None:
     add("--track", metavar="SINKS", help="feed sinks, comma-separated: tensorboard,mlflow,wandb (docs/tracking.md)")
     add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
     parser.set_defaults(func=run)
+
+
+def _add_partition_flags(parser: argparse.ArgumentParser) -> None:
+    """The parameters of the newer partition schemes (docs/partitioning.md), one scheme each."""
+    group = parser.add_argument_group("partition schemes (docs/partitioning.md)")
+    group.add_argument("--client-sizes", type=_client_sizes, metavar="N,N,...", help="inner_dirichlet: client sizes")
+    group.add_argument("--size-skew", choices=SIZE_SKEW_KINDS, help="size_skew: the size law (default linear)")
+    group.add_argument("--size-skew-rate", type=float, help="size_skew exponential: size ~ exp(rate * i) (default 1)")
+    group.add_argument("--feature-clusters", type=int, help="feature_skew: k-means clusters to deal (default 10)")
 
 
 def _client_sizes(text: str) -> list[int]:
