@@ -81,6 +81,7 @@ def test_dispatcher_is_independent_of_the_seed_and_checks_lengths():
         (np.array(["a", None, "b"], dtype=object), None, r"row 1 holds None .*fill missing ids"),
         (np.array(["a", 3], dtype=object), None, r"all strings or all integers; row 1 holds 3"),
         (np.array([1, float("nan")], dtype=object), None, r"row 1 holds nan"),
+        (np.array([b"a", b"\xff"]), None, r"byte strings must be UTF-8 text"),
     ],
 )
 def test_bad_groups_are_refused_with_the_fix(groups, num_clients, match):
