@@ -32,7 +32,7 @@ def client_rows(out):
 
 def test_defaults():
     args = parse()
-    assert (args.dataset, args.clients, args.partition, args.alpha) == ("digits", 10, "dirichlet", 0.5)
+    assert (args.dataset, args.clients, args.partition, args.alpha) == ("digits", None, "dirichlet", 0.5)
     assert (args.classes_per_client, args.seed, args.json, args.data_dir) == (2, 0, False, None)
 
 

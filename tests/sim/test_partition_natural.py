@@ -43,6 +43,14 @@ def test_clients_are_ordered_by_sorted_group_value():
     assert [p.tolist() for p in natural(ints)] == [[1], [3], [0, 2]]
 
 
+def test_bytes_and_numpy_strings_name_clients_by_their_text():
+    raw = np.array([b"site-b", b"site-a", b"site-b"])
+    assert natural_names(raw) == ["site-a", "site-b"]
+    assert [p.tolist() for p in natural(raw)] == [[1], [0, 2]]
+    mixed = np.array([np.str_("x"), "y", np.str_("x")], dtype=object)
+    assert natural_names(mixed) == ["x", "y"]
+
+
 def test_one_client_per_sample_and_one_group():
     assert_exact_cover(natural(np.arange(50)[::-1]), 50, 50)
     assert [p.tolist() for p in natural(np.zeros(4, dtype=np.int64))] == [[0, 1, 2, 3]]
@@ -73,6 +81,7 @@ def test_dispatcher_is_independent_of_the_seed_and_checks_lengths():
         (np.array(["a", None, "b"], dtype=object), None, r"row 1 holds None .*fill missing ids"),
         (np.array(["a", 3], dtype=object), None, r"all strings or all integers; row 1 holds 3"),
         (np.array([1, float("nan")], dtype=object), None, r"row 1 holds nan"),
+        (np.array([b"a", b"\xff"]), None, r"byte strings must be UTF-8 text"),
     ],
 )
 def test_bad_groups_are_refused_with_the_fix(groups, num_clients, match):

@@ -24,6 +24,8 @@ from fedloom.sim.config import (
     data_shorthand,
     load_config_file,
 )
+from fedloom.sim.partition_inner import parse_client_sizes
+from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.tracking.settings import TrackingSettings, parse_track_flag
 
 
@@ -43,6 +45,7 @@ def register(subparsers: Any) -> None:
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
     add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
+    _add_partition_flags(parser)
     data = add_data_flags(parser)
     data.add_argument(
         "--by", dest="partition_by", metavar="COL", help="--partition natural: the column naming each row's site"
@@ -80,6 +83,23 @@ def register(subparsers: Any) -> None:
     add("--track", metavar="SINKS", help="feed sinks, comma-separated: tensorboard,mlflow,wandb (docs/tracking.md)")
     add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
     parser.set_defaults(func=run)
+
+
+def _add_partition_flags(parser: argparse.ArgumentParser) -> None:
+    """The parameters of the newer partition schemes (docs/partitioning.md), one scheme each."""
+    group = parser.add_argument_group("partition schemes (docs/partitioning.md)")
+    group.add_argument("--client-sizes", type=_client_sizes, metavar="N,N,...", help="inner_dirichlet: client sizes")
+    group.add_argument("--size-skew", choices=SIZE_SKEW_KINDS, help="size_skew: the size law (default linear)")
+    group.add_argument("--size-skew-rate", type=float, help="size_skew exponential: size ~ exp(rate * i) (default 1)")
+    group.add_argument("--feature-clusters", type=int, help="feature_skew: k-means clusters to deal (default 10)")
+
+
+def _client_sizes(text: str) -> list[int]:
+    """``--client-sizes 600,747``; a malformed list is argparse's usage error, with the fix."""
+    try:
+        return parse_client_sizes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_world_flags(parser: argparse.ArgumentParser) -> None:

@@ -66,6 +66,16 @@ def check_client_sizes(client_sizes: Sequence[int] | np.ndarray, num_samples: in
     return sizes.astype(np.int64)
 
 
+def parse_client_sizes(text: str) -> list[int]:
+    """``"100,200,300"`` as ``[100, 200, 300]`` (``--client-sizes``)."""
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--client-sizes {text!r}: write whole numbers separated by commas, e.g. 600,400,347"
+        ) from None
+
+
 def _mixes(rng: np.random.Generator, concentration: np.ndarray, num_clients: int) -> np.ndarray:
     """One Dir(concentration) label mix per client; a row that underflowed to zeros puts all on one class."""
     mixes = rng.dirichlet(concentration, size=num_clients)

@@ -61,6 +61,11 @@ def _check_groups(groups: np.ndarray) -> np.ndarray:
         )
     if g.dtype.kind == "O":
         g = _object_groups(g)
+    if g.dtype.kind == "S":  # bytes (e.g. read from HDF5): their text, so names read "site-1", not "b'site-1'"
+        try:
+            g = np.char.decode(g, "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"groups: byte strings must be UTF-8 text ({exc}); decode the column first") from None
     if g.dtype.kind in "US" and np.any(np.char.str_len(g) == 0):
         row = int(np.flatnonzero(np.char.str_len(g) == 0)[0])
         raise ConfigError(f"groups: row {row} has an empty group value; give every sample its site or user id")
@@ -70,7 +75,7 @@ def _check_groups(groups: np.ndarray) -> np.ndarray:
 def _object_groups(g: np.ndarray) -> np.ndarray:
     """An object column as a str or int64 array; mixed kinds or missing values (None, NaN) are refused."""
     kinds = {type(v) for v in g.tolist()}
-    if kinds <= {str}:
+    if all(issubclass(k, str) for k in kinds):
         return g.astype(str)
     if all(issubclass(k, int | np.integer) and not issubclass(k, bool | np.bool_) for k in kinds):
         return g.astype(np.int64)
