@@ -1,6 +1,8 @@
 """The tabular path in ``fedloom sim``: the NumPy MLP as ``--model mlp-numpy``, ``--class-weight``
 reaching every client's trainer, and the imbalance-aware metrics in the central evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
@@ -50,14 +52,21 @@ def test_a_bad_class_weight_is_refused_naming_the_field_before_any_work(capsys):
     assert config_from_mapping({"class_weight": "balanced"}).class_weight == "balanced"
 
 
-def test_the_cli_flag_reaches_the_run_and_is_recorded(tmp_path):
+def test_the_cli_flag_reaches_the_run_and_is_recorded(tmp_path, capsys):
     home = tmp_path / "home"
     argv = ["sim", "--model", "mlp-numpy", "--clients", "3", "--rounds", "1", "--class-weight", "balanced"]
     assert main([*argv, "--home", str(home)]) == 0
+    assert "mlp-numpy" in capsys.readouterr().out
     with SqlStore.open_default(home) as store:
         (run,) = store.list_runs()
         assert run.config["class_weight"] == "balanced" and run.config["model"] == "mlp-numpy"
         assert store.metric_series(run.id, "f1_macro") and store.metric_series(run.id, "auc")
+        run_id = run.id
+    assert main(["runs", "show", run_id, "--home", str(home), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["run"]["config"]["class_weight"] == "balanced"
+    assert {"auc", "f1_macro", "balanced_accuracy", "accuracy"} <= set(shown["run"]["summary"])
+    assert main(["runs", "list", "--home", str(home)]) == 0 and run_id[:8] in capsys.readouterr().out
 
 
 @pytest.mark.torch
