@@ -50,6 +50,8 @@ def register(subparsers: Any) -> None:
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     add("--class-weight", help="loss weights for imbalanced labels: none (default), balanced, or one per class: 1,19")
+    add("--hidden", help="hidden layer widths of mlp / mlp-numpy, e.g. 64,32 (default 200,200)")
+    add("--model-dropout", type=float, help="torch mlp: dropout after each hidden layer (default 0: none)")
     add("--executor", choices=EXECUTORS, help="sequential (reproducible reference), parallel (a process per core), ray")
     add("--cohort", help="batched cohort training: auto (default, where the model is safe), off, or a size N")
     add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")

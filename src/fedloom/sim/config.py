@@ -60,6 +60,10 @@ class SimConfig:
     #: the training loss's class weights (fedloom.client.class_weights): "none", "balanced" (each client
     #: from its own labels) or one weight per class, "1,19"
     class_weight: str = "none"
+    #: the hidden layer widths of mlp / mlp-numpy, "64,32" ("": the model's default, 200,200), and the
+    #: torch mlp's dropout after each hidden layer (0: none)
+    hidden: str = ""
+    model_dropout: float = 0.0
     executor: str = "sequential"
     workers: int = 0
     max_retries: int = 0
@@ -136,6 +140,7 @@ class SimConfig:
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("model", self.model, MODELS)
         parse_class_weight(self.class_weight)
+        self._check_model_options()
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
         _one_of("executor", self.executor, EXECUTORS)
@@ -153,6 +158,26 @@ class SimConfig:
             raise ConfigError(f"client_eval_fraction must be in [0, 1], got {self.client_eval_fraction}")
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
+
+    def hidden_sizes(self) -> tuple[int, ...] | None:
+        """``hidden`` as layer widths (None: the model's default), refused unless positive integers."""
+        if not self.hidden.strip():
+            return None
+        parts = [p.strip() for p in self.hidden.split(",")]
+        if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(
+                f"hidden must be positive layer widths separated by commas, got {self.hidden!r} (e.g. --hidden 64,32)"
+            )
+        return tuple(int(p) for p in parts)
+
+    def _check_model_options(self) -> None:
+        """``hidden`` shapes the two MLPs, ``model_dropout`` the torch one only."""
+        if self.hidden_sizes() is not None and self.model not in ("mlp", "mlp-numpy"):
+            raise ConfigError(f"hidden sets the layers of mlp / mlp-numpy, not of {self.model!r}: drop --hidden")
+        if self.model_dropout and self.model != "mlp":
+            raise ConfigError(f"model_dropout is an option of the torch mlp, not of {self.model!r}: drop it")
+        if not 0 <= self.model_dropout < 1:
+            raise ConfigError(f"model_dropout must be a probability in [0, 1), got {self.model_dropout}")
 
     def _check_ray(self) -> None:
         """The ``ray_*`` settings: only with ``executor = "ray"``, each in range."""
@@ -264,11 +289,21 @@ _FIELD_TYPES: dict[str, type] = {
 }
 
 
+#: text fields a TOML file may also give as a list (``class_weight = [1, 19]``, ``hidden = [64, 32]``)
+_LIST_FIELDS = ("class_weight", "hidden")
+
+
+def _joined(value: Any) -> Any:
+    """A TOML list as the flag's comma-separated text (checked by the field's own validation)."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
 def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None) -> SimConfig:
     """A SimConfig from ``values`` over ``base``; unknown keys and wrong types are errors."""
     unknown = sorted(set(values) - set(_FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown config fields {unknown}; valid fields are: {', '.join(_FIELD_TYPES)}")
+    values = {k: _joined(v) if k in _LIST_FIELDS else v for k, v in values.items()}
     checked = {k: _coerce(k, v, _FIELD_TYPES[k]) for k, v in values.items() if v is not None}
     return dataclasses.replace(base or SimConfig(), **checked)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
-from fedloom.client.numpy_mlp import NumpyMLPTrainer
+from fedloom.client.numpy_mlp import DEFAULT_HIDDEN, NumpyMLPTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import EvalConfig
@@ -50,7 +50,8 @@ def _torch_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDat
     from fedloom.models import build_model
 
     torch.manual_seed(config.seed)
-    model = build_model(config.model, tuple(train.x.shape[1:]), train.num_classes)
+    options: dict[str, Any] = {"hidden": config.hidden_sizes(), "dropout": config.model_dropout}
+    model = build_model(config.model, tuple(train.x.shape[1:]), train.num_classes, **options)
 
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
         extra: dict[str, Any] = {}
@@ -69,7 +70,8 @@ def _numpy_factory(config: SimConfig, train: ArrayDataset) -> Callable[[ArrayDat
         if evaluation is not None:
             extra.update(x_eval=evaluation.x, y_eval=evaluation.y)
         if config.model == "mlp-numpy":
-            return NumpyMLPTrainer(data.x, data.y, train.num_classes, seed=config.seed, **extra)
+            hidden = config.hidden_sizes() or DEFAULT_HIDDEN
+            return NumpyMLPTrainer(data.x, data.y, train.num_classes, hidden=hidden, seed=config.seed, **extra)
         return NumpyLogisticTrainer(data.x, data.y, train.num_classes, **extra)
 
     return make
