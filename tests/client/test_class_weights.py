@@ -144,3 +144,28 @@ def test_torch_evaluate_reports_the_unweighted_loss():
     assert float(weighted.loss_fn(out, torch.from_numpy(y))) != pytest.approx(
         float(plain.loss_fn(out, torch.from_numpy(y)))
     )
+
+
+@pytest.mark.torch
+def test_dp_sgd_weights_each_example_by_its_own_class_only():
+    """Under DP-SGD the loss is mean_i w[y_i] ce_i (no Σ w denominator coupling examples): with a clip
+    norm no gradient reaches and negligible noise, one full-batch step is that loss's gradient."""
+    from fedloom.algorithms.dp_sgd_settings import DP_SGD_KEY, DPSGDSettings
+    from fedloom.client.torch_trainer import TorchTrainer
+
+    x, y = gaussian_table([10, 2], features=4, seed=3)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    trainer = TorchTrainer(model, x, y, class_weight=(1.0, 4.0))  # Σ w[y_i] = 18, not n = 12
+    start = trainer.get_weights()
+    config = FitConfig(
+        epochs=1, batch_size=12, lr=1.0, seed=0, extra={DP_SGD_KEY: DPSGDSettings(1e-9, 100.0, 1e-5).to_wire()}
+    )
+    trained = trainer.fit(start, config).weights
+    twin = torch.nn.Linear(4, 2)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
+    weight = torch.tensor([1.0, 4.0])
+    out, labels = twin(torch.from_numpy(x)), torch.from_numpy(y)
+    (torch.nn.functional.cross_entropy(out, labels, reduction="none") * weight[labels]).mean().backward()
+    for name, param in twin.named_parameters():
+        np.testing.assert_allclose(start[name] - trained[name], param.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -123,3 +123,47 @@ def test_import_without_torch():
     code = "import sys, fedloom.models, fedloom.data, fedloom.sim.partition; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["logreg-torch", "mlp"])
+@pytest.mark.parametrize("features", [1, 30])
+def test_flat_feature_vectors_need_no_image_shape(name, features):
+    """A table's rows, in_shape (features,), as fedloom's tabular sites give them."""
+    model = build_model(name, (features,), 2)
+    out = model(torch.zeros(7, features))
+    assert out.shape == (7, 2)
+    assert model.state_dict()["1.weight"].shape[1] == features
+
+
+def test_mlp_hidden_sizes_and_dropout_are_model_options():
+    model = build_model("mlp", (12,), 3, hidden=(16, 8, 4))
+    assert [tuple(v.shape) for k, v in model.state_dict().items() if k.endswith("weight")] == [
+        (16, 12),
+        (8, 16),
+        (4, 8),
+        (3, 4),
+    ]
+    dropped = build_model("mlp", (12,), 3, hidden=(16,), dropout=0.5)
+    assert list(dropped.state_dict()) == ["1.weight", "1.bias", "4.weight", "4.bias"]
+    x = torch.ones(64, 12)
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))  # no dropout at evaluation
+    dropped.train()
+    torch.manual_seed(0)
+    assert not torch.equal(dropped(x), dropped(x))
+    assert list(build_model("mlp", (12,), 3, hidden=(16,), dropout=0.0).state_dict())[2] == "3.weight"
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: build_model("mlp", (4,), 2, dropout=1.0), r"dropout must be a probability in \[0, 1\)"),
+        (lambda: build_model("mlp", (4,), 2, dropout=-0.1), r"dropout must be"),
+        (lambda: build_model("cnn", (1, 8, 8), 2, hidden=(4,)), r"hidden and dropout are options of the mlp"),
+        (lambda: build_model("logreg-torch", (4,), 2, dropout=0.2), r"not of 'logreg-torch'"),
+        (lambda: build_model("cnn", (30,), 2), r"cnn needs in_shape \(C, H, W\)"),
+    ],
+)
+def test_bad_tabular_options_are_refused_naming_the_option(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()

@@ -12,6 +12,7 @@ from fedloom.cli.main import main
 from fedloom.core.errors import ConfigError
 from fedloom.data import load_data
 from fedloom.sim.config import SimConfig, config_from_mapping, load_config_file
+from fedloom.sim.config_data import data_spec_for
 from fedloom.sim.tasks import build_task
 from fedloom.store import SqlStore
 
@@ -61,7 +62,7 @@ def test_natural_partition_gives_one_client_per_site(tmp_path: Path) -> None:
     assert task.data.input_shape == (4,)  # age, dose, ward=a, ward=b: the model's input comes from the data
     assert task.data.num_classes == 3
     # client k holds exactly the training rows of the k-th site (the loader holds 20 % back as the test split)
-    groups = load_data(config.data_spec()).groups
+    groups = load_data(data_spec_for(config.data, config.seed, config.partition_by)).groups
     assert groups is not None and len(task.data.train) == 128
     for part, site in zip(task.partitions, sorted(SITES), strict=True):
         np.testing.assert_array_equal(part, np.flatnonzero(groups == site))

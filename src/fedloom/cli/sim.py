@@ -14,16 +14,15 @@ from fedloom.server.rounds import DEADLINE_POLICIES
 from fedloom.sim.adversary import ATTACKS
 from fedloom.sim.clock import DISTRIBUTIONS
 from fedloom.sim.config import (
-    DATASETS,
     EXECUTORS,
     MODELS,
     MODES,
     PARTITIONS,
     SimConfig,
     config_from_mapping,
-    data_shorthand,
     load_config_file,
 )
+from fedloom.sim.config_data import DATASETS, data_shorthand
 from fedloom.sim.partition_inner import parse_client_sizes
 from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.tracking.settings import TrackingSettings, parse_track_flag
@@ -59,6 +58,8 @@ def register(subparsers: Any) -> None:
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
     add("--class-weight", help="loss weights for imbalanced labels: none (default), balanced, or one per class: 1,19")
+    add("--hidden", help="hidden layer widths of mlp / mlp-numpy, e.g. 64,32 (default 200,200)")
+    add("--model-dropout", type=float, help="torch mlp: dropout after each hidden layer (default 0: none)")
     add("--executor", choices=EXECUTORS, help="sequential (reproducible reference), parallel (a process per core), ray")
     add("--cohort", help="batched cohort training: auto (default, where the model is safe), off, or a size N")
     add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")

@@ -34,18 +34,28 @@ def logistic_regression(in_shape: Shape = (1, 28, 28), num_classes: int = 10) ->
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_classes))
 
 
-def mlp(in_shape: Shape = (1, 28, 28), num_classes: int = 10, hidden: Sequence[int] = (200, 200)) -> nn.Module:
-    """A ReLU multi-layer perceptron; the default is McMahan et al.'s "2NN" (two layers of 200)."""
+def mlp(
+    in_shape: Shape = (1, 28, 28), num_classes: int = 10, hidden: Sequence[int] = (200, 200), dropout: float = 0.0
+) -> nn.Module:
+    """A ReLU multi-layer perceptron; the default is McMahan et al.'s "2NN" (two layers of 200).
+
+    Images are flattened; a table's rows, ``in_shape = (features,)``, pass as they are.
+    ``dropout`` > 0 adds a Dropout after each hidden ReLU, which shifts the layer indices of
+    the state_dict (``1, 4, 7`` instead of ``1, 3, 5``) and trains one client at a time
+    (a cohort cannot replay per-client dropout masks, fedloom.sim.cohort.probe).
+    """
     _require_torch()
     from torch import nn
 
     _check_shape(in_shape, num_classes)
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ConfigError(f"hidden must be a sequence of positive layer widths, got {tuple(hidden)!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be a probability in [0, 1), got {dropout!r} (0: no dropout)")
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
@@ -106,12 +116,18 @@ def cifar_cnn(in_shape: Shape = (3, 32, 32), num_classes: int = 10) -> nn.Module
     )
 
 
-def build_model(name: str, in_shape: Shape, num_classes: int) -> nn.Module:
-    """Build a reference model by name (one of :data:`TORCH_MODELS`), so configs can choose by string."""
+def build_model(
+    name: str, in_shape: Shape, num_classes: int, *, hidden: Sequence[int] | None = None, dropout: float = 0.0
+) -> nn.Module:
+    """Build a reference model by name (one of :data:`TORCH_MODELS`), so configs can choose by string.
+
+    ``hidden`` (layer widths; None: the default) and ``dropout`` shape the ``mlp`` only."""
+    if name != "mlp" and (hidden is not None or dropout):
+        raise ConfigError(f"hidden and dropout are options of the mlp, not of {name!r}: drop them or use model mlp")
     if name == "logreg-torch":
         return logistic_regression(in_shape, num_classes)
     if name == "mlp":
-        return mlp(in_shape, num_classes)
+        return mlp(in_shape, num_classes, (200, 200) if hidden is None else hidden, dropout)
     if name == "cnn":
         return cnn(in_shape, num_classes)
     if name == "cifar_cnn":

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedloom.client.class_weights import ClassWeight
 from fedloom.client.numpy_logreg import NumpyLogisticTrainer
-from fedloom.client.numpy_mlp import NumpyMLPTrainer
+from fedloom.client.numpy_mlp import DEFAULT_HIDDEN, NumpyMLPTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.data import ArrayDataset
@@ -35,33 +35,49 @@ def trainer_maker(
     seed: int,
     device: str = "cpu",
     class_weight: ClassWeight = "none",
+    hidden: tuple[int, ...] | None = None,
+    dropout: float = 0.0,
 ) -> TrainerMaker:
-    """Trainers of the built-in ``model`` for samples of ``input_shape``, initialised from ``seed``."""
+    """Trainers of the built-in ``model`` for samples of ``input_shape``, initialised from ``seed``.
+
+    ``hidden`` (layer widths; None: the model's default) shapes ``mlp`` and ``mlp-numpy``,
+    ``dropout`` the torch ``mlp``; ``class_weight`` weighs every trainer's loss.
+    """
     if model not in MODELS:
         raise ConfigError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     if model in NUMPY_MODELS:
-        return _numpy_maker(model, num_classes, seed, class_weight)
-    return _torch_maker(model, input_shape, num_classes, seed, device, class_weight)
+        return _numpy_maker(model, num_classes, seed, class_weight, hidden)
+    options: dict[str, Any] = {"hidden": hidden, "dropout": dropout}
+    return _torch_maker(model, input_shape, num_classes, seed, device, class_weight, options)
 
 
 def _evaluation_arrays(evaluation: ArrayDataset | None) -> dict[str, Any]:
     return {} if evaluation is None else {"x_eval": evaluation.x, "y_eval": evaluation.y}
 
 
-def _numpy_maker(model: str, num_classes: int, seed: int, class_weight: ClassWeight) -> TrainerMaker:
+def _numpy_maker(
+    model: str, num_classes: int, seed: int, class_weight: ClassWeight, hidden: tuple[int, ...] | None
+) -> TrainerMaker:
     """``logreg`` (NumpyLogisticTrainer) or ``mlp-numpy`` (NumpyMLPTrainer, initialised from ``seed``)."""
 
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
         extra = {"class_weight": class_weight, **_evaluation_arrays(evaluation)}
         if model == "mlp-numpy":
-            return NumpyMLPTrainer(data.x, data.y, num_classes, seed=seed, **extra)
+            layers = hidden or DEFAULT_HIDDEN
+            return NumpyMLPTrainer(data.x, data.y, num_classes, hidden=layers, seed=seed, **extra)
         return NumpyLogisticTrainer(data.x, data.y, num_classes, **extra)
 
     return make
 
 
 def _torch_maker(
-    model: str, input_shape: tuple[int, ...], num_classes: int, seed: int, device: str, class_weight: ClassWeight
+    model: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    device: str,
+    class_weight: ClassWeight,
+    options: dict[str, Any],
 ) -> TrainerMaker:
     import torch
 
@@ -69,7 +85,7 @@ def _torch_maker(
     from fedloom.models import build_model
 
     torch.manual_seed(seed)
-    module = build_model(model, input_shape, num_classes)
+    module = build_model(model, input_shape, num_classes, **options)
 
     def make(data: ArrayDataset, evaluation: ArrayDataset | None) -> Trainer:
         extra = _evaluation_arrays(evaluation)

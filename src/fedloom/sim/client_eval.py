@@ -36,20 +36,23 @@ class ClientEvaluation:
     def run(
         self, client_fn: Callable[[int], Trainer], weights: Weights, num_clients: int, round_no: int
     ) -> tuple[dict[str, float], PerClient]:
-        """Sample-weighted means over the evaluated clients, and each client's own values."""
+        """Sample-weighted means over the evaluated clients, and each client's own values.
+
+        A metric's mean is over the clients that report it: ``auc`` is left out where a client's
+        local data holds one class, and must not be averaged as if those clients scored 0."""
         count = min(num_clients, max(1, round(self.fraction * num_clients)))
         rng = rng_for(self.seed, "client-eval", round_no)
         chosen = sorted(rng.choice(num_clients, size=count, replace=False).tolist())
         totals: dict[str, float] = {}
-        samples = 0.0
+        samples: dict[str, float] = {}
         per_client: PerClient = {}
         for index in chosen:
             values, n = self._one(client_fn(index), str(index), weights, round_no)
             per_client[str(index)] = values
-            samples += n
             for key, value in values.items():
                 totals[key] = totals.get(key, 0.0) + value * n
-        return {k: v / samples for k, v in totals.items()}, per_client
+                samples[key] = samples.get(key, 0.0) + n
+        return {k: v / samples[k] for k, v in totals.items()}, per_client
 
     def _one(self, trainer: Trainer, client_id: str, weights: Weights, round_no: int) -> tuple[dict[str, float], float]:
         variants = {"client_": weights}

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -29,17 +29,14 @@ from fedloom.server.rounds import DEADLINE_POLICIES, AsyncSettings
 from fedloom.sim.adversary import Adversary
 from fedloom.sim.clock import DISTRIBUTIONS, ClientSpeeds
 from fedloom.sim.cohort.setting import parse_cohort
+from fedloom.sim.config_data import check_data_choice, data_label, data_shorthand
 from fedloom.sim.partition import PARTITION_SCHEMES
 from fedloom.sim.partition_size import SIZE_SKEW_KINDS
 from fedloom.sim.ray_resources import ClientResources
 
-if TYPE_CHECKING:
-    from fedloom.data import DataSpec
-
 MODELS = ("logreg", "mlp-numpy", "logreg-torch", "mlp", "cnn", "cifar_cnn")
 #: the models trained in NumPy (no PyTorch needed): NumpyLogisticTrainer and NumpyMLPTrainer
 NUMPY_MODELS = ("logreg", "mlp-numpy")
-DATASETS = ("digits", "fmnist", "cifar10")
 PARTITIONS = PARTITION_SCHEMES
 EXECUTORS = ("sequential", "parallel", "ray")
 #: ``sync`` rounds, or the asynchronous lifecycle (FedBuff, FedAsync)
@@ -81,6 +78,10 @@ class SimConfig:
     #: the training loss's class weights (fedloom.client.class_weights): "none", "balanced" (each client
     #: from its own labels) or one weight per class, "1,19"
     class_weight: str = "none"
+    #: the hidden layer widths of mlp / mlp-numpy, "64,32" ("": the model's default, 200,200), and the
+    #: torch mlp's dropout after each hidden layer (0: none)
+    hidden: str = ""
+    model_dropout: float = 0.0
     executor: str = "sequential"
     workers: int = 0
     max_retries: int = 0
@@ -154,9 +155,10 @@ class SimConfig:
             )
         if self.deadline_seconds < 0:
             raise ConfigError(f"deadline_seconds must be >= 0 (0 = none), got {self.deadline_seconds}")
-        self._check_data()
+        check_data_choice(self.dataset, self.data, self.seed, self.partition_by)
         _one_of("model", self.model, MODELS)
         parse_class_weight(self.class_weight)
+        self._check_model_options()
         _one_of("partition", self.partition, PARTITIONS)
         self._check_partition()
         _one_of("on_client_error", self.on_client_error, ("fail", "skip"))
@@ -176,34 +178,9 @@ class SimConfig:
         if self.lr <= 0 or self.alpha <= 0:
             raise ConfigError(f"lr and alpha must be > 0, got lr={self.lr}, alpha={self.alpha}")
 
-    def _check_data(self) -> None:
-        """``dataset`` or ``data``, not both; a data description that DataSpec accepts."""
-        if not self.data:
-            _one_of("dataset", self.dataset_name(), DATASETS)
-            return
-        if self.dataset is not None:
-            raise ConfigError(
-                f"dataset ({self.dataset!r}) and data ({self.dataset_name()}) exclude each other: give --dataset NAME"
-                " for a built-in dataset or --data KIND:PATH for a local one, not both"
-            )
-        if "by" in self.data:
-            raise ConfigError("data.by: the group column is partition_by (--by COL), beside --partition natural")
-        self.data_spec()
-
     def dataset_name(self) -> str:
         """What the run trains on, for names and messages: ``digits``, or ``table:hospital.csv``."""
-        if self.data:
-            return f"{self.data.get('kind')}:{self.data.get('path')}"
-        return self.dataset or "digits"
-
-    def data_spec(self) -> DataSpec:
-        """The local dataset's description (with ``partition_by`` as its group column, ``seed`` as its seed)."""
-        from fedloom.data import DataSpec
-
-        extra: dict[str, Any] = {"seed": self.seed}
-        if self.partition_by is not None:
-            extra["by"] = self.partition_by
-        return DataSpec.from_mapping({**extra, **self.data})
+        return data_label(self.dataset, self.data)
 
     def _check_partition(self) -> None:
         """The settings of the newer partition schemes: each only with its scheme, each in range."""
@@ -248,6 +225,26 @@ class SimConfig:
         if self.partition == "feature_skew":
             return {"features": features, "feature_clusters": self.feature_clusters}
         return {}
+
+    def hidden_sizes(self) -> tuple[int, ...] | None:
+        """``hidden`` as layer widths (None: the model's default), refused unless positive integers."""
+        if not self.hidden.strip():
+            return None
+        parts = [p.strip() for p in self.hidden.split(",")]
+        if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(
+                f"hidden must be positive layer widths separated by commas, got {self.hidden!r} (e.g. --hidden 64,32)"
+            )
+        return tuple(int(p) for p in parts)
+
+    def _check_model_options(self) -> None:
+        """``hidden`` shapes the two MLPs, ``model_dropout`` the torch one only."""
+        if self.hidden_sizes() is not None and self.model not in ("mlp", "mlp-numpy"):
+            raise ConfigError(f"hidden sets the layers of mlp / mlp-numpy, not of {self.model!r}: drop --hidden")
+        if self.model_dropout and self.model != "mlp":
+            raise ConfigError(f"model_dropout is an option of the torch mlp, not of {self.model!r}: drop it")
+        if not 0 <= self.model_dropout < 1:
+            raise ConfigError(f"model_dropout must be a probability in [0, 1), got {self.model_dropout}")
 
     def _check_ray(self) -> None:
         """The ``ray_*`` settings: only with ``executor = "ray"``, each in range."""
@@ -369,6 +366,15 @@ _FIELD_TYPES: dict[str, type] = {
 }
 
 
+#: text fields a TOML file may also give as a list (``class_weight = [1, 19]``, ``hidden = [64, 32]``)
+_LIST_FIELDS = ("class_weight", "hidden")
+
+
+def _joined(value: Any) -> Any:
+    """A TOML list as the flag's comma-separated text (checked by the field's own validation)."""
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
 def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None) -> SimConfig:
     """A SimConfig from ``values`` over ``base``; unknown keys and wrong types are errors."""
     unknown = sorted(set(values) - set(_FIELD_TYPES))
@@ -376,16 +382,9 @@ def config_from_mapping(values: Mapping[str, Any], base: SimConfig | None = None
         raise ConfigError(f"unknown config fields {unknown}; valid fields are: {', '.join(_FIELD_TYPES)}")
     if isinstance(values.get("data"), str):
         values = {**values, "data": data_shorthand(values["data"])}
+    values = {k: _joined(v) if k in _LIST_FIELDS else v for k, v in values.items()}
     checked = {k: _coerce(k, v, _FIELD_TYPES[k]) for k, v in values.items() if v is not None}
     return dataclasses.replace(base or SimConfig(), **checked)
-
-
-def data_shorthand(text: str) -> dict[str, Any]:
-    """``"table:hospital.csv"`` -> ``{"kind": "table", "path": "hospital.csv"}`` (the kind checked)."""
-    from fedloom.data.spec import split_kind_path
-
-    kind, path = split_kind_path(text)
-    return {"kind": kind, "path": path}
 
 
 def load_config_file(path: str | Path) -> SimConfig:

@@ -20,6 +20,7 @@ import numpy as np
 from fedloom.core.errors import ConfigError
 from fedloom.data import DatasetSplits, load_dataset
 from fedloom.sim.config import SimConfig
+from fedloom.sim.config_data import data_spec_for
 from fedloom.sim.partition_natural import natural_names
 
 __all__ = ["TaskData", "load_task_data", "with_natural_clients"]
@@ -42,7 +43,7 @@ def load_task_data(config: SimConfig) -> TaskData:
         return TaskData(load_dataset(config.dataset_name(), config.data_dir, compact=True))
     from fedloom.data import load_data
 
-    spec = config.data_spec()
+    spec = data_spec_for(config.data, config.seed, config.partition_by)
     loaded = load_data(spec)
     description: dict[str, Any] = {
         "spec": spec.to_mapping(),

@@ -72,6 +72,8 @@ def build_task(config: SimConfig) -> SimTask:
         seed=config.seed,
         device=config.device,
         class_weight=config.class_weight,
+        hidden=config.hidden_sizes(),
+        dropout=config.model_dropout,
     )
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 

@@ -62,7 +62,10 @@ class _Member:
 
 
 def _job(member: _Member) -> CohortJob:
-    return CohortJob(member.trainer.x, member.trainer.y, member.prepared.model, member.config, member.prepared.terms)
+    trainer, prepared = member.trainer, member.prepared
+    return CohortJob(
+        trainer.x, trainer.y, prepared.model, member.config, prepared.terms, trainer.loss_fn, trainer.class_weights
+    )
 
 
 class CohortRound:

@@ -11,6 +11,11 @@ the default cross-entropy, every active client's batch is padded to the step's l
 one and padded samples weigh 0 in the loss (``masked``). Otherwise (BatchNorm's batch
 statistics, a user's loss) clients are grouped by batch length at each step, so every
 group trains on unpadded batches exactly as per-client training does.
+
+Class-weighted clients (TorchTrainer's ``class_weight``) bring their own per-class
+weights, stacked like their parameters: each client's loss is its weighted mean
+``Σ w[y_i] ce_i / Σ w[y_i]`` (times the padding mask when masked), so clients whose
+labels, and hence weights, differ still train in one cohort.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class CohortJob:
     weights: Weights
     config: FitConfig
     terms: ClientTerms
+    #: the client's training loss (None: the cohort's) and its per-class weights (None: unweighted)
+    loss_fn: LossFn | None = None
+    class_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,10 @@ class TrainerSettings:
 
     @classmethod
     def of(cls, trainer: TorchTrainer) -> TrainerSettings:
-        return cls(
-            trainer.model, trainer.optimizer, trainer.momentum, trainer.weight_decay, trainer.loss_fn, trainer.device
-        )
+        """The trainer's settings; a class-weighted one shares the plain cross-entropy (its weights
+        travel with its CohortJob), so clients with different weights still share a cohort."""
+        loss_fn = trainer.loss_fn if trainer.class_weights is None else nn.functional.cross_entropy
+        return cls(trainer.model, trainer.optimizer, trainer.momentum, trainer.weight_decay, loss_fn, trainer.device)
 
     def key(self) -> tuple[Any, ...]:
         return (id(self.model), self.optimizer, self.momentum, self.weight_decay, self.loss_fn, str(self.device))
@@ -73,13 +82,19 @@ def uses_masking(model: nn.Module, loss_fn: LossFn) -> bool:
     return loss_fn is nn.functional.cross_entropy and not any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def step_function(model: nn.Module, loss_fn: LossFn, masked: bool) -> Callable[..., Any]:
-    """``(params, fixed, x, y, w) -> (grads, (loss, correct))``, vmapped over clients."""
+def step_function(model: nn.Module, loss_fn: LossFn, masked: bool, weighted: bool = False) -> Callable[..., Any]:
+    """``(params, fixed, x, y, w, class_w) -> (grads, (loss, correct))``, vmapped over clients;
+    ``class_w`` (each client's per-class weights) is read only when ``weighted``."""
 
-    def loss_of(params: Tensors, fixed: Tensors, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Any:
+    def loss_of(
+        params: Tensors, fixed: Tensors, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, class_w: torch.Tensor
+    ) -> Any:
         out = functional_call(model, (params, fixed), (x,))
         if masked:
-            loss = (nn.functional.cross_entropy(out, y, reduction="none") * w).sum() / w.sum()
+            sample_w = w * class_w[y] if weighted else w
+            loss = (nn.functional.cross_entropy(out, y, reduction="none") * sample_w).sum() / sample_w.sum()
+        elif weighted:
+            loss = nn.functional.cross_entropy(out, y, weight=class_w)
         else:
             loss = loss_fn(out, y)
         correct = ((out.argmax(dim=1) == y).to(w.dtype) * w).sum()
@@ -104,6 +119,16 @@ def stack_terms(model: nn.Module, jobs: Sequence[CohortJob], device: torch.devic
     return stacked
 
 
+def stack_class_weights(jobs: Sequence[CohortJob], device: torch.device) -> torch.Tensor:
+    """``(clients, classes)`` class weights, ones for an unweighted client among weighted ones (the
+    plain mean); ``(clients, 1)`` placeholders, never read, when no client is weighted."""
+    given = [job.class_weights for job in jobs if job.class_weights is not None]
+    if not given:
+        return torch.ones((len(jobs), 1), device=device)
+    ones = torch.ones_like(given[0])
+    return torch.stack([ones if job.class_weights is None else job.class_weights for job in jobs]).to(device)
+
+
 def _broadcast(term: AffineTerm | None, field: str, shape: tuple[int, ...]) -> np.ndarray:
     """A term's scale or offset as float32 of the parameter's shape (0 for a client without the term)."""
     value = 0.0 if term is None else getattr(term, field)
@@ -117,7 +142,8 @@ class CohortLoop:
         device = settings.device
         self.stack = stack
         self.masked = uses_masking(settings.model, settings.loss_fn)
-        self.step = step_function(settings.model, settings.loss_fn, self.masked)
+        self.class_w = stack_class_weights(jobs, device)
+        self.step = step_function(settings.model, settings.loss_fn, self.masked, self.class_w.shape[1] > 1)
         lr = torch.tensor([job.config.lr for job in jobs], dtype=torch.float32, device=device)
         self.optimizer: StackedOptimizer = make_stacked_optimizer(
             settings.optimizer, stack.params, lr, settings.momentum, settings.weight_decay
@@ -152,7 +178,8 @@ class CohortLoop:
         if sel is not None:
             params = {k: v[sel] for k, v in params.items()}
             fixed = {k: v[sel] for k, v in fixed.items()}
-        grads, (loss, correct) = self.step(params, fixed, xb, yb, w)
+        class_w = self.class_w if sel is None else self.class_w[sel]
+        grads, (loss, correct) = self.step(params, fixed, xb, yb, w, class_w)
         if sel is not None:  # BatchNorm updated the copies' running statistics in place
             for k, v in fixed.items():
                 self.stack.fixed[k].index_copy_(0, sel, v)
@@ -218,7 +245,7 @@ def _initial_loss(settings: TrainerSettings, stack: StackedWeights, c: int, job:
         for start in range(0, len(job.x), 1024):
             xb, yb = job.x[start : start + 1024].to(settings.device), job.y[start : start + 1024].to(settings.device)
             out = functional_call(settings.model, (params, fixed), (xb,))
-            total += float(settings.loss_fn(out, yb)) * len(yb)
+            total += float((job.loss_fn or settings.loss_fn)(out, yb)) * len(yb)
     return total / len(job.x)
 
 
@@ -228,8 +255,10 @@ def _fisher(settings: TrainerSettings, stack: StackedWeights, c: int, job: Cohor
     model, batch_size = settings.model, job.config.batch_size
     model.eval()
 
+    loss_fn = job.loss_fn or settings.loss_fn
+
     def loss_of(p: Tensors, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return settings.loss_fn(functional_call(model, (p, fixed), (xb,)), yb)
+        return loss_fn(functional_call(model, (p, fixed), (xb,)), yb)
 
     sums = {k: torch.zeros_like(v) for k, v in params.items()}
     batches = 0
