@@ -121,6 +121,15 @@ def test_missing_target_and_splits_and_folders(tmp_path):
         from_hf_dataset({"train": []})
 
 
+def test_missing_datasets_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    with pytest.raises(DataError, match=r"pip install 'fedloom\[hf\]'"):
+        load_data(parse_data_spec(f"hf:{tmp_path}"))
+
+
 def test_png_bytes_round_trip_is_lossless():
     buffer = io.BytesIO()
     Image.fromarray(np.arange(60, dtype=np.uint8).reshape(4, 5, 3)).save(buffer, "PNG")
