@@ -140,6 +140,20 @@ def test_palette_gray_and_rgba_images_convert(tmp_path):
     np.testing.assert_array_equal(data.splits.train.x[0, :, 0, 0], [77, 77, 77])
 
 
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    root = tmp_path / "scans"
+    (root / "a").mkdir(parents=True)
+    deep = np.array([[0, 257 * 100], [65535, 257 * 3]], dtype=np.uint16)  # as a 16-bit scanner writes them
+    Image.fromarray(deep).save(root / "a" / "deep.png")
+    data = load(root, grayscale=True, test_fraction=0)
+    np.testing.assert_array_equal(data.splits.train.x[0, 0], [[0, 100], [255, 3]])
+    (root / "b").mkdir()
+    Image.fromarray(np.ones((2, 2), dtype=np.float32)).save(root / "b" / "float.tiff")
+    (root / "b" / "float.tiff").rename(root / "b" / "float.png")  # a float image behind an image suffix
+    with pytest.raises(DataError, match=r"float\.png: not a readable image"):
+        load(root, grayscale=True)
+
+
 def test_missing_pillow_names_the_extra(folder, monkeypatch):
     import importlib.util
 
