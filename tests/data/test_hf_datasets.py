@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fedloom.core.errors import DataError
+from fedloom.core.errors import ConfigError, DataError
 from fedloom.data import from_hf_dataset, load_data, parse_data_spec
 
 datasets = pytest.importorskip("datasets")
@@ -119,6 +119,8 @@ def test_missing_target_and_splits_and_folders(tmp_path):
         load_data(parse_data_spec("hf:hf://datasets/mnist"))
     with pytest.raises(DataError, match=r"expected a datasets\.Dataset or DatasetDict, got dict"):
         from_hf_dataset({"train": []})
+    with pytest.raises(ConfigError, match="needs a DataSpec of kind 'hf', got 'table'"):
+        from_hf_dataset(tabular_dataset(), parse_data_spec("table:x.csv", target="outcome"))
 
 
 def test_missing_datasets_package_names_the_extra(tmp_path, monkeypatch):
