@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fedloom.core.errors import DataError
+from fedloom.core.errors import ConfigError, DataError
 from fedloom.data import from_hf_dataset, load_data, parse_data_spec
 
 datasets = pytest.importorskip("datasets")
@@ -119,6 +119,17 @@ def test_missing_target_and_splits_and_folders(tmp_path):
         load_data(parse_data_spec("hf:hf://datasets/mnist"))
     with pytest.raises(DataError, match=r"expected a datasets\.Dataset or DatasetDict, got dict"):
         from_hf_dataset({"train": []})
+    with pytest.raises(ConfigError, match="needs a DataSpec of kind 'hf', got 'table'"):
+        from_hf_dataset(tabular_dataset(), parse_data_spec("table:x.csv", target="outcome"))
+
+
+def test_missing_datasets_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    with pytest.raises(DataError, match=r"pip install 'fedloom\[hf\]'"):
+        load_data(parse_data_spec(f"hf:{tmp_path}"))
 
 
 def test_png_bytes_round_trip_is_lossless():

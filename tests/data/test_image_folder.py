@@ -27,7 +27,7 @@ def folder(tmp_path):
     write_image(root / "cat" / "b.jpg", (10, 20, 30))  # flat colours survive JPEG exactly
     write_image(root / "dog" / "c.bmp", (200, 100, 50))
     write_image(root / "dog" / "sub" / "d.webp", (200, 100, 50))
-    write_image(root / "emu" / "e.gif", (0, 0, 0))
+    write_image(root / "emu" / "E.GIF", (0, 0, 0), fmt="GIF")  # suffixes in any case
     (root / "dog" / "notes.txt").write_text("not an image")
     (root / "dog" / ".DS_Store").write_bytes(b"\0\1")
     (root / "README.md").write_text("the photos")
@@ -138,6 +138,29 @@ def test_palette_gray_and_rgba_images_convert(tmp_path):
     data = load(root, test_fraction=0)
     assert data.splits.train.x.shape == (3, 3, 6, 4)
     np.testing.assert_array_equal(data.splits.train.x[0, :, 0, 0], [77, 77, 77])
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    root = tmp_path / "scans"
+    (root / "a").mkdir(parents=True)
+    deep = np.array([[0, 257 * 100], [65535, 257 * 3]], dtype=np.uint16)  # as a 16-bit scanner writes them
+    Image.fromarray(deep).save(root / "a" / "deep.png")
+    data = load(root, grayscale=True, test_fraction=0)
+    np.testing.assert_array_equal(data.splits.train.x[0, 0], [[0, 100], [255, 3]])
+    (root / "b").mkdir()
+    Image.fromarray(np.ones((2, 2), dtype=np.float32)).save(root / "b" / "float.tiff")
+    (root / "b" / "float.tiff").rename(root / "b" / "float.png")  # a float image behind an image suffix
+    with pytest.raises(DataError, match=r"float\.png: not a readable image"):
+        load(root, grayscale=True)
+
+
+def test_missing_pillow_names_the_extra(folder, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a))
+    with pytest.raises(DataError, match=r"image folders needs the PIL package.*pip install 'fedloom\[images\]'"):
+        load(folder)
 
 
 def test_missing_root_and_no_class_folders(tmp_path):

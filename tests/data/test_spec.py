@@ -101,6 +101,17 @@ def test_mapping_round_trip_through_toml_and_json(tmp_path):
     hash(spec)  # usable as a cache key despite the categories mapping
 
 
+def test_data_string_and_kind_or_path_must_agree():
+    assert DataSpec.from_mapping({"data": "arrays:d.npz", "kind": "arrays"}).path == "d.npz"
+    with pytest.raises(ConfigError, match=r"data = 'arrays:d\.npz' and kind = 'table' disagree"):
+        DataSpec.from_mapping({"data": "arrays:d.npz", "kind": "table"})
+
+
+def test_test_path_and_test_fraction_are_exclusive():
+    with pytest.raises(ConfigError, match="give test_path or test_fraction, not both"):
+        parse_data_spec("table:a.csv", target="y", test_path="b.csv", test_fraction=0.3)
+
+
 def test_from_mapping_needs_kind_and_path():
     with pytest.raises(ConfigError, match="needs 'path'"):
         DataSpec.from_mapping({"kind": "arrays"})

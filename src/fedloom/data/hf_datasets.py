@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.core.errors import DataError
+from fedloom.core.errors import ConfigError, DataError
 from fedloom.data.digits import stratified_split
 from fedloom.data.extras import require
 from fedloom.data.image_folder import image_pixels, pixels_to_loaded
@@ -44,6 +44,8 @@ def from_hf_dataset(dataset: Any, spec: DataSpec | None = None, *, test: Any = N
     """A ``datasets.Dataset`` or ``DatasetDict`` (``train`` [+ ``test``] splits) -> :class:`LoadedData`."""
     _go_offline()
     spec = spec if spec is not None else DataSpec("hf", IN_MEMORY)
+    if spec.kind != "hf":
+        raise ConfigError(f"from_hf_dataset needs a DataSpec of kind 'hf', got {spec.kind!r}")
     train, held = _pick_splits(dataset, test, spec.path)
     target = spec.target or DEFAULT_TARGET
     for part in (train, held):

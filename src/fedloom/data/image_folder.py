@@ -189,13 +189,27 @@ def image_pixels(image: Any, size: tuple[int, int] | None, grayscale: bool) -> n
     """A PIL image -> uint8 ``(C, H, W)`` in RGB or grayscale, resized to ``size`` ``(H, W)`` if given."""
     from PIL import Image
 
-    if image.mode in ("P", "PA", "LA", "I", "I;16", "F"):
-        image = image.convert("RGBA")  # palettes with transparency and wide gray go through RGBA first
+    if image.mode.startswith("I"):
+        image = _sixteen_to_eight_bits(image)
+    elif image.mode == "F":
+        raise ValueError("32-bit float images are not supported; save them as 8- or 16-bit images")
+    elif image.mode in ("P", "PA", "LA"):
+        image = image.convert("RGBA")  # palettes with transparency go through RGBA first
     image = image.convert("L" if grayscale else "RGB")
     if size is not None and (image.height, image.width) != size:
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None, :, :] if grayscale else pixels.transpose(2, 0, 1)
+
+
+def _sixteen_to_eight_bits(image: Any) -> Any:
+    """A 16-bit gray image (mode ``I;16``/``I``) as 8-bit: ``value / 257``, since Pillow would clip at 255."""
+    from PIL import Image
+
+    deep = np.asarray(image)
+    if deep.size and (int(deep.min()) < 0 or int(deep.max()) > 65535):
+        raise ValueError("pixel values outside 0..65535; save the image with 8 or 16 bits per pixel")
+    return Image.fromarray(np.rint(deep.astype(np.float64) / 257.0).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def fit_pixel_scale(pixels: np.ndarray, scale: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -28,6 +28,8 @@ MISSING_POLICIES = ("error", "drop", "mean", "median", "zero")
 SCALINGS = ("standard", "minmax", "none")
 #: the kind's scaling when ``scale`` is not given: user arrays are taken as they come
 DEFAULT_SCALE = {"images": "standard", "table": "standard", "hf": "standard", "arrays": "none"}
+#: the share of rows held out as the test split when no test file is given
+DEFAULT_TEST_FRACTION = 0.2
 #: the fields that only some kinds read; setting one for another kind is refused
 _ONLY_FOR = {
     "target": ("table", "hf"),
@@ -74,7 +76,7 @@ class DataSpec:
     scale: str | None = None
     image_size: tuple[int, int] | None = None
     grayscale: bool = False
-    test_fraction: float = 0.2
+    test_fraction: float = DEFAULT_TEST_FRACTION
     test_path: str | None = None
     by: str | None = None
     seed: int = 0
@@ -125,9 +127,10 @@ class DataSpec:
         """
         values = dict(mapping)
         if "data" in values:
-            kind, path = split_kind_path(_text("data", values.pop("data")))
-            values.setdefault("kind", kind)
-            values.setdefault("path", path)
+            text = _text("data", values.pop("data"))
+            for name, value in zip(("kind", "path"), split_kind_path(text), strict=True):
+                if values.setdefault(name, value) != value:
+                    raise ConfigError(f"data = {text!r} and {name} = {values[name]!r} disagree; give one of them")
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(valid))
         if unknown:
@@ -219,6 +222,8 @@ def _check_numbers(spec: DataSpec) -> None:
         raise ConfigError(f"data option test_fraction must be a number in [0, 1), got {fraction!r}")
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"data option test_fraction must lie in [0, 1), got {fraction}")
+    if spec.test_path is not None and fraction != DEFAULT_TEST_FRACTION:
+        raise ConfigError("give test_path or test_fraction, not both: with a test file no rows are held out")
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
         raise ConfigError(f"data option seed must be a non-negative integer, got {spec.seed!r}")
 

@@ -106,9 +106,10 @@ def numbers(table: RawTable, name: str, rows: np.ndarray) -> np.ndarray:
     A cell that is not a finite number is a DataError naming the file, row and column, and
     saying how to declare the column categorical if it holds categories.
     """
-    cells = table.column(name)[rows]
-    filled = cells.copy()
+    cells: np.ndarray = table.column(name)[rows]
+    filled: np.ndarray = cells.copy()
     filled[missing_mask(cells)] = np.nan
+    values: np.ndarray | None
     try:
         values = filled.astype(np.float64)
     except (TypeError, ValueError):
