@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedloom.cli import agent as agent_cli
-from fedloom.cli.agent_data import builtin_trainer_factory
+from fedloom.cli.agent_data import builtin_trainer_factory, trainer_factory
 from fedloom.cli.main import main
 from fedloom.client.transport import AggregatorClient
 from fedloom.core.errors import ConfigError
@@ -79,17 +80,17 @@ def test_deployment_refuses_encodings_that_could_differ_between_sites(tmp_path: 
     site = str(write_site(tmp_path / "site.csv", 20, 0))
     spec = parse_data_spec(f"table:{site}", target="outcome")
     with pytest.raises(ConfigError, match=r"--classes is needed.*column 'outcome'.*--classes no,yes"):
-        builtin_trainer_factory(spec, "logreg", seed=0)
+        builtin_trainer_factory(spec, SimConfig(model="logreg", seed=0))
     spec = parse_data_spec(f"table:{site}", target="outcome", classes=["no", "yes"], categorical=["colour"])
     with pytest.raises(ConfigError, match=r"colour have no fixed levels.*--categories colour=LEVEL,LEVEL"):
-        builtin_trainer_factory(spec, "logreg", seed=0)
+        builtin_trainer_factory(spec, SimConfig(model="logreg", seed=0))
 
 
 def _site_trainer(path: Path, model: str, seed: int) -> Any:
     spec = parse_data_spec(
         f"table:{path}", target="outcome", classes=["no", "yes"], categorical=["colour"], categories={"colour": LEVELS}
     )
-    return builtin_trainer_factory(spec, model, seed=seed)()
+    return builtin_trainer_factory(spec, SimConfig(model=model, seed=seed))()
 
 
 @pytest.mark.parametrize("model", ["logreg", "mlp-numpy", "mlp"])
@@ -122,7 +123,7 @@ def test_a_label_the_federation_did_not_list_is_refused_naming_it(tmp_path: Path
     spec = parse_data_spec(
         f"table:{site}", target="outcome", classes=["yes"], categorical=["colour"], categories={"colour": LEVELS}
     )
-    factory = builtin_trainer_factory(spec, "logreg", seed=0)
+    factory = builtin_trainer_factory(spec, SimConfig(model="logreg", seed=0))
     with pytest.raises(Exception, match=r"label 'no' is not one of the classes"):
         factory()
 
@@ -149,3 +150,24 @@ def test_a_site_runs_two_rounds_from_its_csv(
     assert {a["num_samples"] for a in fake.accepted} == {80}  # 100 rows less the default 20 % test split
     state = json.loads((tmp_path / "fedloom-agent-site-1" / "state.json").read_text())
     assert state["state"] == "finished"
+
+
+def test_model_flags_are_the_simulations_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--hidden 16 --model mlp-numpy`` on a site builds what ``fedloom sim --hidden 16`` builds, and is
+    refused with the simulation's own message where the model has no hidden layers."""
+    site = write_site(tmp_path / "site.csv", 40, 6)
+    parser = argparse.ArgumentParser(prog="fedloom")
+    agent_cli.register(parser.add_subparsers(dest="command"))
+    argv = ["agent", "--server", "http://agg.test", "--data", f"table:{site}", *DEPLOYED]
+    args = parser.parse_args([*argv, "--model", "mlp-numpy", "--hidden", "16", "--seed", "2"])
+    deployed = trainer_factory(args)().get_weights()
+    union = write_site(tmp_path / "union.csv", 60, 7, sites=2)
+    data = {"kind": "table", "path": str(union), "target": "outcome", "classes": ["no", "yes"]}
+    data |= {"categorical": ["colour"], "categories": {"colour": list(LEVELS)}}
+    config = SimConfig(data=data, model="mlp-numpy", hidden="16", seed=2, partition="natural", partition_by="site")
+    simulated = build_task(config).initial_weights
+    assert sorted(deployed) == sorted(simulated) and 16 in deployed[sorted(deployed)[0]].shape
+    for name in deployed:
+        np.testing.assert_array_equal(deployed[name], simulated[name])
+    assert agent("--data", f"table:{site}", *DEPLOYED, "--hidden", "16") == 1
+    assert "hidden sets the layers of mlp / mlp-numpy, not of 'logreg': drop --hidden" in capsys.readouterr().err

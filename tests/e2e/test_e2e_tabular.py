@@ -30,6 +30,7 @@ from fedloom.core.fit import EvalConfig, FitConfig
 from fedloom.core.reserved import model_part
 from fedloom.data import load_data, parse_data_spec
 from fedloom.sim.builtin_trainer import trainer_maker
+from fedloom.sim.config import SimConfig
 from fedloom.store import SqlStore
 
 SITES, TRAIN_ROWS, TEST_ROWS = 3, 600, 300
@@ -104,7 +105,7 @@ def federated_accuracy(cluster: Cluster, data: Path) -> tuple[int, float]:
             classes=["no", "yes"],
             test_path=str(data / f"site_{site}_test.csv"),
         )
-        metrics = builtin_trainer_factory(spec, "mlp", seed=0)().evaluate(weights, EvalConfig())
+        metrics = builtin_trainer_factory(spec, SimConfig(model="mlp", seed=0))().evaluate(weights, EvalConfig())
         correct += metrics["accuracy"] * metrics["num_samples"]
         total += metrics["num_samples"]
     assert total == SITES * TEST_ROWS

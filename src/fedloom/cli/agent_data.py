@@ -1,9 +1,11 @@
 """``fedloom agent --data KIND:PATH --model NAME``: a deployed site's trainer without Python of its own.
 
 The site's data is loaded by the same :func:`fedloom.data.load_data` that
-``fedloom sim --data`` uses, and the model is built by the same
-:func:`fedloom.sim.builtin_trainer.trainer_maker`, seeded with ``--seed``, so the admin
-agent's ``--upload-initial`` model is the simulation's initial model.
+``fedloom sim --data`` uses; the model flags (``--model``, ``--hidden``,
+``--model-dropout``, ``--class-weight``, ``--seed``) are the simulation's SimConfig fields
+and the model is built by the same :func:`fedloom.sim.builtin_trainer.trainer_maker_for`,
+seeded with ``--seed``, so the admin agent's ``--upload-initial`` model is the
+simulation's initial model.
 
 A simulation encodes one table; a federation encodes one per site, and the widths must
 agree or no model fits every site. Two things a site cannot know from its own rows are
@@ -26,31 +28,27 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fedloom.cli.data_flags import DATA_FLAGS, add_data_flags, data_options
+from fedloom.cli.data_flags import DATA_FLAGS, MODEL_FLAGS, add_data_flags, add_model_flags, data_options
 from fedloom.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedloom.client.class_weights import ClassWeight
     from fedloom.client.trainer import Trainer
     from fedloom.data import DataSpec
+    from fedloom.sim.config import SimConfig
 
 __all__ = ["add_builtin_trainer_flags", "builtin_trainer_factory", "check_deployable", "trainer_factory"]
 
 #: the flags that only the built-in trainer reads (refused beside --trainer)
-BUILTIN_ONLY = (*DATA_FLAGS, "model", "seed", "device", "class_weight")
+BUILTIN_ONLY = (*DATA_FLAGS, *MODEL_FLAGS, "seed", "device")
 
 
 def add_builtin_trainer_flags(parser: argparse.ArgumentParser) -> None:
-    """``--data`` and its description, ``--model``, ``--seed``, ``--device``, ``--class-weight``."""
-    from fedloom.sim.config import MODELS
-
+    """``--data`` and its description; ``--model`` and its options, ``--seed``, ``--device`` as ``fedloom sim``."""
     add_data_flags(parser)
-    group = parser.add_argument_group("the built-in model (with --data; the same on every site)")
-    add = group.add_argument
-    add("--model", choices=MODELS, help="the model every site trains (default logreg)")
-    add("--seed", type=int, help="seed of the initial model and of the test split (default 0)")
-    add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
-    add("--class-weight", help="loss class weights: none (default), balanced (from this site's labels), or w1,w2,...")
+    group = parser.add_argument_group("the built-in model (with --data; the same on every site and in fedloom sim)")
+    add_model_flags(group)
+    group.add_argument("--seed", type=int, help="seed of the initial model and of the test split (default 0)")
+    group.add_argument("--device", help="torch device, e.g. cpu or cuda (default cpu)")
 
 
 def trainer_factory(args: argparse.Namespace) -> Callable[[], Trainer]:
@@ -71,34 +69,29 @@ def trainer_factory(args: argparse.Namespace) -> Callable[[], Trainer]:
         return load_trainer_factory(args.trainer, parse_trainer_args(args.trainer_arg))
     if args.trainer_arg:
         raise ConfigError("--trainer-arg goes to a --trainer factory; the built-in trainer (--data) takes none")
-    from fedloom.client.class_weights import parse_class_weight
     from fedloom.data import parse_data_spec
+    from fedloom.sim.config import config_from_mapping
 
-    seed = 0 if args.seed is None else args.seed
-    spec = parse_data_spec(args.data, **{"seed": seed, **data_options(args)})
-    class_weight = parse_class_weight(args.class_weight or "none")
-    model = args.model or "logreg"
-    return builtin_trainer_factory(spec, model, seed=seed, device=args.device or "cpu", class_weight=class_weight)
+    # the model settings are the simulation's own fields, checked by the same code with the same messages
+    settings = config_from_mapping({name: getattr(args, name) for name in (*MODEL_FLAGS, "seed", "device")})
+    spec = parse_data_spec(args.data, **{"seed": settings.seed, **data_options(args)})
+    return builtin_trainer_factory(spec, settings)
 
 
-def builtin_trainer_factory(
-    spec: DataSpec, model: str, *, seed: int, device: str = "cpu", class_weight: ClassWeight = "none"
-) -> Callable[[], Trainer]:
-    """A zero-argument factory that loads the site's data and builds the built-in ``model`` on it."""
+def builtin_trainer_factory(spec: DataSpec, settings: SimConfig) -> Callable[[], Trainer]:
+    """A zero-argument factory that loads the site's data and builds ``settings``' model on it."""
     check_deployable(spec)
 
     def make_trainer() -> Trainer:
         from fedloom.data import load_data
-        from fedloom.sim.builtin_trainer import trainer_maker
+        from fedloom.sim.builtin_trainer import trainer_maker_for
 
         splits = load_data(spec).splits
-        make = trainer_maker(
-            model, splits.input_shape, splits.num_classes, seed=seed, device=device, class_weight=class_weight
-        )
+        make = trainer_maker_for(settings, splits.input_shape, splits.num_classes)
         test = splits.test.materialised() if len(splits.test) else None
         return make(splits.train.materialised(), test)
 
-    make_trainer.__name__ = f"make_trainer[{model} on {spec.kind}:{spec.path}]"
+    make_trainer.__name__ = f"make_trainer[{settings.model} on {spec.kind}:{spec.path}]"
     return make_trainer
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedloom.core.errors import ConfigError
 
-__all__ = ["DATA_FLAGS", "add_data_flags", "data_options", "parse_image_size", "parse_levels"]
+__all__ = ["DATA_FLAGS", "MODEL_FLAGS", "add_data_flags", "add_model_flags", "data_options", "parse_image_size"]
 
 #: argparse destinations of the data-description flags (beside ``data`` itself)
 DATA_FLAGS = (
@@ -58,6 +58,21 @@ def add_data_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     add("--test-fraction", type=float, metavar="F", help="share of the rows held out as the test split (seeded)")
     add("--test-path", metavar="PATH", help="a separate test file or folder instead of --test-fraction")
     return group
+
+
+#: argparse destinations of the model flags: SimConfig fields, read alike by the sim and the agent
+MODEL_FLAGS = ("model", "class_weight", "hidden", "model_dropout")
+
+
+def add_model_flags(parser: argparse._ActionsContainer) -> None:
+    """Add ``--model`` and its options (the SimConfig fields of :data:`MODEL_FLAGS`)."""
+    from fedloom.sim.config import MODELS
+
+    add = parser.add_argument
+    add("--model", choices=MODELS, help="the model (default logreg); logreg and mlp-numpy need no PyTorch")
+    add("--class-weight", help="loss weights for imbalanced labels: none (default), balanced, or one per class: 1,19")
+    add("--hidden", help="hidden layer widths of mlp / mlp-numpy, e.g. 64,32 (default 200,200)")
+    add("--model-dropout", type=float, help="torch mlp: dropout after each hidden layer (default 0: none)")
 
 
 def data_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,14 +8,13 @@ from typing import Any
 from fedloom.algorithms.dp import PRIVACY_MODES
 from fedloom.algorithms.privacy_accountant import ACCOUNTANTS
 from fedloom.algorithms.registry import AGGREGATORS, PARAM_TYPES, SERVER_OPTIMIZERS, STRATEGIES
-from fedloom.cli.data_flags import DATA_FLAGS, add_data_flags, data_options
+from fedloom.cli.data_flags import DATA_FLAGS, add_data_flags, add_model_flags, data_options
 from fedloom.core.errors import ConfigError
 from fedloom.server.rounds import DEADLINE_POLICIES
 from fedloom.sim.adversary import ATTACKS
 from fedloom.sim.clock import DISTRIBUTIONS
 from fedloom.sim.config import (
     EXECUTORS,
-    MODELS,
     MODES,
     PARTITIONS,
     SimConfig,
@@ -39,16 +38,14 @@ def register(subparsers: Any) -> None:
     add("--config", help="TOML file whose keys are the long option names (with _ for -)")
     add("--dataset", choices=DATASETS, help="a built-in dataset (default digits); or --data for a local one")
     add("--data-dir", help="folder holding the dataset files (default: $FEDLOOM_DATA or the system location)")
-    add("--model", choices=MODELS, help=f"model (default {defaults.model}); logreg and mlp-numpy need no PyTorch")
+    add_model_flags(parser)
     add("--clients", type=int, help=f"number of clients (default {defaults.clients})")
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
     add("--classes-per-client", type=int, help="classes per client for --partition shards (default 2)")
     _add_partition_flags(parser)
-    data = add_data_flags(parser)
-    data.add_argument(
-        "--by", dest="partition_by", metavar="COL", help="--partition natural: the column naming each row's site"
-    )
+    group = add_data_flags(parser)
+    group.add_argument("--by", dest="partition_by", metavar="COL", help="--partition natural: the site column")
     add("--fraction", type=float, help=f"fraction C of clients per round (default {defaults.fraction})")
     add("--min-clients", type=int, help="minimum clients per round (default 1)")
     add("--rounds", type=int, help=f"rounds (default {defaults.rounds})")
@@ -57,9 +54,6 @@ def register(subparsers: Any) -> None:
     add("--lr", type=float, help=f"client learning rate (default {defaults.lr})")
     add("--seed", type=int, help="seed for partition, sampling, init and shuffling (default 0)")
     add("--device", help="torch device, e.g. cpu or cuda (default cpu)")
-    add("--class-weight", help="loss weights for imbalanced labels: none (default), balanced, or one per class: 1,19")
-    add("--hidden", help="hidden layer widths of mlp / mlp-numpy, e.g. 64,32 (default 200,200)")
-    add("--model-dropout", type=float, help="torch mlp: dropout after each hidden layer (default 0: none)")
     add("--executor", choices=EXECUTORS, help="sequential (reproducible reference), parallel (a process per core), ray")
     add("--cohort", help="batched cohort training: auto (default, where the model is safe), off, or a size N")
     add("--workers", type=int, help="worker processes for --executor parallel (default: one per core)")
@@ -79,11 +73,17 @@ def register(subparsers: Any) -> None:
     local = parser.add_argument_group("personalisation evaluation")
     local.add_argument("--local-test-fraction", type=float, help="share of each client's data held out for its tests")
     local.add_argument("--finetune-epochs", type=int, help="local epochs before the client_finetuned_* evaluation")
+    _add_record_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_record_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the run is recorded, what it feeds, and continuing an interrupted one."""
+    add = parser.add_argument
     add("--home", help="where runs are stored (default $FEDLOOM_HOME or ./fedloom-runs)")
     add("--no-store", action="store_true", help="do not record the run")
     add("--track", metavar="SINKS", help="feed sinks, comma-separated: tensorboard,mlflow,wandb (docs/tracking.md)")
     add("--resume", metavar="RUN_ID", help="continue an interrupted run from the store (its recorded settings)")
-    parser.set_defaults(func=run)
 
 
 def _add_partition_flags(parser: argparse.ArgumentParser) -> None:

@@ -19,9 +19,9 @@ from fedloom.client.numpy_mlp import DEFAULT_HIDDEN, NumpyMLPTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.errors import ConfigError
 from fedloom.data import ArrayDataset
-from fedloom.sim.config import MODELS, NUMPY_MODELS
+from fedloom.sim.config import MODELS, NUMPY_MODELS, SimConfig
 
-__all__ = ["TrainerMaker", "trainer_maker"]
+__all__ = ["TrainerMaker", "trainer_maker", "trainer_maker_for"]
 
 #: ``(local training data, local evaluation data or None) -> Trainer``
 TrainerMaker = Callable[[ArrayDataset, ArrayDataset | None], Trainer]
@@ -49,6 +49,20 @@ def trainer_maker(
         return _numpy_maker(model, num_classes, seed, class_weight, hidden)
     options: dict[str, Any] = {"hidden": hidden, "dropout": dropout}
     return _torch_maker(model, input_shape, num_classes, seed, device, class_weight, options)
+
+
+def trainer_maker_for(config: SimConfig, input_shape: tuple[int, ...], num_classes: int) -> TrainerMaker:
+    """The trainers ``config``'s model settings ask for (model, hidden, model_dropout, class_weight, seed, device)."""
+    return trainer_maker(
+        config.model,
+        input_shape,
+        num_classes,
+        seed=config.seed,
+        device=config.device,
+        class_weight=config.class_weight,
+        hidden=config.hidden_sizes(),
+        dropout=config.model_dropout,
+    )
 
 
 def _evaluation_arrays(evaluation: ArrayDataset | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from fedloom.core.fit import EvalConfig
 from fedloom.core.weights import Weights
 from fedloom.data import ArrayDataset, DatasetSplits
 from fedloom.sim.adversary import flip_labels
-from fedloom.sim.builtin_trainer import TrainerMaker, trainer_maker
+from fedloom.sim.builtin_trainer import TrainerMaker, trainer_maker_for
 from fedloom.sim.config import SimConfig, config_from_mapping
 from fedloom.sim.driver import simulate
 from fedloom.sim.executor import Executor, SequentialExecutor
@@ -65,16 +65,7 @@ def build_task(config: SimConfig) -> SimTask:
         classes_per_client=config.classes_per_client,
         **config.partition_options(features=data.train.x, groups=loaded.groups),
     )
-    make = trainer_maker(
-        config.model,
-        data.input_shape,
-        data.num_classes,
-        seed=config.seed,
-        device=config.device,
-        class_weight=config.class_weight,
-        hidden=config.hidden_sizes(),
-        dropout=config.model_dropout,
-    )
+    make = trainer_maker_for(config, data.input_shape, data.num_classes)
     evaluator = make(data.train.subset(parts[0]), data.test.materialised())
 
     def evaluate_fn(weights: Weights) -> Mapping[str, float]:
