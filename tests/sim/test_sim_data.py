@@ -13,7 +13,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.data import load_data
 from fedloom.sim.config import SimConfig, config_from_mapping, load_config_file
 from fedloom.sim.config_data import data_spec_for
-from fedloom.sim.tasks import build_task
+from fedloom.sim.tasks import build_task, resume_config, simulate_config
 from fedloom.store import SqlStore
 
 #: rows per site: the natural partition must give client k exactly site k's training rows
@@ -51,6 +51,8 @@ def test_dataset_and_data_exclude_each_other_naming_both(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"data.by: the group column is partition_by \(--by COL\)"):
         SimConfig(data=data_of(tmp_path / "h.csv", by="site"))
     assert SimConfig().dataset_name() == "digits"
+    assert SimConfig().to_dict()["dataset"] == "digits"  # a run records what it trained on
+    assert SimConfig(data=data_of(tmp_path / "h.csv")).to_dict()["dataset"] is None
 
 
 def test_natural_partition_gives_one_client_per_site(tmp_path: Path) -> None:
@@ -117,3 +119,14 @@ def test_the_toml_file_takes_the_description_as_a_table_or_a_string(tmp_path: Pa
     short.write_text(f'data = "table:{hospital}"\n')
     with pytest.raises(ConfigError, match=r"a table needs target"):
         load_config_file(short)
+
+
+def test_a_data_run_resumes_with_its_description(tmp_path: Path) -> None:
+    hospital = write_hospital(tmp_path / "hospital.csv")
+    config = SimConfig(data=data_of(hospital), partition="natural", partition_by="site", rounds=1, lr=0.5)
+    with SqlStore.open_default(tmp_path / "home") as store:
+        result = simulate_config(config, store=store)
+        resumed = resume_config(store, result.run_id)
+    assert resumed.data == data_of(hospital) and resumed.dataset is None
+    assert (resumed.partition, resumed.partition_by, resumed.clients) == ("natural", "site", 3)
+    assert len(build_task(resumed).partitions) == 3

@@ -264,8 +264,8 @@ class SimConfig:
         memory = self.ray_memory_per_client
         return ClientResources.from_flags(self.ray_cpus_per_client, self.ray_gpus_per_client, memory)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:  # what a run records: the dataset that ran, digits when none was named
+        return {**dataclasses.asdict(self), "dataset": None if self.data else self.dataset_name()}
 
     def adversary(self) -> Adversary:
         """The simulated attack these settings ask for (``none`` by default)."""
