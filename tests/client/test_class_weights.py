@@ -63,6 +63,23 @@ def test_numpy_logreg_balanced_weights_raise_minority_recall_and_balanced_accura
     assert plain["accuracy"] > 0.95 > weighted["accuracy"]  # the price: more majority rows called minority
 
 
+def test_numpy_mlp_balanced_weights_raise_minority_recall_and_balanced_accuracy():
+    from fedloom.client import NumpyMLPTrainer
+
+    x, y, x_test, y_test = imbalanced_split()
+    config = FitConfig(epochs=10, batch_size=32, lr=0.05, seed=0)
+    metrics, recall = {}, {}
+    for spec in ("none", "balanced"):
+        trainer = NumpyMLPTrainer(x, y, 2, hidden=(16,), x_eval=x_test[y_test == 1], y_eval=y_test[y_test == 1],
+                                  class_weight=spec)  # fmt: skip
+        weights = trainer.fit(trainer.get_weights(), config).weights
+        recall[spec] = trainer.evaluate(weights, EvalConfig())["accuracy"]  # on minority rows only: the recall
+        trainer.x_eval, trainer.y_eval = x_test, y_test
+        metrics[spec] = trainer.evaluate(weights, EvalConfig())
+    assert recall["none"] < 0.6 and recall["balanced"] > 0.8
+    assert metrics["balanced"]["balanced_accuracy"] > metrics["none"]["balanced_accuracy"] + 0.1
+
+
 def test_numpy_logreg_weighted_step_is_the_weighted_mean_gradient():
     """One full-batch step equals the hand-computed gradient of Σ w[y_i] ce_i / Σ w[y_i]."""
     x, y = gaussian_table([9, 3], features=3, seed=5)
@@ -78,17 +95,18 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("model", ["logreg-torch", "mlp"])
-def test_torch_balanced_weights_raise_minority_recall_and_balanced_accuracy(model):
+@pytest.mark.parametrize(("model", "options"), [("logreg-torch", {}), ("mlp", {"hidden": (32,)})])
+def test_torch_balanced_weights_raise_minority_recall_and_balanced_accuracy(model, options):
     from fedloom.client.torch_trainer import TorchTrainer
     from fedloom.models import build_model
 
     x, y, x_test, y_test = imbalanced_split()
-    config = FitConfig(epochs=10, batch_size=32, lr=0.1, seed=0)
+    config = FitConfig(epochs=4, batch_size=32, lr=0.1, seed=0)
     metrics, recall = {}, {}
     for spec in ("none", "balanced"):
         torch.manual_seed(0)
-        trainer = TorchTrainer(build_model(model, (8,), 2), x, y, x_eval=x_test, y_eval=y_test, class_weight=spec)
+        module = build_model(model, (8,), 2, **options)
+        trainer = TorchTrainer(module, x, y, x_eval=x_test, y_eval=y_test, class_weight=spec)
         weights = trainer.fit(trainer.get_weights(), config).weights
         metrics[spec] = trainer.evaluate(weights, EvalConfig())
         with torch.no_grad():
