@@ -187,3 +187,21 @@ def test_dp_sgd_weights_each_example_by_its_own_class_only():
     (torch.nn.functional.cross_entropy(out, labels, reduction="none") * weight[labels]).mean().backward()
     for name, param in twin.named_parameters():
         np.testing.assert_allclose(start[name] - trained[name], param.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.torch
+def test_reading_the_number_of_classes_leaves_batchnorm_buffers_and_the_mode_alone():
+    from fedloom.client.torch_trainer import TorchTrainer
+
+    x, y = gaussian_table([20, 4, 8], features=4, seed=6)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = TorchTrainer(model, x, y, class_weight="balanced")
+    assert model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert model.state_dict()["1.num_batches_tracked"].dtype == torch.int64
+    assert model.state_dict()["1.num_batches_tracked"].shape == ()
+    np.testing.assert_allclose(trainer.class_weights.numpy(), [32 / 60, 32 / 12, 32 / 24], rtol=1e-6)
+    result = trainer.fit(trainer.get_weights(), FitConfig(epochs=1, batch_size=8, lr=0.1, seed=0))
+    assert int(result.weights["1.num_batches_tracked"]) == 4
