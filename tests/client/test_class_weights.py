@@ -75,6 +75,8 @@ def test_none_gives_no_weights_and_an_explicit_list_must_have_one_weight_per_cla
     np.testing.assert_allclose(class_weight_vector((1, 4), np.array([0, 1]), 2), [0.4, 1.6])  # mean 1 over y
     with pytest.raises(ConfigError, match="lists 3 weights but the model has 2 classes"):
         class_weight_vector("1,2,3", np.array([0, 1]), 2)
+    with pytest.raises(ConfigError, match=r"training labels run 0..4 but the model has 3 classes"):
+        class_weight_vector("balanced", np.array([0, 4]), 3)
 
 
 def test_numpy_logreg_balanced_weights_raise_minority_recall_and_balanced_accuracy():

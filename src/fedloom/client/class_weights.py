@@ -80,6 +80,11 @@ def class_weight_vector(spec: ClassWeight, y: np.ndarray, num_classes: int) -> n
     if parsed == "none":
         return None
     labels = np.asarray(y, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(
+            f"class_weight: the training labels run {labels.min()}..{labels.max()} but the model has"
+            f" {num_classes} classes (labels must be 0..{num_classes - 1})"
+        )
     if parsed == "balanced":
         counts = np.bincount(labels, minlength=num_classes)[:num_classes].astype(np.float64)
         present = counts > 0
