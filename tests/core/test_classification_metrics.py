@@ -111,3 +111,12 @@ def test_huge_and_tiny_scores_rank_exactly():
     y = np.array([0, 1, 0, 1, 1, 0])
     scores = np.array([1e-300, 1e300, -1e300, 5e-324, 1e300, 0.0])
     assert binary_roc_auc(y == 1, scores) == pytest.approx(roc_auc_score(y, scores), abs=TOL)
+
+
+def test_the_metric_names_pass_the_receivers_validation_unchanged():
+    """What the aggregator, the store and the trackers apply to reported metrics (fedloom.core.metrics)."""
+    from fedloom.core.metrics import validate_metrics
+
+    rng = np.random.default_rng(0)
+    metrics = classification_metrics(rng.integers(0, 3, size=50), _probs(rng, 50, 3))
+    assert validate_metrics(metrics) == metrics and set(metrics) == {"accuracy", "auc", "f1_macro", "balanced_accuracy"}

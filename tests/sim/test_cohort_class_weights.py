@@ -89,3 +89,26 @@ def test_fisher_and_initial_loss_use_each_clients_weighted_loss(tmp_path, cohort
             for key in set(a.metrics) & {"initial_loss"}:
                 assert b.metrics[key] == pytest.approx(a.metrics[key], rel=1e-5)
     assert cohorts and min(cohorts) == 6
+
+
+@pytest.mark.parametrize("build", [lambda: mlp((1, 8, 8), 3, hidden=(16,)), bn_model], ids=["masked", "grouped"])
+def test_weighted_and_unweighted_clients_share_a_cohort(build, cohorts):
+    """Odd clients weighted, even ones plain (the plain mean is the weighted mean with ones)."""
+    from cohort_cases import max_difference, run_rounds
+
+    from fedloom.client.torch_trainer import TorchTrainer
+    from fedloom.sim.executor import SequentialExecutor
+
+    torch.manual_seed(0)
+    model, data = build(), skewed(UNEVEN)
+    initial = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+    def make(i):
+        return TorchTrainer(model, *data[i], class_weight="balanced" if i % 2 else "none")
+
+    runs = []
+    for executor in (SequentialExecutor("off"), SequentialExecutor(6)):
+        torch.manual_seed(0)
+        runs.append(run_rounds(fedavg(1.0, 1, 2, 8, 0.1), make, len(data), initial, executor)[0])
+    assert max_difference(*runs) <= TOL
+    assert cohorts == [6]

@@ -153,9 +153,11 @@ class TorchTrainer:
             return None
         if loss is not None:
             raise ConfigError("class_weight weights the built-in cross-entropy: drop loss=..., or weight your own loss")
-        self.model.eval()
+        was_training = self.model.training
+        self.model.eval()  # no BatchNorm statistics or counters move
         with torch.no_grad():
             num_classes = int(self.model(self.x[:1].to(self.device)).shape[1])
+        self.model.train(was_training)
         vector = class_weight_vector(spec, self.y.numpy(), num_classes)
         return None if vector is None else torch.from_numpy(vector.astype(np.float32)).to(self.device)
 

@@ -143,7 +143,8 @@ class CohortLoop:
         self.stack = stack
         self.masked = uses_masking(settings.model, settings.loss_fn)
         self.class_w = stack_class_weights(jobs, device)
-        self.step = step_function(settings.model, settings.loss_fn, self.masked, self.class_w.shape[1] > 1)
+        weighted = any(job.class_weights is not None for job in jobs)
+        self.step = step_function(settings.model, settings.loss_fn, self.masked, weighted)
         lr = torch.tensor([job.config.lr for job in jobs], dtype=torch.float32, device=device)
         self.optimizer: StackedOptimizer = make_stacked_optimizer(
             settings.optimizer, stack.params, lr, settings.momentum, settings.weight_decay
