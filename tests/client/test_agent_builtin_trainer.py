@@ -171,3 +171,13 @@ def test_model_flags_are_the_simulations_fields(tmp_path: Path, capsys: pytest.C
         np.testing.assert_array_equal(deployed[name], simulated[name])
     assert agent("--data", f"table:{site}", *DEPLOYED, "--hidden", "16") == 1
     assert "hidden sets the layers of mlp / mlp-numpy, not of 'logreg': drop --hidden" in capsys.readouterr().err
+
+
+def test_an_arrays_site_missing_a_class_keeps_the_federations_width(tmp_path: Path) -> None:
+    """A site whose labels are only 0 and 1 of a 3-class federation still builds the 3-class model."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(30, 5)).astype(np.float32)
+    np.savez(tmp_path / "site.npz", x_train=x, y_train=(x[:, 0] > 0).astype(np.int64))
+    spec = parse_data_spec(f"arrays:{tmp_path / 'site.npz'}", classes=["low", "mid", "high"])
+    weights = builtin_trainer_factory(spec, SimConfig(model="logreg"))().get_weights()
+    assert {name: w.shape for name, w in weights.items()} == {"weight": (3, 5), "bias": (3,)}
