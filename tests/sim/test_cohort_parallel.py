@@ -8,6 +8,7 @@ pre-merged mean within 1e-5 too; integer buffers (BatchNorm's 0-d int64 counter)
 
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -267,3 +268,21 @@ def test_a_worker_killed_in_a_cohort_share_finds_the_culprit_and_reports_it_as_t
     else:
         trained = [r for r in results if isinstance(r, ClientUpdate)]
         assert difference([u for u in reference if u.client_id != "4"], trained) <= TOL
+
+
+def test_a_client_that_hangs_in_a_cohort_share_times_out_alone(cohorts):
+    """The share's limit is client_timeout x its size; then each of its clients runs alone with its own."""
+    torch.manual_seed(0)
+    model, data = with_initial(mlp((1, 8, 8), 3, hidden=(8,))), federation(UNEVEN)
+    good = client_fn_for(model, data)
+
+    def make(i):
+        if i == 1:
+            time.sleep(60)
+        return good(i)
+
+    executor = ParallelExecutor(2, cohort=3, client_timeout=1.0)
+    _, results = one_round(executor, model, data, client_fn=make)
+    [failure] = [r for r in results if isinstance(r, ClientFailure)]
+    assert failure.client_id == "1" and failure.message == "client 1 exceeded client_timeout=1.0s; its worker was killed"
+    assert sorted(int(r.client_id) for r in results if isinstance(r, ClientUpdate)) == [0, 2, 3, 4, 5]
