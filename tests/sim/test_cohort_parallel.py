@@ -284,5 +284,6 @@ def test_a_client_that_hangs_in_a_cohort_share_times_out_alone(cohorts):
     executor = ParallelExecutor(2, cohort=3, client_timeout=1.0)
     _, results = one_round(executor, model, data, client_fn=make)
     [failure] = [r for r in results if isinstance(r, ClientFailure)]
-    assert failure.client_id == "1" and failure.message == "client 1 exceeded client_timeout=1.0s; its worker was killed"
+    assert failure.client_id == "1"
+    assert failure.message == "client 1 exceeded client_timeout=1.0s; its worker was killed"
     assert sorted(int(r.client_id) for r in results if isinstance(r, ClientUpdate)) == [0, 2, 3, 4, 5]

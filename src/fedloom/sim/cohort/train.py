@@ -1,9 +1,13 @@
 """The cohort loop: every client of a cohort takes its own step ``s`` in one vmapped call.
 
-Per step, ``vmap(grad(loss))`` over the stacked parameters computes every client's
-gradient on its own batch (``functional_call`` runs the user's module with a client's
-tensors; BatchNorm updates that client's running statistics in its own slice of the
-stacked buffers). The client-side terms (FedProx, SCAFFOLD, FedCurv, FedDyn: ``scale ⊙ θ +
+Per step, the vmapped loss over the stacked parameters computes every client's loss on
+its own batch (``functional_call`` runs the user's module with a client's tensors;
+BatchNorm updates that client's running statistics in its own slice of the stacked
+buffers), and one ``torch.autograd.grad`` of their sum gives every client's gradient:
+client ``c``'s loss depends on its own slice alone, so the sum's gradient in that slice
+is its own. (Not ``vmap(grad(loss))``: ``torch.func.grad`` imports ``torch._dynamo`` at
+its first call, ~1-1.5 s of every process's start-up, a worker's too; plain autograd
+through the vmapped forward needs none of it.) The client-side terms (FedProx, SCAFFOLD, FedCurv, FedDyn: ``scale ⊙ θ +
 offset`` per client) are added to the gradient, then the stacked optimiser steps.
 
 Short batches: for a model whose samples do not interact (no BatchNorm) trained with
@@ -74,7 +78,7 @@ def uses_masking(model: nn.Module, loss_fn: LossFn) -> bool:
 
 
 def step_function(model: nn.Module, loss_fn: LossFn, masked: bool) -> Callable[..., Any]:
-    """``(params, fixed, x, y, w) -> (grads, (loss, correct))``, vmapped over clients."""
+    """``(params, fixed, x, y, w) -> (grads, (loss, correct))`` for stacked clients (see the module docstring)."""
 
     def loss_of(params: Tensors, fixed: Tensors, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Any:
         out = functional_call(model, (params, fixed), (x,))
@@ -83,9 +87,22 @@ def step_function(model: nn.Module, loss_fn: LossFn, masked: bool) -> Callable[.
         else:
             loss = loss_fn(out, y)
         correct = ((out.argmax(dim=1) == y).to(w.dtype) * w).sum()
-        return loss, (loss.detach(), correct.detach())
+        return loss, correct.detach()
 
-    return vmap(grad(loss_of, has_aux=True), randomness="error")
+    losses = vmap(loss_of, randomness="error")
+
+    def step(params: Tensors, fixed: Tensors, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Any:
+        leaves = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
+        with torch.enable_grad():
+            loss, correct = losses(leaves, fixed, x, y, w)
+            found = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+        grads = {
+            name: torch.zeros_like(tensor) if g is None else g
+            for (name, tensor), g in zip(params.items(), found, strict=True)
+        }  # a parameter the loss does not use has a zero gradient, as torch.func.grad gives it
+        return grads, (loss.detach(), correct)
+
+    return step
 
 
 def stack_terms(model: nn.Module, jobs: Sequence[CohortJob], device: torch.device) -> dict[str, StackedTerm]:
