@@ -287,3 +287,17 @@ def test_a_client_that_hangs_in_a_cohort_share_times_out_alone(cohorts):
     assert failure.client_id == "1"
     assert failure.message == "client 1 exceeded client_timeout=1.0s; its worker was killed"
     assert sorted(int(r.client_id) for r in results if isinstance(r, ClientUpdate)) == [0, 2, 3, 4, 5]
+
+
+def test_a_model_auto_trains_one_by_one_keeps_the_one_at_a_time_hand_out(cohorts, caplog):
+    """Above auto's CPU limit the driver hands out one client at a time (balancing uneven clients), as with
+    cohort="off": bitwise the same results, no cohort, the reason said once (by the driver)."""
+    caplog.set_level(logging.INFO, logger="fedloom.sim.cohort")
+    torch.manual_seed(0)
+    model, data = with_initial(mlp((1, 8, 8), 3, hidden=(800,))), federation(UNEVEN)  # 54,403 parameters
+    off = one_round(ParallelExecutor(2, cohort="off"), model, data)[1]
+    auto = one_round(ParallelExecutor(2, cohort="auto"), model, data)[1]
+    assert difference(by_client(off), auto) == 0.0
+    assert cohorts() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "fedloom.sim.cohort"]
+    assert len(said) == 1 and "batches models of up to 50,000 parameters" in said[0]

@@ -15,7 +15,9 @@ Why it is shaped this way:
   handed a *share* of the round instead (``ceil(clients / workers)`` clients, at most N)
   and trains it as batched cohorts (fedloom.sim.cohort, where the model is safe for it),
   answering per client exactly as it would one by one; ``"off"`` (the default) is the
-  one-at-a-time path, unchanged.
+  one-at-a-time path, unchanged. A round whose first client would train one by one anyway
+  (a model vmap refuses, ``auto``'s CPU rule for large models) is handed out one client
+  at a time too, which keeps uneven clients balanced across the workers.
 - A worker that dies (segfault, OOM kill) is noticed at once through its socket; it is
   replaced, the clients it had merged are re-run, and the client it was training is
   retried up to ``max_retries`` times, then reported as a failure with what is known.
@@ -206,6 +208,17 @@ class ParallelExecutor:
         self._workers = []
         self._round_open = False
 
+    def _round_cohort(self, client_fn: ClientFn, configs: Mapping[str, FitConfig]) -> str | int:
+        """The cohort setting for this round: ``"off"`` when its first client would train one by
+        one anyway (a model vmap refuses, or ``auto``'s CPU rule), so such a model keeps the
+        one-client-at-a-time hand-out, which balances uneven clients across the workers."""
+        if self.cohort == "off" or not configs:
+            return "off"
+        from fedloom.sim.cohort.runner import round_takes_cohorts  # imports torch: only when cohorts may train
+
+        first = next(iter(configs))
+        return self.cohort if round_takes_cohorts(client_fn, first, configs[first], self.cohort) else "off"
+
     def __enter__(self) -> ParallelExecutor:
         return self
 
@@ -225,7 +238,7 @@ class ParallelExecutor:
         if self._round_open:  # the last round was abandoned: its results still in flight would garble this one
             self.close()
         self._ensure_workers(client_fn)
-        run = _RoundRun(self, round, weights, configs, merge)
+        run = _RoundRun(self, round, weights, configs, merge, self._round_cohort(client_fn, configs))
         run.state_dir = state_dir
         self._round_open = True
         yield from run.execute()
@@ -233,18 +246,26 @@ class ParallelExecutor:
 
 
 class _RoundRun:
-    """The scheduling state of one round: queue, in-flight clients, retries, partial sums."""
+    """The scheduling state of one round: queue, in-flight clients, retries, partial sums;
+    ``cohort`` is the round's setting (``"off"`` when its model trains one by one anyway)."""
 
     def __init__(
-        self, owner: ParallelExecutor, round: int, weights: Weights, configs: Mapping[str, FitConfig], merge: bool
+        self,
+        owner: ParallelExecutor,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        merge: bool,
+        cohort: str | int = "off",
     ) -> None:
         self.owner = owner
         self.round = round
         self.weights = weights
         self.configs = configs
         self.merge = merge
+        self.cohort = cohort
         self.round_frame = ({"type": "round", "round": round, "merge": merge}, to_bytes(weights, round=round))
-        self.queue: deque[list[str]] = deque(plan_shares(list(configs), owner.num_workers, owner.cohort))
+        self.queue: deque[list[str]] = deque(plan_shares(list(configs), owner.num_workers, cohort))
         self.state_dir: str | None = None  # the local context of every fit, sent beside (not in) the config
         self.attempts: dict[str, int] = {}
         self.selector = selectors.DefaultSelector()
@@ -337,7 +358,7 @@ class _RoundRun:
             dead.process.kill()
         dead.process.join(timeout=5)
         lost = [r.client_id for r in dead.merged]  # merged work was lost with it
-        self.queue.extendleft(reversed(plan_shares(lost, self.owner.num_workers, self.owner.cohort)))
+        self.queue.extendleft(reversed(plan_shares(lost, self.owner.num_workers, self.cohort)))
         if len(dead.busy_with) > 1:  # a cohort share: which client killed it is unknown, so each runs alone
             self.queue.extendleft([client_id] for client_id in reversed(dead.busy_with))
         culprit = dead.busy_with[0] if len(dead.busy_with) == 1 else None

@@ -47,6 +47,27 @@ def say_once(message: str, level: int = logging.WARNING) -> None:
         log.log(level, message)
 
 
+def refused(trainer: Trainer, config: FitConfig, setting: str | int) -> bool:
+    """Whether this client trains one by one under ``setting`` (the reason logged once per process)."""
+    reason = cohort_refusal(trainer, config)
+    if reason is None and setting == "auto" and isinstance(trainer, TorchTrainer):
+        reason = auto_refusal(trainer)
+    if reason is not None:
+        level = logging.INFO if setting == "auto" else logging.WARNING
+        say_once(f"cohort training off for these clients, trained one by one: {reason}", level)
+    return reason is not None
+
+
+def round_takes_cohorts(client_fn: ClientFn, client_id: str, config: FitConfig, setting: str | int) -> bool:
+    """Whether a round's first client may join a cohort: how a parallel executor decides to hand
+    out shares (batched in the workers) or one client at a time (so a model that trains one by
+    one keeps the one-at-a-time balancing). A client_fn that raises says yes: the workers report it."""
+    try:
+        return not refused(client_fn(int(client_id)), config, setting)
+    except Exception:  # reported where it is trained, by the worker, as any failing client
+        return True
+
+
 def failure(client_id: str, round: int, exc: BaseException) -> ClientFailure:
     """The sequential executor's report of a client that raised."""
     return ClientFailure(client_id, round, f"{type(exc).__name__}: {exc}", traceback.format_exc())
@@ -110,12 +131,7 @@ class CohortRound:
         """Build and prepare the client; refused clients are trained on their own at once."""
         try:
             trainer = client_fn(int(client_id))
-            reason = cohort_refusal(trainer, config)
-            if reason is None and self.setting == "auto" and isinstance(trainer, TorchTrainer):
-                reason = auto_refusal(trainer)
-            if reason is not None:
-                level = logging.INFO if self.setting == "auto" else logging.WARNING
-                say_once(f"cohort training off for these clients, trained one by one: {reason}", level)
+            if refused(trainer, config, self.setting):
                 return self._alone(trainer, client_id, config)
             assert isinstance(trainer, TorchTrainer)
             context = LocalContext(client_id, self.state_dir)
