@@ -135,7 +135,11 @@ def make_executor(config: SimConfig) -> Executor:
 
         resources = config.ray_resources()
         return RayExecutor(
-            config.ray_address, resources=resources, num_cpus=config.ray_cpus or None, max_retries=config.ray_retries
+            config.ray_address,
+            resources=resources,
+            num_cpus=config.ray_cpus or None,
+            max_retries=config.ray_retries,
+            cohort=config.cohort,  # each actor trains its share of a round as cohorts where the model is safe
         )
     return SequentialExecutor(cohort=config.cohort)  # cohort training where the model is safe (issue 13)
 
