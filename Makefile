@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-ci.txt -e '.[torch,server,postgres,tracking,plot,privacy,ray,dev]'
+	$(BIN)/pip install -q -c constraints-ci.txt -e '.[torch,server,postgres,tracking,plot,privacy,ray,images,tables,hf,dev]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; installed when we are root.

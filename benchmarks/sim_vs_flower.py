@@ -11,6 +11,8 @@ Contenders, each a fresh process (start-up included), memory = peak of its whole
   fedloom-ray  the Ray executor on a local Ray of one CPU per core, one CPU per client
   fedloom-cohort  sequential executor, each round's clients trained as one vmapped cohort
                   (--cohort auto; torch's intra-op threads use every core), default SQLite store
+  fedloom-parallel-cohort  parallel executor, one worker per core, each worker's share of a
+                  round trained as one vmapped cohort (one thread each), default SQLite store
   flower   flwr.simulation.run_simulation, Ray backend, one CPU per client
 
     python -m benchmarks.sim_vs_flower --setup-flower      # once: flwr[simulation] in .bench-venvs/flower
@@ -42,7 +44,7 @@ from fedloom.sim.partition import partition
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWER_VENV = ROOT / ".bench-venvs" / "flower"
-CONTENDERS = ("bare", "fedloom", "fedloom-ray", "fedloom-cohort", "flower")
+CONTENDERS = ("bare", "fedloom", "fedloom-ray", "fedloom-cohort", "fedloom-parallel-cohort", "flower")
 DEFAULT_CONTENDERS = ("bare", "fedloom", "fedloom-cohort", "flower")
 #: also runnable (--contenders): the cohort path with one torch thread (2 threads oversubscribe a busy machine)
 EXTRA_CONTENDERS = ("fedloom-cohort-1t",)
@@ -88,6 +90,17 @@ def command(contender: str, workload: str, data_dir: str, parts: Path, rounds: i
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--executor", "ray"]
     if contender == "fedloom-cohort":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto"]
+    if contender == "fedloom-parallel-cohort":
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.simbench.run_fedloom",
+            *common,
+            "--executor",
+            "parallel",
+            "--cohort",
+            "auto",
+        ]
     if contender == "fedloom-cohort-1t":
         return [sys.executable, "-m", "benchmarks.simbench.run_fedloom", *common, "--cohort", "auto", "--threads", "1"]
     python = str(FLOWER_VENV / "bin" / "python")
@@ -120,7 +133,7 @@ def ratios(res: dict[str, dict[str, object]], cores: int, updates: int) -> dict[
     out: dict[str, float] = {}
     floor = num("bare", "wall_seconds") / cores
     out["parallel_floor_seconds"] = floor
-    for name in ("fedloom", "fedloom-ray", "fedloom-cohort", "fedloom-cohort-1t"):
+    for name in ("fedloom", "fedloom-ray", "fedloom-cohort", "fedloom-cohort-1t", "fedloom-parallel-cohort"):
         if name not in res:
             continue
         key = name.replace("-", "_")

@@ -1,5 +1,6 @@
 """fedloom on the workload: the built-in task, the parallel (or Ray) executor, or, with ``--cohort``,
-the sequential executor training each round's clients as batched cohorts; the default SQLite store."""
+the sequential executor training each round's clients as batched cohorts (``--executor parallel
+--cohort auto``: every parallel worker trains its share as a cohort); the default SQLite store."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from fedloom.store import SqlStore
 
 
 def executor(args: argparse.Namespace) -> Executor:
-    """The parallel executor (one forked worker per core), or a local Ray of one CPU per core
-    running one client per CPU (what Flower's Ray backend is given)."""
+    """The parallel executor (one forked worker per core; with ``--cohort``, each worker's share
+    trained as a cohort), a local Ray of one CPU per core running one client per CPU (what
+    Flower's Ray backend is given), or, for ``--cohort`` alone, the sequential executor."""
     if args.executor == "ray":
         from fedloom.sim.ray_executor import RayExecutor
 
         return RayExecutor(num_cpus=args.workers or None)
-    return ParallelExecutor(args.workers or None)
+    if args.executor == "parallel" or not args.cohort:
+        return ParallelExecutor(args.workers or None, cohort=args.cohort or "off")
+    return SequentialExecutor(args.cohort)
 
 
 def main() -> None:
@@ -32,8 +36,8 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--rounds", type=int)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--executor", choices=("parallel", "ray"), default="parallel")
-    p.add_argument("--cohort", help="auto|N: the sequential executor with cohort training (all cores via torch)")
+    p.add_argument("--executor", choices=("parallel", "ray"), help="default: parallel, or sequential with --cohort")
+    p.add_argument("--cohort", help="auto|N: cohort training (alone: the sequential executor, all cores via torch)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--overlap", action="store_true", help="evaluate round r while round r+1 trains")
     args = p.parse_args()
@@ -68,7 +72,7 @@ def main() -> None:
             initial_weights=task.initial_weights,
             environment=Environment(client_sizes=task.client_sizes),
             evaluation=Evaluation(task.evaluate_fn, overlap=args.overlap),
-            executor=SequentialExecutor(args.cohort) if args.cohort else executor(args),
+            executor=executor(args),
             recording=Recording(store=store),
         )
     print("RESULT " + json.dumps({"accuracy": [a for _, a in result.series("accuracy")]}))

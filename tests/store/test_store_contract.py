@@ -24,7 +24,7 @@ from sqlalchemy import Connection, create_engine, event, inspect, select, text, 
 
 from fedloom.core.errors import FedloomError, IntegrityError, RegistrationRefusedError, StoreError, ValidationError
 from fedloom.core.serialization import content_hash
-from fedloom.core.store_protocols import RunWriter
+from fedloom.core.store_protocols import LocalModelWrite, RunWriter
 from fedloom.core.weights import Weights
 from fedloom.store import SCHEMA_VERSION, AgentRecord, FileBlobStore, SqlStore, TokenRecord, schema
 from fedloom.store.blob_urls import S3_ENDPOINT_ENV, blob_store_from_url
@@ -346,6 +346,29 @@ def test_local_model_errors(store: SqlStore, run_id: str) -> None:
         store.save_local_model(run_id, 1, "b", None, 10, {})
     with pytest.raises(IntegrityError):
         store.save_local_model(run_id, 1, "c", _model(1), 10, {}, sha256=content_hash(_model(2)))
+
+
+def test_local_models_in_one_write_all_or_none(store: SqlStore, run_id: str) -> None:
+    """A simulated round's updates in one transaction: ids in order, each as save_local_model stores it;
+    a conflict or a bad one refuses the whole write, naming the client, and stores nothing."""
+    ids = store.save_local_models(
+        run_id, [LocalModelWrite(1, "b", _model(1), 20, {"loss": 0.5}), LocalModelWrite(1, "a", _model(2), 10, {})]
+    )
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert [(m.client_id, m.id, m.num_samples) for m in store.list_local_models(run_id, 1)] == [
+        ("a", ids[1], 10),
+        ("b", ids[0], 20),
+    ]
+    assert _bitwise_equal(store.load_local_model(run_id, 1, "b"), _model(1))
+    fresh, clash = LocalModelWrite(2, "c", _model(), 1, {}), LocalModelWrite(1, "a", _model(), 1, {})
+    with pytest.raises(StoreError, match=f"client 'a' already has a local model in round 1 of run {run_id}"):
+        store.save_local_models(run_id, [fresh, clash])
+    with pytest.raises(StoreError, match="client 'c' already has a local model in round 2"):
+        store.save_local_models(run_id, [fresh, fresh])
+    with pytest.raises(StoreError, match="sha256"):
+        store.save_local_models(run_id, [fresh, LocalModelWrite(2, "d", None, 1, {})])
+    assert store.list_local_models(run_id, 2) == []  # nothing of a refused write was stored
+    assert store.save_local_models(run_id, []) == []
 
 
 # --------------------------------------------------------------------- metrics and rejections

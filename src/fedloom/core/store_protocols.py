@@ -5,7 +5,8 @@ downwards), so they are written against these structural types;
 :class:`fedloom.store.SqlStore` implements all of them and tests may pass a fake that
 implements only the role under test. Each role is what one kind of caller needs:
 
-- :class:`RunWriter` — what the round recorder and the simulation write;
+- :class:`RunWriter` — what the round recorder and the simulation write
+  (:class:`LocalModelsWriter`: a round's local models in one write, where a store can);
 - :class:`RunReader` — what a resuming aggregator or simulation (and the CLI) reads back;
 - :class:`AccessStore` — join tokens, agents and their credentials (deployments only);
 - :class:`DeploymentStore` — the three together, plus reopening a run and a health check:
@@ -18,6 +19,7 @@ readers return the frozen records of :mod:`fedloom.core.records`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -108,6 +110,31 @@ class RunWriter(Protocol):
 
     def record_rejection(self, run_id: str, round: int | None, client_id: str | None, code: str, reason: str) -> None:
         """Record an update or request the server refused, with its reason."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalModelWrite:
+    """One accepted update to store: :meth:`RunWriter.save_local_model`'s arguments after ``run_id``."""
+
+    round: int
+    client_id: str
+    weights: Weights | None
+    num_samples: int
+    metrics: Mapping[str, float]
+    sha256: str | None = None
+    keep_blob: bool = True
+    payload: bytes | None = None
+
+
+@runtime_checkable
+class LocalModelsWriter(Protocol):
+    """A store that writes many local models in one transaction (a simulated round's, at its end):
+    on SQLite one commit per update was ~0.7 ms, most of a 1,000-client round's recording."""
+
+    def save_local_models(self, run_id: str, models: Sequence[LocalModelWrite]) -> list[int]:
+        """Store every update of ``models`` (each as ``save_local_model`` would, same checks and
+        refusals) in one transaction: all or none; their ids in order."""
         ...
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedloom.core.store_protocols import RunWriter
+from fedloom.core.store_protocols import LocalModelsWriter, LocalModelWrite, RunWriter
 from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
 from fedloom.server.engine import RoundOutcome
@@ -29,16 +29,40 @@ class StoreRecorder:
         self.store.open_round(self.run_id, round, selected)
 
     def update_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
+        write = self._write(report, weights)
         self.store.save_local_model(
             self.run_id,
+            write.round,
+            write.client_id,
+            write.weights,
+            write.num_samples,
+            write.metrics,
+            sha256=write.sha256,
+            keep_blob=write.keep_blob,
+            payload=write.payload,
+        )
+
+    def updates_accepted(self, accepted: Sequence[tuple[UpdateReport, Weights | None]]) -> None:
+        """Several accepted updates (a simulated round's, held until it ends) in one store write
+        where the store can make one (:class:`LocalModelsWriter`), else one by one."""
+        if not isinstance(self.store, LocalModelsWriter):
+            for report, weights in accepted:
+                self.update_accepted(report, weights)
+            return
+        self.store.save_local_models(self.run_id, [self._write(report, weights) for report, weights in accepted])
+
+    def _write(self, report: UpdateReport, weights: Weights | None) -> LocalModelWrite:
+        """What is stored of an accepted update: its tensors (or bytes as received) only when kept."""
+        keep = self.keep_local_models
+        return LocalModelWrite(
             report.round,
             report.client_id,
-            weights if self.keep_local_models else None,
+            weights if keep else None,
             report.num_samples,
             dict(report.metrics),
             sha256=report.sha256,
-            keep_blob=self.keep_local_models,
-            payload=report.payload if self.keep_local_models else None,
+            keep_blob=keep,
+            payload=report.payload if keep else None,
         )
 
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None:

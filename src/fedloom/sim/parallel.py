@@ -11,11 +11,21 @@ Why it is shaped this way:
   weighted sum and sends it at the end of the round: traffic is O(workers x model),
   not O(clients x model). Other aggregators receive every update.
 - Clients are handed out one at a time to whichever worker is free, so uneven client
-  sizes do not leave a core idle.
+  sizes do not leave a core idle. With ``cohort`` ``"auto"`` or N (issue 13) a worker is
+  handed a *share* of the round instead (``ceil(clients / workers)`` clients, at most N)
+  and trains it as batched cohorts (fedloom.sim.cohort, where the model is safe for it),
+  answering per client exactly as it would one by one; ``"off"`` (the default) is the
+  one-at-a-time path, unchanged. A round whose first client would train one by one anyway
+  (a model vmap refuses, ``auto``'s CPU rule for large models) is handed out one client
+  at a time too, which keeps uneven clients balanced across the workers.
 - A worker that dies (segfault, OOM kill) is noticed at once through its socket; it is
   replaced, the clients it had merged are re-run, and the client it was training is
   retried up to ``max_retries`` times, then reported as a failure with what is known.
   A Python exception in a Trainer is reported with its traceback and the worker goes on.
+  A worker that dies (or exceeds ``client_timeout`` x its share's size) in a cohort share
+  cannot say which client killed it: the share's unanswered clients are re-queued one by
+  one, so the culprit is found, retried and reported exactly as above (nobody is charged
+  an attempt for the share).
 
 Requires the ``fork`` start method (Linux; macOS works but is not the supported path).
 """
@@ -24,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import multiprocessing
 import os
 import selectors
@@ -40,9 +51,10 @@ from fedloom.core.fit import FitConfig
 from fedloom.core.serialization import to_bytes
 from fedloom.core.update import ClientUpdate, UpdateReport
 from fedloom.core.weights import Weights
+from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.executor import ClientFailure, ClientFn, MergedUpdates
 from fedloom.sim.wire import WorkerGone, recv_frame, send_frame
-from fedloom.sim.worker_fit import WorkerState, fit_header, limit_threads, partial_from, result_from
+from fedloom.sim.worker_fit import WorkerState, cohort_header, fit_header, limit_threads, partial_from, result_from
 
 
 def default_workers() -> int:
@@ -50,13 +62,24 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def plan_shares(client_ids: list[str], workers: int, cohort: str | int) -> list[list[str]]:
+    """The round's clients cut into what one worker is handed at a time, in the round's order:
+    one client each with ``cohort="off"``; else ``ceil(clients / workers)`` (at most N) so
+    that every worker trains one large cohort and none is left idle."""
+    if cohort == "off" or not client_ids:
+        return [[client_id] for client_id in client_ids]
+    size = math.ceil(len(client_ids) / workers)
+    size = min(size, cohort) if isinstance(cohort, int) else size
+    return [client_ids[i : i + size] for i in range(0, len(client_ids), size)]
+
+
 # ----------------------------------------------------------------------------- worker side
 
 
-def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None:
+def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int, cohort: str | int) -> None:
     limit_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    state = WorkerState()
+    state = WorkerState(cohort=cohort)
     with contextlib.suppress(WorkerGone):  # the driver is gone (exited or killed): nothing left to do
         while True:
             header, payload = recv_frame(sock)
@@ -67,15 +90,20 @@ def _worker_loop(sock: socket.socket, client_fn: ClientFn, threads: int) -> None
                 state.begin_round(payload, header["merge"])
             elif kind == "fit":
                 send_frame(sock, *state.fit(client_fn, header))
+            elif kind == "fit_cohort":
+                for message in state.fit_cohort(client_fn, header):
+                    send_frame(sock, *message)
             elif kind == "flush":
                 send_frame(sock, *state.flush())
 
 
-def _worker_main(sock: socket.socket, inherited: list[socket.socket], client_fn: ClientFn, threads: int) -> None:
+def _worker_main(
+    sock: socket.socket, inherited: list[socket.socket], client_fn: ClientFn, threads: int, cohort: str | int
+) -> None:
     for other in inherited:  # close every other worker's fds, or a dead peer would never read as EOF
         other.close()
     try:
-        _worker_loop(sock, client_fn, threads)
+        _worker_loop(sock, client_fn, threads, cohort)
     finally:
         sock.close()
 
@@ -87,8 +115,9 @@ def _worker_main(sock: socket.socket, inherited: list[socket.socket], client_fn:
 class _Worker:
     process: Any
     sock: socket.socket
-    busy_with: str | None = None
+    busy_with: list[str] = field(default_factory=list)  # the clients of its share not answered yet
     busy_since: float = 0.0
+    share_size: int = 0  # how many clients it was handed (its timeout is client_timeout x this)
     merged: list[UpdateReport] = field(default_factory=list)
 
 
@@ -101,7 +130,12 @@ def _death_message(worker: _Worker) -> str:
         how = f"was killed by signal {signal.Signals(-code).name}"
     else:
         how = f"exited with code {code}"
-    return f"worker process {worker.process.pid} {how} while training client {worker.busy_with}"
+    if not worker.busy_with:
+        return f"worker process {worker.process.pid} {how} between clients"
+    if len(worker.busy_with) == 1:
+        return f"worker process {worker.process.pid} {how} while training client {worker.busy_with[0]}"
+    clients = ", ".join(worker.busy_with)
+    return f"worker process {worker.process.pid} {how} while training clients {clients} (a cohort share)"
 
 
 class ParallelExecutor:
@@ -114,6 +148,7 @@ class ParallelExecutor:
         threads_per_worker: int = 1,
         max_retries: int = 0,
         client_timeout: float | None = None,
+        cohort: str | int = "off",
     ) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -125,6 +160,8 @@ class ParallelExecutor:
         self.threads_per_worker = threads_per_worker
         self.max_retries = max_retries
         self.client_timeout = client_timeout
+        #: each worker trains its share of a round as cohorts: "auto", a size N, or "off" (one at a time)
+        self.cohort = parse_cohort(cohort)
         self._workers: list[_Worker] = []
         self._client_fn: ClientFn | None = None
         self._round_open = False  # True while a round runs, and after one abandoned half-way
@@ -137,7 +174,7 @@ class ParallelExecutor:
         inherited = [w.sock for w in self._workers] + [parent]
         process = self._context.Process(
             target=_worker_main,
-            args=(child, inherited, self._client_fn, self.threads_per_worker),
+            args=(child, inherited, self._client_fn, self.threads_per_worker, self.cohort),
             daemon=True,
             name="fedloom-worker",
         )
@@ -171,6 +208,17 @@ class ParallelExecutor:
         self._workers = []
         self._round_open = False
 
+    def _round_cohort(self, client_fn: ClientFn, configs: Mapping[str, FitConfig]) -> str | int:
+        """The cohort setting for this round: ``"off"`` when its first client would train one by
+        one anyway (a model vmap refuses, or ``auto``'s CPU rule), so such a model keeps the
+        one-client-at-a-time hand-out, which balances uneven clients across the workers."""
+        if self.cohort == "off" or not configs:
+            return "off"
+        from fedloom.sim.cohort.runner import round_takes_cohorts  # imports torch: only when cohorts may train
+
+        first = next(iter(configs))
+        return self.cohort if round_takes_cohorts(client_fn, first, configs[first], self.cohort) else "off"
+
     def __enter__(self) -> ParallelExecutor:
         return self
 
@@ -190,7 +238,7 @@ class ParallelExecutor:
         if self._round_open:  # the last round was abandoned: its results still in flight would garble this one
             self.close()
         self._ensure_workers(client_fn)
-        run = _RoundRun(self, round, weights, configs, merge)
+        run = _RoundRun(self, round, weights, configs, merge, self._round_cohort(client_fn, configs))
         run.state_dir = state_dir
         self._round_open = True
         yield from run.execute()
@@ -198,18 +246,26 @@ class ParallelExecutor:
 
 
 class _RoundRun:
-    """The scheduling state of one round: queue, in-flight clients, retries, partial sums."""
+    """The scheduling state of one round: queue, in-flight clients, retries, partial sums;
+    ``cohort`` is the round's setting (``"off"`` when its model trains one by one anyway)."""
 
     def __init__(
-        self, owner: ParallelExecutor, round: int, weights: Weights, configs: Mapping[str, FitConfig], merge: bool
+        self,
+        owner: ParallelExecutor,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        merge: bool,
+        cohort: str | int = "off",
     ) -> None:
         self.owner = owner
         self.round = round
         self.weights = weights
         self.configs = configs
         self.merge = merge
+        self.cohort = cohort
         self.round_frame = ({"type": "round", "round": round, "merge": merge}, to_bytes(weights, round=round))
-        self.queue: deque[str] = deque(configs)
+        self.queue: deque[list[str]] = deque(plan_shares(list(configs), owner.num_workers, cohort))
         self.state_dir: str | None = None  # the local context of every fit, sent beside (not in) the config
         self.attempts: dict[str, int] = {}
         self.selector = selectors.DefaultSelector()
@@ -235,7 +291,7 @@ class _RoundRun:
 
     def _start_worker(self, worker: _Worker) -> None:
         worker.merged = []
-        worker.busy_with = None
+        worker.busy_with = []
         self.selector.register(worker.sock, selectors.EVENT_READ, worker)
         try:
             send_frame(worker.sock, *self.round_frame)
@@ -245,11 +301,15 @@ class _RoundRun:
 
     def _assign(self, worker: _Worker) -> None:
         if not self.queue:
-            worker.busy_with = None
+            worker.busy_with = []
             return
-        client_id = self.queue.popleft()
-        worker.busy_with, worker.busy_since = client_id, time.monotonic()
-        send_frame(worker.sock, fit_header(client_id, self.configs[client_id], self.state_dir))
+        share = self.queue.popleft()
+        worker.busy_with, worker.busy_since, worker.share_size = list(share), time.monotonic(), len(share)
+        if len(share) == 1:
+            send_frame(worker.sock, fit_header(share[0], self.configs[share[0]], self.state_dir))
+        else:
+            configs = {client_id: self.configs[client_id] for client_id in share}
+            send_frame(worker.sock, cohort_header(self.round, configs, self.state_dir))
 
     def _step(self) -> Iterator[ClientUpdate | ClientFailure | MergedUpdates]:
         for key, _ in self.selector.select(timeout=1.0):
@@ -270,6 +330,10 @@ class _RoundRun:
             worker.merged.append(result)
         else:
             yield result
+        if result.client_id in worker.busy_with:
+            worker.busy_with.remove(result.client_id)
+        if worker.busy_with:  # the rest of its share is still training
+            return
         try:
             self._assign(worker)
         except WorkerGone:
@@ -281,9 +345,9 @@ class _RoundRun:
             return
         now = time.monotonic()
         for worker in list(self.owner._workers):
-            if worker.busy_with and now - worker.busy_since > limit:
+            if worker.busy_with and now - worker.busy_since > limit * worker.share_size:
                 worker.process.kill()
-                message = f"client {worker.busy_with} exceeded client_timeout={limit}s; its worker was killed"
+                message = f"client {worker.busy_with[0]} exceeded client_timeout={limit}s; its worker was killed"
                 yield from self._replace(worker, message)
 
     def _replace(self, dead: _Worker, message: str) -> Iterator[ClientFailure]:
@@ -293,15 +357,18 @@ class _RoundRun:
         if dead.process.is_alive():
             dead.process.kill()
         dead.process.join(timeout=5)
-        self.queue.extendleft(r.client_id for r in reversed(dead.merged))  # merged work was lost with it
-        culprit = dead.busy_with
+        lost = [r.client_id for r in dead.merged]  # merged work was lost with it
+        self.queue.extendleft(reversed(plan_shares(lost, self.owner.num_workers, self.cohort)))
+        if len(dead.busy_with) > 1:  # a cohort share: which client killed it is unknown, so each runs alone
+            self.queue.extendleft([client_id] for client_id in reversed(dead.busy_with))
+        culprit = dead.busy_with[0] if len(dead.busy_with) == 1 else None
         workers = self.owner._workers
         index = workers.index(dead)
         workers[index] = self.owner._spawn()
         if culprit is not None:
             self.attempts[culprit] = self.attempts.get(culprit, 0) + 1
             if self.attempts[culprit] <= self.owner.max_retries:
-                self.queue.appendleft(culprit)
+                self.queue.appendleft([culprit])
             else:
                 details = "no Python traceback exists: the process died outside the interpreter's control"
                 yield ClientFailure(culprit, self.round, message, details)

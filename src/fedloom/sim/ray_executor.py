@@ -36,9 +36,10 @@ from types import ModuleType
 from fedloom.core.errors import ConfigError
 from fedloom.core.fit import FitConfig
 from fedloom.core.weights import Weights
+from fedloom.sim.cohort.setting import parse_cohort
 from fedloom.sim.executor import ClientFn, ExecutorResult
 from fedloom.sim.ray_resources import ClientResources
-from fedloom.sim.ray_round import RayRound
+from fedloom.sim.ray_round import RayRound, share_size
 from fedloom.sim.ray_slots import SlotPool
 
 log = logging.getLogger("fedloom.sim.ray")
@@ -66,6 +67,7 @@ class RayExecutor:
         resources: ClientResources | None = None,
         num_cpus: int | None = None,
         max_retries: int = 3,
+        cohort: str | int = "off",
     ) -> None:
         self._ray = import_ray()
         if num_cpus is not None and num_cpus < 1:
@@ -78,6 +80,8 @@ class RayExecutor:
         self.resources = resources or ClientResources()
         self.num_cpus = num_cpus
         self.max_retries = max_retries
+        #: each actor trains its share of a round as cohorts: "auto", a size N, or "off" (one at a time)
+        self.cohort = parse_cohort(cohort)
         #: clients re-run over the whole run because their Ray worker or node was lost
         self.retried = 0
         self._round_retried = 0
@@ -109,7 +113,7 @@ class RayExecutor:
             self._pool.close()
             self._pool = None
         if self._pool is None:
-            self._pool = SlotPool(client_fn, self.resources)
+            self._pool = SlotPool(client_fn, self.resources, self.cohort)
         self._pool.fill()
         return self._pool
 
@@ -124,6 +128,12 @@ class RayExecutor:
     ) -> Iterator[ExecutorResult]:
         self._connect()
         run = RayRound(self._slots(client_fn), round, weights, configs, merge, state_dir, self.max_retries)
+        if self.cohort != "off" and configs:  # shares only where the round's model trains in cohorts
+            from fedloom.sim.cohort.runner import round_takes_cohorts  # imports torch: only when cohorts may train
+
+            first = next(iter(configs))
+            if round_takes_cohorts(client_fn, first, configs[first], self.cohort):
+                run.share_size = share_size(len(configs), len(run.pool.slots), self.cohort)
         try:
             yield from run.execute()
         finally:

@@ -15,11 +15,16 @@
   had folded and the one it had queued are re-run elsewhere, and the client it was
   training too, up to ``max_retries`` times (then that client is reported as failed).
   Every re-run is logged and counted (``retried``; the round's ``clients_retried``).
+- With cohort training (``RayExecutor(cohort=...)``, issue 13) an actor is handed a share
+  of ``share_size`` clients at a time and trains it as cohorts, answering per client; a
+  share lost with its actor cannot say which client was to blame, so its clients are
+  re-run one at a time (no attempt charged), and the culprit is then judged as above.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,7 +36,7 @@ from fedloom.core.update import UpdateReport
 from fedloom.core.weights import Weights
 from fedloom.sim.executor import ClientFailure, ExecutorResult, MergedUpdates
 from fedloom.sim.ray_slots import Slot, SlotPool
-from fedloom.sim.worker_fit import fit_header, partial_from, result_from
+from fedloom.sim.worker_fit import Message, cohort_header, fit_header, partial_from, result_from
 
 log = logging.getLogger("fedloom.sim.ray")
 
@@ -39,6 +44,12 @@ log = logging.getLogger("fedloom.sim.ray")
 DEPTH = 2
 #: how long a ping may take before an actor counts as gone
 PING_SECONDS = 30.0
+
+
+def share_size(clients: int, actors: int, cohort: str | int) -> int:
+    """Clients per share: every actor one large cohort (``ceil(clients / actors)``), at most N."""
+    size = max(1, math.ceil(clients / max(1, actors)))
+    return min(size, cohort) if isinstance(cohort, int) else size
 
 
 def lost_errors() -> tuple[type[BaseException], ...]:
@@ -71,7 +82,9 @@ class RayRound:
         self.merge, self.state_dir, self.max_retries = merge, state_dir, max_retries
         self.queue: deque[str] = deque(configs)
         self.order = {client_id: i for i, client_id in enumerate(configs)}
-        self.inflight: dict[Any, tuple[Slot, str]] = {}  # object ref -> (actor, client)
+        self.inflight: dict[Any, tuple[Slot, list[str]]] = {}  # object ref -> (actor, its clients)
+        self.share_size = 1  # clients handed out together, trained as cohorts (set by the executor)
+        self.alone: set[str] = set()  # clients of a lost share: handed out one at a time from then on
         self.outstanding: dict[int, deque[Any]] = {}  # actor index -> its refs, oldest first
         self.begun: set[int] = set()
         self.attempts: dict[str, int] = {}
@@ -99,10 +112,23 @@ class RayRound:
                 self.begun.add(slot.index)
             refs = self.outstanding.setdefault(slot.index, deque())
             while self.queue and len(refs) < DEPTH:
-                client_id = self.queue.popleft()
-                ref = slot.actor.fit.remote(fit_header(client_id, self.configs[client_id], self.state_dir))
-                self.inflight[ref] = (slot, client_id)
+                share = self._next_share()
+                if len(share) == 1:
+                    ref = slot.actor.fit.remote(fit_header(share[0], self.configs[share[0]], self.state_dir))
+                else:
+                    configs = {client_id: self.configs[client_id] for client_id in share}
+                    ref = slot.actor.fit_cohort.remote(cohort_header(self.round, configs, self.state_dir))
+                self.inflight[ref] = (slot, share)
                 refs.append(ref)
+
+    def _next_share(self) -> list[str]:
+        """The next clients to hand out together: up to ``share_size``, a client of a lost share alone."""
+        share = [self.queue.popleft()]
+        if share[0] in self.alone:
+            return share
+        while self.queue and len(share) < self.share_size and self.queue[0] not in self.alone:
+            share.append(self.queue.popleft())
+        return share
 
     def _step(self) -> Iterator[ExecutorResult]:
         if self.queue and not self.pool.slots:
@@ -114,19 +140,21 @@ class RayRound:
         for ref in ready:
             if ref not in self.inflight:  # already settled with its lost actor
                 continue
-            slot, client_id = self.inflight.pop(ref)
+            slot, share = self.inflight.pop(ref)
             self.outstanding[slot.index].remove(ref)
             try:
-                message = self.ray.get(ref)
+                answer = self.ray.get(ref)
             except self.lost as exc:
-                yield from self._lost(slot, client_id, exc)
+                yield from self._lost(slot, share, exc)
                 continue
-            result = result_from(self.round, message)
-            if isinstance(result, UpdateReport):
-                slot.merged.append(result)
-                yield from self._settle(client_id, None)
-            else:
-                yield from self._settle(client_id, result)
+            messages: list[Message] = [answer] if len(share) == 1 else answer
+            for message in messages:
+                result = result_from(self.round, message)
+                if isinstance(result, UpdateReport):
+                    slot.merged.append(result)
+                    yield from self._settle(result.client_id, None)
+                else:
+                    yield from self._settle(result.client_id, result)
 
     def _settle(self, client_id: str, result: ExecutorResult | None) -> Iterator[ExecutorResult]:
         """Yield per-client results in the round's order (``None``: folded into a partial sum)."""
@@ -153,15 +181,23 @@ class RayRound:
                 yield from self._settle(client_id, ClientFailure(client_id, self.round, message, ""))
 
     # -- losses ---------------------------------------------------------------------
-    def _lost(self, slot: Slot, client_id: str, exc: BaseException) -> Iterator[ExecutorResult]:
-        """``slot`` died: re-queue what it held; retry the client it was training, or fail it."""
+    def _lost(self, slot: Slot, share: list[str], exc: BaseException) -> Iterator[ExecutorResult]:
+        """``slot`` died: re-queue what it held; retry the client it was training, or fail it
+        (a lost cohort share: its clients are re-run one at a time, so the culprit is found)."""
         refs = self.outstanding.pop(slot.index, deque())
-        queued = [self.inflight.pop(ref)[1] for ref in refs if ref in self.inflight]
+        queued = [client_id for ref in refs if ref in self.inflight for client_id in self.inflight.pop(ref)[1]]
         folded = [report.client_id for report in slot.merged]
         slot.merged = []
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self.pool.remove(slot, reason)
         self._requeue([*folded, *queued])
+        if len(share) > 1:
+            message = "round %d: a cohort share of %d clients was lost; re-running them one at a time"
+            log.warning(message, self.round, len(share))
+            self.alone.update(share)
+            self._requeue(share)
+            return
+        client_id = share[0]
         self.attempts[client_id] = self.attempts.get(client_id, 0) + 1
         if self.attempts[client_id] <= self.max_retries:
             log.warning("round %d: client %s lost with its Ray worker; retrying it elsewhere", self.round, client_id)

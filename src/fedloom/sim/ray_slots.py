@@ -35,12 +35,13 @@ log = logging.getLogger("fedloom.sim.ray")
 
 
 class ClientSlot:
-    """The body of one Ray actor: trains the clients it is handed, one at a time."""
+    """The body of one Ray actor: trains the clients it is handed, one at a time or, with
+    ``cohort`` "auto" or N, a share of the round as cohorts (:meth:`WorkerState.fit_cohort`)."""
 
-    def __init__(self, client_fn: ClientFn, threads: int) -> None:
+    def __init__(self, client_fn: ClientFn, threads: int, cohort: str | int = "off") -> None:
         limit_threads(threads)
         self._client_fn = client_fn
-        self._state = WorkerState()
+        self._state = WorkerState(cohort=cohort)
 
     def node(self) -> str:
         """The id of the Ray node this actor runs on."""
@@ -53,6 +54,9 @@ class ClientSlot:
 
     def fit(self, header: dict[str, Any]) -> Message:
         return self._state.fit(self._client_fn, header)
+
+    def fit_cohort(self, header: dict[str, Any]) -> list[Message]:
+        return list(self._state.fit_cohort(self._client_fn, header))
 
     def flush(self) -> Message:
         return self._state.flush()
@@ -87,11 +91,12 @@ def alive_nodes() -> list[dict[str, Any]]:
 class SlotPool:
     """Every actor of the run, kept filled to what the live nodes can hold."""
 
-    def __init__(self, client_fn: ClientFn, resources: ClientResources) -> None:
+    def __init__(self, client_fn: ClientFn, resources: ClientResources, cohort: str | int = "off") -> None:
         import ray
 
         self.resources = resources
         self.client_fn = client_fn
+        self.cohort = cohort
         try:
             self._client_ref = ray.put(client_fn)
         except Exception as exc:  # cloudpickle refuses locks, open files, sockets...
@@ -122,7 +127,7 @@ class SlotPool:
         threads = max(1, math.ceil(self.resources.cpus))
         pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
         options = self._actor_class.options(**self.resources.actor_options(), scheduling_strategy=pinned)
-        actor = options.remote(self._client_ref, threads)
+        actor = options.remote(self._client_ref, threads, self.cohort)
         self._next_index += 1
         return Slot(actor, node_id, self._next_index)
 

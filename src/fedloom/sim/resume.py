@@ -31,8 +31,20 @@ from fedloom.server.recording import StoreRecorder
 MATCHING_KEYS = ("num_clients", "rounds", "strategy")
 
 
+@dataclass
+class _Accepted:
+    """Updates accepted one after another, written together (one store transaction, not one each)."""
+
+    inner: StoreRecorder
+    updates: list[tuple[UpdateReport, Weights | None]]
+
+    def __call__(self) -> None:
+        self.inner.updates_accepted(self.updates)
+
+
 class RoundBuffer:
-    """A recorder that holds a simulated round's records and writes them when the round ends."""
+    """A recorder that holds a simulated round's records and writes them when the round ends,
+    in the order they happened (consecutive accepted updates in one write)."""
 
     def __init__(self, inner: StoreRecorder) -> None:
         self.inner = inner
@@ -43,7 +55,11 @@ class RoundBuffer:
         self._pending.append(lambda: self.inner.round_opened(round, selected))
 
     def update_accepted(self, report: UpdateReport, weights: Weights | None) -> None:
-        self._pending.append(lambda: self.inner.update_accepted(report, weights))
+        last = self._pending[-1] if self._pending else None
+        if isinstance(last, _Accepted):
+            last.updates.append((report, weights))
+        else:
+            self._pending.append(_Accepted(self.inner, [(report, weights)]))
 
     def update_rejected(self, round: int | None, client_id: str | None, code: str, reason: str) -> None:
         def write() -> None:

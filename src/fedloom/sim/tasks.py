@@ -106,13 +106,18 @@ def make_executor(config: SimConfig) -> Executor:
     if config.executor == "parallel":
         from fedloom.sim.parallel import ParallelExecutor
 
-        return ParallelExecutor(config.workers or None, max_retries=config.max_retries)
+        # each worker trains its share of a round as cohorts where the model is safe (issue 13)
+        return ParallelExecutor(config.workers or None, max_retries=config.max_retries, cohort=config.cohort)
     if config.executor == "ray":
         from fedloom.sim.ray_executor import RayExecutor
 
         resources = config.ray_resources()
         return RayExecutor(
-            config.ray_address, resources=resources, num_cpus=config.ray_cpus or None, max_retries=config.ray_retries
+            config.ray_address,
+            resources=resources,
+            num_cpus=config.ray_cpus or None,
+            max_retries=config.ray_retries,
+            cohort=config.cohort,  # each actor trains its share of a round as cohorts where the model is safe
         )
     return SequentialExecutor(cohort=config.cohort)  # cohort training where the model is safe (issue 13)
 

@@ -10,6 +10,12 @@ executor) and checked against the global model; for mergeable (sum-type) aggrega
 is folded into the worker's :class:`WeightedMeanAccumulator` and only its report leaves,
 else its weights are sent. At the end of the round the worker ships one partial sum.
 
+With cohort training on (``cohort`` ``"auto"`` or N, issue 13) the driver hands a worker
+its share of the round in one ``fit_cohort`` message; the worker trains it through the
+sequential executor's :class:`~fedloom.sim.cohort.runner.CohortRound` (same admission,
+probe, fallback and failure rules) and answers one message per client, exactly the
+messages ``fit`` would have sent for them one by one.
+
 Messages are a JSON-able header and a fedloom safetensors payload: nothing is pickled.
 """
 
@@ -18,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,12 +60,34 @@ def fit_header(client_id: str, config: FitConfig, state_dir: str | None) -> dict
     return {"type": "fit", "client_id": client_id, "config": fields, "state_dir": state_dir}
 
 
+def cohort_header(round: int, configs: Mapping[str, FitConfig], state_dir: str | None) -> dict[str, Any]:
+    """The header asking a worker to train the clients of ``configs`` (its share of the round) as cohorts."""
+    clients = [fit_header(client_id, config, state_dir) for client_id, config in configs.items()]
+    return {"type": "fit_cohort", "round": round, "clients": clients, "state_dir": state_dir}
+
+
+def worker_failure(client_id: str, round: int, exc: BaseException) -> ClientFailure:
+    """How a worker reports a client that raised: invalid weights by their own message and code,
+    anything else (the user's Trainer may raise anything) with its type and traceback."""
+    if isinstance(exc, ValidationError):
+        return ClientFailure(client_id, round, str(exc), "", "invalid_weights")
+    return ClientFailure(client_id, round, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def failure_message(failure: ClientFailure) -> Message:
+    """The ``failure`` message the driver turns back into ``failure`` (see :func:`result_from`)."""
+    fields = {"client_id": failure.client_id, "message": failure.message, "details": failure.details}
+    return {"type": "failure", **fields, "code": failure.code}, b""
+
+
 @dataclass
 class WorkerState:
-    """The round a worker is in: the global model and, for mergeable rounds, its partial sum."""
+    """The round a worker is in: the global model and, for mergeable rounds, its partial sum;
+    ``cohort`` is the executor's cohort setting for ``fit_cohort`` shares."""
 
     weights: Weights | None = None
     accumulator: WeightedMeanAccumulator | None = None
+    cohort: str | int = "off"
 
     def begin_round(self, payload: bytes, merge: bool) -> None:
         """Take the round's global model (one safetensors payload) and start an empty partial sum."""
@@ -73,17 +101,32 @@ class WorkerState:
         try:
             config = FitConfig(**header["config"])
             update = fit_one(client_fn, client_id, self.weights, config, header.get("state_dir"))
+        except Exception as exc:  # the user's Trainer may raise anything: reported, the worker goes on
+            return failure_message(worker_failure(client_id, 0, exc))
+        return self._answer(update)
+
+    def fit_cohort(self, client_fn: ClientFn, header: dict[str, Any]) -> Iterator[Message]:
+        """Train a share of the round as cohorts; one message per client, as ``fit`` would send."""
+        from fedloom.sim.cohort.runner import CohortRound  # imports torch: only where cohorts train
+
+        assert self.weights is not None, "fit_cohort before begin_round"
+        round, configs = int(header["round"]), dict[str, FitConfig]()
+        for entry in header["clients"]:
+            try:
+                configs[entry["client_id"]] = FitConfig(**entry["config"])
+            except Exception as exc:  # a config this worker cannot read fails that client alone
+                yield failure_message(worker_failure(entry["client_id"], round, exc))
+        share = CohortRound(round, self.weights, configs, header.get("state_dir"), self.cohort, worker_failure)
+        for outcome in share.run(client_fn):
+            yield failure_message(outcome) if isinstance(outcome, ClientFailure) else self._answer(outcome)
+
+    def _answer(self, update: ClientUpdate) -> Message:
+        """A trained client checked against the global model, then folded (its report) or sent."""
+        assert self.weights is not None
+        try:
             validate_weights(update.weights, self.weights)
         except ValidationError as exc:
-            return {"type": "failure", "client_id": client_id, "code": "invalid_weights", "message": str(exc)}, b""
-        except Exception as exc:  # the user's Trainer may raise anything: report it with its traceback
-            message = f"{type(exc).__name__}: {exc}"
-            return {
-                "type": "failure",
-                "client_id": client_id,
-                "message": message,
-                "details": traceback.format_exc(),
-            }, b""
+            return failure_message(worker_failure(update.client_id, update.round, exc))
         report = asdict(update.report())
         if self.accumulator is not None:
             self.accumulator.add(update)

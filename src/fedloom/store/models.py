@@ -9,7 +9,7 @@ against the row's content hash.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sqlalchemy import select
 from fedloom.core.errors import IntegrityError, StoreError
 from fedloom.core.records import ModelRecord
 from fedloom.core.serialization import content_hash, from_bytes, to_bytes
+from fedloom.core.store_protocols import LocalModelWrite
 from fedloom.core.weights import Weights, check_structure
 from fedloom.store.checks import INT32_MAX, check_int, check_name
 from fedloom.store.lineage import lineage_columns
@@ -89,30 +90,58 @@ class ModelsMixin(ServerStatesMixin):
 
         ``payload`` (an upload's bytes as received, whose ``sha256`` the parser verified) is
         kept as it is: no second serialisation and no second content hash."""
-        check_int("round", round, maximum=INT32_MAX)
-        check_int("num_samples", num_samples)
-        sha256 = _local_hash(None if payload is not None else weights, sha256)
-        key = None
-        if payload is not None and keep_blob:
-            key = self._put_blob(payload)
-        elif weights is not None and keep_blob and self._blobs is not None:
-            key = self._put_blob(to_bytes(weights, round=round, client_id=client_id, num_samples=num_samples))
-        row = LocalModelRow(
-            run_id=run_id,
-            round=round,
-            client_id=check_name("client_id", client_id),
-            num_samples=num_samples,
-            sha256=sha256,
-            blob_key=key,
-            metrics={str(k): float(v) for k, v in metrics.items()},
-            created_at=utcnow(),
+        row = self._local_row(
+            run_id, LocalModelWrite(round, client_id, weights, num_samples, metrics, sha256, keep_blob, payload)
         )
-        conflict = f"client {client_id!r} already has a local model in round {round} of run {run_id}"
+        conflict = _local_conflict(run_id, round, client_id)
         action = f"save the local model of client {client_id!r} in run {run_id} round {round}"
         with self._session(action, run_id=run_id, conflict=conflict) as session:
             session.add(row)
             session.flush()
         return row.id
+
+    def save_local_models(self, run_id: str, models: Sequence[LocalModelWrite]) -> list[int]:
+        """Store several accepted updates in one transaction (a simulated round's, written when it
+        ends): each checked as :meth:`save_local_model` checks it; all or none; ids in order."""
+        rows, seen = [], set()
+        for model in models:
+            if (model.round, model.client_id) in seen:
+                raise StoreError(_local_conflict(run_id, model.round, model.client_id))
+            seen.add((model.round, model.client_id))
+            rows.append(self._local_row(run_id, model))
+        try:
+            with self._session(f"save {len(rows)} local models in run {run_id}", run_id=run_id) as session:
+                session.add_all(rows)
+                session.flush()
+        except StoreError as exc:  # name the update that is already stored, as save_local_model would
+            stored = {(r.round, r.client_id) for r in self.list_local_models(run_id)}
+            clash = next((m for m in models if (m.round, m.client_id) in stored), None)
+            if clash is None:
+                raise
+            raise StoreError(_local_conflict(run_id, clash.round, clash.client_id)) from exc
+        return [row.id for row in rows]
+
+    def _local_row(self, run_id: str, model: LocalModelWrite) -> LocalModelRow:
+        """A local model's row, checked, its blob (if kept) already written."""
+        check_int("round", model.round, maximum=INT32_MAX)
+        check_int("num_samples", model.num_samples)
+        sha256 = _local_hash(None if model.payload is not None else model.weights, model.sha256)
+        key = None
+        if model.payload is not None and model.keep_blob:
+            key = self._put_blob(model.payload)
+        elif model.weights is not None and model.keep_blob and self._blobs is not None:
+            blob = to_bytes(model.weights, round=model.round, client_id=model.client_id, num_samples=model.num_samples)
+            key = self._put_blob(blob)
+        return LocalModelRow(
+            run_id=run_id,
+            round=model.round,
+            client_id=check_name("client_id", model.client_id),
+            num_samples=model.num_samples,
+            sha256=sha256,
+            blob_key=key,
+            metrics={str(k): float(v) for k, v in model.metrics.items()},
+            created_at=utcnow(),
+        )
 
     def list_global_models(self, run_id: str) -> list[ModelRecord]:
         """Every global model of the run in round order."""
@@ -173,6 +202,10 @@ class ModelsMixin(ServerStatesMixin):
         if header.sha256 != record.sha256:
             raise IntegrityError(f"{what}: blob holds tensors hashing to {header.sha256}, row says {record.sha256}")
         return weights
+
+
+def _local_conflict(run_id: str, round: int, client_id: str) -> str:
+    return f"client {client_id!r} already has a local model in round {round} of run {run_id}"
 
 
 def _local_hash(weights: Weights | None, sha256: str | None) -> str:

@@ -19,13 +19,13 @@ import weakref
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from fedloom.algorithms.dp_sgd_settings import dp_sgd_from_extra
 from fedloom.client.torch_trainer import TorchTrainer
 from fedloom.client.trainer import Trainer
 from fedloom.core.fit import FitConfig
-from fedloom.sim.cohort.stacking import Tensors, trainable_names
+from fedloom.sim.cohort.stacking import trainable_names
+from fedloom.sim.cohort.train import step_function
 
 PROBE_SAMPLES = 4
 #: relative bound on a probe gradient's difference from autograd's (float32 reassociation)
@@ -102,18 +102,17 @@ def _reference_step(
 
 
 def _vmapped_step(model: nn.Module, trainer: TorchTrainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The same step for two stacked copies under vmap; the first copy's gradients and buffers."""
+    """The cohort's own step (:func:`~fedloom.sim.cohort.train.step_function`, unmasked: the
+    trainer's loss) for two stacked copies; the first copy's gradients and buffers."""
     trainable = set(trainable_names(model))
     params = {n: torch.stack([p.detach()] * 2) for n, p in model.named_parameters() if n in trainable}
     fixed = {n: torch.stack([t.detach()] * 2) for n, t in model.state_dict().items() if n not in trainable}
-
-    def loss_of(p: Tensors, f: Tensors, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return trainer.loss_fn(functional_call(model, (p, f), (xb,)), yb)
-
+    weight = torch.ones(2, len(y), device=x.device)
     was_training = model.training
     model.train()
     try:
-        grads = vmap(grad(loss_of), randomness="error")(params, fixed, torch.stack([x, x]), torch.stack([y, y]))
+        step = step_function(model, trainer.loss_fn, masked=False)
+        grads, _ = step(params, fixed, torch.stack([x, x]), torch.stack([y, y]), weight)
     finally:
         model.train(was_training)
     buffers = {n: t for n, t in fixed.items() if n in dict(model.named_buffers())}

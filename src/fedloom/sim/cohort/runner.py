@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from fedloom.client.client_state import LocalContext, PreparedFit, finish_fit, prepare_fit
@@ -36,6 +36,8 @@ log = logging.getLogger("fedloom.sim.cohort")
 _said: set[str] = set()
 
 Outcome = ClientUpdate | ClientFailure
+#: how a client that raised is reported: ``(client_id, round, exception) -> ClientFailure``
+OnError = Callable[[str, int, BaseException], ClientFailure]
 
 
 def say_once(message: str, level: int = logging.WARNING) -> None:
@@ -43,6 +45,27 @@ def say_once(message: str, level: int = logging.WARNING) -> None:
     if message not in _said:
         _said.add(message)
         log.log(level, message)
+
+
+def refused(trainer: Trainer, config: FitConfig, setting: str | int) -> bool:
+    """Whether this client trains one by one under ``setting`` (the reason logged once per process)."""
+    reason = cohort_refusal(trainer, config)
+    if reason is None and setting == "auto" and isinstance(trainer, TorchTrainer):
+        reason = auto_refusal(trainer)
+    if reason is not None:
+        level = logging.INFO if setting == "auto" else logging.WARNING
+        say_once(f"cohort training off for these clients, trained one by one: {reason}", level)
+    return reason is not None
+
+
+def round_takes_cohorts(client_fn: ClientFn, client_id: str, config: FitConfig, setting: str | int) -> bool:
+    """Whether a round's first client may join a cohort: how a parallel executor decides to hand
+    out shares (batched in the workers) or one client at a time (so a model that trains one by
+    one keeps the one-at-a-time balancing). A client_fn that raises says yes: the workers report it."""
+    try:
+        return not refused(client_fn(int(client_id)), config, setting)
+    except Exception:  # reported where it is trained, by the worker, as any failing client
+        return True
 
 
 def failure(client_id: str, round: int, exc: BaseException) -> ClientFailure:
@@ -69,12 +92,22 @@ def _job(member: _Member) -> CohortJob:
 
 
 class CohortRound:
-    """One round: clients prepared in order, cohorts trained when full, results yielded in order."""
+    """One round: clients prepared in order, cohorts trained when full, results yielded in order.
+
+    ``on_error`` reports a client that raised as the calling executor reports it (the
+    sequential executor's :func:`failure` by default; a parallel worker passes its own)."""
 
     def __init__(
-        self, round: int, weights: Weights, configs: Mapping[str, FitConfig], state_dir: str | None, size: str | int
+        self,
+        round: int,
+        weights: Weights,
+        configs: Mapping[str, FitConfig],
+        state_dir: str | None,
+        size: str | int,
+        on_error: OnError = failure,
     ) -> None:
         self.round, self.weights, self.configs, self.state_dir = round, weights, configs, state_dir
+        self.on_error = on_error
         self.setting = size
         self.size = size if isinstance(size, int) else 0  # auto: sized by the first eligible client
 
@@ -101,18 +134,13 @@ class CohortRound:
         """Build and prepare the client; refused clients are trained on their own at once."""
         try:
             trainer = client_fn(int(client_id))
-            reason = cohort_refusal(trainer, config)
-            if reason is None and self.setting == "auto" and isinstance(trainer, TorchTrainer):
-                reason = auto_refusal(trainer)
-            if reason is not None:
-                level = logging.INFO if self.setting == "auto" else logging.WARNING
-                say_once(f"cohort training off for these clients, trained one by one: {reason}", level)
+            if refused(trainer, config, self.setting):
                 return self._alone(trainer, client_id, config)
             assert isinstance(trainer, TorchTrainer)
             context = LocalContext(client_id, self.state_dir)
             prepared = prepare_fit(self.weights, config, context)
         except Exception as exc:  # a user's client_fn or stored state may raise anything: reported
-            return failure(client_id, self.round, exc)
+            return self.on_error(client_id, self.round, exc)
         if not self.size:
             self.size = auto_cohort_size(trainer.model, trainer.x[:1], config.batch_size, len(trainer.x))
         return _Member(client_id, trainer, config, prepared, context)
@@ -121,7 +149,7 @@ class CohortRound:
         try:
             return fit_trainer(trainer, client_id, self.weights, config, self.state_dir)
         except Exception as exc:  # as the sequential executor: reported, never swallowed
-            return failure(client_id, self.round, exc)
+            return self.on_error(client_id, self.round, exc)
 
     def _train(self, members: list[_Member]) -> dict[str, Outcome]:
         """Train ``members`` in cohorts of one model, optimiser and batch size each."""
@@ -150,7 +178,7 @@ class CohortRound:
             result = checked_fit_result(result, member.config.round)
             result = as_received(result, self.weights, member.config, member.context)
         except Exception as exc:  # reported as the sequential executor reports it
-            return failure(member.client_id, self.round, exc)
+            return self.on_error(member.client_id, self.round, exc)
         round_ = member.config.round
         return ClientUpdate(member.client_id, round_, result.weights, result.num_samples, dict(result.metrics))
 

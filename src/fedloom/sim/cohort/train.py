@@ -1,9 +1,14 @@
 """The cohort loop: every client of a cohort takes its own step ``s`` in one vmapped call.
 
-Per step, ``vmap(grad(loss))`` over the stacked parameters computes every client's
-gradient on its own batch (``functional_call`` runs the user's module with a client's
-tensors; BatchNorm updates that client's running statistics in its own slice of the
-stacked buffers). The client-side terms (FedProx, SCAFFOLD, FedCurv, FedDyn: ``scale ⊙ θ +
+Per step, the vmapped loss over the stacked parameters computes every client's loss on
+its own batch (``functional_call`` runs the user's module with a client's tensors;
+BatchNorm updates that client's running statistics in its own slice of the stacked
+buffers), and one ``torch.autograd.grad`` of their sum gives every client's gradient:
+client ``c``'s loss depends on its own slice alone, so the sum's gradient in that slice
+is its own. (Not ``vmap(grad(loss))``: ``torch.func.grad`` imports ``torch._dynamo`` at
+its first call, ~1-1.5 s of every process's start-up, a worker's too; plain autograd
+through the vmapped forward needs none of it; see :func:`client_losses` for the loss.)
+The client-side terms (FedProx, SCAFFOLD, FedCurv, FedDyn: ``scale ⊙ θ +
 offset`` per client) are added to the gradient, then the stacked optimiser steps.
 
 Short batches: for a model whose samples do not interact (no BatchNorm) trained with
@@ -83,24 +88,78 @@ def uses_masking(model: nn.Module, loss_fn: LossFn) -> bool:
 
 
 def step_function(model: nn.Module, loss_fn: LossFn, masked: bool, weighted: bool = False) -> Callable[..., Any]:
-    """``(params, fixed, x, y, w, class_w) -> (grads, (loss, correct))``, vmapped over clients;
-    ``class_w`` (each client's per-class weights) is read only when ``weighted``."""
+    """``(params, fixed, x, y, w[, class_w]) -> (grads, (loss, correct))`` for stacked clients (see the
+    module docstring); ``class_w`` (each client's per-class weights) is read only when ``weighted``."""
 
-    def loss_of(
-        params: Tensors, fixed: Tensors, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, class_w: torch.Tensor
+    def forward(params: Tensors, fixed: Tensors, x: torch.Tensor) -> Any:
+        return functional_call(model, (params, fixed), (x,))
+
+    def correct_of(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return ((out.argmax(dim=1) == y).to(w.dtype) * w).sum()
+
+    outputs = vmap(forward, randomness="error")
+    corrects = vmap(correct_of)
+
+    def step(
+        params: Tensors,
+        fixed: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        class_w: torch.Tensor | None = None,
     ) -> Any:
-        out = functional_call(model, (params, fixed), (x,))
-        if masked:
-            sample_w = w * class_w[y] if weighted else w
-            loss = (nn.functional.cross_entropy(out, y, reduction="none") * sample_w).sum() / sample_w.sum()
-        elif weighted:
-            loss = nn.functional.cross_entropy(out, y, weight=class_w)
-        else:
-            loss = loss_fn(out, y)
-        correct = ((out.argmax(dim=1) == y).to(w.dtype) * w).sum()
-        return loss, (loss.detach(), correct.detach())
+        leaves = {name: tensor.detach().requires_grad_() for name, tensor in params.items()}
+        with torch.enable_grad():
+            out = outputs(leaves, fixed, x)
+            if weighted and class_w is not None:
+                loss = weighted_client_losses(out, y, w, class_w)
+            else:
+                loss = client_losses(out, y, w, loss_fn, masked)
+            found = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+        grads = {
+            name: torch.zeros_like(tensor) if g is None else g
+            for (name, tensor), g in zip(params.items(), found, strict=True)
+        }  # a parameter the loss does not use has a zero gradient, as torch.func.grad gives it
+        return grads, (loss.detach(), corrects(out.detach(), y, w))
 
-    return vmap(grad(loss_of, has_aux=True), randomness="error")
+    return step
+
+
+def client_losses(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss_fn: LossFn, masked: bool) -> torch.Tensor:
+    """Every client's loss ``(clients,)`` from the stacked outputs ``(clients, batch, classes)``.
+
+    Cross-entropy (the masked loss, or TorchTrainer's default) is computed on the flattened
+    batch with the ordinary kernel, per sample then per client: under vmap it would go through
+    nll_loss's Python decomposition, whose first call imports sympy (~0.35 s of a process's
+    start-up). A user's loss is vmapped over the clients."""
+    plain_ce = masked or loss_fn is nn.functional.cross_entropy
+    if plain_ce and out.dim() == 3 and y.dim() == 2:
+        each = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        return (each * w).sum(dim=1) / w.sum(dim=1) if masked else each.mean(dim=1)
+    if masked:
+        return vmap(_masked_cross_entropy)(out, y, w)
+    return vmap(loss_fn)(out, y)
+
+
+def weighted_client_losses(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, class_w: torch.Tensor) -> torch.Tensor:
+    """Every client's class-weighted mean cross-entropy ``sum(w_i c[y_i] ce_i) / sum(w_i c[y_i])``:
+    TorchTrainer's weighted loss, with padding (``w`` 0) left out as in the masked loss."""
+    if out.dim() == 3 and y.dim() == 2:
+        each = nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        sample_w = w * torch.gather(class_w, 1, y)
+        return (each * sample_w).sum(dim=1) / sample_w.sum(dim=1)
+    return vmap(_weighted_cross_entropy)(out, y, w, class_w)
+
+
+def _weighted_cross_entropy(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor, class_w: torch.Tensor) -> torch.Tensor:
+    """One client's class-weighted mean cross-entropy over its real samples."""
+    sample_w = w * class_w[y]
+    return (nn.functional.cross_entropy(out, y, reduction="none") * sample_w).sum() / sample_w.sum()
+
+
+def _masked_cross_entropy(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One client's mean cross-entropy over its real samples (padding weighs 0)."""
+    return (nn.functional.cross_entropy(out, y, reduction="none") * w).sum() / w.sum()
 
 
 def stack_terms(model: nn.Module, jobs: Sequence[CohortJob], device: torch.device) -> dict[str, StackedTerm]:
