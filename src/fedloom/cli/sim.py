@@ -38,7 +38,6 @@ def register(subparsers: Any) -> None:
     add("--config", help="TOML file whose keys are the long option names (with _ for -)")
     add("--dataset", choices=DATASETS, help="a built-in dataset (default digits); or --data for a local one")
     add("--data-dir", help="folder holding the dataset files (default: $FEDLOOM_DATA or the system location)")
-    add_model_flags(parser)
     add("--clients", type=int, help=f"number of clients (default {defaults.clients})")
     add("--partition", choices=PARTITIONS, help=f"how data is split (default {defaults.partition})")
     add("--alpha", type=float, help=f"Dirichlet / quantity-skew concentration (default {defaults.alpha})")
@@ -63,7 +62,7 @@ def register(subparsers: Any) -> None:
     add("--keep-local-models", action="store_true", default=None, help="store every local model's tensors too")
     add("--name", help="a name for the run")
     _add_strategy_flags(parser)
-    _add_tabular_flags(parser)
+    add_model_flags(parser.add_argument_group("the model, its options and imbalanced labels (as fedloom agent)"))
     _add_dp_sgd_flags(parser)
     squeeze = parser.add_argument_group("compressed updates (each client's delta; error feedback kept locally)")
     squeeze.add_argument("--compression", choices=("none", "float16", "int8", "topk"), help="scheme (default none)")
@@ -189,16 +188,6 @@ def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS), help="add or replace a server optimiser")
     for name, kind in PARAM_TYPES.items():
         group.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper())
-
-
-def _add_tabular_flags(parser: argparse.ArgumentParser) -> None:
-    """The model's shape and its loss's class weights (imbalanced tables)."""
-    group = parser.add_argument_group("model options and imbalanced labels")
-    group.add_argument(
-        "--class-weight", help="loss weights for imbalanced labels: none (default), balanced, or one per class: 1,19"
-    )
-    group.add_argument("--hidden", help="hidden layer widths of mlp / mlp-numpy, e.g. 64,32 (default 200,200)")
-    group.add_argument("--model-dropout", type=float, help="torch mlp: dropout after each hidden layer (default 0)")
 
 
 def _add_dp_sgd_flags(parser: argparse.ArgumentParser) -> None:
