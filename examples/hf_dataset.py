@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedloom.data import LoadedData, from_hf_dataset, load_data, parse_data_spec
+from fedloom.data import DataSpec, LoadedData, from_hf_dataset, load_data, parse_data_spec
+from fedloom.sim import SimConfig, simulate_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,6 +58,20 @@ def describe(title: str, data: LoadedData) -> None:
         print(f"  features: {', '.join(data.feature_names)}")
 
 
+def simulate(spec: DataSpec, **settings: Any) -> None:
+    """A short simulation of this very description: what ``fedloom sim --data KIND:PATH`` runs.
+
+    In a simulation config the natural-partition column is ``partition_by``, not the spec's ``by``.
+    """
+    data = {key: value for key, value in spec.to_mapping().items() if key != "by"}
+    result = simulate_config(SimConfig(data=data, **settings))
+    last = result.history[-1]
+    print(
+        f"simulated {len(result.history)} rounds with {last.num_selected} clients per round:"
+        f" accuracy {last.metrics['accuracy']:.3f}, balanced accuracy {last.metrics['balanced_accuracy']:.3f}"
+    )
+
+
 def main() -> None:
     args = parse_args()
     import datasets
@@ -67,6 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = save_demo_images(Path(args.dir or scratch) / "squares", 0)
         describe("hf:squares (saved to disk)", load_data(parse_data_spec(f"hf:{path}", image_size=[8, 8])))
+        simulate(parse_data_spec(f"hf:{path}", image_size=[8, 8]), model="logreg", clients=2, rounds=2)
     table = datasets.Dataset.from_dict(
         {
             "income": [31.0, 58.0, None, 44.0, 90.0, 23.0, 67.0, 39.0],

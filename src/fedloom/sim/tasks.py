@@ -132,11 +132,11 @@ def simulate_config(
 ) -> SimulationResult:
     """Run a built-in simulation exactly as ``fedloom sim`` would for ``config``.
 
-        Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
-        attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
-        its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``); ``resume`` names
+    Every setting of the config reaches :func:`fedloom.simulate` (strategy, executor,
+    attack, client speeds, deadline, client evaluation); ``overrides`` replace any of
+    its keyword arguments (e.g. ``observers=[ProgressPrinter(rounds)]``); ``resume`` names
     an interrupted run of ``store`` to continue (:func:`resume_config` reads its config). ``store=None``
-        records nothing; ``tracking`` feeds the sinks it names (``fedloom sim --track``).
+    records nothing; ``tracking`` feeds the sinks it names (``fedloom sim --track``).
     """
     task = build_task(config)
     config = task.config  # --partition natural: the client count is the data's
