@@ -7,31 +7,18 @@ Each runs in a subprocess from an empty temporary folder, which must still be em
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from test_examples import run_example
 
 
 def run(name: str, cwd: Path, *args: str) -> str:
-    env = {**os.environ, "FEDLOOM_HOME": str(cwd / "fedloom-home-env")}
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    """Run the example from ``cwd`` (the other examples' runner) and check it wrote nothing there."""
+    out = run_example(name, *args, cwd=cwd)
     assert list(cwd.iterdir()) == [], f"{name} wrote into its working folder"
-    return proc.stdout
+    return out
 
 
 def assert_simulated(out: str) -> float:

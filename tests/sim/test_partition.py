@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from partition_helpers import assert_exact_cover
 
 from fedloom.core.errors import ConfigError
 from fedloom.sim.partition import (
@@ -23,14 +24,6 @@ def toy_labels(n=1000, num_classes=10, seed=123):
 
 def balanced_labels(per_class=600, num_classes=10):
     return np.repeat(np.arange(num_classes), per_class).astype(np.int64)
-
-
-def assert_exact_cover(parts, n, num_clients):
-    assert len(parts) == num_clients
-    for p in parts:
-        assert p.dtype == np.int64
-        assert np.all(np.diff(p) > 0), "indices must be sorted ascending and unique within a client"
-    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n))
 
 
 def mean_kl_to_global(stats):
